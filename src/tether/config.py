@@ -1,0 +1,179 @@
+"""Configs are pydantic models, loaded from YAML and overridden from the CLI with ``--set a.b=value``.
+
+Validation reports every bad key at once, each with the file and line it came from, so a user fixes
+a config in one pass instead of one failed run per typo.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tether.errors import ConfigError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineConfig(StrictModel):
+    """How models run. Shared by every stage that generates or scores."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="Generation backend: transformers (hf) or vLLM (GPU extra)."
+    )
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch (sorted by length first).")
+    score_batch_size: int = Field(8, ge=1, description="Multiple-choice items per scoring batch.")
+    device: str = Field(
+        "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="'auto' = float32 on CPU (bf16 is ~7x slower on CPUs without bf16 units), bfloat16 on CUDA.",
+    )
+    truncation: Literal["left", "error"] = Field(
+        "left",
+        description="A prompt longer than the context window minus max_new_tokens: keep its last tokens "
+        "(with a warning) or raise an error.",
+    )
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of every mapping key, keyed by its dotted path."""
+
+
+def _load_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    lines: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, child in enumerate(node.value):
+                walk(child, path + (index,))
+
+    if root is not None:
+        walk(root, ())
+    data = yaml.safe_load(text) if root is not None else {}
+    return data, lines
+
+
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    for cut in range(len(loc), -1, -1):
+        if loc[:cut] in lines:
+            return lines[loc[:cut]]
+    return None
+
+
+def validation_problems(
+    exc: ValidationError, source: str, lines: dict[tuple, int] | None = None
+) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_for(loc, lines or {})
+        where = f"{source}:{line}" if line else source
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append(f"{where}: {dotted}: {message}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------
+# Overrides
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(
+            f"override '{item}' is not of the form key.path=value", hint="e.g. --set engine.batch_size=8"
+        )
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = dict(data or {})
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child = dict(child)
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(model: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Load ``model`` from a YAML file (optional) plus ``key.path=value`` overrides, reporting every
+    invalid key at once with file:line."""
+    data: dict = {}
+    lines: dict[tuple, int] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.exists():
+            raise ConfigError("config file not found", where=source)
+        data, lines = _load_with_lines(path.read_text(encoding="utf-8"), source)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError("the top level must be a mapping of keys to values", where=source)
+    data = apply_overrides(data, overrides or [])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = validation_problems(exc, source, lines)
+        override_note = f" (overrides: {', '.join(overrides)})" if overrides else ""
+        raise ConfigError(
+            f"{len(problems)} problem(s) in the config{override_note}:\n  " + "\n  ".join(problems),
+            hint=f"see `tether config show {model.__name__}` for every field and its meaning",
+        ) from None
+
+
+def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, description) for every field, nested configs flattened."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        dotted = f"{prefix}{name}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_fields(annotation, prefix=f"{dotted}."))
+            continue
+        type_name = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+        default = "" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append((dotted, type_name, default, field.description or ""))
+    return rows

@@ -1,0 +1,45 @@
+"""The backend interface: what a generation/scoring engine must provide.
+
+The transformers backend (``HFBackend``) implements it for CPU and GPU. A vLLM backend is the
+planned GPU extra; it plugs in here, taking token ids and returning token ids, so the Engine's
+chat templating, truncation, stop strings, records and traces stay the same for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from tether.engine.types import SamplingParams
+
+
+@dataclass(frozen=True)
+class EncodedScore:
+    """A score request after tokenisation: shared context ids and one id list per continuation."""
+
+    context_ids: list[int]
+    continuation_ids: list[list[int]]
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    logprobs: list[float]
+    is_greedy: list[bool]
+
+
+@dataclass(frozen=True)
+class Sample:
+    token_ids: list[int]
+    hit_eos: bool
+
+
+class Backend(Protocol):
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, batch_index: int
+    ) -> list[list[Sample]]:
+        """One list of ``params.n`` samples per prompt (prompts come as one batch)."""
+        ...
+
+    def score(self, requests: list[EncodedScore]) -> list[TokenScores]:
+        """Summed continuation log-probs for a batch of requests."""
+        ...

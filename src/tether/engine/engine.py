@@ -1,0 +1,230 @@
+"""The Engine: the one place where models run. Every stage generates and scores through it."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from tether.config import EngineConfig
+from tether.engine.backend import Backend, EncodedScore
+from tether.engine.hf import HFBackend
+from tether.engine.types import Completion, Prompt, SamplingParams, ScoreRequest, ScoreResult
+from tether.errors import DataError, TetherError
+from tether.models import LoadedModel, load
+from tether.progress import progress_bar
+from tether.runs import NULL_TRACER, Tracer
+
+
+class PromptTooLongError(DataError):
+    """A prompt does not fit the context window and truncation is set to 'error'."""
+
+
+def make_backend(loaded: LoadedModel, config: EngineConfig) -> Backend:
+    if config.backend == "hf":
+        return HFBackend(loaded.model, loaded.tokenizer, loaded.device)
+    raise TetherError(
+        f"engine backend '{config.backend}' is not available in this version",
+        hint="use engine.backend=hf; a vLLM backend is planned as the optional GPU extra",
+    )
+
+
+class Engine:
+    """Batched generation and log-likelihood scoring over one loaded model, with traces."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None, tracer: Tracer | None = None):
+        self.loaded = loaded
+        self.config = config or EngineConfig()
+        self.tracer = tracer or NULL_TRACER
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        self.backend = make_backend(loaded, self.config)
+
+    @classmethod
+    def from_spec(cls, spec: str, config: EngineConfig | None = None, tracer: Tracer | None = None) -> Engine:
+        config = config or EngineConfig()
+        return cls(load(spec, device=config.device, dtype=config.dtype), config, tracer)
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    @property
+    def fingerprint(self) -> str:
+        return self.loaded.fingerprint
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    # ------------------------------------------------------------------ encoding
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model sees for a prompt (chat template applied when asked and available)."""
+        if prompt.chat and self.loaded.has_chat_template:
+            messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+            messages.append({"role": "user", "content": prompt.text})
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return f"{prompt.system}\n\n{prompt.text}" if prompt.system else prompt.text
+
+    def encode_prompt(self, prompt: Prompt, max_new_tokens: int) -> tuple[list[int], bool]:
+        text = self.render(prompt)
+        ids = self.tokenizer(text, add_special_tokens=not (prompt.chat and self.loaded.has_chat_template))[
+            "input_ids"
+        ]
+        budget = self.loaded.context_length - max_new_tokens
+        if budget <= 0:
+            raise PromptTooLongError(
+                f"max_new_tokens={max_new_tokens} leaves no room in the {self.loaded.context_length}-token context window"
+            )
+        if len(ids) <= budget:
+            return ids, False
+        if self.config.truncation == "error":
+            raise PromptTooLongError(
+                f"prompt '{prompt.id}' has {len(ids)} tokens; at most {budget} fit "
+                f"({self.loaded.context_length} context - {max_new_tokens} new tokens)",
+                hint="shorten it, lower max_new_tokens, or set engine.truncation=left to keep its last tokens",
+            )
+        warnings.warn(
+            f"prompt '{prompt.id}' truncated from {len(ids)} to its last {budget} tokens to fit the context window",
+            stacklevel=3,
+        )
+        return ids[-budget:], True
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams | None = None,
+        *,
+        stage: str = "",
+        progress: bool = True,
+    ) -> list[Completion]:
+        """Complete every prompt ``params.n`` times. Prompts are sorted by length and batched so
+        padding stays small; results come back in input order."""
+        params = params or SamplingParams()
+        encoded = [self.encode_prompt(p, params.max_new_tokens) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i][0]))
+        batch_size = max(1, self.config.batch_size // params.n) if params.n > 1 else self.config.batch_size
+        results: dict[int, list[Completion]] = {}
+        with progress_bar(f"generate {stage or ''}".strip(), total=len(prompts), enabled=progress) as bar:
+            for batch_index, start in enumerate(range(0, len(order), batch_size)):
+                chunk = order[start : start + batch_size]
+                began = time.perf_counter()
+                samples = self.backend.generate([encoded[i][0] for i in chunk], params, batch_index)
+                latency = time.perf_counter() - began
+                for i, prompt_samples in zip(chunk, samples, strict=True):
+                    results[i] = [
+                        self._completion(prompts[i], encoded[i], k, sample, params, latency, stage)
+                        for k, sample in enumerate(prompt_samples)
+                    ]
+                bar.advance(len(chunk))
+        return [c for i in range(len(prompts)) for c in results[i]]
+
+    def _completion(
+        self, prompt: Prompt, encoded, index: int, sample, params: SamplingParams, latency: float, stage: str
+    ):
+        text = self.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
+        finish = "stop" if sample.hit_eos else "length"
+        for stop in params.stop:
+            at = text.find(stop)
+            if at != -1:
+                text, finish = text[:at], "stop"
+        completion = Completion(
+            prompt_id=prompt.id,
+            sample_index=index,
+            text=text,
+            prompt_tokens=len(encoded[0]),
+            completion_tokens=len(sample.token_ids),
+            finish_reason=finish,
+            latency_s=round(latency, 4),
+            truncated_prompt=encoded[1],
+        )
+        self.tracer.record(
+            kind="generate",
+            stage=stage,
+            model=self.name,
+            prompt_id=prompt.id,
+            prompt=prompt.text,
+            output=text,
+            sample_index=index,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            finish_reason=finish,
+            latency_s=completion.latency_s,
+            temperature=params.temperature,
+        )
+        return completion
+
+    # ------------------------------------------------------------------ scoring
+
+    def encode_score(self, request: ScoreRequest) -> EncodedScore:
+        """lm-evaluation-harness's pairing: trailing spaces of the context move to the continuation,
+        the continuation's tokens are those of (context + continuation) past the context's tokens,
+        and an empty context is replaced by the end-of-text token."""
+        context = request.context
+        encode = self.tokenizer.encode
+        conts = []
+        stripped = context.rstrip(" ")
+        moved = context[len(stripped) :]
+        if not stripped:
+            context_ids = [self.tokenizer.eos_token_id]
+            for cont in request.continuations:
+                conts.append(encode(moved + cont, add_special_tokens=False))
+        else:
+            context_ids = encode(stripped, add_special_tokens=False)
+            for cont in request.continuations:
+                whole = encode(stripped + moved + cont, add_special_tokens=False)
+                conts.append(whole[len(context_ids) :])
+        for cont_text, ids in zip(request.continuations, conts, strict=True):
+            if not ids:
+                raise DataError(
+                    f"continuation {cont_text!r} encodes to no tokens", where=f"item {request.id}"
+                )
+        limit = self.loaded.context_length
+        longest = max(len(c) for c in conts)
+        if len(context_ids) + longest > limit:
+            context_ids = context_ids[-(limit - longest) :]  # keep the end of the context, like lm-eval
+        return EncodedScore(context_ids=context_ids, continuation_ids=conts)
+
+    def score(
+        self, requests: Sequence[ScoreRequest], *, stage: str = "", progress: bool = True
+    ) -> list[ScoreResult]:
+        """Sum of log-probs of each continuation given its context, batched by context length."""
+        encoded = [self.encode_score(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i].context_ids))
+        out: dict[int, ScoreResult] = {}
+        size = self.config.score_batch_size
+        with progress_bar(f"score {stage}".strip(), total=len(requests), enabled=progress) as bar:
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
+                began = time.perf_counter()
+                scores = self.backend.score([encoded[i] for i in chunk])
+                latency = time.perf_counter() - began
+                for i, s in zip(chunk, scores, strict=True):
+                    req = requests[i]
+                    out[i] = ScoreResult(
+                        id=req.id,
+                        logprobs=s.logprobs,
+                        num_tokens=[len(c) for c in encoded[i].continuation_ids],
+                        num_chars=[len(c) for c in req.continuations],
+                        is_greedy=s.is_greedy,
+                    )
+                    self.tracer.record(
+                        kind="score",
+                        stage=stage,
+                        model=self.name,
+                        item_id=req.id,
+                        context_tokens=len(encoded[i].context_ids),
+                        logprobs=s.logprobs,
+                        latency_s=round(latency / len(chunk), 5),
+                    )
+                bar.advance(len(chunk))
+        return [out[i] for i in range(len(requests))]

@@ -1,0 +1,196 @@
+"""The transformers backend: batched generation and prefix-sharing log-likelihood scoring."""
+
+from __future__ import annotations
+
+import torch
+
+from tether.engine.backend import EncodedScore, Sample, TokenScores
+from tether.engine.types import SamplingParams
+
+
+def _unwrap(model):
+    """The plain causal LM inside a PEFT wrapper (adapters stay active: they live in its modules)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class StopOnStrings:
+    """Stops a row once its *generated* text contains a stop string. (transformers' own
+    ``stop_strings`` also matches across the prompt's tail, e.g. a chat template's final newline
+    plus one generated newline ends a "\\n\\n" stop at once.) Only the last few tokens are decoded
+    per step, so the cost stays flat as outputs grow."""
+
+    def __init__(self, prompt_width: int, stops: list[str], tokenizer):
+        self.prompt_width = prompt_width
+        self.stops = list(stops)
+        self.tokenizer = tokenizer
+        self.window = max(len(s) for s in stops) + 8  # tokens are >= 1 char; margin for merges
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_width :]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for row in range(generated.shape[0]):
+            tail = self.tokenizer.decode(generated[row, -self.window :], skip_special_tokens=True)
+            done[row] = any(stop in tail for stop in self.stops)
+        return done
+
+
+class HFBackend:
+    def __init__(self, model, tokenizer, device: torch.device):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = self._eos_ids()
+        causal_lm = _unwrap(model)
+        self._decoder = causal_lm.get_decoder()
+        self._head = causal_lm.get_output_embeddings()
+        self._softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+
+    def _eos_ids(self) -> list[int]:
+        ids = set()
+        gen_config = getattr(self.model, "generation_config", None)
+        configured = getattr(gen_config, "eos_token_id", None)
+        if isinstance(configured, int):
+            ids.add(configured)
+        elif configured:
+            ids.update(configured)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return sorted(ids)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.inference_mode()
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, batch_index: int
+    ) -> list[list[Sample]]:
+        input_ids, attention_mask = left_pad(prompts, self.pad_id, self.device)
+        sampling = params.temperature > 0
+        kwargs = dict(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sampling,
+            num_return_sequences=params.n,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids,
+        )
+        if sampling:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            # One seed per batch keeps results reproducible for a fixed config and batch plan.
+            torch.manual_seed(params.seed * 1_000_003 + batch_index)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [StopOnStrings(input_ids.shape[1], params.stop, self.tokenizer)]
+            )
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        new_tokens = output[:, input_ids.shape[1] :].tolist()
+        results: list[list[Sample]] = []
+        eos = set(self.eos_ids)
+        for p in range(len(prompts)):
+            samples = []
+            for s in range(params.n):
+                row = new_tokens[p * params.n + s]
+                cut = next((i for i, t in enumerate(row) if t in eos), None)
+                samples.append(
+                    Sample(token_ids=row[:cut] if cut is not None else row, hit_eos=cut is not None)
+                )
+            results.append(samples)
+        return results
+
+    # ------------------------------------------------------------------ scoring
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self._head(hidden).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    @torch.inference_mode()
+    def score(self, requests: list[EncodedScore]) -> list[TokenScores]:
+        """Run all contexts once (left-padded batch), keep their KV cache, then run every
+        continuation of every item in one right-padded batch on top of the shared cache.
+        The LM head runs only where a continuation token is predicted, never over the whole
+        sequence: on a 49k vocabulary that head and its log_softmax dominate naive scoring."""
+        ctx_ids, ctx_mask = left_pad([r.context_ids for r in requests], self.pad_id, self.device)
+        ctx_positions = positions_from_mask(ctx_mask)
+        ctx_out = self._decoder(
+            input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_positions, use_cache=True
+        )
+        last_hidden = ctx_out.last_hidden_state[:, -1, :]  # left padding: the last column is real
+        single_token = all(len(c) == 1 for r in requests for c in r.continuation_ids)
+        if single_token:
+            # Every continuation is one token (MMLU-style " A"/" B"): one head row per item suffices.
+            logprobs = torch.log_softmax(self._logits(last_hidden), dim=-1)
+            greedy = logprobs.argmax(-1)
+            results = []
+            for i, r in enumerate(requests):
+                ids = [c[0] for c in r.continuation_ids]
+                results.append(
+                    TokenScores(
+                        logprobs=logprobs[i, ids].tolist(), is_greedy=[bool(greedy[i] == t) for t in ids]
+                    )
+                )
+            return results
+
+        owner = [i for i, r in enumerate(requests) for _ in r.continuation_ids]
+        conts = [c for r in requests for c in r.continuation_ids]
+        width = max(len(c) for c in conts)
+        cont_ids = torch.full((len(conts), width), self.pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(conts), width), dtype=torch.long)
+        for j, c in enumerate(conts):
+            cont_ids[j, : len(c)] = torch.tensor(c)
+            cont_mask[j, : len(c)] = 1
+        cont_ids, cont_mask = cont_ids.to(self.device), cont_mask.to(self.device)
+        index = torch.tensor(owner, device=self.device)
+        cache = ctx_out.cache
+        cache.batch_select_indices(index)
+        full_mask = torch.cat([ctx_mask[index], cont_mask], dim=1)
+        ctx_lengths = ctx_mask.sum(-1)[index]
+        positions = ctx_lengths[:, None] + torch.arange(width, device=self.device)[None, :]
+        cont_out = self._decoder(
+            input_ids=cont_ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=False
+        )
+        # Token t of a continuation is predicted by the hidden state just before it: the context's
+        # last state for t=0, else the continuation's own state at t-1.
+        predictors = torch.cat([last_hidden[index][:, None, :], cont_out.last_hidden_state[:, :-1, :]], dim=1)
+        flat_mask = cont_mask.bool()
+        logits = self._logits(predictors[flat_mask])
+        logprobs = torch.log_softmax(logits, dim=-1)
+        targets = cont_ids[flat_mask]
+        token_lp = logprobs.gather(-1, targets[:, None]).squeeze(-1)
+        token_greedy = logprobs.argmax(-1) == targets
+        row_of = torch.arange(len(conts), device=self.device)[:, None].expand_as(cont_mask)[flat_mask]
+        sums = torch.zeros(len(conts), dtype=torch.float64, device=self.device).index_add_(
+            0, row_of, token_lp.double()
+        )
+        misses = torch.zeros(len(conts), dtype=torch.long, device=self.device).index_add_(
+            0, row_of, (~token_greedy).long()
+        )
+        results, j = [], 0
+        for r in requests:
+            k = len(r.continuation_ids)
+            results.append(
+                TokenScores(
+                    logprobs=sums[j : j + k].tolist(), is_greedy=[bool(m == 0) for m in misses[j : j + k]]
+                )
+            )
+            j += k
+        return results

@@ -1,0 +1,200 @@
+"""Run directories: every artifact of a job in one place, with a manifest that makes it resumable.
+
+Layout of ``runs/<name>/``::
+
+    manifest.json   config, package versions, seed, git sha, start/end, per-stage status and timings
+    traces.jsonl    one line per model call (stage, prompt, output, token counts, latency)
+    <stage files>   artifacts written by the stages (JSONL records, checkpoints, reports)
+
+A stage that finds itself marked complete is skipped; one that was interrupted resumes from the
+records it already appended (see ``tether.data.JsonlAppender``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tether.errors import TetherError
+
+DEFAULT_RUNS_ROOT = Path("runs")
+TRACKED_PACKAGES = ("tether", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".partial")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Tracer:
+    """Appends one JSON line per model call. Thread-safe; cheap enough to leave on."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def record(self, **fields: Any) -> None:
+        if self.path is None:
+            return
+        fields.setdefault("time", _now())
+        line = json.dumps(fields, ensure_ascii=False, default=str)
+        with self._lock, self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+NULL_TRACER = Tracer(None)
+
+
+class Run:
+    """A run directory and its manifest."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.manifest_path = self.path / "manifest.json"
+        self.tracer = Tracer(self.path / "traces.jsonl")
+        self.manifest: dict[str, Any] = (
+            json.loads(self.manifest_path.read_text(encoding="utf-8")) if self.manifest_path.exists() else {}
+        )
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def create(
+        cls,
+        name: str | None = None,
+        *,
+        root: str | Path = DEFAULT_RUNS_ROOT,
+        job: str = "",
+        config: Any = None,
+        seed: int | None = None,
+        resume: bool = True,
+    ) -> Run:
+        """Open ``root/name`` (resuming it if it exists and ``resume``), or create it."""
+        name = name or f"{job or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        path = Path(root) / name
+        if path.exists() and (path / "manifest.json").exists() and not resume:
+            raise TetherError(
+                f"run directory {path} already exists",
+                hint="pass --resume to continue it, or choose another --name",
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        config_dump = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+        if not run.manifest:
+            run.manifest = {
+                "name": name,
+                "job": job,
+                "created": _now(),
+                "config": config_dump,
+                "seed": seed,
+                "versions": package_versions(),
+                "git_sha": git_sha(),
+                "host": platform.node(),
+                "stages": {},
+                "status": "running",
+            }
+        else:
+            previous = run.manifest.get("config")
+            if config_dump is not None and previous is not None and previous != config_dump:
+                run.manifest.setdefault("config_history", []).append({"replaced": _now(), "config": previous})
+                run.manifest["config"] = config_dump
+            run.manifest["resumed"] = run.manifest.get("resumed", 0) + 1
+            run.manifest["status"] = "running"
+        run.save()
+        return run
+
+    @classmethod
+    def open(cls, name_or_path: str | Path, root: str | Path = DEFAULT_RUNS_ROOT) -> Run:
+        path = Path(name_or_path)
+        if not (path / "manifest.json").exists():
+            path = Path(root) / str(name_or_path)
+        if not (path / "manifest.json").exists():
+            raise TetherError(
+                f"no run named '{name_or_path}'", where=str(path), hint="see `tether runs list`"
+            )
+        return cls(path)
+
+    def save(self) -> None:
+        _atomic_write_json(self.manifest_path, self.manifest)
+
+    def artifact(self, relative: str) -> Path:
+        path = self.path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def is_complete(self, stage: str) -> bool:
+        return self.manifest.get("stages", {}).get(stage, {}).get("status") == "complete"
+
+    @contextmanager
+    def stage(self, name: str, **info: Any) -> Iterator[dict[str, Any]]:
+        """Time a stage and record its status; an exception (Ctrl-C included) marks it interrupted."""
+        stages = self.manifest.setdefault("stages", {})
+        entry = stages.setdefault(name, {})
+        entry.update(status="running", started=_now(), **info)
+        self.save()
+        started = time.perf_counter()
+        try:
+            yield entry
+        except BaseException as exc:
+            entry.update(status="interrupted", error=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        else:
+            entry["status"] = "complete"
+            entry.pop("error", None)
+        finally:
+            entry["ended"] = _now()
+            entry["seconds"] = round(entry.get("seconds_before", 0.0) + time.perf_counter() - started, 3)
+            entry["seconds_before"] = entry["seconds"]
+            self.save()
+
+    def finish(self, status: str = "complete", **summary: Any) -> None:
+        self.manifest["status"] = status
+        self.manifest["ended"] = _now()
+        if summary:
+            self.manifest.setdefault("summary", {}).update(summary)
+        self.save()
+
+
+def list_runs(root: str | Path = DEFAULT_RUNS_ROOT) -> list[Run]:
+    root = Path(root)
+    if not root.exists():
+        return []
+    runs = [Run(p) for p in sorted(root.iterdir()) if (p / "manifest.json").exists()]
+    return sorted(runs, key=lambda r: r.manifest.get("created", ""))

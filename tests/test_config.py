@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import Field
+
+from tether.config import EngineConfig, StrictModel, apply_overrides, load_config
+from tether.errors import ConfigError
+
+
+class Inner(StrictModel):
+    rate: float = Field(0.1, description="a rate")
+    name: str = "x"
+
+
+class Outer(StrictModel):
+    steps: int = 3
+    inner: Inner = Inner()
+    engine: EngineConfig = EngineConfig()
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 5\ninner:\n  rate: 0.5\n")
+    config = load_config(Outer, path, ["inner.name=hello", "engine.batch_size=4"])
+    assert config.steps == 5 and config.inner.rate == 0.5 and config.inner.name == "hello"
+    assert config.engine.batch_size == 4
+
+
+def test_every_error_named_with_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("steps: many\ninner:\n  rate: 0.5\n  colour: red\nengine:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Outer, path)
+    text = str(info.value)
+    assert "3 problem(s)" in text
+    assert f"{path}:1: steps" in text
+    assert f"{path}:4: inner.colour: unknown key" in text
+    assert f"{path}:6: engine.batch_size" in text
+
+
+def test_bad_yaml_and_bad_override(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("steps: 1\ninner: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Outer, path)
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(Outer, None, ["steps"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(Outer, None, ["nope=1"])
+
+
+def test_apply_overrides_parses_yaml_scalars():
+    data = apply_overrides({"a": {"b": 1}}, ["a.c=true", "a.d=[1, 2]", "e=text"])
+    assert data == {"a": {"b": 1, "c": True, "d": [1, 2]}, "e": "text"}

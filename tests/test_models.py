@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+
+from tether.errors import ModelLoadError
+from tether.models import load
+
+
+def test_load_local_dir(tiny_model_dir):
+    loaded = load(str(tiny_model_dir))
+    assert loaded.num_parameters > 0
+    assert loaded.has_chat_template
+    assert loaded.dtype.is_floating_point and str(loaded.dtype) == "torch.float32"
+    assert len(loaded.fingerprint) == 32
+    assert load(str(tiny_model_dir)).fingerprint == loaded.fingerprint
+
+
+def test_missing_path_and_bad_gguf(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        load(str(tmp_path / "nope"))
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"not a gguf file at all")
+    with pytest.raises(ModelLoadError, match="not a GGUF"):
+        load(str(fake))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load(str(tmp_path / "empty"))
+
+
+def test_lora_adapter_loads_on_its_base(tiny_model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = load(str(tiny_model_dir))
+    peft_model = get_peft_model(
+        base.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    loaded = load(str(adapter_dir), base=str(tiny_model_dir))
+    assert loaded.adapter_path == adapter_dir
+    assert loaded.fingerprint != base.fingerprint
+    ids = torch.tensor([[1, 2, 3]])
+    plain = load(str(tiny_model_dir)).model(input_ids=ids).logits
+    adapted = loaded.model(input_ids=ids).logits
+    assert not torch.allclose(plain, adapted)  # the adapter is active
