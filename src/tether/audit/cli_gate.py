@@ -1,0 +1,133 @@
+"""`tether gate`: check report.json against thresholds and exit with a code a CI pipeline can act on.
+
+Mount with ``app.command("gate")(gate_command)``; ``gate_app`` is the same command as a standalone app.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from tether.audit.gate import (
+    EXIT_USAGE,
+    GateConfig,
+    GateRule,
+    evaluate_gate,
+    gate_table,
+)
+from tether.audit.schema import AuditReport
+from tether.errors import ConfigError, TetherError
+
+_FLAG_HELP = "METRIC=VALUE, where METRIC is a task or task:category; repeatable."
+
+
+def _quick_rules(flag: str, kind: str, specs: list[str], models: list[str] | None) -> list[GateRule]:
+    rules = []
+    for spec in specs:
+        metric, sep, number = spec.rpartition("=")
+        try:
+            threshold = float(number)
+        except ValueError:
+            threshold = None
+        if not sep or not metric or threshold is None:
+            raise ConfigError(
+                f"{flag} expects METRIC=VALUE, got '{spec}'",
+                where=flag,
+                hint=f"for example: {flag} harmbench=0.8  or  {flag} mmlu:anatomy=0.02",
+            )
+        try:
+            rules.append(GateRule(metric=metric, kind=kind, threshold=threshold, model=models))
+        except ValueError as exc:  # pydantic's ValidationError; say which flag, not which field
+            msg = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+            raise ConfigError(f"{flag} {spec}: {msg}", where=flag) from exc
+    return rules
+
+
+def gate_command(
+    report: Annotated[Path, typer.Argument(help="report.json written by `tether audit`.")],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML file with a `rules:` list (see tether.audit.gate)."),
+    ] = None,
+    min_: Annotated[
+        list[str] | None,
+        typer.Option("--min", metavar="METRIC=VALUE", help=f"Absolute lower bound. {_FLAG_HELP}"),
+    ] = None,
+    max_: Annotated[
+        list[str] | None,
+        typer.Option("--max", metavar="METRIC=VALUE", help=f"Absolute upper bound. {_FLAG_HELP}"),
+    ] = None,
+    max_drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--max-drop",
+            metavar="METRIC=VALUE",
+            help=f"Largest allowed fall below the baseline, in points. {_FLAG_HELP}",
+        ),
+    ] = None,
+    max_rise: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--max-rise",
+            metavar="METRIC=VALUE",
+            help=f"Largest allowed rise above the baseline, in points. {_FLAG_HELP}",
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", metavar="MODEL", help="Apply the quick-flag rules only to these models."
+        ),
+    ] = None,
+    warn_only: Annotated[
+        bool,
+        typer.Option(
+            "--warn-only", help="Report breaches as warnings; exit 0 unless a result is incomplete."
+        ),
+    ] = False,
+) -> None:
+    """Check an audit report against thresholds and exit with a code a CI pipeline can act on.
+
+    Exit codes: 0 pass, 1 usage or config error, 2 incomplete evaluation, 3 threshold breached.
+
+    A gated model with an incomplete task (too many unscored items) always gives 2; warnings never change the code.
+    """
+    err = Console(stderr=True)
+    try:
+        rules: list[GateRule] = list(GateConfig.from_yaml(config).rules) if config else []
+        for flag, kind, specs in (
+            ("--min", "min", min_),
+            ("--max", "max", max_),
+            ("--max-drop", "max_drop", max_drop),
+            ("--max-rise", "max_rise", max_rise),
+        ):
+            rules += _quick_rules(flag, kind, specs or [], model or None)
+        if not rules:
+            raise ConfigError(
+                "no gate rules given",
+                hint="pass --config gate.yaml or quick flags such as --min harmbench=0.8 --max-drop mmlu=0.02",
+            )
+        if warn_only:
+            rules = [r.model_copy(update={"severity": "warn"}) for r in rules]
+        outcome = evaluate_gate(AuditReport.load(report), GateConfig(rules=rules))
+    except TetherError as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.render())}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from exc
+
+    out = Console()
+    out.print(gate_table(outcome))
+    if outcome.incomplete:
+        out.print(
+            "[bold red]incomplete evaluation[/] (too many unscored items, or no score): "
+            + escape(", ".join(outcome.incomplete))
+        )
+    out.print(f"{outcome.verdict}: exit {outcome.exit_code}")
+    raise typer.Exit(outcome.exit_code)
+
+
+gate_app = typer.Typer(add_completion=False, help="Check an audit report against thresholds.")
+gate_app.command("gate")(gate_command)

@@ -1,0 +1,401 @@
+"""One self-contained HTML file from an AuditReport: tables, plots as embedded PNGs, escaped model text.
+
+Nothing in the page loads from elsewhere (no CDN, no script): the file can be mailed, archived as a CI
+artifact, or opened offline. Plots use matplotlib's object API (``Figure``), never pyplot, so rendering
+does not touch the global backend of whatever process calls it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tether.audit.pareto import oriented
+from tether.audit.schema import AuditReport, CategoryDelta, TaskSummary
+from tether.data.jsonl import atomic_writer
+from tether.errors import MissingDependencyError
+from tether.evals.types import MetricSpec
+
+MAX_BARS = 12  # categories per bar chart; MMLU's 57 subjects become its 12 worst regressions + a table
+MAX_HEATMAP_ROWS = 40
+MAX_FLIP_GROUPS = 60
+MAX_TEXT_CHARS = 1200
+_DPI = 100
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _fmt_delta(x: float) -> str:
+    return f"{x:+.3f}".replace("-", "−")
+
+
+def _truncate(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + f"… [{len(text) - limit} more characters]"
+
+
+def _png_uri(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _oriented_delta(delta: float, metric: MetricSpec) -> float:
+    """A change turned so that positive is an improvement whichever way the metric points."""
+    return delta if metric.higher_is_better else -delta
+
+
+def _delta_class(d: CategoryDelta, higher_is_better: bool) -> str:
+    if not d.significant:
+        return ""
+    better = d.delta > 0 if higher_is_better else d.delta < 0
+    return "better" if better else "worse"
+
+
+def _delta_text(d: CategoryDelta) -> str:
+    star = " *" if d.significant else ""
+    return f"Δ {_fmt_delta(d.delta)} [{_fmt_delta(d.ci_low)}, {_fmt_delta(d.ci_high)}]{star}"
+
+
+def _unscored_text(s: TaskSummary) -> str:
+    return (
+        f"{s.n_unscored} of {s.n_total} unscored ({s.n_unparsed} unparsed, {s.n_error} error, "
+        f"{s.n_empty} empty)"
+        if s.n_total
+        else "no results at all"
+    )
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def _pareto_png(report: AuditReport) -> str | None:
+    assert report.pareto is not None
+    pts = [p for p in report.pareto.points if p.safety is not None and p.capability is not None]
+    if len(pts) < 2:
+        return None
+    fig = _figure(6.5, 4.8)
+    ax = fig.add_subplot()
+    front = sorted((p for p in pts if p.on_frontier), key=lambda p: p.safety)
+    if len(front) > 1:
+        ax.plot(
+            [p.safety for p in front], [p.capability for p in front], "--", color="#1b7f3b", lw=1, zorder=1
+        )
+    for p in pts:
+        marker = "*" if p.on_frontier else "o"
+        face = ("#1b7f3b" if p.on_frontier else "#4a6fa5") if p.complete else "none"
+        edge = "#b00020" if not p.complete else ("#1b7f3b" if p.on_frontier else "#4a6fa5")
+        ax.scatter(
+            [p.safety],
+            [p.capability],
+            marker=marker,
+            s=180 if p.on_frontier else 70,
+            c=face,
+            edgecolors=edge,
+            linewidths=1.5,
+            zorder=2,
+        )
+        label = p.model + (" (baseline)" if p.model == report.baseline else "")
+        ax.annotate(label, (p.safety, p.capability), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xlabel("safety (higher is better)")
+    ax.set_ylabel("capability (higher is better)")
+    ax.grid(alpha=0.3)
+    return _png_uri(fig)
+
+
+def _category_png(report: AuditReport, task: str, categories: list[str]) -> str:
+    import numpy as np
+
+    models = report.model_names()
+    fig = _figure(max(6.0, 0.55 * len(categories) * max(1, len(models)) ** 0.5 + 2), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(categories))
+    for i, model in enumerate(models):
+        s = report.summary(model, task)
+        vals, lo, hi = [], [], []
+        for cat in categories:
+            c = s.per_category.get(cat) if s else None
+            v = c.value if c and c.value is not None else np.nan
+            vals.append(v)
+            lo.append(v - c.ci_low if c and c.ci_low is not None else 0.0)
+            hi.append(c.ci_high - v if c and c.ci_high is not None else 0.0)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=2, label=model)
+    ax.set_xticks(x, categories, rotation=35, ha="right", fontsize=8)
+    metric = next(s.metric for s in report.tasks if s.task == task)
+    ax.set_ylabel(f"{metric.name} ({'higher' if metric.higher_is_better else 'lower'} is better)")
+    ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png_uri(fig)
+
+
+def _heatmap_png(rows: list[str], models: list[str], grid: list[list[float | None]], sig) -> str:
+    import numpy as np
+
+    data = np.array([[np.nan if v is None else v for v in r] for r in grid], dtype=float)
+    bound = max(0.05, float(np.nanmax(np.abs(data)))) if np.isfinite(data).any() else 0.05
+    fig = _figure(max(5.0, 1.3 * len(models) + 3.5), max(2.5, 0.32 * len(rows) + 1.2))
+    ax = fig.add_subplot()
+    im = ax.imshow(data, cmap="RdYlGn", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for r in range(len(rows)):
+        for c in range(len(models)):
+            if np.isfinite(data[r, c]):
+                text = f"{data[r, c]:+.2f}" + ("*" if sig[r][c] else "")
+                color = "white" if abs(data[r, c]) > 0.6 * bound else "black"
+                ax.text(c, r, text, ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(im, ax=ax, label="change vs baseline, oriented (+ = better)")
+    return _png_uri(fig)
+
+
+# --- view model ----------------------------------------------------------------------------------
+
+
+def _context(report: AuditReport) -> dict[str, Any]:
+    models = report.model_names()
+    tasks = report.task_names()
+    metric_of = {s.task: s.metric for s in report.tasks}
+    task_delta = {(d.model, d.task): d for d in report.deltas if d.category is None}
+    cat_delta = {(d.model, d.task, d.category): d for d in report.deltas if d.category is not None}
+
+    summary_rows = []
+    for model in models:
+        cells = []
+        for task in tasks:
+            s = report.summary(model, task)
+            if s is None:
+                cells.append({"value": None, "incomplete": True, "unscored": "not evaluated"})
+                continue
+            d = task_delta.get((model, task))
+            cells.append(
+                {
+                    "value": None if s.value is None else _fmt(s.value),
+                    "ci": None if s.ci_low is None else f"{_fmt(s.ci_low)}, {_fmt(s.ci_high)}",
+                    "n_scored": s.n_scored,
+                    "incomplete": not s.complete,
+                    "unscored": _unscored_text(s),
+                    "delta": _delta_text(d) if d else None,
+                    "delta_class": _delta_class(d, s.metric.higher_is_better) if d else "",
+                }
+            )
+        summary_rows.append({"model": model, "is_baseline": model == report.baseline, "cells": cells})
+
+    ctx: dict[str, Any] = {
+        "title": ", ".join(models),
+        "created": report.created.strftime("%Y-%m-%d %H:%M UTC"),
+        "baseline": report.baseline,
+        "models": report.models,
+        "tasks": [
+            {
+                "name": t,
+                "metric": metric_of[t].name,
+                "arrow": "↑ better" if metric_of[t].higher_is_better else "↓ better",
+            }
+            for t in tasks
+        ],
+        "summary_rows": summary_rows,
+        "n_incomplete": sum(not s.complete for s in report.tasks),
+        "ci_pct": round(100 * (1 - float(report.settings.get("alpha", 0.05)))),
+        "settings_line": ", ".join(
+            f"{k}={report.settings[k]}"
+            for k in ("n_boot", "seed", "incomplete_threshold")
+            if k in report.settings
+        ),
+        "max_chars": MAX_TEXT_CHARS,
+    }
+
+    # Pareto
+    ctx["pareto_img"] = None
+    if report.pareto is None:
+        ctx["pareto_note"] = "No Pareto plot: no safety and capability axes were configured or declared."
+    else:
+        ctx["pareto_img"] = _pareto_png(report)
+        ctx["pareto_note"] = "No Pareto plot: fewer than two models have a value on both axes."
+        ctx["pareto_safety"] = ", ".join(report.pareto.spec.safety.tasks)
+        ctx["pareto_capability"] = ", ".join(report.pareto.spec.capability.tasks)
+        ctx["pareto_rows"] = [
+            {
+                "model": p.model,
+                "safety": _fmt(p.safety),
+                "capability": _fmt(p.capability),
+                "on_frontier": p.on_frontier,
+                "complete": p.complete,
+            }
+            for p in report.pareto.points
+        ]
+
+    # Per-category sections
+    sections = []
+    for task in tasks:
+        metric = metric_of[task]
+        categories = sorted({c for s in report.tasks if s.task == task for c in s.per_category})
+        if len(categories) < 2:
+            continue
+        others = [m for m in models if m != report.baseline]
+
+        def worst(cat: str, task: str = task, metric=metric, others=others) -> float:
+            ds = [cat_delta[(m, task, cat)] for m in others if (m, task, cat) in cat_delta]
+            if ds:
+                return min(_oriented_delta(d.delta, metric) for d in ds)
+            base = report.summary(report.baseline, task)
+            c = base.per_category.get(cat) if base else None
+            return oriented(c.value, metric) if c and c.value is not None else float("inf")
+
+        if len(categories) > MAX_BARS:
+            shown = sorted(categories, key=lambda c: (worst(c), c))[:MAX_BARS]
+            what = "largest regressions vs the baseline" if others else "lowest-scoring categories"
+            caption = f"The {MAX_BARS} {what} of {len(categories)} categories; the full table is below."
+        else:
+            shown = categories
+            caption = f"All {len(categories)} categories, with {ctx['ci_pct']}% bootstrap intervals."
+        rows = []
+        for cat in categories:
+            cells = []
+            for m in models:
+                s = report.summary(m, task)
+                c = s.per_category.get(cat) if s else None
+                d = cat_delta.get((m, task, cat))
+                cells.append(
+                    {
+                        "value": _fmt(c.value) if c else "—",
+                        "ci": f"{_fmt(c.ci_low)}, {_fmt(c.ci_high)}" if c and c.ci_low is not None else None,
+                        "n": c.n if c else 0,
+                        "delta": _delta_text(d) if d else None,
+                        "delta_class": _delta_class(d, metric.higher_is_better) if d else "",
+                    }
+                )
+            rows.append({"category": cat, "cells": cells})
+        sections.append(
+            {
+                "task": task,
+                "caption": caption,
+                "img": _category_png(report, task, shown),
+                "models": models,
+                "rows": rows,
+            }
+        )
+    ctx["category_sections"] = sections
+
+    # Heat map: whole-task rows first, then categories from the worst regression down.
+    others = [m for m in models if m != report.baseline]
+    keys: dict[tuple[str, str | None], None] = {}
+    for d in report.deltas:
+        keys.setdefault((d.task, d.category), None)
+    ctx["heatmap_img"] = None
+    if keys and others:
+        by_key = {(d.task, d.category, d.model): d for d in report.deltas}
+
+        def row_worst(key: tuple[str, str | None]) -> float:
+            vals = [
+                _oriented_delta(by_key[(*key, m)].delta, metric_of[key[0]])
+                for m in others
+                if (*key, m) in by_key
+            ]
+            return min(vals) if vals else 0.0
+
+        task_rows = [k for k in keys if k[1] is None]
+        cat_rows = sorted((k for k in keys if k[1] is not None), key=lambda k: (row_worst(k), k[0], k[1]))
+        chosen = (task_rows + cat_rows)[:MAX_HEATMAP_ROWS]
+        grid, sig = [], []
+        for key in chosen:
+            row, srow = [], []
+            for m in others:
+                d = by_key.get((*key, m))
+                row.append(_oriented_delta(d.delta, metric_of[key[0]]) if d else None)
+                srow.append(bool(d and d.significant))
+            grid.append(row)
+            sig.append(srow)
+        labels = [t if c is None else f"{t} / {c}" for t, c in chosen]
+        ctx["heatmap_img"] = _heatmap_png(labels, others, grid, sig)
+        hidden = len(keys) - len(chosen)
+        ctx["heatmap_note"] = (
+            "Paired change vs the baseline, turned so that green is better for every metric; * = the "
+            "interval excludes 0."
+            + (
+                f" Showing {len(chosen)} of {len(keys)} rows (whole tasks, then worst categories)."
+                if hidden
+                else ""
+            )
+        )
+
+    # Flips, groups with the most regressions first.
+    groups = sorted(report.flips, key=lambda g: (-g.n_regressed, -g.n_improved, g.task, g.category, g.model))
+    ctx["flip_groups"] = [
+        {
+            **g.model_dump(exclude={"examples"}),
+            "examples": [
+                {
+                    "item_id": e.item_id,
+                    "direction": e.direction,
+                    "prompt": _truncate(e.prompt),
+                    "baseline_output": _truncate(e.baseline_output),
+                    "output": _truncate(e.output),
+                }
+                for e in g.examples
+            ],
+        }
+        for g in groups[:MAX_FLIP_GROUPS]
+    ]
+    ctx["flips_hidden"] = max(0, len(groups) - MAX_FLIP_GROUPS)
+
+    judge_rows = []
+    for judge, figures in report.judge_validation.items():
+        if isinstance(figures, dict):
+            for key, value in figures.items():
+                judge_rows.append({"judge": judge, "key": key, "value": _scalar(value)})
+        else:
+            judge_rows.append({"judge": judge, "key": "", "value": _scalar(figures)})
+    ctx["judge_rows"] = judge_rows
+    ctx["datasets"] = report.datasets
+    ctx["timings"] = [(k, f"{v:.1f}") for k, v in report.timings.items()]
+    ctx["settings"] = [(k, _scalar(v)) for k, v in report.settings.items()]
+    return ctx
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, float):
+        return _fmt(value)
+    if isinstance(value, str | int | bool) or value is None:
+        return str(value)
+    return json.dumps(value, default=str)
+
+
+def _template():
+    try:
+        import jinja2
+    except ImportError as exc:  # pragma: no cover - jinja2 is a declared dependency
+        raise MissingDependencyError("jinja2", "rendering the HTML report") from exc
+    source = resources.files("tether").joinpath("assets/report.html.j2").read_text(encoding="utf-8")
+    # autoescape=True: model outputs are untrusted text and must never become markup.
+    env = jinja2.Environment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
+    return env.from_string(source)
+
+
+def render_html(report: AuditReport, path: str | Path) -> Path:
+    """Write the report as one self-contained HTML file (atomically) and return its path."""
+    html = _template().render(**_context(report))
+    path = Path(path)
+    with atomic_writer(path) as handle:
+        handle.write(html)
+    return path
+
+
+def write_report(report: AuditReport, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.html`` into ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    return report.save(out_dir / "report.json"), render_html(report, out_dir / "report.html")

@@ -1,0 +1,183 @@
+"""Means with percentile-bootstrap confidence intervals, paired deltas, and per-task summaries.
+
+Unscored items (unparsed verdicts, crashed generations, empty answers) are counted but never enter a
+denominator: a judge that cannot parse half the outputs must not halve the refusal rate.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from tether.audit.schema import CategorySummary, TaskSummary
+from tether.evals.types import ItemResult, MetricSpec
+
+# Bootstrap index matrices are drawn in chunks of at most this many cells, so a 14k-item MMLU run
+# with 1000 resamples stays at a few MB of memory instead of ~110 MB.
+_MAX_CELLS = 2_000_000
+
+
+class MeanCI(NamedTuple):
+    """A sample mean and its percentile-bootstrap interval over ``n`` values."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+class DeltaCI(NamedTuple):
+    """mean(new - base) over ``n`` paired items, its bootstrap interval, and whether it excludes 0."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    n: int
+    significant: bool
+
+
+def is_significant(ci_low: float, ci_high: float) -> bool:
+    """A change is significant when its confidence interval excludes zero."""
+    return ci_low > 0.0 or ci_high < 0.0
+
+
+def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    means = np.empty(n_boot, dtype=np.float64)
+    rows = max(1, _MAX_CELLS // n)
+    for start in range(0, n_boot, rows):
+        stop = min(n_boot, start + rows)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = values[idx].mean(axis=1)
+    return means
+
+
+def _check(n_boot: int, alpha: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> MeanCI:
+    """Sample mean with a (1 - alpha) percentile-bootstrap interval; the same seed gives the same interval.
+
+    Raises ValueError on an empty sequence: callers decide what "no data" means (see summarize_task).
+    """
+    _check(n_boot, alpha)
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("bootstrap_mean_ci needs at least one value")
+    mean = float(arr.mean())
+    if np.all(arr == arr[0]):
+        # Every resample is the same constant; skip the work and avoid float drift in the mean.
+        return MeanCI(float(arr[0]), float(arr[0]), float(arr[0]), int(arr.size))
+    low, high = np.quantile(_bootstrap_means(arr, n_boot, seed), [alpha / 2, 1 - alpha / 2])
+    return MeanCI(mean, float(low), float(high), int(arr.size))
+
+
+def paired_bootstrap_delta(
+    base: Mapping[str, float],
+    new: Mapping[str, float],
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> DeltaCI:
+    """mean(new[i] - base[i]) over item ids present in both, resampling items (not models) jointly.
+
+    Pairing removes the between-item variance that dominates unpaired comparisons: two checkpoints that
+    differ on three items out of a thousand get a tight interval around 0.003, not one as wide as each
+    model's own interval. Raises ValueError when no item id is shared.
+    """
+    _check(n_boot, alpha)
+    shared = sorted(base.keys() & new.keys())  # sorted: resampling must not depend on dict order
+    if not shared:
+        raise ValueError("paired_bootstrap_delta: the two result sets share no item id")
+    diffs = np.array([new[i] - base[i] for i in shared], dtype=np.float64)
+    ci = bootstrap_mean_ci(diffs, n_boot=n_boot, alpha=alpha, seed=seed)
+    return DeltaCI(ci.value, ci.ci_low, ci.ci_high, ci.n, is_significant(ci.ci_low, ci.ci_high))
+
+
+def _summarize_category(scores: list[float], n_boot: int, alpha: float, seed: int, n_unscored: int):
+    if not scores:
+        return CategorySummary(value=None, ci_low=None, ci_high=None, n=0, n_unscored=n_unscored)
+    ci = bootstrap_mean_ci(scores, n_boot=n_boot, alpha=alpha, seed=seed)
+    return CategorySummary(
+        value=ci.value, ci_low=ci.ci_low, ci_high=ci.ci_high, n=ci.n, n_unscored=n_unscored
+    )
+
+
+def summarize_task(
+    items: Sequence[ItemResult],
+    metric: MetricSpec,
+    incomplete_threshold: float = 0.1,
+    *,
+    task: str | None = None,
+    model: str | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    extra_metrics: Mapping[str, float] | None = None,
+) -> TaskSummary:
+    """Headline metric of one task for one model, with per-category intervals.
+
+    The task is incomplete when the unscored fraction exceeds ``incomplete_threshold`` or nothing was
+    scored; with nothing scored ``value`` is None. ``task``/``model`` name the summary when ``items``
+    is empty (a task that produced no results at all must still appear, as incomplete).
+    """
+    if not 0.0 <= incomplete_threshold <= 1.0:
+        raise ValueError(f"incomplete_threshold must be in [0, 1], got {incomplete_threshold}")
+    tasks = {it.task for it in items} | ({task} if task else set())
+    models = {it.model for it in items} | ({model} if model else set())
+    if len(tasks) != 1 or len(models) != 1:
+        raise ValueError(
+            f"summarize_task needs the items of exactly one task and one model, got tasks={sorted(tasks)} "
+            f"models={sorted(models)}"
+        )
+    status_counts = Counter(it.status for it in items)
+    scored = [it for it in items if it.status == "scored" and it.score is not None]
+    # A "scored" item without a score is a scorer bug; count it as unparsed rather than inventing a 0.
+    n_unparsed = status_counts["unparsed"] + (status_counts["scored"] - len(scored))
+
+    by_cat_scores: dict[str, list[float]] = defaultdict(list)
+    by_cat_unscored: Counter[str] = Counter()
+    for it in items:
+        if it.status == "scored" and it.score is not None:
+            by_cat_scores[it.category].append(float(it.score))
+        else:
+            by_cat_unscored[it.category] += 1
+    per_category = {
+        cat: _summarize_category(by_cat_scores.get(cat, []), n_boot, alpha, seed, by_cat_unscored[cat])
+        for cat in sorted(by_cat_scores.keys() | by_cat_unscored.keys())
+    }
+
+    n_total = len(items)
+    n_scored = len(scored)
+    if scored:
+        ci = bootstrap_mean_ci([float(it.score) for it in scored], n_boot=n_boot, alpha=alpha, seed=seed)
+        value, low, high = ci.value, ci.ci_low, ci.ci_high
+    else:
+        value = low = high = None
+    complete = n_scored > 0 and (n_total - n_scored) / n_total <= incomplete_threshold
+    return TaskSummary(
+        task=next(iter(tasks)),
+        model=next(iter(models)),
+        metric=metric,
+        value=value,
+        ci_low=low,
+        ci_high=high,
+        n_scored=n_scored,
+        n_unparsed=n_unparsed,
+        n_error=status_counts["error"],
+        n_empty=status_counts["empty"],
+        n_total=n_total,
+        complete=complete,
+        per_category=per_category,
+        extra_metrics=dict(extra_metrics or {}),
+    )
