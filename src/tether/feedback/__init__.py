@@ -1,0 +1,49 @@
+"""Human preference labeling for summarization RLHF: a small FastAPI + SQLite app, agreement, export.
+
+Flow: ``load_candidate_sets`` -> ``LabelStore.import_sets`` -> ``create_app`` (annotators vote) ->
+``agreement_report`` / ``export_pairs``. The CLI is ``tether label`` (``tether.feedback.cli.app``).
+"""
+
+from tether.feedback.agreement import (
+    AgreementReport,
+    agreement_report,
+    cohen_kappa,
+    krippendorff_alpha_nominal,
+)
+from tether.feedback.app import create_app
+from tether.feedback.export import ExportSummary, export_pairs, majority_pairs, vote_pairs
+from tether.feedback.records import (
+    REASONS,
+    SUMMARIZE_INSTRUCTION,
+    TIE_REASON,
+    Candidate,
+    CandidateSet,
+    PreferencePair,
+    Vote,
+    load_candidate_sets,
+    summarization_prompt,
+)
+from tether.feedback.store import LabelStore, VoteRejected
+
+__all__ = [
+    "REASONS",
+    "SUMMARIZE_INSTRUCTION",
+    "TIE_REASON",
+    "AgreementReport",
+    "Candidate",
+    "CandidateSet",
+    "ExportSummary",
+    "LabelStore",
+    "PreferencePair",
+    "Vote",
+    "VoteRejected",
+    "agreement_report",
+    "cohen_kappa",
+    "create_app",
+    "export_pairs",
+    "krippendorff_alpha_nominal",
+    "load_candidate_sets",
+    "majority_pairs",
+    "summarization_prompt",
+    "vote_pairs",
+]

@@ -1,0 +1,158 @@
+"""`tether label ...`: import candidates, add annotators, serve the labeling page, agreement, export."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tether.feedback.agreement import agreement_report
+from tether.feedback.export import export_pairs
+from tether.feedback.records import load_candidate_sets
+from tether.feedback.store import LabelStore
+
+DEFAULT_DB = Path("labels.db")
+
+app = typer.Typer(
+    help="Human preference labels for summarization RLHF: import candidates, serve the labeling page, "
+    "measure inter-annotator agreement, export TRL preference pairs.",
+    no_args_is_help=True,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DbOption = typer.Option(DEFAULT_DB, "--db", help="SQLite label database.")
+
+
+class AggregateChoice(StrEnum):
+    none = "none"
+    majority = "majority"
+
+
+@app.command("import")
+def import_(
+    candidates: Path = typer.Argument(
+        ...,
+        help="JSONL, one {doc_id, document, candidates: [{id, text}]} per line (or one candidate per line).",
+    ),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="SQLite label database (created if missing)."),
+) -> None:
+    """Load candidate sets as items to label. Idempotent: documents already imported are skipped."""
+    sets = load_candidate_sets(candidates)
+    summary = LabelStore(db, create=True).import_sets(sets)
+    out.print(f"{db}: {summary.added} items added, {summary.unchanged} already present")
+
+
+@app.command("add-annotator")
+def add_annotator(
+    name: str = typer.Argument(..., help="Annotator name, shown in stats and exports."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="SQLite label database (created if missing)."),
+    rotate: bool = typer.Option(False, "--rotate", help="Replace the token of an existing annotator."),
+) -> None:
+    """Create an annotator and print their login token (shown once; only its hash is stored)."""
+    token = LabelStore(db, create=True).add_annotator(name, rotate=rotate)
+    err.print(f"annotator '{name}': give them this login token; it is not stored and cannot be shown again")
+    typer.echo(token)
+
+
+@app.command()
+def serve(
+    db: Path = DbOption,
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind; keep loopback unless behind an HTTPS proxy."
+    ),
+    port: int = typer.Option(8000, help="TCP port."),
+    votes_per_item: int = typer.Option(
+        3, min=1, help="Annotators wanted per item; items at this count are not served."
+    ),
+    shuffle: bool = typer.Option(True, help="Show candidates in a per-annotator random (but stable) order."),
+    secure_cookies: bool = typer.Option(
+        False, help="Mark the session cookie Secure (when served over HTTPS)."
+    ),
+) -> None:
+    """Serve the labeling page; every vote is committed to the DB before the next item is shown."""
+    import uvicorn
+
+    from tether.feedback.app import create_app
+
+    store = LabelStore(db)
+    if store.count_items() == 0:
+        err.print(f"[yellow]{db} has no items yet: run tether label import CANDIDATES --db {db}[/]")
+    if not store.annotators():
+        err.print(f"[yellow]{db} has no annotators yet: run tether label add-annotator NAME --db {db}[/]")
+    if not _is_loopback(host) and not secure_cookies:
+        err.print(
+            "[yellow]serving beyond this machine over plain HTTP: tokens and cookies travel unencrypted; "
+            "put an HTTPS proxy in front and pass --secure-cookies[/]"
+        )
+    uvicorn.run(
+        create_app(store, votes_per_item=votes_per_item, shuffle=shuffle, secure_cookies=secure_cookies),
+        host=host,
+        port=port,
+        log_level="info",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def stats(
+    db: Path = DbOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Votes per annotator and agreement on the best candidate (Cohen's kappa per pair, Krippendorff's alpha)."""
+    store = LabelStore(db)
+    records = {item.record.doc_id: item.record for item in store.items()}
+    report = agreement_report(records, store.votes(), store.skip_counts())
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    out.print(
+        f"{len(records)} items, {report.items} with votes, {report.votes} votes ({report.ties} ties), "
+        f"{report.multi_items} items with >= 2 votes"
+    )
+    people = Table("annotator", "votes", "ties", "skips", title="Annotators")
+    for name, c in report.annotators.items():
+        people.add_row(name, str(c.votes), str(c.ties), str(c.skips))
+    out.print(people)
+    pairs = Table("annotator A", "annotator B", "shared items", "agreement", "Cohen's kappa", title="Pairs")
+    for p in report.pairs:
+        pairs.add_row(p.annotator_a, p.annotator_b, str(p.shared_items), f"{p.observed:.3f}", _fmt(p.kappa))
+    out.print(pairs)
+    out.print(f"Krippendorff's alpha (nominal, best candidate or tie): {_fmt(report.alpha)}")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@app.command()
+def export(
+    db: Path = DbOption,
+    out_path: Path = typer.Option(
+        ..., "--out", help="Output JSONL of {prompt, chosen, rejected, ...} pairs."
+    ),
+    aggregate: AggregateChoice = typer.Option(
+        AggregateChoice.none, help="none: one pair per vote and ranked pair; majority: merge votes per pair."
+    ),
+) -> None:
+    """Write preference pairs (TRL prompt/chosen/rejected). Rankings expand to all pairs; ties give none."""
+    store = LabelStore(db)
+    records = {item.record.doc_id: item.record for item in store.items()}
+    summary = export_pairs(records, store.votes(), out_path, aggregate=aggregate.value)
+    line = f"{out_path}: {summary.pairs} pairs from {summary.votes} votes; {summary.ties} ties (no pair)"
+    if aggregate is AggregateChoice.majority:
+        line += f"; {summary.no_majority} candidate pairs without a majority (dropped)"
+    out.print(line)

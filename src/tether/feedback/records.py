@@ -1,0 +1,210 @@
+"""Records of the labeling app: candidate sets in, votes in the DB, preference pairs out.
+
+Canonical input (one JSON object per line, one line per document)::
+
+    {"doc_id": "d1", "document": "...", "candidates": [{"id": "a", "text": "..."}, {"id": "b", "text": "..."}]}
+
+Extra keys on a set or a candidate (model name, sampling seed, ...) are kept and exported unchanged.
+An optional ``prompt`` on a set is the exact prompt the candidates were generated from; when absent,
+exported pairs use ``summarization_prompt(document)``.
+
+A flat file, one candidate per line ``{"doc_id", "document", "candidate_id", "text"}``, is also read:
+lines are grouped by ``doc_id`` in first-seen order and must agree on ``document``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tether.data.jsonl import iter_jsonl
+from tether.errors import DataError
+
+SUMMARIZE_INSTRUCTION = (
+    "Summarize the following text in a few sentences, keeping its key points and adding nothing."
+)
+"""The instruction every summarization prompt in Tether starts with (generation, labeling, reward, PPO)."""
+
+MIN_CANDIDATES = 2
+MAX_CANDIDATES = 4  # the page shows candidates side by side; more than four stops being readable
+
+Reason = Literal["unfaithful", "omits_key_point", "both_fine", "other"]
+REASONS: tuple[str, ...] = get_args(Reason)
+TIE_REASON = "both_fine"
+"""A vote with this reason is a tie: it carries no ranking and yields no preference pair."""
+
+
+def summarization_prompt(document: str) -> str:
+    """The prompt a policy sees for ``document``: the instruction, a blank line, the document."""
+    return f"{SUMMARIZE_INSTRUCTION}\n\n{document}"
+
+
+class Candidate(BaseModel):
+    """One candidate summary; extra keys (model, seed, ...) are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(min_length=1, description="unique within its set; votes name candidates by this id")
+    text: str = Field(description="the summary shown to annotators (always rendered escaped)")
+
+    @field_validator("id")
+    @classmethod
+    def _no_comma(cls, value: str) -> str:
+        # The vote form sends a ranking as comma-separated ids.
+        if "," in value:
+            raise ValueError(f"candidate id {value!r} contains a comma; use ids without commas")
+        return value
+
+
+class CandidateSet(BaseModel):
+    """One document with 2-4 candidate summaries: the unit an annotator labels."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    doc_id: str = Field(min_length=1, description="stable id; importing the same doc_id twice is a no-op")
+    document: str = Field(description="the text that was summarized")
+    candidates: list[Candidate] = Field(min_length=MIN_CANDIDATES, max_length=MAX_CANDIDATES)
+    prompt: str | None = Field(
+        default=None, description="exact generation prompt; defaults to summarization_prompt(document)"
+    )
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique_ids(cls, candidates: list[Candidate]) -> list[Candidate]:
+        ids = [c.id for c in candidates]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"candidate ids must be unique within a set; repeated: {dupes}")
+        return candidates
+
+    @property
+    def export_prompt(self) -> str:
+        return self.prompt if self.prompt is not None else summarization_prompt(self.document)
+
+    def candidate(self, cand_id: str) -> Candidate:
+        for c in self.candidates:
+            if c.id == cand_id:
+                return c
+        raise KeyError(cand_id)
+
+    def position(self, cand_id: str) -> int:
+        """0-based index of a candidate in the imported order (stable, unlike the shuffled display)."""
+        return [c.id for c in self.candidates].index(cand_id)
+
+
+class FlatCandidate(BaseModel):
+    """One line of the flat input format; grouped into CandidateSets by doc_id."""
+
+    model_config = ConfigDict(extra="allow")
+
+    doc_id: str = Field(min_length=1)
+    document: str
+    candidate_id: str = Field(min_length=1)
+    text: str
+    prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One annotator's judgement of one item, as stored.
+
+    ``ranking`` lists every candidate id best first; it is empty for a tie (reason ``both_fine``).
+    """
+
+    doc_id: str
+    annotator: str
+    ranking: tuple[str, ...]
+    reason: str
+    created_at: str
+
+    @property
+    def tie(self) -> bool:
+        return self.reason == TIE_REASON
+
+    @property
+    def best(self) -> str | None:
+        return None if self.tie else self.ranking[0]
+
+
+class PreferencePair(BaseModel):
+    """A TRL-style preference pair (prompt/chosen/rejected) with where it came from.
+
+    ``votes_for``/``votes_total`` are set only by majority aggregation: how many votes preferred
+    ``chosen`` over ``rejected``, out of all votes on the item (ties included).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str
+    chosen: str
+    rejected: str
+    doc_id: str
+    annotator: str
+    reason: str
+    chosen_id: str
+    rejected_id: str
+    votes_for: int | None = None
+    votes_total: int | None = None
+
+
+def load_candidate_sets(path: str | Path) -> list[CandidateSet]:
+    """Read candidate sets from JSONL, in the canonical (nested) or the flat format.
+
+    The format is decided by the first record: a ``candidates`` key means nested.
+    """
+    path = Path(path)
+    first = next(iter_jsonl(path), None)
+    if first is None:
+        raise DataError("file has no records", where=str(path), hint="add one JSON object per line")
+    if isinstance(first, dict) and "candidates" in first:
+        sets = list(iter_jsonl(path, CandidateSet))
+    else:
+        sets = _group_flat(path, iter_jsonl(path, FlatCandidate))
+    seen: set[str] = set()
+    for s in sets:
+        if s.doc_id in seen:
+            raise DataError(
+                f"doc_id '{s.doc_id}' appears on more than one line",
+                where=str(path),
+                hint="put all candidates of a document in one record, or give each document its own doc_id",
+            )
+        seen.add(s.doc_id)
+    return sets
+
+
+def _group_flat(path: Path, rows: Iterable[FlatCandidate]) -> list[CandidateSet]:
+    groups: dict[str, list[FlatCandidate]] = {}
+    for row in rows:
+        group = groups.setdefault(row.doc_id, [])
+        if group and (row.document != group[0].document or row.prompt != group[0].prompt):
+            raise DataError(
+                f"doc_id '{row.doc_id}': candidate '{row.candidate_id}' has a different document or prompt "
+                "than the first line of that doc_id",
+                where=str(path),
+                hint="lines of one doc_id must repeat the same document (and prompt)",
+            )
+        group.append(row)
+    sets = []
+    for doc_id, group in groups.items():
+        candidates = [
+            {"id": r.candidate_id, "text": r.text, **(r.model_extra or {})}
+            for r in group  # extra keys of a flat line belong to its candidate
+        ]
+        try:
+            sets.append(
+                CandidateSet(
+                    doc_id=doc_id, document=group[0].document, prompt=group[0].prompt, candidates=candidates
+                )
+            )
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise DataError(
+                f"doc_id '{doc_id}': {problems}",
+                where=str(path),
+                hint=f"each document needs {MIN_CANDIDATES}-{MAX_CANDIDATES} candidates with distinct candidate_id",
+            ) from None
+    return sets
