@@ -1,0 +1,174 @@
+"""Engine speed, side by side in one run on the default model (CPU, 2 threads by default).
+
+Prints ``name: ratio`` lines:
+  * generation: 16 prompts x 64 new greedy tokens, Tether's batched engine vs one ``model.generate``
+    per prompt (outputs must be identical);
+  * scoring: >=100 real MMLU + HellaSwag items x 4 choices, the engine's prefix-sharing scorer vs one
+    forward pass per (context, choice) with a full-vocabulary log_softmax (log-likelihoods must agree
+    within 1e-4);
+  * achieved GFLOP/s of the engine against a plain ``torch.mm`` peak measured in the same run.
+
+Run: ``python benchmarks/engine.py [--threads 2] [--items 120]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from tether.engine import Engine, Prompt, SamplingParams, ScoreRequest
+
+GEN_PROMPTS = [
+    "What is the capital of France?",
+    "Explain photosynthesis in one sentence.",
+    "Give three tips for writing clear code.",
+    "Why is the sky blue?",
+    "Summarize the plot of Romeo and Juliet.",
+    "What does a compiler do?",
+    "Name a prime number larger than 50 and explain why it is prime.",
+    "Write a short poem about the sea.",
+    "How do vaccines work?",
+    "What is the difference between weather and climate?",
+    "Describe how a bicycle stays upright.",
+    "What are the main causes of inflation?",
+    "Translate 'good morning' into Spanish and French.",
+    "What is a black hole?",
+    "List the planets of the solar system in order.",
+    "How should I prepare for a job interview?",
+]
+
+
+def timed(fn):
+    began = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - began
+
+
+def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    seconds = time.perf_counter() - began
+    return 2 * size**3 * repeats / seconds / 1e9
+
+
+def bench_generation(engine: Engine, new_tokens: int) -> tuple[float, float, int]:
+    prompts = [Prompt(id=str(i), text=t) for i, t in enumerate(GEN_PROMPTS)]
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
+    model, tok = engine.model, engine.tokenizer
+    eos = engine.backend.eos_ids
+
+    def naive():
+        texts = []
+        for p in prompts:
+            ids = tok(engine.render(p), add_special_tokens=False, return_tensors="pt")
+            with torch.inference_mode():
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    eos_token_id=eos,
+                    pad_token_id=tok.pad_token_id,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
+            new = out[0, ids["input_ids"].shape[1] :].tolist()
+            cut = next((i for i, t in enumerate(new) if t in eos), len(new))
+            texts.append((tok.decode(new[:cut], skip_special_tokens=True), cut))
+        return texts
+
+    naive_out, naive_s = timed(naive)
+    ours, ours_s = timed(lambda: engine.generate(prompts, params, progress=False))
+    mismatches = sum(a[0] != b.text for a, b in zip(naive_out, ours, strict=True))
+    naive_tokens = sum(n for _, n in naive_out)
+    our_tokens = sum(c.completion_tokens for c in ours)
+    print(
+        f"generation: naive {naive_tokens} tok in {naive_s:.1f}s ({naive_tokens / naive_s:.1f} tok/s); "
+        f"engine {our_tokens} tok in {ours_s:.1f}s ({our_tokens / ours_s:.1f} tok/s); "
+        f"identical outputs: {len(prompts) - mismatches}/{len(prompts)}"
+    )
+    return (our_tokens / ours_s) / (naive_tokens / naive_s), ours_s, our_tokens
+
+
+def scoring_items(n: int) -> list[ScoreRequest]:
+    from tether.data import sources
+    from tether.evals import formats
+
+    half = n // 2
+    mmlu = sources.stratified_sample(sources.load_mmlu(), per_category=None, limit=half, seed=0)
+    hella = sources.stratified_sample(sources.load_hellaswag(), per_category=None, limit=n - half, seed=0)
+    return [formats.mmlu_request(x) for x in mmlu] + [formats.hellaswag_request(x) for x in hella]
+
+
+def naive_score(engine: Engine, requests: list[ScoreRequest]) -> list[list[float]]:
+    model = engine.model
+    out = []
+    with torch.inference_mode():
+        for req in requests:
+            enc = engine.encode_score(req)
+            row = []
+            for cont in enc.continuation_ids:
+                ids = torch.tensor([enc.context_ids + cont])
+                logprobs = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)[0]
+                start = len(enc.context_ids)
+                targets = ids[0, start:]
+                row.append(float(logprobs[start - 1 : -1].gather(-1, targets[:, None]).sum()))
+            out.append(row)
+    return out
+
+
+def bench_scoring(engine: Engine, n: int) -> tuple[float, float, int]:
+    requests = scoring_items(n)
+    naive, naive_s = timed(lambda: naive_score(engine, requests))
+    ours, ours_s = timed(lambda: engine.score(requests, progress=False))
+    worst = max(
+        abs(a - b) for r, o in zip(naive, ours, strict=True) for a, b in zip(r, o.logprobs, strict=True)
+    )
+    tokens = sum(
+        len(engine.encode_score(r).context_ids) + sum(len(c) for c in engine.encode_score(r).continuation_ids)
+        for r in requests
+    )
+    print(
+        f"scoring: {len(requests)} items x 4 choices; naive {naive_s:.1f}s ({len(requests) / naive_s:.2f} items/s); "
+        f"engine {ours_s:.1f}s ({len(requests) / ours_s:.2f} items/s); max |delta loglik| = {worst:.2e}"
+    )
+    if worst > 1e-4:
+        print("scoring: FAILED equality check (tolerance 1e-4)", file=sys.stderr)
+    return naive_s / ours_s, ours_s, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--items", type=int, default=120)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--skip-scoring", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TETHER_NO_PROGRESS", "1")
+    engine = Engine.from_spec("default")
+    params = engine.loaded.num_parameters
+    peak = matmul_peak_gflops(args.threads)
+    print(f"torch.mm peak: {peak:.1f} GFLOP/s ({args.threads} threads)")
+    gen_ratio, gen_s, gen_tokens = bench_generation(engine, args.new_tokens)
+    print(f"generation_batched_vs_sequential: {gen_ratio:.2f}x")
+    # ~2 FLOPs per parameter per generated token (prompt prefill excluded: a lower bound).
+    print(f"generation_gflops_vs_mm_peak: {2 * params * gen_tokens / gen_s / 1e9 / peak:.2f}")
+    if not args.skip_scoring:
+        score_ratio, score_s, score_tokens = bench_scoring(engine, args.items)
+        print(f"scoring_prefix_shared_vs_per_choice: {score_ratio:.2f}x")
+        print(f"scoring_gflops_vs_mm_peak: {2 * params * score_tokens / score_s / 1e9 / peak:.2f}")
+
+
+if __name__ == "__main__":
+    main()
