@@ -72,5 +72,7 @@ class ScoreResult(BaseModel):
 
     @property
     def best_normalized(self) -> int:
-        """Choice with the highest log-likelihood per character (lm-eval's acc_norm convention)."""
+        """Choice with the highest log-likelihood per character of the continuation string as given
+        (leading space included). lm-eval's acc_norm divides by the bare choice text instead: use
+        ``tether.evals.formats.predict(result, request, normalized=True)`` for that convention."""
         return max(range(len(self.logprobs)), key=lambda i: self.logprobs[i] / max(self.num_chars[i], 1))
