@@ -142,3 +142,16 @@ def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="not a Tether audit report") as exc:
         AuditReport.load(bad)
     assert str(bad) in str(exc.value)
+
+
+def test_extra_metrics_are_shown(tmp_path):
+    report = build_report(
+        _items(),
+        METRICS,
+        baseline="base",
+        n_boot=50,
+        extra_metrics={("sft", "refusal"): {"bias_score_disambig": -0.286, "disparate_impact": 0.758}},
+    )
+    html = render_html(report, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Further metrics" in html
+    assert "bias_score_disambig" in html and "-0.286" in html and "0.758" in html

@@ -164,6 +164,15 @@ def _heatmap_png(rows: list[str], models: list[str], grid: list[list[float | Non
 # --- view model ----------------------------------------------------------------------------------
 
 
+def _extra_rows(report: AuditReport) -> list[dict[str, str]]:
+    """Task metrics beyond the headline (BBQ bias scores, disparate impact, expected max toxicity…)."""
+    return [
+        {"model": s.model, "task": s.task, "metric": name, "value": _fmt(value)}
+        for s in report.tasks
+        for name, value in sorted(s.extra_metrics.items())
+    ]
+
+
 def _context(report: AuditReport) -> dict[str, Any]:
     models = report.model_names()
     tasks = report.task_names()
@@ -207,6 +216,7 @@ def _context(report: AuditReport) -> dict[str, Any]:
             for t in tasks
         ],
         "summary_rows": summary_rows,
+        "extra_rows": _extra_rows(report),
         "n_incomplete": sum(not s.complete for s in report.tasks),
         "ci_pct": round(100 * (1 - float(report.settings.get("alpha", 0.05)))),
         "settings_line": ", ".join(

@@ -1,6 +1,9 @@
-"""The one engine: batched generation and log-likelihood scoring for every stage."""
+"""The one engine: batched generation and log-likelihood scoring for every stage.
 
-from tether.engine.engine import Engine, PromptTooLongError
+``Engine`` is imported lazily so that the typed records (``tether.engine.types``) and everything
+that only needs them stay importable without loading torch.
+"""
+
 from tether.engine.types import Completion, Prompt, SamplingParams, ScoreRequest, ScoreResult
 
 __all__ = [
@@ -12,3 +15,11 @@ __all__ = [
     "ScoreRequest",
     "ScoreResult",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("Engine", "PromptTooLongError"):
+        from tether.engine import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'tether.engine' has no attribute {name!r}")
