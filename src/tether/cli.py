@@ -52,10 +52,14 @@ app.add_typer(config_app, name="config")
 
 def _mount_areas() -> None:
     """Each pipeline area owns its sub-app; importing them is cheap (heavy imports live inside commands)."""
+    from tether.audit.cli import audit_command
     from tether.audit.cli_gate import gate_command
     from tether.feedback.cli import app as label_app
 
     app.add_typer(label_app, name="label", help="Collect human preference labels in a browser (RLHF).")
+    app.command(
+        "audit", help="Audit safety and capability of models/checkpoints; writes report.html and report.json."
+    )(audit_command)
     app.command("gate", help="Check an audit report.json against thresholds; exit code for CI pipelines.")(
         gate_command
     )

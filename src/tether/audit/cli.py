@@ -1,0 +1,196 @@
+"""`tether audit MODEL...`: run the eval tasks over models and checkpoints, write the report.
+
+Mount with ``app.command("audit")(audit_command)``; ``app`` is the same command as a standalone app.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tether.audit.gate import EXIT_INCOMPLETE, EXIT_PASS, EXIT_USAGE
+from tether.audit.schema import AuditReport, AxisSpec, ParetoSpec
+from tether.errors import ConfigError, TetherError
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+def _pareto(safety: str | None, capability: str | None, tasks: str) -> ParetoSpec | None:
+    """Axes from the flags; an axis not given falls back to the tasks that declare it."""
+    if safety is None and capability is None:
+        return None
+    from tether.evals import resolve_tasks
+
+    declared = {"safety": [], "capability": []}
+    for task in resolve_tasks(tasks):
+        if task.metric.axis in declared:
+            declared[task.metric.axis].append(task.name)
+    axes = {}
+    for axis, flag in (("safety", safety), ("capability", capability)):
+        chosen = _split([flag]) if flag is not None else declared[axis]
+        if not chosen:
+            raise ConfigError(
+                f"the {axis} axis has no task", where=f"--{axis}-axis", hint="name at least one audited task"
+            )
+        axes[axis] = AxisSpec(tasks=chosen)
+    return ParetoSpec(**axes)
+
+
+def _engine_config(overrides: list[str]):
+    from tether.config import EngineConfig, load_config
+
+    return load_config(EngineConfig, None, [o.removeprefix("engine.") for o in overrides])
+
+
+def summary_table(report: AuditReport) -> Table:
+    """Model x task: value, interval, n scored, and an incomplete mark."""
+    ci_pct = round(100 * (1 - float(report.settings.get("alpha", 0.05))))
+    table = Table(title="audit summary", title_justify="left")
+    for column, justify in (("model", "left"), ("task", "left"), ("metric", "left"), ("value", "right"),
+                            (f"{ci_pct}% CI", "right"), ("n", "right"), ("extras", "left")):  # fmt: skip
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for model in report.model_names():
+        for task in report.task_names():
+            s = report.summary(model, task)
+            if s is None:
+                continue
+            arrow = "↑" if s.metric.higher_is_better else "↓"
+            value = "—" if s.value is None else f"{s.value:.3f}"
+            if not s.complete:
+                value = f"[bold red]{value} incomplete[/]"
+            ci = "" if s.ci_low is None else f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
+            n = f"{s.n_scored}/{s.n_total}" if s.n_scored != s.n_total else str(s.n_scored)
+            extras = ", ".join(f"{k}={v:.3f}" for k, v in s.extra_metrics.items() if not k.startswith("n_"))
+            table.add_row(escape(model), task, f"{s.metric.name} {arrow}", value, ci, n, escape(extras))
+    return table
+
+
+def audit_command(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Models to audit, baseline first: 'default', an HF dir, a .gguf, an adapter dir, or a run "
+            "directory (each of its checkpoints/*/ is audited).",
+            show_default=False,
+        ),
+    ] = None,
+    tasks: Annotated[
+        str,
+        typer.Option(
+            "--tasks",
+            "-t",
+            help="Task sets (all, safety, capability, quick), task names or task .yaml files, comma-separated.",
+        ),
+    ] = "all",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default: runs/audit-<time>).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", min=1, help="At most N items per task.")
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Every item of every task instead of the default stratified sample."),
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for item sampling and sampled generation.")] = 0,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Engine setting, engine.key=value (repeatable).")
+    ] = None,
+    name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--name", help="Display name per model argument, in order (repeatable or comma-separated)."
+        ),
+    ] = None,
+    safety_axis: Annotated[
+        str | None, typer.Option("--safety-axis", help="Tasks averaged into the Pareto safety axis (a,b).")
+    ] = None,
+    capability_axis: Annotated[
+        str | None, typer.Option("--capability-axis", help="Tasks averaged into the Pareto capability axis.")
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache", help="Result cache file (default: $TETHER_CACHE/audit.sqlite or OUT/audit.sqlite)."
+        ),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate everything; store nothing.")] = False,
+    list_tasks: Annotated[
+        bool, typer.Option("--list-tasks", help="List the tasks and task sets, then exit.")
+    ] = False,
+) -> None:
+    """Audit models on safety and capability tasks; write report.json and report.html.
+
+    Per-item results are cached, so re-running, or adding a checkpoint, evaluates only what is new.
+    Exit codes: 0 done, 1 usage or config error, 2 a task is incomplete (too many unscored items).
+    """
+    err = Console(stderr=True)
+    out_console = Console()
+    try:
+        if list_tasks:
+            out_console.print(_task_table())
+            raise typer.Exit(EXIT_PASS)
+        if not models:
+            raise ConfigError("no models given", hint="e.g. `tether audit default runs/sft` (baseline first)")
+        from tether.audit.sweep import run_audit
+
+        out_dir = out or Path("runs") / f"audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        report = run_audit(
+            models,
+            tasks,
+            out_dir,
+            limit=limit,
+            full=full,
+            seed=seed,
+            engine_config=_engine_config(set_ or []),
+            names=_split(name) or None,
+            pareto=_pareto(safety_axis, capability_axis, tasks),
+            cache=False if no_cache else (cache if cache is not None else True),
+        )
+    except TetherError as exc:
+        err.print(f"[bold red]error:[/] {escape(exc.render())}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from exc
+
+    out_console.print(summary_table(report))
+    incomplete = [f"{s.model} / {s.task}" for s in report.tasks if not s.complete]
+    out_console.print(f"report: {escape(str(out_dir / 'report.html'))}")
+    out_console.print(f"data:   {escape(str(out_dir / 'report.json'))}")
+    if incomplete:
+        out_console.print(
+            "[bold red]incomplete[/] (too many unscored items, or no score): " + escape(", ".join(incomplete))
+        )
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _task_table() -> Table:
+    from tether.evals import TASK_SETS, get_task, task_names
+
+    table = Table(title="tasks", title_justify="left")
+    for column in ("task", "metric", "axis", "kind", "default sample", "description"):
+        table.add_column(column)
+    for task_name in task_names():
+        t = get_task(task_name)
+        sample = ", ".join(
+            f"{k} {v}"
+            for k, v in (("per category", t.default_per_category), ("limit", t.default_limit))
+            if v is not None
+        )
+        arrow = "↑" if t.metric.higher_is_better else "↓"
+        table.add_row(
+            t.name, f"{t.metric.name} {arrow}", t.metric.axis, t.kind, sample or "all", t.description
+        )
+    sets = "; ".join(f"{k}: {', '.join(v)}" for k, v in TASK_SETS.items())
+    table.caption = f"task sets — {sets}"
+    return table
+
+
+app = typer.Typer(add_completion=False, help="Audit models on safety and capability tasks.")
+app.command("audit")(audit_command)

@@ -1,0 +1,382 @@
+"""The audit sweep: every model on every task, per-item results cached, one report at the end.
+
+``run_audit`` loads each model once, runs each task on the same sampled items for every model (so
+deltas can be paired item by item), and writes ``report.json`` + ``report.html`` with the run's
+``manifest.json`` and ``traces.jsonl`` (every model call) beside them in ``out_dir``.
+
+Failure policy: a task that raises marks its remaining items "error" (its summary comes out
+incomplete, the CLI exits 2) and the sweep goes on. A model that fails to load is recorded in the
+report's settings and its tasks come out incomplete, as long as another model loaded; when no model
+loads at all the load error is raised, naming the model.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tether.audit.analysis import build_report
+from tether.audit.cache import NullCache, ResultCache, default_cache_path
+from tether.audit.pareto import check_spec
+from tether.audit.report import write_report
+from tether.audit.schema import AuditReport, DatasetInfo, ModelInfo, ParetoSpec
+from tether.config import EngineConfig
+from tether.errors import ConfigError, ModelLoadError, TetherError
+from tether.evals.registry import EngineLike, Task, resolve_tasks
+from tether.evals.tasks._common import error_text, make_result
+from tether.evals.types import ItemResult
+from tether.progress import progress_bar
+from tether.runs import Run, Tracer
+
+LoadEngine = Callable[[str, EngineConfig, Tracer], EngineLike]
+
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """One model to audit: its display name in the report and its load spec."""
+
+    name: str
+    spec: str
+
+
+def _natural_key(text: str) -> list[Any]:
+    # step-10 before step-100: numbers compare as numbers.
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
+
+
+def run_checkpoints(path: Path) -> list[Path]:
+    """The checkpoint directories of a run directory (``checkpoints/*/`` holding an adapter or HF
+    weights), in natural order; [] when ``path`` is not such a run directory."""
+    folder = path / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    found = [
+        d
+        for d in folder.iterdir()
+        if d.is_dir() and ((d / "adapter_config.json").exists() or (d / "config.json").exists())
+    ]
+    return sorted(found, key=lambda d: _natural_key(d.name))
+
+
+def _display_name(spec: str) -> str:
+    path = Path(spec)
+    return path.name if path.exists() else spec
+
+
+def expand_models(models: Sequence[str], names: Sequence[str] | None = None) -> list[ModelTarget]:
+    """Model specs -> targets. A run directory with ``checkpoints/*/`` becomes one target per
+    checkpoint, named ``<run name>/<checkpoint>``. ``names`` (one per spec) replace the default
+    display names (the spec, or a path's last component)."""
+    if not models:
+        raise ConfigError("no models to audit", hint="pass at least one model spec, e.g. `default`")
+    if names and len(names) != len(models):
+        raise ConfigError(
+            f"{len(names)} name(s) for {len(models)} model(s)",
+            where="--name",
+            hint="give one --name per model argument, in the same order",
+        )
+    targets: list[ModelTarget] = []
+    for i, spec in enumerate(models):
+        label = names[i] if names else _display_name(spec)
+        checkpoints = run_checkpoints(Path(spec))
+        if checkpoints:
+            targets += [ModelTarget(f"{label}/{c.name}", str(c)) for c in checkpoints]
+        else:
+            targets.append(ModelTarget(label, spec))
+    seen: dict[str, str] = {}
+    for t in targets:
+        if t.name in seen:
+            raise ConfigError(
+                f"two models are both called '{t.name}' ({seen[t.name]} and {t.spec})",
+                where="models",
+                hint="give each model its own display name with --name",
+            )
+        seen[t.name] = t.spec
+    return targets
+
+
+def _default_load_engine(spec: str, config: EngineConfig, tracer: Tracer) -> EngineLike:
+    from tether.engine import Engine
+
+    return Engine.from_spec(spec, config, tracer=tracer)
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), max(1, size))]
+
+
+@dataclass
+class TaskRun:
+    """What one task produced for one model."""
+
+    results: list[ItemResult]
+    n_cached: int
+    seconds: float
+    error: str | None = None
+
+
+def run_task(
+    engine: EngineLike,
+    task: Task,
+    items: Sequence[Any],
+    *,
+    model: str,
+    cache: ResultCache | NullCache,
+    seed: int = 0,
+    progress: bool = True,
+) -> TaskRun:
+    """One task on one model: cached items are read back, the rest run in batches of
+    ``task.batch_items``, each batch cached as soon as it finishes. An exception marks the items not
+    yet done "error" and stops the task (the same bug would most likely repeat on every batch)."""
+    began = time.perf_counter()
+    fingerprint = engine.fingerprint
+    version = task.version(seed)
+    found = cache.get(fingerprint, task.name, version, [it.id for it in items])
+    done = {
+        iid: r.model_copy(update={"model": model, "model_fingerprint": fingerprint})
+        for iid, r in found.items()
+    }
+    todo = [it for it in items if it.id not in done]
+    error = None
+    with progress_bar(f"{model} · {task.name}", total=len(items), enabled=progress) as bar:
+        bar.advance(len(done))
+        for chunk in _chunks(todo, task.batch_items):
+            try:
+                out = task.run(engine, list(chunk), seed=seed)
+                if [r.item_id for r in out] != [it.id for it in chunk]:
+                    raise RuntimeError(
+                        f"task '{task.name}' returned results for {len(out)} items in a different order "
+                        f"or set than the {len(chunk)} it was given"
+                    )
+            except Exception as exc:
+                error = error_text(exc)
+                for it in todo:
+                    if it.id not in done:
+                        done[it.id] = make_result(
+                            engine, task.name, it, status="error", extra={"error": error}
+                        ).model_copy(update={"model": model})
+                break
+            cache.put(fingerprint, task.name, version, out)
+            for r in out:
+                done[r.item_id] = r.model_copy(update={"model": model, "model_fingerprint": fingerprint})
+            bar.advance(len(chunk))
+    return TaskRun(
+        results=[done[it.id] for it in items],
+        n_cached=len(found),
+        seconds=time.perf_counter() - began,
+        error=error,
+    )
+
+
+def _judge_validation(tasks: Sequence[Task]) -> dict[str, Any]:
+    used = {j for t in tasks for j in t.judges}
+    figures: dict[str, Any] = {}
+    if "refusal" in used:
+        from tether.judges import default_refusal_judge, validate_refusal_judge
+
+        judge = default_refusal_judge()
+        key = f"refusal judge '{getattr(judge, 'name', type(judge).__name__)}'"
+        try:
+            figures[key] = validate_refusal_judge(judge).model_dump()
+        except TetherError as exc:
+            figures[key] = f"not validated: {exc.message}"
+    if "toxicity" in used:
+        figures["toxicity scorer 'alt-profanity-check'"] = (
+            "not validated here: a linear offensive-language classifier used as a proxy for the "
+            "Perspective API scores RealToxicityPrompts reports"
+        )
+    return figures
+
+
+def _datasets(task: Task, n_items: int) -> list[DatasetInfo]:
+    from tether.data.sources import SOURCES
+
+    out = []
+    for source in task.sources:
+        known = SOURCES.get(source)
+        out.append(
+            DatasetInfo(
+                name=f"{source} ({task.name})",
+                source_package=known.package if known else "user file",
+                license=known.license if known else "as supplied by the user",
+                n_items=n_items,
+            )
+        )
+    return out
+
+
+def run_audit(
+    models: Sequence[str],
+    tasks: str | Sequence[str],
+    out_dir: str | Path,
+    *,
+    limit: int | None = None,
+    full: bool = False,
+    seed: int = 0,
+    engine_config: EngineConfig | None = None,
+    names: Sequence[str] | None = None,
+    pareto: ParetoSpec | None = None,
+    cache: str | Path | bool = True,
+    load_engine: LoadEngine | None = None,
+    progress: bool = True,
+) -> AuditReport:
+    """Audit ``models`` (the first is the baseline) on ``tasks`` (set names, task names, user task
+    YAML paths) and write report.json and report.html into ``out_dir``.
+
+    ``limit`` caps the items per task (on top of each task's default sample unless ``full``).
+    ``cache``: True = the default cache file (see ``default_cache_path``), False = none, or a path.
+    ``load_engine(spec, config, tracer)`` replaces ``Engine.from_spec`` (tests, preloaded models).
+    """
+    out_dir = Path(out_dir)
+    engine_config = engine_config or EngineConfig()
+    load_engine = load_engine or _default_load_engine
+    task_list = resolve_tasks(tasks)
+    targets = expand_models(models, names)
+    metrics = {t.name: t.metric for t in task_list}
+    if pareto is not None:
+        check_spec(pareto, metrics)  # before hours of compute, not after
+
+    # The same items for every model: sampling depends on the data and the seed only.
+    samples: dict[str, list[Any]] = {}
+    task_errors: dict[str, str] = {}
+    for task in task_list:
+        try:
+            samples[task.name] = task.select(limit=limit, full=full, seed=seed)
+        except TetherError as exc:
+            task_errors[task.name] = exc.render()
+            samples[task.name] = []
+
+    config = {
+        "models": [{"name": t.name, "spec": t.spec} for t in targets],
+        "tasks": [t.name for t in task_list],
+        "limit": limit,
+        "full": full,
+        "seed": seed,
+        "engine": engine_config.model_dump(mode="json"),
+    }
+    manifest = out_dir / "manifest.json"
+    if manifest.exists():
+        job = json.loads(manifest.read_text(encoding="utf-8")).get("job")
+        if job != "audit":
+            raise ConfigError(
+                f"{out_dir} is the run directory of a '{job}' job, not an audit",
+                where="--out",
+                hint="write the audit elsewhere, e.g. --out runs/audit-1 (the run's checkpoints are read, not written)",
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = Run.create(out_dir.name, root=out_dir.parent, job="audit", config=config, seed=seed)
+    store: ResultCache | NullCache
+    if cache is False:
+        store = NullCache()
+    else:
+        store = ResultCache(default_cache_path(out_dir) if cache is True else Path(cache))
+
+    timings: dict[str, float] = {}
+    results: list[ItemResult] = []
+    infos: list[ModelInfo] = []
+    failed: dict[str, str] = {}
+    extra: dict[tuple[str, str], dict[str, float]] = {}
+    cached_counts: dict[str, int] = {}
+    try:
+        began = time.perf_counter()
+        judge_validation = _judge_validation(task_list)
+        timings["judge validation"] = time.perf_counter() - began
+        with store:
+            for target in targets:
+                began = time.perf_counter()
+                try:
+                    engine = load_engine(target.spec, engine_config, run.tracer)
+                except Exception as exc:
+                    if len(targets) == 1:
+                        if isinstance(exc, TetherError):
+                            raise
+                        raise ModelLoadError(
+                            f"could not load model '{target.name}': {exc}", where=target.spec
+                        ) from exc
+                    failed[target.name] = exc.render() if isinstance(exc, TetherError) else error_text(exc)
+                    infos.append(ModelInfo(name=target.name, spec=target.spec))
+                    continue
+                timings[f"load {target.name}"] = time.perf_counter() - began
+                infos.append(ModelInfo(name=target.name, spec=target.spec, fingerprint=engine.fingerprint))
+                for task in task_list:
+                    with run.stage(f"{target.name}/{task.name}") as stage:
+                        done = run_task(
+                            engine,
+                            task,
+                            samples[task.name],
+                            model=target.name,
+                            cache=store,
+                            seed=seed,
+                            progress=progress,
+                        )
+                        stage.update(items=len(done.results), cached=done.n_cached, error=done.error)
+                    timings[f"{target.name} / {task.name}"] = done.seconds
+                    cached_counts[f"{target.name} / {task.name}"] = done.n_cached
+                    if done.error:
+                        task_errors[f"{target.name} / {task.name}"] = done.error
+                    results += done.results
+                    if task.aggregate is not None:
+                        try:
+                            numbers = task.aggregate(done.results)
+                        except Exception as exc:  # a bad aggregate must not cost the whole audit
+                            task_errors[f"{target.name} / {task.name} (extra metrics)"] = error_text(exc)
+                        else:
+                            if numbers:
+                                extra[(target.name, task.name)] = numbers
+                del engine
+                gc.collect()  # free one model's weights before the next one loads
+        if len(failed) == len(targets):
+            raise ModelLoadError(
+                "no model could be loaded: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
+            )
+
+        settings: dict[str, Any] = {
+            "tasks": ", ".join(t.name for t in task_list),
+            "limit": limit,
+            "full": full,
+            "cache": str(store.path) if store.path else "off",
+            **{
+                f"task {t.name}": f"{t.description} — {len(samples[t.name])} items, version {t.version(seed)}"
+                for t in task_list
+            },
+        }
+        if failed:
+            settings["failed models"] = failed
+        if task_errors:
+            settings["task errors"] = task_errors
+        if any(cached_counts.values()):
+            settings["items from cache"] = {k: v for k, v in cached_counts.items() if v}
+        report = build_report(
+            results,
+            metrics,
+            baseline=targets[0].name,
+            models=infos,
+            pareto=pareto,
+            judge_validation=judge_validation,
+            datasets=[d for t in task_list for d in _datasets(t, len(samples[t.name]))],
+            timings=timings,
+            settings=settings,
+            extra_metrics=extra,
+            seed=seed,
+        )
+        write_report(report, out_dir)
+    except BaseException as exc:
+        run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=error_text(exc))
+        raise
+    run.finish(
+        "complete",
+        incomplete=[f"{s.model} / {s.task}" for s in report.tasks if not s.complete],
+        report="report.json",
+    )
+    return report
+
+
+__all__ = ["ModelTarget", "TaskRun", "expand_models", "run_audit", "run_checkpoints", "run_task"]

@@ -1,0 +1,28 @@
+"""Evals: the task registry (safety, bias, toxicity, capability, coding and user tasks), the
+lm-eval prompt formats, and the per-item result records the audit consumes."""
+
+from tether.evals.registry import (
+    CAPABILITY_TASKS,
+    SAFETY_TASKS,
+    TASK_SETS,
+    EngineLike,
+    Task,
+    get_task,
+    resolve_tasks,
+    task_names,
+)
+from tether.evals.types import ItemResult, ItemStatus, MetricSpec
+
+__all__ = [
+    "CAPABILITY_TASKS",
+    "SAFETY_TASKS",
+    "TASK_SETS",
+    "EngineLike",
+    "ItemResult",
+    "ItemStatus",
+    "MetricSpec",
+    "Task",
+    "get_task",
+    "resolve_tasks",
+    "task_names",
+]

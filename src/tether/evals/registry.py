@@ -1,0 +1,225 @@
+"""The task registry: every eval Tether knows by name, the named task sets, and user tasks from YAML.
+
+A :class:`Task` is a small record of plain functions, lm-evaluation-harness style: where its items come
+from (``load``), how one model is run on a batch of them (``run``), and how the headline metric reads
+(``metric``). The audit sweep owns sampling, batching, caching and reporting; a task owns nothing but
+its prompt format and its scorer, so a new task is one factory function.
+
+Built-in tasks live in ``tether.evals.tasks`` and are built on first lookup. Other packages can add
+tasks through the ``tether.tasks`` entry-point group (each entry point loads to a zero-argument
+callable returning a Task or a list of Tasks). A name ending in ``.yaml``/``.yml`` is a user task
+file (see ``tether.evals.tasks.user``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from tether.data.sources import stratified_sample
+from tether.errors import ConfigError
+from tether.evals.types import ItemResult, MetricSpec
+
+TaskKind = Literal["generate", "score"]
+ENTRY_POINT_GROUP = "tether.tasks"
+
+# Bump when a change to shared task plumbing changes results, so caches written before it are ignored.
+_PLUMBING_VERSION = 1
+
+
+class EngineLike(Protocol):
+    """What tasks need from ``tether.engine.Engine``; tests pass scripted fakes with the same shape."""
+
+    name: str
+    fingerprint: str
+
+    def generate(self, prompts, params=None, *, stage: str = "", progress: bool = True) -> list: ...
+
+    def score(self, requests, *, stage: str = "", progress: bool = True) -> list: ...
+
+
+RunFn = Callable[..., list[ItemResult]]  # run(engine, items, *, seed=0) -> one ItemResult per item
+
+
+@dataclass(frozen=True)
+class Task:
+    """One eval task.
+
+    ``load()`` returns every item (records with ``id`` and ``category``); the sweep samples them with
+    :meth:`select` and calls ``run(engine, items, seed=seed)``, which must return one ItemResult per
+    item, in order, and never raise for one bad item (it marks that item ``error``). ``settings``
+    lists everything besides the model and the item that the results depend on (prompt format,
+    sampling parameters, judge): its hash is the task's cache version.
+    """
+
+    name: str
+    description: str
+    sources: tuple[str, ...]  # keys of tether.data.sources.SOURCES (or a user file path)
+    metric: MetricSpec
+    kind: TaskKind
+    load: Callable[[], Sequence[Any]]
+    run: RunFn
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    default_per_category: int | None = None
+    default_limit: int | None = None
+    # Items outside the default subset (e.g. jailbreak families beyond the default few) are only
+    # reached with ``full=True``.
+    default_filter: Callable[[Any], bool] | None = None
+    # Task-level numbers beyond the headline mean (bias scores, acc next to acc_norm), computed
+    # from the scored ItemResults of one model.
+    aggregate: Callable[[Sequence[ItemResult]], dict[str, float]] | None = None
+    batch_items: int = 64  # items per run() call; the sweep caches after each call
+    seeded: bool = False  # results depend on the audit seed (sampled generation)
+    judges: tuple[str, ...] = ()  # judges whose validation the report should print
+    notes: str = ""
+
+    def version(self, seed: int = 0) -> str:
+        """Hash of what the results depend on besides the model and the item."""
+        payload = {
+            "task": self.name,
+            "kind": self.kind,
+            "metric": self.metric.model_dump(),
+            "settings": dict(self.settings),
+            "seed": seed if self.seeded else None,
+            "plumbing": _PLUMBING_VERSION,
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def select(self, *, limit: int | None = None, full: bool = False, seed: int = 0) -> list[Any]:
+        """The items an audit runs: the default stratified sample, or everything with ``full``; at
+        most ``limit`` either way. Depends only on the seed and the data, never on the model, so every
+        checkpoint sees the same items and deltas can be paired."""
+        if limit is not None and limit < 0:
+            raise ConfigError(f"limit must be >= 0, got {limit}", where="limit")
+        items = list(self.load())
+        if full:
+            return stratified_sample(items, per_category=None, limit=limit, seed=seed)
+        if self.default_filter is not None:
+            items = [it for it in items if self.default_filter(it)]
+        caps = [n for n in (self.default_limit, limit) if n is not None]
+        return stratified_sample(
+            items, per_category=self.default_per_category, limit=min(caps) if caps else None, seed=seed
+        )
+
+
+# --- the registry ----------------------------------------------------------------------------------
+
+# The order of "all" is the report's column order: safety first, then capability.
+SAFETY_TASKS = (
+    "harmful_refusal",
+    "advbench_refusal",
+    "donotanswer_refusal",
+    "overrefusal",
+    "jailbreak",
+    "toxicity",
+    "bbq",
+)
+CAPABILITY_TASKS = ("mmlu", "hellaswag", "arc_challenge", "arithmetic", "gsm8k", "humaneval")
+
+TASK_SETS: dict[str, tuple[str, ...]] = {
+    "all": SAFETY_TASKS + CAPABILITY_TASKS,
+    "safety": SAFETY_TASKS,
+    "capability": CAPABILITY_TASKS,
+    # A few minutes on a laptop CPU: refusal both ways, one knowledge and one reasoning set.
+    "quick": ("harmful_refusal", "overrefusal", "mmlu", "arc_challenge"),
+}
+
+
+@cache
+def _builtin() -> dict[str, Task]:
+    from tether.evals.tasks import builtin_tasks
+
+    tasks = {t.name: t for t in builtin_tasks()}
+    for task in _entry_point_tasks():
+        tasks.setdefault(task.name, task)  # a plugin never shadows a built-in
+    return tasks
+
+
+def _entry_point_tasks() -> list[Task]:
+    from importlib.metadata import entry_points
+
+    found: list[Task] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            made = ep.load()()
+        except Exception as exc:  # a broken plugin must not take the built-in tasks down with it
+            raise ConfigError(
+                f"task plugin '{ep.name}' ({ep.value}) failed to load: {exc}",
+                hint=f"fix or uninstall the package that registers it under '{ENTRY_POINT_GROUP}'",
+            ) from exc
+        found.extend(made if isinstance(made, list | tuple) else [made])
+    return found
+
+
+def task_names() -> list[str]:
+    """Every registered task name (built-in first, then plugins)."""
+    return list(_builtin())
+
+
+def is_task_file(name: str) -> bool:
+    return name.endswith((".yaml", ".yml"))
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``, or the user task declared in a ``.yaml`` file; an unknown name gets
+    a "did you mean" hint."""
+    if is_task_file(name):
+        from tether.evals.tasks.user import load_user_task
+
+        return load_user_task(Path(name))
+    tasks = _builtin()
+    if name in tasks:
+        return tasks[name]
+    close = difflib.get_close_matches(name, [*tasks, *TASK_SETS], n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known tasks: {', '.join(tasks)}"
+    raise ConfigError(
+        f"unknown task '{name}'",
+        where="tasks",
+        hint=hint + f" Task sets: {', '.join(TASK_SETS)}; a user task is a path ending in .yaml",
+    )
+
+
+def resolve_tasks(spec: str | Sequence[str]) -> list[Task]:
+    """Tasks from a mix of set names, task names and YAML paths (``"safety,mmlu"`` or a list),
+    in order, without duplicates."""
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    names: list[str] = []
+    for part in parts:
+        for name in (p.strip() for p in str(part).split(",")):
+            if name:
+                names.extend(TASK_SETS.get(name, (name,)))
+    if not names:
+        raise ConfigError("no tasks given", where="tasks", hint=f"use one of {', '.join(TASK_SETS)}")
+    tasks: dict[str, Task] = {}
+    for name in dict.fromkeys(names):
+        task = get_task(name)
+        if task.name in tasks and tasks[task.name] is not task:
+            raise ConfigError(
+                f"two tasks are both called '{task.name}'",
+                where=name,
+                hint="give the user task a different name",
+            )
+        tasks[task.name] = task
+    return list(tasks.values())
+
+
+__all__ = [
+    "CAPABILITY_TASKS",
+    "ENTRY_POINT_GROUP",
+    "SAFETY_TASKS",
+    "TASK_SETS",
+    "EngineLike",
+    "Task",
+    "TaskKind",
+    "get_task",
+    "is_task_file",
+    "resolve_tasks",
+    "task_names",
+]
