@@ -127,3 +127,18 @@ def test_runs_list_and_show(tmp_path):
 def test_config_show_lists_fields():
     result = runner.invoke(app, ["config", "show", "EngineConfig"])
     assert result.exit_code == 0 and "batch_size" in result.output and "truncation" in result.output
+
+
+def test_config_validate_names_bad_keys(tmp_path):
+    good = tmp_path / "demo.yaml"
+    good.write_text("harmful_prompts: 2\nengine:\n  batch_size: 4\n")
+    ok = runner.invoke(app, ["config", "validate", str(good)])
+    assert ok.exit_code == 0 and "valid demo config" in ok.output
+    bad = tmp_path / "my-demo.yaml"
+    bad.write_text("harmful_prompts: -1\nengine:\n  batch_sise: 4\n")
+    result = runner.invoke(app, ["config", "validate", str(bad)])
+    assert result.exit_code == 1
+    assert "my-demo.yaml:1: harmful_prompts" in result.output
+    assert "my-demo.yaml:3: engine.batch_sise: unknown key" in result.output
+    unknown = runner.invoke(app, ["config", "validate", str(tmp_path / "x.yaml")])
+    assert unknown.exit_code == 1 and "--kind" in unknown.output

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -31,7 +32,7 @@ class _ErrorHandlingGroup(TyperGroup):
         except TetherError as exc:
             if os.environ.get("TETHER_DEBUG"):
                 traceback.print_exc()
-            err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
             raise typer.Exit(getattr(exc, "exit_code", 1)) from None
 
 
@@ -314,27 +315,59 @@ def runs_show(
 # ----------------------------------------------------------------------------------------- config
 
 
+# Config classes by the name users type; imported lazily so `tether --help` stays fast.
+CONFIG_CLASSES = {
+    "engine": ("tether.config", "EngineConfig"),
+    "demo": ("tether.demo", "DemoConfig"),
+    "cai": ("tether.cai.pipeline", "CAIConfig"),
+    "rlhf": ("tether.rlhf.pipeline", "RLHFConfig"),
+    "gate": ("tether.audit.gate", "GateConfig"),
+}
+
+
+def _config_class(name: str):
+    import importlib
+
+    key = name.lower().removesuffix("config")
+    if key not in CONFIG_CLASSES:
+        raise TetherError(f"unknown config '{name}'", hint=f"one of: {', '.join(CONFIG_CLASSES)}")
+    module, attr = CONFIG_CLASSES[key]
+    return getattr(importlib.import_module(module), attr)
+
+
 @config_app.command("show")
 def config_show(
-    name: Annotated[str, typer.Argument(help="Config class, e.g. EngineConfig.")] = "EngineConfig",
+    name: Annotated[str, typer.Argument(help=f"Config kind: {', '.join(CONFIG_CLASSES)}.")] = "engine",
 ) -> None:
     """Print every field of a config with its type, default and meaning."""
     from tether.config import describe_fields
 
-    model = _config_classes().get(name)
-    if model is None:
-        raise TetherError(f"unknown config '{name}'", hint=f"one of: {', '.join(sorted(_config_classes()))}")
     table = Table("field", "type", "default", "description")
-    for row in describe_fields(model):
+    for row in describe_fields(_config_class(name)):
         table.add_row(*row)
     console.print(table)
 
 
-def _config_classes() -> dict:
-    from tether.config import EngineConfig
-    from tether.demo import DemoConfig
+@config_app.command("validate")
+def config_validate(
+    path: Annotated[Path, typer.Argument(help="YAML config file.")],
+    kind: Annotated[
+        str | None, typer.Option(help="Config kind; default: guessed from the file name.")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Check a config file before a long run: every unknown key and bad value, with file:line."""
+    from tether.config import load_config
 
-    return {"EngineConfig": EngineConfig, "DemoConfig": DemoConfig}
+    if kind is None:
+        kind = next((k for k in CONFIG_CLASSES if k in path.stem.lower()), None)
+        if kind is None:
+            raise TetherError(
+                f"cannot tell the config kind from '{path.name}'",
+                hint=f"pass --kind ({', '.join(CONFIG_CLASSES)})",
+            )
+    load_config(_config_class(kind), path, set_)
+    console.print(f"[green]ok[/]: {path} is a valid {kind} config")
 
 
 def main() -> None:
