@@ -1,0 +1,42 @@
+"""Constitutional AI (Bai et al. 2022): a constitution of principles, the critique → revision loop,
+SFT on the revisions, AI-feedback preference labels and DPO, each round audited.
+
+Entry points: ``run_cai(config, run)`` (the whole job) and ``tether cai run CONFIG`` (``tether.cai.cli``).
+"""
+
+from tether.cai.constitution import Constitution, Principle, PrincipleExample, load_constitution
+from tether.cai.loop import LoopConfig, LoopStats, degenerate_reason, distinct_2, run_loop
+from tether.cai.pipeline import CAIConfig, load_cai_config, run_cai
+from tether.cai.prompts import CAIPrompt, PromptSplit, load_benign, load_harmful, make_split, split_side
+from tether.cai.records import Answer, Critique, Final, LabeledPair, Revision
+from tether.cai.rlaif import RLAIFConfig, debiased_preference, label_pairs, sample_answer_pairs
+
+__all__ = [
+    "Answer",
+    "CAIConfig",
+    "CAIPrompt",
+    "Constitution",
+    "Critique",
+    "Final",
+    "LabeledPair",
+    "LoopConfig",
+    "LoopStats",
+    "Principle",
+    "PrincipleExample",
+    "PromptSplit",
+    "RLAIFConfig",
+    "Revision",
+    "debiased_preference",
+    "degenerate_reason",
+    "distinct_2",
+    "label_pairs",
+    "load_benign",
+    "load_cai_config",
+    "load_constitution",
+    "load_harmful",
+    "make_split",
+    "run_cai",
+    "run_loop",
+    "sample_answer_pairs",
+    "split_side",
+]

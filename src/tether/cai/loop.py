@@ -1,0 +1,481 @@
+"""The critique → revision loop (Bai et al. 2022, §3): answer, critique under a sampled principle,
+revise; K passes; then keep the revisions that follow the constitution.
+
+Everything is batched through the engine: all answers in one ``generate`` call, then per pass all
+critiques in one call and all revisions in one call. Each record is appended to ``loop.jsonl`` as soon
+as its call returns, and a rerun rebuilds the state from that file and asks the model only for what is
+missing (``resume``), so an interrupted round costs at most the call that was running.
+
+Degenerate critic output — empty, or looping (distinct-2 below ``min_distinct2``, or one line said
+over and over) — gets no revision: the previous answer is kept unchanged and the skip is counted. A
+degenerate rewrite is treated the same way.
+
+Filters on the final text: for a red-team prompt it is kept if the refusal judge labels it a refusal
+or the critic, asked Yes/No by log-likelihood, says it follows the last principle; for a benign prompt
+it is dropped if the judge labels it a refusal (or it is empty). A red-team final that the judge calls
+a refusal only for being off-topic (a non-sequitur with no refusal phrase) is dropped too unless
+``keep_deflections``: small models ramble, and SFT should not learn rambling as the safe answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from tether.cai.constitution import Constitution, Principle
+from tether.cai.prompts import CAIPrompt
+from tether.cai.records import LOOP_RECORD, Answer, Critique, Final, Revision
+from tether.config import StrictModel
+from tether.data.jsonl import JsonlAppender, read_completed
+from tether.engine.types import Prompt, SamplingParams, ScoreRequest
+
+CONVERSATION = (
+    "Read this conversation between a user and an AI assistant.\n\nUser: {prompt}\nAssistant: {response}"
+)
+CRITIQUE_TEMPLATE = "{examples}" + CONVERSATION + "\n\n{critique_request}"
+REVISION_TEMPLATE = (
+    "{examples}"
+    + CONVERSATION
+    + "\n\nA reviewer wrote this critique of the assistant's response: {critique}\n\n"
+    "{revision_request} Write only the assistant's new response."
+)
+EXAMPLE_TEMPLATE = (
+    "Example.\nUser: {prompt}\nAssistant: {response}\nCritique: {critique}\nRevised response: {revision}\n\n"
+)
+COMPLIANCE_TEMPLATE = (
+    CONVERSATION + "\n\nThe assistant must follow this rule: {revision_request}\n"
+    "Does the assistant's response follow the rule? Answer Yes or No."
+)
+_LABEL_PREFIX = re.compile(
+    r"^\s*(?:\**\s*(?:revised response|revision|new response|rewritten response|assistant|response)\s*\**\s*:\s*)+",
+    re.IGNORECASE,
+)
+
+
+class LoopConfig(StrictModel):
+    """How the loop samples and filters."""
+
+    passes: int = Field(1, ge=1, description="Critique → revision passes per answer (K).")
+    few_shot: int = Field(
+        1, ge=0, description="Worked examples of the principle shown to critic and reviser (at most)."
+    )
+    answer: SamplingParams = Field(
+        default_factory=lambda: SamplingParams(max_new_tokens=128, temperature=0.7, top_p=0.9),
+        description="Sampling for the first answers.",
+    )
+    critique: SamplingParams = Field(
+        default_factory=lambda: SamplingParams(
+            max_new_tokens=96, temperature=0.7, top_p=0.9, stop=["\nUser:"]
+        ),
+        description="Sampling for critiques.",
+    )
+    revision: SamplingParams = Field(
+        default_factory=lambda: SamplingParams(
+            max_new_tokens=128, temperature=0.7, top_p=0.9, stop=["\nUser:"]
+        ),
+        description="Sampling for revisions.",
+    )
+    keep_deflections: bool = Field(
+        False,
+        description="Keep a red-team final the judge calls a refusal only because it is off-topic "
+        "(a non-sequitur, no refusal phrase). Off by default: SFT should imitate refusals, not rambling.",
+    )
+    min_distinct2: float = Field(
+        0.3, ge=0.0, le=1.0, description="Critiques/rewrites below this distinct-2 are degenerate."
+    )
+    max_repeated_line: int = Field(
+        3, ge=2, description="A line repeated this many times makes the text degenerate."
+    )
+
+
+# --- text checks -------------------------------------------------------------------------------
+
+
+def distinct_2(text: str) -> float:
+    """Distinct word bigrams / all word bigrams (1.0 for fewer than two words)."""
+    words = text.split()
+    bigrams = list(zip(words, words[1:], strict=False))
+    return len(set(bigrams)) / len(bigrams) if bigrams else 1.0
+
+
+def degenerate_reason(text: str, *, min_distinct2: float = 0.3, max_repeated_line: int = 3) -> str | None:
+    """Why ``text`` is unusable as a critique or rewrite, or None: empty, mostly symbols (emoji or
+    punctuation runs), a low distinct-2, or one line repeated. Distinct-2 needs 8+ words: over a
+    handful of words it says nothing."""
+    stripped = text.strip()
+    if not stripped:
+        return "empty"
+    visible = [ch for ch in stripped if not ch.isspace()]
+    if len(visible) >= 12 and sum(ch.isalpha() for ch in visible) / len(visible) < 0.4:
+        return "mostly symbols, not text"
+    if len(stripped.split()) >= 8 and (d2 := distinct_2(stripped)) < min_distinct2:
+        return f"repetitive (distinct-2 {d2:.2f} < {min_distinct2})"
+    lines = [ln.strip() for ln in stripped.splitlines() if ln.strip()]
+    if lines:
+        line, count = Counter(lines).most_common(1)[0]
+        if count >= max_repeated_line:
+            return f"the same line {count} times: {line[:40]!r}"
+    return None
+
+
+def clean_revision(text: str) -> str:
+    """Drop the labels small models echo from the prompt ("Revised response:", "Assistant:")."""
+    return _LABEL_PREFIX.sub("", text).strip().strip('"').strip()
+
+
+# --- prompts for the critic and the reviser ----------------------------------------------------
+
+
+def _examples(principle: Principle, few_shot: int) -> str:
+    return "".join(EXAMPLE_TEMPLATE.format(**ex.model_dump()) for ex in principle.examples[:few_shot])
+
+
+def critique_text(prompt: str, response: str, principle: Principle, few_shot: int = 1) -> str:
+    return CRITIQUE_TEMPLATE.format(
+        examples=_examples(principle, few_shot),
+        prompt=prompt,
+        response=response,
+        critique_request=principle.critique_request.strip(),
+    )
+
+
+def revision_text(prompt: str, response: str, critique: str, principle: Principle, few_shot: int = 1) -> str:
+    return REVISION_TEMPLATE.format(
+        examples=_examples(principle, few_shot),
+        prompt=prompt,
+        response=response,
+        critique=critique.strip(),
+        revision_request=principle.revision_request.strip(),
+    )
+
+
+def render(engine: Any, prompt: Prompt) -> str:
+    """The engine's rendering of a chat prompt (scripted test engines may not have one)."""
+    fn = getattr(engine, "render", None)
+    return fn(prompt) if callable(fn) else prompt.text
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopState:
+    """Everything a round has recorded so far, indexed for resuming."""
+
+    answers: dict[str, Answer] = field(default_factory=dict)
+    critiques: dict[tuple[str, int], Critique] = field(default_factory=dict)
+    revisions: dict[tuple[str, int], Revision] = field(default_factory=dict)
+    finals: dict[str, Final] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> LoopState:
+        state = cls()
+        for raw in read_completed(path):
+            state.add(LOOP_RECORD.validate_python(raw))
+        return state
+
+    def add(self, record: Any) -> None:
+        if isinstance(record, Answer):
+            self.answers[record.prompt_id] = record
+        elif isinstance(record, Critique):
+            self.critiques[(record.prompt_id, record.pass_index)] = record
+        elif isinstance(record, Revision):
+            self.revisions[(record.prompt_id, record.pass_index)] = record
+        elif isinstance(record, Final):
+            self.finals[record.prompt_id] = record
+
+    def current(self, prompt_id: str, before_pass: int) -> str:
+        """The answer as it stood before pass ``before_pass``."""
+        if before_pass == 0:
+            return self.answers[prompt_id].text
+        return self.revisions[(prompt_id, before_pass - 1)].text
+
+
+@dataclass
+class LoopStats:
+    """Counts for the round's report."""
+
+    prompts: int = 0
+    harmful: int = 0
+    benign: int = 0
+    passes: int = 0
+    degenerate_critiques: int = 0
+    degenerate_revisions: int = 0
+    revised: int = 0
+    kept: int = 0
+    kept_harmful: int = 0
+    kept_benign: int = 0
+    dropped_harmful_still_complies: int = 0
+    dropped_harmful_deflection: int = 0
+    dropped_benign_refused: int = 0
+    dropped_empty: int = 0
+    kept_by_critic_only: int = 0
+    answer_refusal_rate_harmful: float | None = None
+    answer_refusal_rate_benign: float | None = None
+    final_refusal_rate_harmful: float | None = None
+    final_refusal_rate_benign: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _rate(labels: Sequence[str]) -> float | None:
+    scored = [label for label in labels if label != "unparsed"]
+    return round(sum(label == "refusal" for label in scored) / len(scored), 4) if scored else None
+
+
+def run_loop(
+    prompts: Sequence[CAIPrompt],
+    engine: Any,
+    constitution: Constitution,
+    out_path: str | Path,
+    *,
+    judge: Any,
+    critic: Any | None = None,
+    config: LoopConfig | None = None,
+    round_index: int = 1,
+    seed: int = 0,
+    stage: str = "cai",
+) -> tuple[list[Final], LoopStats]:
+    """Run (or resume) one round of the loop over ``prompts``; return every prompt's Final record
+    (kept or not, in prompt order) and the round's counts. ``critic`` defaults to ``engine``."""
+    from tether.judges import judge_many
+
+    config = config or LoopConfig()
+    critic = critic or engine
+    out_path = Path(out_path)
+    state = LoopState.read(out_path)
+
+    def principle_for(p: CAIPrompt, k: int) -> Principle:
+        return constitution.sample(p.kind, f"{p.id}/round{round_index}/pass{k}", seed)
+
+    def params(base: SamplingParams, offset: int) -> SamplingParams:
+        return base.model_copy(update={"seed": seed * 1000 + round_index * 100 + offset})
+
+    with JsonlAppender(out_path) as out:
+
+        def record(rec: Any) -> None:
+            out.write(rec)
+            state.add(rec)
+
+        todo = [p for p in prompts if p.id not in state.answers]
+        if todo:
+            completions = engine.generate(
+                [Prompt(id=p.id, text=p.text) for p in todo],
+                params(config.answer, 0),
+                stage=f"{stage}/answer",
+            )
+            for p, c in zip(todo, completions, strict=True):
+                record(
+                    Answer(
+                        round=round_index, prompt_id=p.id, text=c.text.strip(), finish_reason=c.finish_reason
+                    )
+                )
+
+        for k in range(config.passes):
+            todo = [p for p in prompts if (p.id, k) not in state.critiques]
+            if todo:
+                asks = [
+                    Prompt(
+                        id=f"{p.id}#c{k}",
+                        text=critique_text(
+                            p.text, state.current(p.id, k), principle_for(p, k), config.few_shot
+                        ),
+                    )
+                    for p in todo
+                ]
+                completions = critic.generate(
+                    asks, params(config.critique, 2 * k + 1), stage=f"{stage}/critique"
+                )
+                for p, c in zip(todo, completions, strict=True):
+                    reason = degenerate_reason(
+                        c.text, min_distinct2=config.min_distinct2, max_repeated_line=config.max_repeated_line
+                    )
+                    record(
+                        Critique(
+                            round=round_index,
+                            prompt_id=p.id,
+                            pass_index=k,
+                            principle=principle_for(p, k).name,
+                            text=c.text.strip(),
+                            degenerate=reason,
+                        )
+                    )
+
+            todo = [p for p in prompts if (p.id, k) not in state.revisions]
+            to_revise = []
+            for p in todo:
+                crit = state.critiques[(p.id, k)]
+                if crit.degenerate:
+                    previous = state.current(p.id, k)
+                    record(
+                        Revision(
+                            round=round_index,
+                            prompt_id=p.id,
+                            pass_index=k,
+                            principle=crit.principle,
+                            previous=previous,
+                            text=previous,
+                            skipped=True,
+                            skip_reason=f"degenerate critique: {crit.degenerate}",
+                        )
+                    )
+                else:
+                    to_revise.append(p)
+            if to_revise:
+                asks = [
+                    Prompt(
+                        id=f"{p.id}#r{k}",
+                        text=revision_text(
+                            p.text,
+                            state.current(p.id, k),
+                            state.critiques[(p.id, k)].text,
+                            principle_for(p, k),
+                            config.few_shot,
+                        ),
+                    )
+                    for p in to_revise
+                ]
+                completions = critic.generate(
+                    asks, params(config.revision, 2 * k + 2), stage=f"{stage}/revision"
+                )
+                for p, c in zip(to_revise, completions, strict=True):
+                    previous = state.current(p.id, k)
+                    text = clean_revision(c.text)
+                    reason = degenerate_reason(
+                        text, min_distinct2=config.min_distinct2, max_repeated_line=config.max_repeated_line
+                    )
+                    record(
+                        Revision(
+                            round=round_index,
+                            prompt_id=p.id,
+                            pass_index=k,
+                            principle=principle_for(p, k).name,
+                            previous=previous,
+                            text=previous if reason else text,
+                            skipped=bool(reason),
+                            skip_reason=f"degenerate revision: {reason}" if reason else None,
+                        )
+                    )
+
+        todo = [p for p in prompts if p.id not in state.finals]
+        if todo:
+            last = config.passes - 1
+            texts = [state.current(p.id, config.passes) for p in todo]
+            verdicts = judge_many(judge, [(p.text, t) for p, t in zip(todo, texts, strict=True)])
+            # Ask the critic only where its answer decides: red-team prompts the judge saw no refusal in.
+            ask = [
+                i
+                for i, (p, v) in enumerate(zip(todo, verdicts, strict=True))
+                if p.kind == "harmful" and v.label != "refusal" and texts[i].strip()
+            ]
+            complies: dict[int, bool] = {}
+            if ask:
+                requests = []
+                for i in ask:
+                    principle = constitution.get(state.critiques[(todo[i].id, last)].principle)
+                    question = COMPLIANCE_TEMPLATE.format(
+                        prompt=todo[i].text,
+                        response=texts[i],
+                        revision_request=principle.revision_request.strip(),
+                    )
+                    context = render(critic, Prompt(id=f"{todo[i].id}#check", text=question))
+                    requests.append(
+                        ScoreRequest(id=f"{todo[i].id}#check", context=context, continuations=["Yes", "No"])
+                    )
+                for i, result in zip(ask, critic.score(requests, stage=f"{stage}/check"), strict=True):
+                    complies[i] = result.logprobs[0] > result.logprobs[1]
+            for i, (p, text, verdict) in enumerate(zip(todo, texts, verdicts, strict=True)):
+                deflection = (
+                    not config.keep_deflections
+                    and p.kind == "harmful"
+                    and verdict.label == "refusal"
+                    and is_deflection(p.text, text)
+                )
+                keep, reason = _decide(p, text, verdict.label, complies.get(i), deflection=deflection)
+                record(
+                    Final(
+                        round=round_index,
+                        prompt_id=p.id,
+                        prompt=p.text,
+                        prompt_kind=p.kind,
+                        text=text,
+                        keep=keep,
+                        reason=reason,
+                        refusal_label=verdict.label,
+                        critic_complies=complies.get(i),
+                    )
+                )
+
+    finals = [state.finals[p.id] for p in prompts]
+    stats = _stats(prompts, state, finals, judge, config.passes)
+    return finals, stats
+
+
+def is_deflection(prompt: str, text: str) -> bool:
+    """Off-topic with no refusal phrase: the default judge calls it a refusal (PyRIT labels
+    non-sequiturs so), but it is no refusal to imitate."""
+    from tether.judges import RuleRefusalJudge, is_off_topic
+
+    return (
+        is_off_topic(prompt, text)
+        and RuleRefusalJudge(off_topic=False).judge(prompt, text).label != "refusal"
+    )
+
+
+def _decide(
+    prompt: CAIPrompt, text: str, label: str, complies: bool | None, *, deflection: bool = False
+) -> tuple[bool, str]:
+    if not text.strip():
+        return False, "empty"
+    if prompt.kind == "harmful":
+        if deflection:
+            return False, "off-topic deflection, not a refusal"
+        if label == "refusal":
+            return True, "refusal"
+        if complies:
+            return True, "critic says it complies"
+        return False, "still complies with the harmful request"
+    if label == "refusal":
+        return False, "refuses a benign request"
+    return True, "helpful"
+
+
+def _stats(prompts, state: LoopState, finals: list[Final], judge: Any, passes: int) -> LoopStats:
+    from tether.judges import judge_many
+
+    stats = LoopStats(prompts=len(prompts), passes=passes)
+    stats.harmful = sum(p.kind == "harmful" for p in prompts)
+    stats.benign = stats.prompts - stats.harmful
+    for p in prompts:
+        for k in range(passes):
+            crit, rev = state.critiques[(p.id, k)], state.revisions[(p.id, k)]
+            stats.degenerate_critiques += bool(crit.degenerate)
+            stats.degenerate_revisions += bool(rev.skipped and not crit.degenerate)
+            stats.revised += not rev.skipped
+    for f in finals:
+        if f.keep:
+            stats.kept += 1
+            stats.kept_harmful += f.prompt_kind == "harmful"
+            stats.kept_benign += f.prompt_kind == "benign"
+            stats.kept_by_critic_only += f.reason == "critic says it complies"
+        elif f.reason == "empty":
+            stats.dropped_empty += 1
+        elif f.reason.startswith("off-topic"):
+            stats.dropped_harmful_deflection += 1
+        elif f.prompt_kind == "harmful":
+            stats.dropped_harmful_still_complies += 1
+        else:
+            stats.dropped_benign_refused += 1
+    first = judge_many(judge, [(p.text, state.answers[p.id].text) for p in prompts])
+    for kind in ("harmful", "benign"):
+        idx = [i for i, p in enumerate(prompts) if p.kind == kind]
+        setattr(stats, f"answer_refusal_rate_{kind}", _rate([first[i].label for i in idx]))
+        setattr(stats, f"final_refusal_rate_{kind}", _rate([finals[i].refusal_label for i in idx]))
+    return stats

@@ -1,0 +1,163 @@
+"""LoRA settings and adapter bookkeeping shared by every trainer (SFT, DPO, reward, PPO).
+
+An adapter directory Tether writes always holds ``tether_base.json`` ({"base": <spec>}) so that
+``tether.models.load(adapter_dir)`` finds its base whatever ``base_model_name_or_path`` says (for the
+default model that is a cache directory, which moves between machines).
+
+Continuing from an adapter trains *the same* adapter further (its base stays the root base spec), so
+round N of CAI is one adapter on the base, loadable by its directory alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from tether.config import StrictModel
+
+log = logging.getLogger(__name__)
+
+BASE_FILE = "tether_base.json"
+
+
+class LoRAConfig(StrictModel):
+    """LoRA adapter shape. The defaults match DESIGN.md §5 measurements (r16, all linear layers)."""
+
+    r: int = Field(16, ge=1, description="Rank of the low-rank update.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' or a list of module names (e.g. [q_proj, v_proj])."
+    )
+
+
+def peft_config(config: LoRAConfig, task_type: str = "CAUSAL_LM"):
+    """The ``peft.LoraConfig`` for ``config``."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules,
+        task_type=task_type,
+    )
+
+
+def is_adapter_dir(spec: str | Path) -> bool:
+    path = Path(str(spec)).expanduser()
+    return path.is_dir() and (path / "adapter_config.json").exists()
+
+
+def base_spec_of(spec: str | Path) -> str:
+    """The root base model spec under ``spec`` (``spec`` itself when it is not an adapter directory).
+
+    A relative local path is made absolute, so the spec still resolves from another working directory.
+    """
+    spec = str(spec)
+    if not is_adapter_dir(spec):
+        path = Path(spec).expanduser()
+        return str(path.resolve()) if path.exists() else spec
+    adapter = Path(spec).expanduser()
+    recorded = adapter / BASE_FILE
+    if recorded.exists():
+        return base_spec_of(json.loads(recorded.read_text(encoding="utf-8"))["base"])
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    return base_spec_of(config.get("base_model_name_or_path") or "default")
+
+
+def write_base_file(adapter_dir: str | Path, base_spec: str) -> None:
+    Path(adapter_dir, BASE_FILE).write_text(json.dumps({"base": base_spec}) + "\n", encoding="utf-8")
+
+
+@dataclass
+class TrainableModel:
+    """A model ready for a trainer: a PEFT model (fresh or continued adapter) or a full model."""
+
+    model: Any
+    tokenizer: Any
+    base_spec: str
+    continued_adapter: bool  # True when ``spec`` was an adapter directory that we keep training
+    device: torch.device
+
+
+def load_trainable(spec: str, lora: LoRAConfig | None, *, device: str = "auto") -> TrainableModel:
+    """Load ``spec`` for training.
+
+    * adapter directory: its adapter, trainable (``lora`` is ignored: the adapter keeps its shape);
+    * base spec and ``lora``: the base with a fresh LoRA adapter;
+    * base spec and ``lora=None``: the full model, every parameter trainable.
+    """
+    from tether.models import load
+
+    base = base_spec_of(spec)
+    if is_adapter_dir(spec):
+        loaded = load(str(spec), device=device, trainable=True)
+        model, continued = loaded.model, True
+    else:
+        loaded = load(str(spec), device=device, trainable=True)
+        model, continued = loaded.model, False
+        if lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config(lora))
+    model.train()
+    tokenizer = loaded.tokenizer
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return TrainableModel(
+        model=model, tokenizer=tokenizer, base_spec=base, continued_adapter=continued, device=loaded.device
+    )
+
+
+def save_trained(trainable: TrainableModel, out_dir: str | Path) -> Path:
+    """Save what was trained: the ``default`` adapter plus ``tether_base.json``, or the full model."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = trainable.model
+    if hasattr(model, "peft_config"):
+        # Trainers may add helper adapters (TRL's frozen "ref" copy for DPO); only "default" is the result.
+        model.save_pretrained(str(out), selected_adapters=["default"])
+        write_base_file(out, trainable.base_spec)
+    else:
+        model.save_pretrained(str(out), safe_serialization=True)
+    trainable.tokenizer.save_pretrained(str(out))
+    return out
+
+
+def lora_state(model: Any) -> dict[str, torch.Tensor]:
+    """A detached copy of every LoRA parameter (tests compare it before and after training)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+def trainer_precision(device: torch.device) -> dict[str, bool]:
+    """TRL 1.16 defaults to bf16=True, which fails on CPU (and is ~7x slower there anyway)."""
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        return {"bf16": bf16, "fp16": False, "use_cpu": False}
+    return {"bf16": False, "fp16": False, "use_cpu": True}
+
+
+def tracer_callback(tracer: Any, stage: str):
+    """A TrainerCallback that writes every logged step (loss, lr, ...) to a run's traces.jsonl."""
+    from transformers import TrainerCallback
+
+    class _TraceLogs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if tracer is not None and logs:
+                tracer.record(kind="train", stage=stage, step=state.global_step, **logs)
+
+    return _TraceLogs()
+
+
+def write_train_log(out_dir: str | Path, log_history: list[dict], **info: Any) -> Path:
+    """``train_log.json`` beside the weights: the settings and every logged step."""
+    path = Path(out_dir) / "train_log.json"
+    path.write_text(json.dumps({**info, "log_history": log_history}, indent=2, default=str), encoding="utf-8")
+    return path

@@ -1,0 +1,253 @@
+"""The whole CAI job wired together: a scripted engine for the model's words, the tiny random model
+for real SFT/DPO training, a stand-in audit; stage-level resume; the CLI; and one real-model run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tether.cai import CAIConfig, run_cai
+from tether.cai.cli import app
+from tether.engine.types import Completion, ScoreResult
+from tether.runs import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+BENIGN_SOURCES = ("sciq/", "triviaqa/", "arc_easy/", "commonsense_qa/")
+
+
+class FakeEngine:
+    """Refuses red-team prompts, answers benign ones; critiques and revisions to match; two different
+    samples per prompt for RLAIF; the critic's score always prefers the first continuation."""
+
+    questions: dict[str, str] = {}  # prompt id -> question, so benign answers stay on topic
+
+    def __init__(self, spec: str, log: list):
+        self.spec, self.log = spec, log
+
+    def _say(self, pid: str, k: int) -> str:
+        base = pid.split("#")[0]
+        benign = base.startswith(BENIGN_SOURCES)
+        if "#c" in pid:
+            return "The response could be more careful and more direct."
+        if benign:
+            return f"About '{self.questions[base]}': here is a direct answer, version {k}."
+        return (
+            "I'm sorry, but I can't help with that." if k == 0 else "Sure, here are the steps you asked for."
+        )
+
+    def generate(self, prompts, params=None, *, stage="", progress=True):
+        self.log.append(("generate", self.spec, stage, len(prompts)))
+        self.questions.update({p.id: p.text for p in prompts if "#" not in p.id})
+        return [
+            Completion(
+                prompt_id=p.id,
+                sample_index=k,
+                text=self._say(p.id, k),
+                prompt_tokens=1,
+                completion_tokens=1,
+                finish_reason="stop",
+                latency_s=0.0,
+            )
+            for p in prompts
+            for k in range(params.n)
+        ]
+
+    def render(self, prompt):
+        return prompt.text
+
+    def score(self, requests, *, stage="", progress=True):
+        self.log.append(("score", self.spec, stage, len(requests)))
+        return [
+            ScoreResult(
+                id=r.id, logprobs=[-1.0, -2.0], num_tokens=[1, 1], num_chars=[3, 3], is_greedy=[True, False]
+            )
+            for r in requests
+        ]
+
+
+class FakeReport:
+    def __init__(self, names, tasks):
+        self.names, self.tasks = names, tasks
+
+    def task_names(self):
+        return list(self.tasks)
+
+    def summary(self, model, task):
+        class S:
+            value = 0.5 + 0.1 * self.names.index(model)
+
+        return S()
+
+
+def _config(tiny_model_dir: Path, **extra) -> CAIConfig:
+    data = {
+        "model": str(tiny_model_dir),
+        "constitution": str(ROOT / "configs" / "constitution.yaml"),
+        "rounds": 2,
+        "prompts": {"harmful_count": 4, "benign_count": 2},
+        "loop": {"passes": 1},
+        "sft": {"max_steps": 1, "batch_size": 2, "max_length": 64, "lora": {"r": 4, "alpha": 8}},
+        "rlaif": {"dpo": {"max_steps": 1, "batch_size": 2, "max_length": 64}},
+        "audit": {"tasks": ["harmful_refusal"], "limit": 5},
+        **extra,
+    }
+    return CAIConfig.model_validate(data)
+
+
+@pytest.fixture
+def fake_audit(monkeypatch):
+    calls = []
+
+    def run_audit(models, tasks, out_dir, *, limit=None, seed=0, engine_config=None, names=None, **kw):
+        calls.append({"models": list(models), "names": list(names), "tasks": list(tasks), "limit": limit})
+        return FakeReport(list(names), tasks)
+
+    monkeypatch.setattr("tether.audit.sweep.run_audit", run_audit)
+    return calls
+
+
+def test_full_job_trains_audits_and_resumes(tiny_model_dir, tmp_path, fake_audit, monkeypatch):
+    from tether.evals.registry import get_task
+    from tether.models import load
+
+    log: list = []
+    loads: list[str] = []
+
+    def loader(spec, config, tracer):
+        loads.append(spec)
+        return FakeEngine(spec, log)
+
+    config = _config(tiny_model_dir)
+    run = Run.create("cai-test", root=tmp_path, job="cai", config=config)
+    summary = run_cai(config, run, load_engine=loader)
+
+    # The split: train prompts never held out, and none of the audit's items.
+    split = json.loads((run.path / "prompts" / "split.json").read_text())
+    train_ids = {p["id"] for p in split["train"]}
+    assert len(train_ids) == 6 and summary["prompts"]["train_harmful"] == 4
+    assert not train_ids & set(split["heldout_ids"])
+    audit_ids = {it.id for it in get_task("harmful_refusal").select(limit=5, seed=0)}
+    assert not train_ids & audit_ids
+
+    # Round 2 starts from round 1's adapter; DPO from round 2's; all three load as adapters on the base.
+    assert loads[:2] == [str(tiny_model_dir), str(run.path / "round1" / "sft")]
+    for rel in ("round1/sft", "round2/sft", "dpo"):
+        assert json.loads((run.path / rel / "tether_base.json").read_text())["base"] == str(
+            tiny_model_dir.resolve()
+        )
+        assert load(str(run.path / rel)).adapter_path is not None
+    assert json.loads((run.path / "round2" / "sft" / "train_log.json").read_text())["continued_adapter"]
+    assert json.loads((run.path / "dpo" / "train_log.json").read_text())["model_spec"] == str(
+        run.path / "round2" / "sft"
+    )
+
+    # Every round kept the refusals and the helpful answers (the scripted model behaves).
+    for r in summary["rounds"]:
+        assert r["loop"]["kept"] == 6 and r["sft_examples"] == 6
+    pairs = [json.loads(line) for line in (run.path / "rlaif" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 6 and {"prompt", "chosen", "rejected", "principle", "p_chosen"} <= set(pairs[0])
+    assert summary["rlaif"]["harmful_disagreements_judged"] == 4
+
+    # Audited after round 1 and at the end, with every checkpoint named.
+    assert [c["names"] for c in fake_audit] == [["base", "sft-r1"], ["base", "sft-r1", "sft-r2", "dpo"]]
+    assert fake_audit[-1]["models"][-1] == str(run.path / "dpo")
+    assert summary["audit"]["dpo"]["harmful_refusal"] == pytest.approx(0.8)
+    assert json.loads((run.path / "cai_summary.json").read_text())["models"][0] == {
+        "name": "base",
+        "spec": str(tiny_model_dir),
+    }
+
+    # A rerun finds every stage complete: no model is loaded, nothing is retrained.
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage was trained again")
+
+    monkeypatch.setattr("tether.train.sft.train_sft", no_training)
+    monkeypatch.setattr("tether.train.dpo.train_dpo", no_training)
+    loads.clear()
+    log.clear()
+    again = run_cai(
+        config, Run.create("cai-test", root=tmp_path, job="cai", config=config), load_engine=loader
+    )
+    assert loads == [] and log == []
+    assert again["rounds"] == summary["rounds"]
+
+
+def test_cli_run_parses_config_and_overrides(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_cai(config, run, *, config_path=None, **kw):
+        seen["config"], seen["run"] = config, run
+        return {"rounds": [], "models": [{"name": "base", "spec": config.model}]}
+
+    monkeypatch.setattr("tether.cai.pipeline.run_cai", fake_run_cai)
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            str(ROOT / "configs" / "cai.yaml"),
+            "--set",
+            "rounds=3",
+            "--set",
+            "loop.passes=2",
+            "--set",
+            f"constitution={ROOT / 'configs' / 'constitution.yaml'}",
+            "--name",
+            "x",
+            "--root",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["config"].rounds == 3 and seen["config"].loop.passes == 2
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["config"]["rounds"] == 3
+
+    bad = CliRunner().invoke(
+        app, ["run", str(ROOT / "configs" / "cai.yaml"), "--set", "loop.passes=0", "--root", str(tmp_path)]
+    )
+    assert bad.exit_code != 0 and "loop.passes" in str(bad.exception)
+
+
+@pytest.mark.integration
+def test_one_round_on_the_default_model(tmp_path):
+    """4 red-team + 2 benign prompts, K=1, 2 SFT steps, no DPO, no audit, on SmolLM2-135M."""
+    config = CAIConfig.model_validate(
+        {
+            "model": "default",
+            "constitution": str(ROOT / "configs" / "constitution.yaml"),
+            "rounds": 1,
+            "prompts": {"harmful_count": 4, "benign_count": 2},
+            "loop": {
+                "passes": 1,
+                "answer": {"max_new_tokens": 48, "temperature": 0.7},
+                "critique": {"max_new_tokens": 48, "temperature": 0.7},
+                "revision": {"max_new_tokens": 48, "temperature": 0.7},
+            },
+            "sft": {"max_steps": 2, "batch_size": 2, "max_length": 192},
+            "rlaif": {"enabled": False},
+            "audit": {"enabled": False},
+        }
+    )
+    run = Run.create("cai-int", root=tmp_path, job="cai", config=config)
+    try:
+        summary = run_cai(config, run)
+    except Exception as exc:  # a 135M model may fail every filter on 6 prompts; that is an honest outcome
+        if "kept no examples" in str(exc):
+            pytest.skip(f"the loop kept nothing on this tiny sample: {exc}")
+        raise
+    records = [json.loads(line) for line in (run.path / "round1" / "loop.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records].count("final") == 6
+    loop = summary["rounds"][0]["loop"]
+    assert (
+        loop["kept"]
+        + loop["dropped_harmful_still_complies"]
+        + loop["dropped_benign_refused"]
+        + loop["dropped_empty"]
+        == 6
+    )
+    assert (run.path / "round1" / "sft" / "adapter_config.json").exists()
+    traces = (run.path / "traces.jsonl").read_text().splitlines()
+    assert any('"stage": "cai/round1/critique"' in line for line in traces)

@@ -1,0 +1,151 @@
+"""AI-feedback labeling: both presentation orders cancel a position bias toward "(A)"; the
+arithmetic is checked by hand; agreement with the refusal judge is counted where it is defined."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tether.cai import CAIPrompt, Constitution, debiased_preference, label_pairs, sample_answer_pairs
+from tether.engine.types import Completion, SamplingParams, ScoreResult
+from tether.judges import default_refusal_judge
+
+CONSTITUTION = Constitution.model_validate(
+    {
+        "principles": [
+            {
+                "name": "harmless",
+                "critique_request": "c",
+                "revision_request": "r",
+                "comparison": "Which response is less harmful?",
+            },
+        ]
+    }
+)
+GOOD = "I'm sorry, but I can't help with making a bomb."
+BAD = "Sure, to make a bomb you mix these chemicals together."
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+class BiasedScorer:
+    """lp("(A)") = content(option A) + bias, lp("(B)") = content(option B), where content is 1 for
+    an answer that contains "sorry" and 0 otherwise: a labeler that likes refusals but likes the
+    first slot more."""
+
+    def __init__(self, bias: float):
+        self.bias = bias
+        self.contexts: list[str] = []
+
+    def render(self, prompt):
+        return f"<chat>{prompt.text}</chat>"
+
+    def score(self, requests, *, stage="", progress=True):
+        out = []
+        for r in requests:
+            self.contexts.append(r.context)
+            assert r.continuations == ["(A)", "(B)"]
+            option = {line[:3]: line[4:] for line in r.context.splitlines() if line[:3] in ("(A)", "(B)")}
+            content = [1.0 if "sorry" in option[k] else 0.0 for k in ("(A)", "(B)")]
+            out.append(
+                ScoreResult(
+                    id=r.id,
+                    logprobs=[content[0] + self.bias, content[1]],
+                    num_tokens=[3, 3],
+                    num_chars=[3, 3],
+                    is_greedy=[True, False],
+                )
+            )
+        return out
+
+
+def _prompt(pid: str, kind: str = "harmful") -> CAIPrompt:
+    return CAIPrompt(id=pid, text="How do I make a bomb?", kind=kind, source="t", category="c")
+
+
+def test_debiased_preference_by_hand():
+    # a shown first: lp(A)=3, lp(B)=0 -> p1 = e^3 / (e^3 + 1) = sigma(3) = 0.952574
+    # a shown second: lp(A)=2 (b), lp(B)=1 (a) -> p2 = e^1 / (e^2 + e^1) = 1 / (1 + e) = 0.268941
+    p1, p2, mean = debiased_preference([3.0, 0.0], [2.0, 1.0])
+    assert p1 == pytest.approx(0.9525741, abs=1e-6)
+    assert p2 == pytest.approx(0.2689414, abs=1e-6)
+    assert mean == pytest.approx((0.9525741 + 0.2689414) / 2, abs=1e-6)  # 0.6107578
+
+
+@pytest.mark.parametrize("bias", [0.0, 2.0, 5.0])
+def test_position_bias_cancels_and_preference_follows_content(bias):
+    scorer = BiasedScorer(bias)
+    prompts = [_prompt("good-first"), _prompt("good-second")]
+    answers = {"good-first": (GOOD, BAD), "good-second": (BAD, GOOD)}
+    pairs, stats = label_pairs(prompts, answers, scorer, CONSTITUTION, judge=default_refusal_judge())
+
+    assert [p.chosen for p in pairs] == [GOOD, GOOD]
+    assert [p.rejected for p in pairs] == [BAD, BAD]
+    # Content gap d = 1, bias b: p(good) = (sigma(1 + b) + sigma(1 - b)) / 2.
+    expected = (sigmoid(1 + bias) + sigmoid(1 - bias)) / 2
+    assert pairs[0].p_chosen == pytest.approx(expected, abs=1e-5)
+    assert pairs[1].p_chosen == pytest.approx(expected, abs=1e-5)
+    assert pairs[0].p_first_order == pytest.approx(sigmoid(1 + bias), abs=1e-5)
+    assert pairs[0].p_second_order == pytest.approx(sigmoid(1 - bias), abs=1e-5)
+    # The first order alone follows the slot once the bias beats the content: (A) always wins.
+    assert stats.position_a_rate_raw == (1.0 if bias > 1 else 0.5)
+    assert stats.harmful_agreement == 1.0 and stats.harmful_disagreements_judged == 2
+    assert pairs[0].principle == "harmless" and pairs[0].chosen_refusal == "refusal"
+    # Each context shows the question, both options and the chat rendering.
+    assert scorer.contexts[0].startswith("<chat>") and "Which response is less harmful?" in scorer.contexts[0]
+    assert f"(A) {GOOD}" in scorer.contexts[0] and f"(A) {BAD}" in scorer.contexts[1]
+
+
+def test_bias_5_hand_value():
+    # sigma(6) = 0.9975274, sigma(-4) = 0.0179862: mean 0.5077568 > 0.5, still the refusal.
+    pairs, _ = label_pairs([_prompt("x")], {"x": (BAD, GOOD)}, BiasedScorer(5.0), CONSTITUTION)
+    assert pairs[0].chosen == GOOD
+    assert pairs[0].p_chosen == pytest.approx(0.5077568, abs=1e-6)
+
+
+def test_identical_low_confidence_and_benign_agreement():
+    scorer = BiasedScorer(0.0)
+    prompts = [_prompt("same"), _prompt("benign", kind="benign"), _prompt("tie")]
+    answers = {
+        "same": (GOOD, GOOD),
+        # The labeler (likes "sorry") picks the refusal of a benign prompt: disagrees with the judge.
+        "benign": ("A bomb is an explosive device used in mining.", GOOD),
+        "tie": ("I don't know about bombs.", "Bombs are explosives."),  # equal content: p = 0.5
+    }
+    pairs, stats = label_pairs(
+        prompts, answers, scorer, CONSTITUTION, judge=default_refusal_judge(), min_confidence=0.55
+    )
+    assert stats.identical == 1 and stats.low_confidence == 1 and stats.pairs == 1
+    assert pairs[0].prompt_id == "benign" and pairs[0].chosen == GOOD
+    assert stats.benign_agreement == 0.0 and stats.benign_disagreements_judged == 1
+    assert stats.harmful_agreement is None
+
+
+def test_sample_answer_pairs_asks_two_samples_in_one_call():
+    class TwoSamples:
+        def __init__(self):
+            self.params = []
+
+        def generate(self, prompts, params=None, *, stage="", progress=True):
+            self.params.append(params)
+            return [
+                Completion(
+                    prompt_id=p.id,
+                    sample_index=k,
+                    text=f" {p.id}-{k} ",
+                    prompt_tokens=1,
+                    completion_tokens=1,
+                    finish_reason="stop",
+                    latency_s=0.0,
+                )
+                for p in prompts
+                for k in range(params.n)
+            ]
+
+    engine = TwoSamples()
+    out = sample_answer_pairs([_prompt("a"), _prompt("b")], engine, SamplingParams(temperature=0.9, n=5))
+    assert out == {"a": ("a-0", "a-1"), "b": ("b-0", "b-1")}
+    assert len(engine.params) == 1 and engine.params[0].n == 2
