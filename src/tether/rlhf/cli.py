@@ -1,0 +1,304 @@
+"""`tether rlhf ...`: summarization RLHF step by step, or all at once with `run CONFIG`.
+
+AI path:    tether rlhf run configs/rlhf.yaml
+Human path: tether rlhf generate --out cands.jsonl -> tether label import cands.jsonl -> tether label serve
+            -> tether label export --out pairs.jsonl -> tether rlhf reward --pairs pairs.jsonl --out rm
+            -> tether rlhf ppo --reward-model rm --out ppo
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="RLHF for summarization: candidates, AI or human preference labels, reward model, PPO, DPO, comparison.",
+    no_args_is_help=True,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _print_wide(renderable) -> None:
+    """Tables have many columns: when output is not a terminal (logs, pipes) do not squeeze them to 80."""
+    (out if out.is_terminal else Console(width=200)).print(renderable)
+
+
+PolicyOption = Annotated[
+    str, typer.Option("--policy", help="Model spec of the policy ('default', HF dir, adapter dir, .gguf).")
+]
+DocsOption = Annotated[str, typer.Option("--docs", help="'boolq' or a JSONL of {id, text} documents.")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config field: key.path=value (repeatable).")
+]
+
+
+def _say(message: str) -> None:
+    err.print(message, highlight=False, markup=False)
+
+
+def _train_docs(docs: str, n: int | None, split: str, heldout_fraction: float = 0.2):
+    from tether.rlhf.documents import load_documents, select_split
+
+    train, heldout = select_split(
+        load_documents(docs), n_train=n, n_heldout=n, heldout_fraction=heldout_fraction
+    )
+    return train if split == "train" else heldout
+
+
+@app.command()
+def generate(
+    out_path: Annotated[
+        Path, typer.Option("--out", help="CandidateSet JSONL to write (appended to; resumable).")
+    ],
+    policy: PolicyOption = "default",
+    docs: DocsOption = "boolq",
+    n: Annotated[int, typer.Option("--n", min=1, help="Documents (train side of the hash split).")] = 32,
+    k: Annotated[int, typer.Option("--k", min=2, max=4, help="Candidates per document.")] = 4,
+    t_min: Annotated[float, typer.Option(help="Lowest sampling temperature.")] = 0.3,
+    t_max: Annotated[float, typer.Option(help="Highest sampling temperature.")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Summary length cap in tokens.")] = 96,
+    seed: int = 0,
+) -> None:
+    """Sample K candidate summaries per document at spread temperatures (input for `tether label import`)."""
+    from tether.engine import Engine
+    from tether.rlhf.candidates import generate_candidates
+
+    documents = _train_docs(docs, n, "train")
+    engine = Engine.from_spec(policy)
+    sets = generate_candidates(
+        engine, documents, out_path, k=k, t_min=t_min, t_max=t_max, max_new_tokens=max_new_tokens, seed=seed
+    )
+    out.print(f"{out_path}: {len(sets)} candidate sets ({k} each)")
+    err.print(
+        f"next: tether label import {out_path}   or   tether rlhf label-ai {out_path} --out pairs.jsonl"
+    )
+
+
+@app.command("label-ai")
+def label_ai(
+    candidates: Annotated[Path, typer.Argument(help="CandidateSet JSONL (from `tether rlhf generate`).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Preference pairs JSONL to write.")],
+    margin: Annotated[
+        float, typer.Option(help="Minimum preference strength; weaker pairs are ties (dropped).")
+    ] = 0.05,
+    llm_judge: Annotated[
+        bool, typer.Option(help="Blend in an LLM judge (engine.score, both orders).")
+    ] = False,
+    judge_model: Annotated[str, typer.Option(help="Model spec of the LLM judge.")] = "default",
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Label DB with human votes: report AI-human agreement.")
+    ] = None,
+) -> None:
+    """Label candidate sets with the AI labeler (faithfulness/coverage proxies) and write preference pairs."""
+    from tether.data.jsonl import write_jsonl
+    from tether.feedback.records import load_candidate_sets
+    from tether.rlhf.labeler import AILabeler, LabelerConfig, LLMJudge, agreement_with_humans
+
+    judge = None
+    if llm_judge:
+        from tether.engine import Engine
+
+        judge = LLMJudge(Engine.from_spec(judge_model))
+    labeler = AILabeler(LabelerConfig(margin=margin, llm_judge=llm_judge, judge_model=judge_model), judge)
+    sets = load_candidate_sets(candidates)
+    result = labeler.label(sets)
+    write_jsonl(out_path, result.pairs)
+    out.print(
+        f"{out_path}: {len(result.pairs)} pairs from {len(sets)} sets; {result.ties} candidate pairs below the margin (dropped)"
+    )
+    out.print("mean proxies: " + ", ".join(f"{k} {v:.3f}" for k, v in result.stats.items()))
+    if db is not None:
+        from tether.feedback.store import LabelStore
+
+        store = LabelStore(db)
+        records = {item.record.doc_id: item.record for item in store.items()}
+        agreement = agreement_with_humans(records, store.votes(), labeler)
+        out.print(f"AI vs human labels: {json.dumps(agreement.to_dict())}")
+
+
+@app.command()
+def reward(
+    pairs: Annotated[
+        Path, typer.Option("--pairs", help="Preference pairs JSONL (tether label export / label-ai).")
+    ],
+    out_path: Annotated[Path, typer.Option("--out", help="Reward model directory to write.")],
+    policy: PolicyOption = "default",
+    eval_pairs: Annotated[
+        Path | None, typer.Option(help="Held-out pairs; default: hold out documents by hash.")
+    ] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Train a reward model (LoRA + scalar head, Bradley–Terry loss) and print held-out accuracy and calibration."""
+    from tether.config import load_config
+    from tether.data.jsonl import read_jsonl
+    from tether.feedback.records import PreferencePair
+    from tether.train.reward import RewardConfig, train_reward_model
+
+    config = load_config(RewardConfig, None, overrides or [])
+    report = train_reward_model(
+        policy,
+        read_jsonl(pairs, PreferencePair),
+        out_path,
+        config,
+        eval_pairs=read_jsonl(eval_pairs, PreferencePair) if eval_pairs else None,
+        log=_say,
+    )
+    out.print(
+        f"reward model -> {out_path}: {report.train_pairs} train / {report.eval_pairs} held-out pairs, "
+        f"{report.steps} steps, {report.seconds:.0f} s; train accuracy {report.train_accuracy:.3f}"
+    )
+    if report.eval_accuracy is not None:
+        out.print(
+            f"held-out accuracy {report.eval_accuracy:.3f}, loss {report.eval_loss:.4f}, ECE {report.eval_ece:.3f}"
+        )
+        table = Table(
+            "confidence bin", "pairs", "mean confidence", "accuracy", title="Reliability (held-out)"
+        )
+        for b in report.reliability:
+            table.add_row(
+                f"{b.low:.2f}-{b.high:.2f}", str(b.count), f"{b.confidence:.3f}", f"{b.accuracy:.3f}"
+            )
+        out.print(table)
+
+
+@app.command()
+def ppo(
+    reward_model: Annotated[
+        Path, typer.Option("--reward-model", help="Reward model directory (tether rlhf reward).")
+    ],
+    out_path: Annotated[
+        Path, typer.Option("--out", help="PPO output directory (resumes from its checkpoints).")
+    ],
+    policy: PolicyOption = "default",
+    docs: DocsOption = "boolq",
+    n: Annotated[int, typer.Option("--n", min=1, help="Training documents.")] = 32,
+    config_path: Annotated[
+        Path | None, typer.Option("--config", help="YAML of PPOTrainConfig fields.")
+    ] = None,
+    overrides: SetOption = None,
+    embedding_diversity: Annotated[
+        bool, typer.Option(help="Load MiniLM for the embedding-diversity monitor.")
+    ] = True,
+) -> None:
+    """Train the policy with PPO against the reward model; monitors every step, checkpoints, resumable."""
+    from tether.config import load_config
+    from tether.rlhf.labeler import AILabeler
+    from tether.rlhf.pipeline import ppo_prompts, quality_fn
+    from tether.train.monitors import Embedder
+    from tether.train.ppo.trainer import PPOTrainConfig, RewardModelScorer, train_ppo
+    from tether.train.reward import RewardModel
+
+    config = load_config(PPOTrainConfig, config_path, overrides or [])
+    result = train_ppo(
+        policy,
+        ppo_prompts(_train_docs(docs, n, "train")),
+        RewardModelScorer(RewardModel.load(reward_model)),
+        out_path,
+        config,
+        quality_fn=quality_fn(AILabeler()),
+        embedder=Embedder() if embedding_diversity else None,
+        on_step=lambda row: _say(_step_line(row)),
+    )
+    out.print(
+        f"PPO: {result.steps} steps in {result.seconds:.0f} s -> {result.policy_dir}; "
+        f"{len(result.alerts)} monitor alerts; plot {result.plot_path}"
+    )
+    for alert in result.alerts:
+        out.print(f"  step {alert.step} [{alert.kind}/{alert.severity}] {alert.message}", markup=False)
+
+
+def _step_line(row: dict) -> str:
+    from tether.rlhf.pipeline import _step_line as line
+
+    return line(row)
+
+
+@app.command()
+def dpo(
+    pairs: Annotated[Path, typer.Option("--pairs", help="Preference pairs JSONL.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Adapter directory to write.")],
+    policy: PolicyOption = "default",
+    overrides: SetOption = None,
+) -> None:
+    """Train the policy with DPO on the same preference pairs (TRL DPOTrainer, LoRA)."""
+    from tether.config import load_config
+    from tether.data.jsonl import read_jsonl
+    from tether.feedback.records import PreferencePair
+    from tether.train.dpo import DPOTrainConfig, train_dpo
+
+    config = load_config(DPOTrainConfig, None, overrides or [])
+    adapter = train_dpo(policy, read_jsonl(pairs, PreferencePair), out_path, config)
+    out.print(f"DPO adapter -> {adapter}")
+
+
+@app.command()
+def compare(
+    models: Annotated[
+        list[str],
+        typer.Option("--model", help="name=spec (repeatable); the first is the baseline, e.g. base=default."),
+    ],
+    out_path: Annotated[Path, typer.Option("--out", help="Output directory (summaries cached per model).")],
+    docs: DocsOption = "boolq",
+    n: Annotated[int, typer.Option("--n", min=1, help="Held-out documents.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 96,
+    audit: Annotated[bool, typer.Option(help="Also run the safety/capability audit on the models.")] = False,
+    audit_limit: Annotated[int, typer.Option(min=1, help="Items per audit task.")] = 20,
+    embedding_diversity: Annotated[bool, typer.Option(help="Load MiniLM for embedding diversity.")] = True,
+) -> None:
+    """Compare policies on held-out documents: AI-judge win rate vs the first, proxies, length, diversity, time."""
+    from tether.errors import TetherError
+    from tether.rlhf.compare import compare_models, comparison_table
+    from tether.train.monitors import Embedder
+
+    named = {}
+    for item in models:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise TetherError(
+                f"--model '{item}' is not name=spec",
+                hint="e.g. --model base=default --model ppo=runs/x/ppo/policy",
+            )
+        named[name] = spec
+    report = compare_models(
+        named,
+        _train_docs(docs, n, "heldout"),
+        out_path,
+        max_new_tokens=max_new_tokens,
+        embedder=Embedder() if embedding_diversity else None,
+        audit=audit,
+        audit_limit=audit_limit,
+    )
+    _print_wide(comparison_table(report))
+    out.print(f"{out_path / 'compare.json'}")
+
+
+@app.command()
+def run(
+    config_path: Annotated[Path, typer.Argument(help="RLHF config YAML (see configs/rlhf.yaml).")],
+    overrides: SetOption = None,
+    name: Annotated[str | None, typer.Option("--name", help="Run name (default: the config's name).")] = None,
+) -> None:
+    """Run the whole pipeline resumably in runs/<name>: documents, candidates, labels, reward, PPO, DPO, compare."""
+    from tether.config import load_config
+    from tether.rlhf.compare import CompareReport, ModelSummary, comparison_table
+    from tether.rlhf.pipeline import RLHFConfig, run_pipeline
+    from tether.runs import Run
+
+    config = load_config(RLHFConfig, config_path, overrides or [])
+    run_dir = Run.create(
+        name or config.name, root=config.runs_root, job="rlhf", config=config, seed=config.seed
+    )
+    err.print(f"run directory: {run_dir.path}")
+    run_pipeline(config, run_dir, say=_say)
+    compare_json = run_dir.path / "compare" / "compare.json"
+    if compare_json.is_file():
+        data = json.loads(compare_json.read_text())
+        rows = [ModelSummary(**r) for r in data.pop("rows")]
+        _print_wide(comparison_table(CompareReport(rows=rows, **data)))
+    out.print(f"done: {run_dir.path}")

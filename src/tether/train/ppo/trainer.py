@@ -1,0 +1,420 @@
+"""The PPO training loop for RLHF, top to bottom (after cleanrl's ``ppo.py``).
+
+Per iteration:
+
+1. **rollout** — sample one response per prompt through the Engine, which wraps the very policy
+   model being trained (LoRA active), at ``ppo.temperature`` with ``top_p=1`` and no top-k, so the
+   log-probs PPO recomputes are those of the distribution that sampled;
+2. **reward** — a reward model (or any ``reward_fn``) scores prompt + response, plus optional rule
+   terms: a length penalty and a penalty for responses cut off before EOS;
+3. **update** — :func:`build_rollout` (policy log-probs and values, reference log-probs with the
+   adapter disabled), :func:`ppo_update`, then the KL controller moves its coefficient;
+4. **monitor** — reward mean/std, KL, entropy, length, distinct-1/2, embedding diversity and an
+   independent quality score go to :class:`MonitorState`; alerts are logged, and with
+   ``monitor.early_stop`` a critical one ends training;
+5. **checkpoint** — every ``checkpoint_every`` iterations: adapter + value head + optimizer + KL
+   controller + step + RNG state. A restarted run resumes from the newest checkpoint.
+
+Outputs in ``out_dir``: ``metrics.jsonl`` (one line per iteration), ``monitors.png``,
+``checkpoints/step-NNNNNN/`` and the final policy adapter in ``policy/`` (loadable with
+``tether.models.load``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from tether.config import EngineConfig, StrictModel
+from tether.data.jsonl import JsonlAppender, read_completed, write_jsonl
+from tether.engine import Engine, Prompt, SamplingParams
+from tether.engine.hf import left_pad
+from tether.runs import Tracer
+from tether.train.lora import LoRAConfig, base_spec_of, is_adapter_dir, peft_config, write_base_file
+from tether.train.monitors import (
+    Alert,
+    MonitorConfig,
+    MonitorState,
+    StepMetrics,
+    TextEmbedder,
+    diversity_metrics,
+    plot_monitors,
+)
+from tether.train.ppo.step import PPOConfig, build_rollout, make_kl_controller, ppo_update
+from tether.train.ppo.value_head import PolicyWithValueHead
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
+"""Scores responses to prompts. May also define ``check_tokenizer(tokenizer)``, called once at start."""
+QualityFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
+"""An independent quality score per response (not trained on), for the reward-hacking monitor."""
+
+STATE_FILE = "trainer_state.pt"
+
+
+class PPOTrainConfig(StrictModel):
+    """The PPO loop around :class:`PPOConfig` (which holds the update's hyperparameters)."""
+
+    steps: int = Field(20, ge=1, description="PPO iterations (rollout + reward + update).")
+    batch_size: int = Field(8, ge=1, description="Prompts per iteration; one sampled response each.")
+    max_new_tokens: int = Field(64, ge=1, description="Response length cap in tokens.")
+    lr: float = Field(5e-5, gt=0, description="Learning rate of the LoRA weights.")
+    value_lr: float = Field(
+        1e-3, gt=0, description="Learning rate of the value head (it starts from scratch)."
+    )
+    lora: LoRAConfig = Field(
+        default_factory=lambda: LoRAConfig(dropout=0.0),
+        description="Fresh adapter shape (an adapter spec keeps training its own). Dropout is forced off: "
+        "PPO ratios must start at exactly 1.",
+    )
+    ppo: PPOConfig = Field(
+        default_factory=PPOConfig, description="The update's hyperparameters, sampling temperature included."
+    )
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    length_penalty: float = Field(
+        0.0, ge=0, description="Subtract this * response tokens / max_new_tokens from each score."
+    )
+    missing_eos_penalty: float | None = Field(
+        None, description="Subtract this from responses that hit max_new_tokens without ending (None: off)."
+    )
+    checkpoint_every: int = Field(5, ge=1, description="Save a resumable checkpoint every N iterations.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many of the newest checkpoints to keep.")
+    forward_batch_size: int = Field(
+        8, ge=1, description="Sequences per no-grad forward when building rollouts."
+    )
+    seed: int = Field(0, description="Seeds LoRA init, prompt order and sampling.")
+
+
+@dataclass
+class PPOResult:
+    policy_dir: Path
+    steps: int
+    stopped_early: bool
+    alerts: list[Alert]
+    metrics_path: Path
+    plot_path: Path | None
+    seconds: float
+    history: list[StepMetrics] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+def batch_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Prompt indices for 1-based iteration ``step``: walk seeded permutations, one per epoch.
+
+    Depends only on its arguments, so a resumed run sees the prompts an uninterrupted one would.
+    """
+    out = []
+    for position in range((step - 1) * batch_size, step * batch_size):
+        epoch, offset = divmod(position, n_prompts)
+        order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(order[offset]))
+    return out
+
+
+def right_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def checkpoints(out_dir: Path) -> list[Path]:
+    """Complete checkpoints (they have a trainer state), oldest first."""
+    root = out_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+
+
+def _save_policy(policy: PolicyWithValueHead, directory: Path, base_spec: str) -> None:
+    policy.save(directory)
+    write_base_file(directory, base_spec)
+
+
+def _save_checkpoint(out_dir: Path, step: int, policy, optimizer, kl_ctl, base_spec: str, keep: int) -> Path:
+    target = out_dir / "checkpoints" / f"step-{step:06d}"
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _save_policy(policy, staging, base_spec)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "kl_coef": kl_ctl.coef,
+        "torch_rng": torch.get_rng_state(),
+    }
+    torch.save(state, staging / STATE_FILE)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)  # the directory appears complete or not at all
+    for old in checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+
+
+def train_ppo(
+    policy_spec: str,
+    prompts: Sequence[Prompt],
+    reward_fn: RewardFn,
+    out_dir: str | Path,
+    config: PPOTrainConfig | None = None,
+    *,
+    quality_fn: QualityFn | None = None,
+    embedder: TextEmbedder | None = None,
+    engine_config: EngineConfig | None = None,
+    tracer: Tracer | None = None,
+    resume: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> PPOResult:
+    """Train a LoRA policy on ``policy_spec`` with PPO against ``reward_fn``; see the module docstring.
+
+    ``on_step`` receives each iteration's metrics row (the line written to ``metrics.jsonl``).
+    """
+    from peft import PeftModel, get_peft_model
+
+    from tether.models import load
+
+    config = config or PPOTrainConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not prompts:
+        raise ValueError("train_ppo needs at least one prompt")
+    began = time.perf_counter()
+    base_spec = base_spec_of(policy_spec)  # adapters we save sit on the root base model
+    engine_config = engine_config or EngineConfig()
+    device_args = {"device": engine_config.device, "dtype": engine_config.dtype}
+
+    # --- Setup: LoRA policy with a value head, reference, optimizer, KL controller, monitors -------------
+    latest = checkpoints(out_dir)[-1] if resume and checkpoints(out_dir) else None
+    torch.manual_seed(config.seed)
+    ref_model = None  # None: the policy's base with the adapter disabled is the reference
+    if is_adapter_dir(policy_spec):
+        # Starting from a trained adapter (e.g. SFT): keep training it; the reference is that adapter
+        # as it was, merged into a frozen copy, so the KL penalty pulls towards the starting policy.
+        start_model = load(policy_spec, **device_args)
+        ref_model = start_model.model.merge_and_unload().requires_grad_(False).eval()
+        loaded = load(str(latest or policy_spec), trainable=True, **device_args)
+        model = loaded.model
+    else:
+        loaded = load(policy_spec, **device_args)
+        if latest is not None:
+            model = PeftModel.from_pretrained(loaded.model, str(latest), is_trainable=True)
+        else:
+            model = get_peft_model(loaded.model, peft_config(config.lora))
+    tokenizer = loaded.tokenizer
+    if hasattr(reward_fn, "check_tokenizer"):
+        reward_fn.check_tokenizer(tokenizer)
+    policy = PolicyWithValueHead(model)
+    if latest is not None:
+        policy.load_value_head(latest)
+    policy.train()
+    # The engine samples from the same module object, so rollouts always come from the current policy.
+    engine = Engine(replace(loaded, model=model), engine_config, tracer)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr},
+            {"params": list(policy.value_head.parameters()), "lr": config.value_lr},
+        ]
+    )
+    kl_ctl = make_kl_controller(config.ppo)
+    monitor = MonitorState(config.monitor)
+    metrics_path = out_dir / "metrics.jsonl"
+    start = 0
+    if latest is not None:
+        state = torch.load(latest / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        kl_ctl.coef = float(state["kl_coef"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        # Iterations after the checkpoint are redone: drop their lines, replay the rest into the monitors.
+        rows = [r for r in read_completed(metrics_path) if r["step"] <= start]
+        write_jsonl(metrics_path, rows)
+        for row in rows:
+            monitor.history.append(StepMetrics(**{k: row.get(k) for k in StepMetrics.model_fields}))
+            monitor.alerts.extend(Alert(**a) for a in row.get("alerts", []))
+        log.warning("resuming PPO from %s (step %d, KL coef %.4g)", latest, start, kl_ctl.coef)
+    else:
+        metrics_path.unlink(missing_ok=True)
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_id = (
+        tokenizer.eos_token_id
+        if tokenizer.eos_token_id in engine.backend.eos_ids
+        else engine.backend.eos_ids[0]
+    )
+    device = next(policy.parameters()).device
+    stopped_early = False
+    step = start
+    with JsonlAppender(metrics_path) as appender:
+        for step in range(start + 1, config.steps + 1):
+            timings: dict[str, float] = {}
+            batch = [prompts[i] for i in batch_indices(len(prompts), config.batch_size, step, config.seed)]
+
+            # --- 1. Rollout through the engine (token ids, not text: re-tokenising would change them) ---
+            t0 = time.perf_counter()
+            params = SamplingParams(
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.ppo.temperature,
+                top_p=1.0,
+                seed=config.seed * 1_000_003 + step,
+            )
+            queries = [engine.encode_prompt(p, config.max_new_tokens)[0] for p in batch]
+            samples = []
+            size = engine.config.batch_size
+            policy.eval()
+            for chunk_index, chunk_start in enumerate(range(0, len(queries), size)):
+                chunk = queries[chunk_start : chunk_start + size]
+                samples += [s[0] for s in engine.backend.generate(chunk, params, chunk_index)]
+            policy.train()
+            responses = [s.token_ids + ([eos_id] if s.hit_eos else []) for s in samples]
+            texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
+            timings["rollout_s"] = time.perf_counter() - t0
+            for p, text, s in zip(batch, texts, samples, strict=True):
+                engine.tracer.record(
+                    kind="generate",
+                    stage="ppo",
+                    step=step,
+                    model=engine.name,
+                    prompt_id=p.id,
+                    output=text,
+                    completion_tokens=len(s.token_ids),
+                    finish_reason="stop" if s.hit_eos else "length",
+                )
+
+            # --- 2. Reward: model score plus rule terms ----------------------------------------------
+            t0 = time.perf_counter()
+            raw = [float(r) for r in reward_fn(batch, texts)]
+            scores = []
+            for r, resp, s in zip(raw, responses, samples, strict=True):
+                r -= config.length_penalty * len(resp) / config.max_new_tokens
+                if config.missing_eos_penalty is not None and not s.hit_eos:
+                    r -= config.missing_eos_penalty
+                scores.append(r)
+            timings["reward_s"] = time.perf_counter() - t0
+
+            # --- 3. PPO update ----------------------------------------------------------------------
+            t0 = time.perf_counter()
+            query_ids, query_mask = left_pad(queries, pad_id, device)
+            response_ids, response_mask = right_pad(responses, pad_id, device)
+            rollout = build_rollout(
+                policy,
+                ref_model,
+                query_ids,
+                query_mask,
+                response_ids,
+                response_mask,
+                torch.tensor(scores),
+                temperature=config.ppo.temperature,
+                batch_size=config.forward_batch_size,
+            )
+            timings["forward_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            stats = ppo_update(policy, optimizer, rollout, config.ppo, kl_coef=kl_ctl.coef)
+            kl_ctl.update(stats.kl_to_ref, len(batch))
+            timings["update_s"] = time.perf_counter() - t0
+
+            # --- 4. Monitors ------------------------------------------------------------------------
+            t0 = time.perf_counter()
+            quality = None
+            if quality_fn is not None:
+                values = list(quality_fn(batch, texts))
+                quality = sum(values) / len(values)
+            mean = sum(scores) / len(scores)
+            std = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1))
+            metrics = StepMetrics(
+                step=step,
+                reward_mean=mean,
+                reward_std=std,
+                kl=stats.kl_to_ref,
+                entropy=stats.entropy,
+                response_length=stats.response_length,
+                quality=quality,
+                **diversity_metrics(texts, embedder),
+            )
+            alerts = monitor.check(metrics)
+            for alert in alerts:
+                log.warning("PPO step %d [%s/%s] %s", step, alert.kind, alert.severity, alert.message)
+            timings["monitor_s"] = time.perf_counter() - t0
+            row = {
+                **metrics.model_dump(),
+                "raw_reward_mean": sum(raw) / len(raw),
+                "kl_coef": stats.kl_coef,
+                "kl_coef_next": kl_ctl.coef,
+                "ppo": stats._asdict(),
+                "timings": {k: round(v, 3) for k, v in timings.items()},
+                "alerts": [a.model_dump() for a in alerts],
+                "sample": texts[0][:500],
+            }
+            appender.write(row)
+            if on_step is not None:
+                on_step(row)
+
+            # --- 5. Checkpoint, and stop early when a monitor asks ------------------------------------
+            stop = monitor.should_stop
+            if step % config.checkpoint_every == 0 or step == config.steps or stop:
+                _save_checkpoint(out_dir, step, policy, optimizer, kl_ctl, base_spec, config.keep_checkpoints)
+            if stop:
+                stopped_early = True
+                log.warning(
+                    "PPO stopped early at step %d: a critical monitor alert (monitor.early_stop)", step
+                )
+                break
+
+    policy_dir = out_dir / "policy"
+    _save_policy(policy, policy_dir, base_spec)
+    plot_path = (
+        plot_monitors(monitor.history, out_dir / "monitors.png", monitor.alerts) if monitor.history else None
+    )
+    return PPOResult(
+        policy_dir=policy_dir,
+        steps=step,
+        stopped_early=stopped_early,
+        alerts=list(monitor.alerts),
+        metrics_path=metrics_path,
+        plot_path=plot_path,
+        seconds=round(time.perf_counter() - began, 2),
+        history=list(monitor.history),
+    )
+
+
+class RewardModelScorer:
+    """A :data:`RewardFn` backed by a trained reward model (normalised to the training mean/std)."""
+
+    def __init__(self, reward_model, *, normalize: bool = True, batch_size: int = 8):
+        self.reward_model = reward_model
+        self.normalize = normalize
+        self.batch_size = batch_size
+
+    def check_tokenizer(self, tokenizer) -> None:
+        from tether.train.reward import check_same_tokenizer
+
+        check_same_tokenizer(
+            self.reward_model.hashes, tokenizer, where=f"reward model on {self.reward_model.base}"
+        )
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        return self.reward_model.score(
+            [p.text for p in prompts], list(responses), batch_size=self.batch_size, normalize=self.normalize
+        )

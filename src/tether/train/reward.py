@@ -1,0 +1,515 @@
+"""A reward model for RLHF: a scalar head on a pretrained backbone, trained on preference pairs.
+
+Shape: the policy's own causal LM (so it shares the tokenizer and chat template), LoRA on every
+linear layer, and a float32 ``Linear(hidden, 1)`` read at the last real token (the EOS after the
+response), value-head style. The LM head never runs. Training minimises the Bradley–Terry loss
+``-log σ(r_chosen - r_rejected)`` with owned code (a short loop; TRL's RewardTrainer would add a
+Trainer and bf16 defaults that fight the CPU).
+
+Evaluation on held-out pairs reports pairwise accuracy and calibration: the expected calibration
+error of the model's confidence ``max(p, 1 - p)`` with ``p = σ(r_c - r_r)``, over reliability bins.
+
+A checkpoint directory holds the LoRA adapter, ``reward_head.safetensors``, the tokenizer and
+``reward_model.json`` (base spec, max length, reward mean/std for normalisation, tokenizer hashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tether.config import StrictModel
+from tether.data.jsonl import JsonlAppender
+from tether.errors import DataError, ModelLoadError
+from tether.feedback.records import PreferencePair
+from tether.train.lora import LoRAConfig, peft_config
+
+REWARD_CONFIG = "reward_model.json"
+REWARD_HEAD = "reward_head.safetensors"
+
+
+class RewardConfig(StrictModel):
+    """Reward-model training settings."""
+
+    epochs: int = Field(2, ge=1, description="Passes over the training pairs.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (None: all epochs)."
+    )
+    batch_size: int = Field(4, ge=1, description="Preference pairs per optimizer step (2x sequences).")
+    micro_batch_size: int = Field(
+        2,
+        ge=1,
+        description="Pairs per forward/backward; gradients accumulate over the batch. Bounds memory "
+        "(on CPU ~2.5 MB per token with gradients: 2 pairs x 512 tokens ~ 5 GB), not the result.",
+    )
+    lr: float = Field(1e-4, gt=0, description="Learning rate of the LoRA weights.")
+    head_lr: float = Field(1e-3, gt=0, description="Learning rate of the scalar head (starts from scratch).")
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(
+        768, ge=32, description="Tokens per sequence; the prompt is cut from the left to fit."
+    )
+    lora: LoRAConfig = Field(
+        default_factory=lambda: LoRAConfig(dropout=0.0),
+        description="LoRA on the backbone (the head is always trained).",
+    )
+    eval_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of documents whose pairs are held out for evaluation (by doc_id hash).",
+    )
+    calibration_bins: int = Field(5, ge=1, description="Reliability bins over confidence [0.5, 1].")
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loss and metrics (pure functions)
+# ---------------------------------------------------------------------------------------------------
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log σ(r_chosen - r_rejected)``: the negative log-likelihood that chosen wins."""
+    return -nn.functional.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def pairwise_accuracy(diffs: Sequence[float]) -> float:
+    """Share of pairs with ``r_chosen > r_rejected``; an exact tie counts half."""
+    if not diffs:
+        return float("nan")
+    return sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs) / len(diffs)
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    low: float
+    high: float
+    count: int
+    confidence: float  # mean max(p, 1-p) of the pairs in the bin
+    accuracy: float  # share of them the model got right
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Expected calibration error over confidence bins, and the bins (empty ones left out)."""
+
+    ece: float
+    bins: list[ReliabilityBin]
+
+
+def calibration(diffs: Sequence[float], n_bins: int = 5) -> Calibration:
+    """ECE of the reward model as a pairwise classifier.
+
+    With ``p = σ(d)`` the model predicts chosen wins when ``p > 0.5``, with confidence
+    ``max(p, 1 - p)`` in [0.5, 1]. Bins split [0.5, 1] evenly; ECE = Σ_b (n_b / N) |acc_b - conf_b|.
+    """
+    if not diffs:
+        return Calibration(float("nan"), [])
+    width = 0.5 / n_bins
+    members: list[list[tuple[float, float]]] = [[] for _ in range(n_bins)]
+    for d in diffs:
+        p = 1.0 / (1.0 + math.exp(-d))
+        conf = max(p, 1.0 - p)
+        correct = 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+        members[min(int((conf - 0.5) / width), n_bins - 1)].append((conf, correct))
+    bins, ece = [], 0.0
+    for i, rows in enumerate(members):
+        if not rows:
+            continue
+        conf = sum(c for c, _ in rows) / len(rows)
+        acc = sum(a for _, a in rows) / len(rows)
+        ece += len(rows) / len(diffs) * abs(acc - conf)
+        bins.append(ReliabilityBin(0.5 + i * width, 0.5 + (i + 1) * width, len(rows), conf, acc))
+    return Calibration(ece, bins)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------------------------------
+
+
+def tokenizer_hashes(tokenizer) -> dict[str, str]:
+    """sha256 of the vocabulary (token -> id, added tokens included) and of the chat template."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if not isinstance(template, str):
+        template = json.dumps(template, sort_keys=True)
+    return {
+        "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
+        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+    }
+
+
+def check_same_tokenizer(reward_hashes: dict[str, str], policy_tokenizer, *, where: str) -> None:
+    """Raise when the reward model would read the policy's samples with another tokenizer or template.
+
+    PPO hands the reward model the policy's own rendering of prompt + response; a different vocabulary
+    or chat template means the reward model scores text shaped unlike anything it was trained on.
+    """
+    policy = tokenizer_hashes(policy_tokenizer)
+    for key, what in (("vocab_sha256", "vocabulary"), ("chat_template_sha256", "chat template")):
+        if reward_hashes.get(key) != policy[key]:
+            raise ModelLoadError(
+                f"the reward model's tokenizer {what} differs from the policy's "
+                f"({reward_hashes.get(key, '?')[:12]} vs {policy[key][:12]})",
+                where=where,
+                hint="train the reward model from the policy's base model: tether rlhf reward --policy <policy spec>",
+            )
+
+
+def render_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of the user turn exactly as the engine renders it for generation."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> list[int]:
+    """``prompt ids + response ids + EOS``; the prompt loses tokens from its left end when too long.
+
+    Left truncation keeps the document's end and the generation prompt; the response is capped so at
+    least a quarter of the budget shows context.
+    """
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"][: max_length * 3 // 4]
+    response_ids = response_ids + [tokenizer.eos_token_id]
+    prompt_ids = render_prompt(tokenizer, prompt)
+    budget = max_length - len(response_ids)
+    return prompt_ids[-budget:] + response_ids
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------
+
+
+def _causal_lm(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class RewardModel(nn.Module):
+    """A causal LM backbone (LoRA-adapted) with a scalar head on the last real token."""
+
+    def __init__(self, backbone: nn.Module, tokenizer, *, base: str, max_length: int = 768):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.base = base
+        self.max_length = max_length
+        config = _causal_lm(backbone).config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.hidden_size = int(config.hidden_size)
+        param = next(backbone.parameters())
+        self.head = nn.Linear(self.hidden_size, 1, device=param.device, dtype=torch.float32)
+        nn.init.normal_(self.head.weight, std=1.0 / (self.hidden_size + 1))
+        nn.init.zeros_(self.head.bias)
+        self.mean, self.std = 0.0, 1.0
+        self.hashes = tokenizer_hashes(tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @classmethod
+    def from_spec(cls, spec: str, config: RewardConfig | None = None, *, device: str = "auto") -> RewardModel:
+        """A fresh reward model on the weights of ``spec`` (an adapter spec is merged into its base first)."""
+        from peft import get_peft_model
+
+        from tether.models import load
+
+        config = config or RewardConfig()
+        loaded = load(spec, device=device)
+        backbone = loaded.model
+        if hasattr(backbone, "merge_and_unload"):
+            backbone = backbone.merge_and_unload()
+        backbone = get_peft_model(backbone, peft_config(config.lora))
+        return cls(backbone, loaded.tokenizer, base=_portable_spec(spec), max_length=config.max_length)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rewards ``(B,)`` for right-padded ``input_ids``."""
+        hidden = (
+            _causal_lm(self.backbone)
+            .get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            .last_hidden_state
+        )
+        last = attention_mask.long().sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1)
+
+    def batch(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``(ids, mask)`` for prompt/response pairs."""
+        rows = [
+            encode_pair(self.tokenizer, p, r, self.max_length)
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+        pad = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        batch_size: int = 8,
+        normalize: bool = False,
+    ) -> list[float]:
+        """Scalar rewards; with ``normalize`` shifted and scaled by the training responses' mean/std."""
+        was_training = self.training
+        self.eval()
+        out: list[float] = []
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = self.batch(prompts[start : start + batch_size], responses[start : start + batch_size])
+            out += self(ids, mask).float().tolist()
+        self.train(was_training)
+        if normalize:
+            out = [(r - self.mean) / self.std for r in out]
+        return out
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+            directory / REWARD_HEAD,
+        )
+        meta = {
+            "base": self.base,
+            "max_length": self.max_length,
+            "hidden_size": self.hidden_size,
+            "mean": self.mean,
+            "std": self.std,
+            **self.hashes,
+        }
+        (directory / REWARD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, *, device: str = "auto") -> RewardModel:
+        """Restore a reward model saved by :meth:`save` (frozen: no gradients)."""
+        from peft import PeftModel
+
+        from tether.models import load
+
+        directory = Path(directory)
+        meta_path = directory / REWARD_CONFIG
+        if not meta_path.is_file():
+            raise ModelLoadError(
+                "not a reward model directory (no reward_model.json)",
+                where=str(directory),
+                hint="train one with: tether rlhf reward --pairs PAIRS.jsonl --out DIR",
+            )
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        loaded = load(meta["base"], device=device)
+        base = loaded.model.merge_and_unload() if hasattr(loaded.model, "merge_and_unload") else loaded.model
+        backbone = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
+        model = cls(backbone, loaded.tokenizer, base=meta["base"], max_length=meta["max_length"])
+        check_same_tokenizer(meta, loaded.tokenizer, where=str(meta_path))
+        model.head.load_state_dict(
+            {k: v.to(model.device) for k, v in load_file(directory / REWARD_HEAD).items()}
+        )
+        model.mean, model.std = float(meta["mean"]), float(meta["std"])
+        model.requires_grad_(False)
+        return model.eval()
+
+
+def _portable_spec(spec: str) -> str:
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RewardReport:
+    """What training did and how the model does on held-out pairs."""
+
+    train_pairs: int
+    eval_pairs: int
+    steps: int
+    seconds: float
+    final_loss: float
+    train_accuracy: float
+    eval_accuracy: float | None
+    eval_loss: float | None
+    eval_ece: float | None
+    reliability: list[ReliabilityBin] = field(default_factory=list)
+    reward_mean: float = 0.0
+    reward_std: float = 1.0
+    history: list[dict] = field(default_factory=list)  # per-epoch eval
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_pairs(
+    pairs: Sequence[PreferencePair], eval_fraction: float, salt: str = "tether-reward-eval"
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Hold out whole documents (by ``doc_id`` hash), so no eval pair shares a document with training."""
+    train = [p for p in pairs if _hash_fraction(p.doc_id, salt) >= eval_fraction]
+    held = [p for p in pairs if _hash_fraction(p.doc_id, salt) < eval_fraction]
+    return train, held
+
+
+def _hash_fraction(key: str, salt: str) -> float:
+    # Same recipe as tether.rlhf.documents.hash_fraction (training must not import the pipeline).
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def reward_diffs(model: RewardModel, pairs: Sequence[PreferencePair], batch_size: int = 8) -> list[float]:
+    """``r(chosen) - r(rejected)`` per pair."""
+    chosen = model.score([p.prompt for p in pairs], [p.chosen for p in pairs], batch_size=batch_size)
+    rejected = model.score([p.prompt for p in pairs], [p.rejected for p in pairs], batch_size=batch_size)
+    return [c - r for c, r in zip(chosen, rejected, strict=True)]
+
+
+def _evaluate(model: RewardModel, pairs: Sequence[PreferencePair], config: RewardConfig) -> dict:
+    diffs = reward_diffs(model, pairs, batch_size=2 * config.batch_size)
+    calib = calibration(diffs, config.calibration_bins)
+    loss = sum(math.log1p(math.exp(-d)) if d > -30 else -d for d in diffs) / len(diffs)
+    return {"accuracy": pairwise_accuracy(diffs), "loss": loss, "ece": calib.ece, "bins": calib.bins}
+
+
+def train_reward_model(
+    policy_spec: str,
+    pairs: Sequence[PreferencePair],
+    out_dir: str | Path,
+    config: RewardConfig | None = None,
+    *,
+    eval_pairs: Sequence[PreferencePair] | None = None,
+    log: Callable[[str], None] | None = None,
+    model: RewardModel | None = None,
+) -> RewardReport:
+    """Train a reward model on ``pairs`` from ``policy_spec``'s weights, evaluate, save to ``out_dir``.
+
+    Without ``eval_pairs`` a ``config.eval_fraction`` share of documents is held out by hash.
+    ``model`` lets a caller pass a ready :class:`RewardModel` (tests, custom backbones).
+    """
+    config = config or RewardConfig()
+    log = log or (lambda _msg: None)
+    if eval_pairs is None:
+        train, held = split_pairs(pairs, config.eval_fraction)
+    else:
+        train, held = list(pairs), list(eval_pairs)
+    if not train:
+        raise DataError(
+            f"no training pairs ({len(pairs)} given, {len(held)} held out)",
+            hint="label more candidates, or lower reward.eval_fraction",
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = model or RewardModel.from_spec(policy_spec, config)
+    model.train()
+    lora_params = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": lora_params, "lr": config.lr},
+            {"params": list(model.head.parameters()), "lr": config.head_lr},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    began = time.perf_counter()
+    step, losses, history = 0, [], []
+    final = None  # the last evaluation: every epoch (the last included) ends with one
+    train_log = out_dir / "reward_train_log.jsonl"
+    train_log.unlink(missing_ok=True)
+    with JsonlAppender(train_log) as appender:
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(train), generator=generator).tolist()
+            for start in range(0, len(order), config.batch_size):
+                batch = [train[i] for i in order[start : start + config.batch_size]]
+                optimizer.zero_grad(set_to_none=True)
+                loss_value = 0.0
+                for m in range(0, len(batch), config.micro_batch_size):
+                    micro = batch[m : m + config.micro_batch_size]
+                    ids, mask = model.batch(
+                        [p.prompt for p in micro] * 2, [p.chosen for p in micro] + [p.rejected for p in micro]
+                    )
+                    rewards = model(ids, mask)
+                    # Weighted by its share of the batch, the micro losses sum to the batch mean.
+                    loss = (
+                        bradley_terry_loss(rewards[: len(micro)], rewards[len(micro) :])
+                        * len(micro)
+                        / len(batch)
+                    )
+                    loss.backward()
+                    loss_value += loss.item()
+                torch.nn.utils.clip_grad_norm_([*lora_params, *model.head.parameters()], 1.0)
+                optimizer.step()
+                step += 1
+                losses.append(loss_value)
+                appender.write({"step": step, "epoch": epoch, "loss": loss_value})
+                if config.max_steps is not None and step >= config.max_steps:
+                    break
+            if held:
+                result = final = _evaluate(model, held, config)
+                history.append(
+                    {"epoch": epoch, "step": step, **{k: v for k, v in result.items() if k != "bins"}}
+                )
+                log(
+                    f"reward epoch {epoch}: loss {losses[-1]:.4f}, held-out accuracy {result['accuracy']:.3f}, ECE {result['ece']:.3f}"
+                )
+            if config.max_steps is not None and step >= config.max_steps:
+                break
+
+    # Normalisation constants from the training responses, so PPO sees rewards of unit scale.
+    all_rewards = model.score(
+        [p.prompt for p in train] * 2,
+        [p.chosen for p in train] + [p.rejected for p in train],
+        batch_size=2 * config.batch_size,
+    )
+    mean = sum(all_rewards) / len(all_rewards)
+    std = math.sqrt(sum((r - mean) ** 2 for r in all_rewards) / max(len(all_rewards) - 1, 1)) or 1.0
+    model.mean, model.std = mean, std
+    train_acc = pairwise_accuracy(
+        [c - r for c, r in zip(all_rewards[: len(train)], all_rewards[len(train) :], strict=True)]
+    )
+    model.save(out_dir)
+    report = RewardReport(
+        train_pairs=len(train),
+        eval_pairs=len(held),
+        steps=step,
+        seconds=round(time.perf_counter() - began, 2),
+        final_loss=sum(losses[-5:]) / len(losses[-5:]),
+        train_accuracy=train_acc,
+        eval_accuracy=final["accuracy"] if final else None,
+        eval_loss=final["loss"] if final else None,
+        eval_ece=final["ece"] if final else None,
+        reliability=final["bins"] if final else [],
+        reward_mean=mean,
+        reward_std=std,
+        history=history,
+    )
+    (out_dir / "reward_report.json").write_text(
+        json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8"
+    )
+    return report

@@ -1,0 +1,162 @@
+"""The PPO loop on the tiny random Llama: iterations run, monitors record, checkpoints resume exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tether.engine import Prompt
+from tether.train.monitors import MonitorConfig
+from tether.train.ppo import PPOConfig
+from tether.train.ppo.trainer import PPOTrainConfig, batch_indices, checkpoints, train_ppo
+
+PROMPTS = [
+    Prompt(id=f"p{i}", text=f"Summarize: item {i} is a small {w} thing.")
+    for i, w in enumerate(["red", "blue", "green", "gold"])
+]
+TARGET = "the"
+
+
+def toy_reward(prompts, texts):
+    """Fraction of words equal to ``TARGET``: cheap, deterministic, and it depends on the samples."""
+    return [sum(w == TARGET for w in t.lower().split()) / max(len(t.split()), 1) for t in texts]
+
+
+class FakeEmbedder:
+    """Bag-of-characters vectors: enough for embedding diversity without loading MiniLM."""
+
+    def embed(self, texts):
+        vecs = torch.zeros(len(texts), 64)
+        for i, t in enumerate(texts):
+            for ch in t:
+                vecs[i, ord(ch) % 64] += 1
+        return torch.nn.functional.normalize(vecs + 1e-3, dim=-1)
+
+
+def config(**kw) -> PPOTrainConfig:
+    base = dict(
+        steps=3,
+        batch_size=2,
+        max_new_tokens=6,
+        checkpoint_every=2,
+        lora={"r": 4, "alpha": 8, "dropout": 0.0},
+        ppo=PPOConfig(
+            epochs=1, minibatch_size=2, temperature=0.9, init_kl_coef=0.1, target_kl=0.5, kl_horizon=10
+        ),
+        monitor=MonitorConfig(baseline_steps=1, window=3),
+    )
+    base.update(kw)
+    return PPOTrainConfig(**base)
+
+
+def test_batch_indices_cover_every_prompt_each_epoch():
+    seen = [i for step in (1, 2) for i in batch_indices(4, 2, step, seed=3)]
+    assert sorted(seen) == [0, 1, 2, 3]  # steps 1-2 are exactly one epoch
+    assert batch_indices(4, 2, 3, seed=3) == batch_indices(4, 2, 3, seed=3)
+
+
+def test_train_resume_and_monitors(tiny_model_dir, tmp_path):
+    out = tmp_path / "ppo"
+    quality_calls = []
+
+    def quality(prompts, texts):
+        quality_calls.append(len(texts))
+        return [0.5] * len(texts)
+
+    result = train_ppo(
+        str(tiny_model_dir),
+        PROMPTS,
+        toy_reward,
+        out,
+        config(),
+        quality_fn=quality,
+        embedder=FakeEmbedder(),
+    )
+    assert result.steps == 3 and not result.stopped_early
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["distinct_1"] is not None and r["embedding_diversity"] is not None
+        assert r["quality"] == 0.5 and r["kl"] is not None and r["entropy"] > 0
+        assert set(r["timings"]) >= {"rollout_s", "reward_s", "update_s"}
+        assert 1 <= r["response_length"] <= 6 + 1
+    assert quality_calls == [2, 2, 2]
+    assert (out / "monitors.png").stat().st_size > 1000
+    assert (out / "policy" / "adapter_config.json").is_file()
+    assert (out / "policy" / "value_head.safetensors").is_file()
+    assert json.loads((out / "policy" / "tether_base.json").read_text())["base"] == str(tiny_model_dir)
+    # The adaptive controller moved the coefficient away from its start.
+    assert rows[-1]["kl_coef_next"] != 0.1
+    # checkpoints at 2 and 3 (the last step always saves)
+    assert [c.name for c in checkpoints(out)] == ["step-000002", "step-000003"]
+
+    # Simulate a crash after step 2: delete the step-3 checkpoint, resume, and redo step 3.
+    import shutil
+
+    shutil.rmtree(checkpoints(out)[-1])
+    state = torch.load(checkpoints(out)[-1] / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 2 and state["kl_coef"] == pytest.approx(rows[1]["kl_coef_next"])
+    resumed = train_ppo(
+        str(tiny_model_dir), PROMPTS, toy_reward, out, config(), quality_fn=quality, embedder=FakeEmbedder()
+    )
+    rows2 = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows2] == [1, 2, 3]
+    assert rows2[:2] == rows[:2]  # earlier lines kept verbatim
+    # Step 3 restarted with the KL coefficient the checkpoint held, and the same RNG state -> same samples.
+    assert rows2[2]["kl_coef"] == pytest.approx(rows[1]["kl_coef_next"])
+    assert rows2[2]["sample"] == rows[2]["sample"]
+    assert rows2[2]["ppo"]["policy_loss"] == pytest.approx(rows[2]["ppo"]["policy_loss"], rel=1e-4, abs=1e-6)
+    assert len(resumed.history) == 3
+
+
+def test_early_stop_on_critical_alert(tiny_model_dir, tmp_path):
+    # kl_max tiny: after the first update the policy differs from the reference -> critical alert -> stop.
+    cfg = config(
+        steps=4,
+        lr=5e-2,
+        monitor=MonitorConfig(kl_max=1e-9, early_stop=True, distinct2_min=0.0),
+    )
+    result = train_ppo(str(tiny_model_dir), PROMPTS, toy_reward, tmp_path / "ppo", cfg)
+    assert result.stopped_early and result.steps < 4
+    assert any(a.kind == "kl" and a.severity == "critical" for a in result.alerts)
+    assert checkpoints(tmp_path / "ppo")[-1].name == f"step-{result.steps:06d}"
+
+
+def test_reward_tokenizer_check_runs_first(tiny_model_dir, tmp_path):
+    class Mismatched:
+        def check_tokenizer(self, tokenizer):
+            raise RuntimeError("tokenizers differ")
+
+        def __call__(self, prompts, texts):  # pragma: no cover - never reached
+            return [0.0] * len(texts)
+
+    with pytest.raises(RuntimeError, match="tokenizers differ"):
+        train_ppo(str(tiny_model_dir), PROMPTS, Mismatched(), tmp_path / "ppo", config())
+
+
+def test_from_adapter_spec_the_reference_is_that_adapter(tiny_model_dir, tmp_path):
+    """Starting from a trained adapter (e.g. SFT), KL is measured against it, not against the raw base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tether.train.lora import write_base_file
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
+    with torch.no_grad():  # a "trained" adapter: far from the base
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    sft = tmp_path / "sft"
+    model.save_pretrained(sft)
+    write_base_file(sft, str(tiny_model_dir))
+
+    result = train_ppo(str(sft), PROMPTS, toy_reward, tmp_path / "ppo", config(steps=1))
+    row = json.loads((tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(row["kl"]) < 1e-3  # the policy starts as the reference
+    assert json.loads((result.policy_dir / "tether_base.json").read_text())["base"] == str(tiny_model_dir)

@@ -1,0 +1,205 @@
+"""`tether rlhf` end to end: the CLI's step commands and `run CONFIG` on the tiny model (resumable),
+plus one integration test of a minimal pipeline on the real default model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tether.data.jsonl import read_jsonl, write_jsonl
+from tether.feedback.records import CandidateSet, PreferencePair, load_candidate_sets
+from tether.rlhf.cli import app
+from tether.rlhf.documents import load_documents, select_split
+
+runner = CliRunner()
+BAD = "Aliens invaded the moon base yesterday and nobody noticed."
+
+
+def _invoke(*args: str):
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _config(tmp_path: Path, policy: str, **overrides) -> Path:
+    config = {
+        "name": "t",
+        "runs_root": str(tmp_path / "runs"),
+        "policy": policy,
+        "engine": {"batch_size": 4},
+        "documents": {"source": "boolq", "n_train": 6, "n_heldout": 2},
+        "candidates": {"k": 2, "max_new_tokens": 4},
+        "reward": {
+            "epochs": 1,
+            "batch_size": 2,
+            "max_length": 128,
+            "eval_fraction": 0.3,
+            "lora": {"r": 4, "alpha": 8},
+        },
+        "ppo": {
+            "steps": 2,
+            "batch_size": 2,
+            "max_new_tokens": 4,
+            "checkpoint_every": 1,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "ppo": {"epochs": 1, "minibatch_size": 2},
+        },
+        "dpo": {"max_steps": 1, "batch_size": 2, "max_length": 128, "lora": {"r": 4, "alpha": 8}},
+        "compare": {"max_new_tokens": 4, "embedding_diversity": False},
+        **overrides,
+    }
+    path = tmp_path / "rlhf.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _seed_candidates(run_dir: Path, n_train: int = 6) -> list[str]:
+    """Write the candidates stage's output in advance (the tiny model writes noise the labeler ties):
+    a lead-sentence summary against an invented one, for every training document."""
+    train, _ = select_split(load_documents("boolq"), n_train=n_train, n_heldout=2, heldout_fraction=0.2)
+    sets = [
+        CandidateSet(
+            doc_id=d.id,
+            document=d.text,
+            candidates=[{"id": "s0", "text": BAD}, {"id": "s1", "text": " ".join(d.text.split()[:25])}],
+        )
+        for d in train
+    ]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(run_dir / "candidates.jsonl", sets)
+    return [d.id for d in train]
+
+
+def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
+    config = _config(tmp_path, str(tiny_model_dir))
+    run_dir = tmp_path / "runs" / "t"
+    train_ids = _seed_candidates(run_dir)
+    result = _invoke("run", str(config))
+    assert "done:" in result.output
+
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["train"] == train_ids and len(split["heldout"]) == 2
+    # The seeded candidates were complete, so nothing was regenerated; the labeler preferred the lead.
+    pairs = read_jsonl(run_dir / "pairs.jsonl", PreferencePair)
+    assert len(pairs) == 6 and all(p.chosen_id == "s1" for p in pairs)
+    assert len(read_jsonl(run_dir / "ai_scores.jsonl")) == 12
+    report = json.loads((run_dir / "reward_model" / "reward_report.json").read_text())
+    assert report["train_pairs"] + report["eval_pairs"] == 6
+    assert [
+        json.loads(line)["step"] for line in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()
+    ] == [1, 2]
+    assert (run_dir / "ppo" / "monitors.png").is_file()
+    assert (run_dir / "dpo" / "adapter_config.json").is_file()
+    compare = json.loads((run_dir / "compare" / "compare.json").read_text())
+    assert [r["name"] for r in compare["rows"]] == ["base", "ppo", "dpo"]
+    assert compare["rows"][0]["win_rate"] is None and 0 <= compare["rows"][1]["win_rate"] <= 1
+    assert compare["rows"][1]["train_seconds"] > 0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert all(
+        stages[s]["status"] == "complete" for s in ("documents", "labels", "reward", "ppo", "dpo", "compare")
+    )
+    assert "candidates" not in stages or stages["candidates"]["status"] == "complete"
+    assert manifest["summary"]["reward"]["eval_pairs"] == report["eval_pairs"]
+
+    # Rerunning the same config skips every finished stage.
+    before = {s: stages[s]["ended"] for s in stages}
+    _invoke("run", str(config))
+    after = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert {s: after[s]["ended"] for s in after} == before
+
+
+def test_human_pairs_path_skips_generation(tiny_model_dir, tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(
+        pairs,
+        [
+            PreferencePair(
+                prompt="p",
+                chosen="a",
+                rejected="b",
+                doc_id="x",
+                annotator="alice",
+                reason="other",
+                chosen_id="1",
+                rejected_id="2",
+            )
+        ],
+    )
+    config = _config(
+        tmp_path, str(tiny_model_dir), pairs=str(pairs), skip=["reward", "ppo", "dpo", "compare"]
+    )
+    _invoke("run", str(config))
+    run_dir = tmp_path / "runs" / "t"
+    assert not (run_dir / "candidates.jsonl").exists()
+    assert read_jsonl(run_dir / "pairs.jsonl", PreferencePair)[0].annotator == "alice"
+
+
+def test_bad_config_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("policy: default\nppo:\n  steps: 0\n  bogus: 1\n")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert "bad.yaml:3: ppo.steps" in message and "bad.yaml:4: ppo.bogus: unknown key" in message
+
+
+def test_generate_then_label_ai(tiny_model_dir, tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(
+        "".join(
+            json.dumps({"id": f"u{i}", "text": f"Text {i}. The lake froze in winter {i}."}) + "\n"
+            for i in range(8)
+        )
+    )
+    cands = tmp_path / "cands.jsonl"
+    _invoke(
+        "generate",
+        "--policy",
+        str(tiny_model_dir),
+        "--docs",
+        str(docs),
+        "--n",
+        "3",
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        str(cands),
+    )
+    sets = load_candidate_sets(cands)
+    assert len(sets) == 3 and all(len(s.candidates) == 2 for s in sets)
+    out = _invoke("label-ai", str(cands), "--out", str(tmp_path / "pairs.jsonl")).output
+    assert "pairs from 3 sets" in out and (tmp_path / "pairs.jsonl").exists()
+    assert "--model" in runner.invoke(app, ["compare", "--help"]).output
+
+
+@pytest.mark.integration
+def test_minimal_pipeline_on_default_model(tmp_path):
+    """4 documents, K=2, reward 2 steps, PPO 1 iteration of batch 2, DPO 1 step, 16 new tokens."""
+    config = _config(
+        tmp_path,
+        "default",
+        documents={"source": "boolq", "n_train": 4, "n_heldout": 2},
+        candidates={"k": 2, "max_new_tokens": 16},
+        labeler={"margin": 0.0},
+        reward={"epochs": 1, "max_steps": 2, "batch_size": 2, "max_length": 384, "eval_fraction": 0.0},
+        ppo={"steps": 1, "batch_size": 2, "max_new_tokens": 16, "ppo": {"epochs": 1, "minibatch_size": 2}},
+        dpo={"max_steps": 1, "batch_size": 2, "max_length": 384},
+        compare={"max_new_tokens": 16, "embedding_diversity": True},
+    )
+    _invoke("run", str(config))
+    run_dir = tmp_path / "runs" / "t"
+    sets = read_jsonl(run_dir / "candidates.jsonl", CandidateSet)
+    assert len(sets) == 4 and all(c.text for s in sets for c in s.candidates)
+    row = json.loads((run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["embedding_diversity"] is not None and row["quality"] is not None
+    # One epoch, one minibatch: the first ratio is exactly 1 (nothing clipped, no KL(old||new)).
+    assert row["ppo"]["clipfrac"] == 0.0 and abs(row["ppo"]["approx_kl"]) < 1e-4
+    compare = json.loads((run_dir / "compare" / "compare.json").read_text())
+    assert [r["name"] for r in compare["rows"]] == ["base", "ppo", "dpo"]
