@@ -67,5 +67,9 @@ def test_demo_runs_end_to_end(tmp_path):
     assert manifest["stages"]["generate"]["status"] == "complete"
     assert 0.0 <= manifest["summary"]["mmlu_acc"] <= 1.0
     assert len((run_dir / "answers.jsonl").read_text().splitlines()) == 4
+    assert manifest["stages"]["audit"]["status"] == "complete"
+    assert (run_dir / "audit" / "report.html").exists()
+    report = json.loads((run_dir / "audit" / "report.json").read_text())
+    assert {t["task"] for t in report["tasks"]} == {"harmful_refusal", "overrefusal", "mmlu", "arc_challenge"}
     traces = (run_dir / "traces.jsonl").read_text().splitlines()
-    assert len(traces) == 4 + 8  # every generate and score call is traced
+    assert len(traces) == 4 + 8 + 4 * 2  # every generate and score call is traced, the audit's included

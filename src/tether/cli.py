@@ -55,8 +55,18 @@ def _mount_areas() -> None:
     """Each pipeline area owns its sub-app; importing them is cheap (heavy imports live inside commands)."""
     from tether.audit.cli import audit_command
     from tether.audit.cli_gate import gate_command
+    from tether.cai.cli import app as cai_app
     from tether.feedback.cli import app as label_app
+    from tether.rlhf.cli import app as rlhf_app
 
+    app.add_typer(
+        cai_app,
+        name="cai",
+        help="Constitutional AI: critique, revision, SFT and RLAIF/DPO rounds, each audited.",
+    )
+    app.add_typer(
+        rlhf_app, name="rlhf", help="RLHF for summarization: candidates, AI labels, reward model, PPO, DPO."
+    )
     app.add_typer(label_app, name="label", help="Collect human preference labels in a browser (RLHF).")
     app.command(
         "audit", help="Audit safety and capability of models/checkpoints; writes report.html and report.json."

