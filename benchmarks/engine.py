@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--items", type=int, default=120)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--skip-scoring", action="store_true")
+    parser.add_argument("--only", choices=("generation", "scoring"), help="Run one of the two comparisons.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TETHER_NO_PROGRESS", "1")
@@ -173,11 +173,12 @@ def main() -> None:
     params = engine.loaded.num_parameters
     peak = matmul_peak_gflops(args.threads)
     print(f"torch.mm peak: {peak:.1f} GFLOP/s ({args.threads} threads)")
-    gen_ratio, gen_s, gen_tokens = bench_generation(engine, args.new_tokens)
-    print(f"generation_batched_vs_sequential: {gen_ratio:.2f}x")
-    # ~2 FLOPs per parameter per generated token (prompt prefill excluded: a lower bound).
-    print(f"generation_gflops_vs_mm_peak: {2 * params * gen_tokens / gen_s / 1e9 / peak:.2f}")
-    if not args.skip_scoring:
+    if args.only != "scoring":
+        gen_ratio, gen_s, gen_tokens = bench_generation(engine, args.new_tokens)
+        print(f"generation_batched_vs_sequential: {gen_ratio:.2f}x")
+        # ~2 FLOPs per parameter per generated token (prompt prefill excluded: a lower bound).
+        print(f"generation_gflops_vs_mm_peak: {2 * params * gen_tokens / gen_s / 1e9 / peak:.2f}")
+    if args.only != "generation":
         score_ratio, score_s, score_tokens = bench_scoring(engine, args.items)
         print(f"scoring_prefix_shared_vs_per_choice: {score_ratio:.2f}x")
         print(f"scoring_gflops_vs_mm_peak: {2 * params * score_tokens / score_s / 1e9 / peak:.2f}")
