@@ -244,6 +244,7 @@ def test_one_round_on_the_default_model(tmp_path):
     assert (
         loop["kept"]
         + loop["dropped_harmful_still_complies"]
+        + loop["dropped_harmful_deflection"]
         + loop["dropped_benign_refused"]
         + loop["dropped_empty"]
         == 6

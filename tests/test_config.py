@@ -52,3 +52,25 @@ def test_bad_yaml_and_bad_override(tmp_path):
 def test_apply_overrides_parses_yaml_scalars():
     data = apply_overrides({"a": {"b": 1}}, ["a.c=true", "a.d=[1, 2]", "e=text"])
     assert data == {"a": {"b": 1, "c": True, "d": [1, 2]}, "e": "text"}
+
+
+class Sampling(StrictModel):
+    temperature: float = 0.0
+    max_new_tokens: int = 16
+
+
+class WithNestedDefault(StrictModel):
+    answer: Sampling = Sampling(temperature=0.7, max_new_tokens=32)
+
+
+def test_override_keeps_nested_field_defaults():
+    config = load_config(WithNestedDefault, None, ["answer.max_new_tokens=64"])
+    assert config.answer.max_new_tokens == 64
+    assert config.answer.temperature == 0.7  # the field's default, not Sampling's class default
+
+
+def test_describe_fields_shows_nested_field_defaults():
+    from tether.config import describe_fields
+
+    rows = {name: default for name, _, default, _ in describe_fields(WithNestedDefault)}
+    assert rows["answer.temperature"] == "0.7" and rows["answer.max_new_tokens"] == "32"

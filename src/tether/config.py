@@ -121,17 +121,36 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def _field_default(model: type[BaseModel] | None, name: str) -> Any:
+    """The default of ``model.name`` as plain data (a nested config's own default values, not
+    its class defaults), or {} when there is none to start from."""
+    field = model.model_fields.get(name) if model is not None else None
+    if field is None or field.is_required():
+        return {}
+    default = field.get_default(call_default_factory=True)
+    return default.model_dump(mode="python") if isinstance(default, BaseModel) else {}
+
+
+def _nested_model(model: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    field = model.model_fields.get(name) if model is not None else None
+    annotation = field.annotation if field is not None else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def apply_overrides(data: dict, overrides: list[str], model: type[BaseModel] | None = None) -> dict:
+    """Set ``key.path=value`` items in ``data``. A nested section missing from ``data`` starts
+    from the field's default (so ``--set loop.answer.max_new_tokens=64`` keeps the other defaults
+    of ``loop.answer``) rather than from an empty mapping."""
     data = dict(data or {})
     for item in overrides:
         path, value = parse_override(item)
-        node = data
+        node, node_model = data, model
         for part in path[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):
-                child = {}
+                child = _field_default(node_model, part)
             node[part] = child = dict(child)
-            node = child
+            node, node_model = child, _nested_model(node_model, part)
         node[path[-1]] = value
     return data
 
@@ -152,7 +171,7 @@ def load_config(model: type[C], path: str | Path | None = None, overrides: list[
             data = {}
         if not isinstance(data, dict):
             raise ConfigError("the top level must be a mapping of keys to values", where=source)
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], model)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -164,16 +183,25 @@ def load_config(model: type[C], path: str | Path | None = None, overrides: list[
         ) from None
 
 
-def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(dotted name, type, default, description) for every field, nested configs flattened."""
+def describe_fields(
+    model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None
+) -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, description) for every field, nested configs flattened; a
+    nested section shows its field's own default values, not its class defaults."""
     rows = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
         dotted = f"{prefix}{name}"
+        if defaults is not None:
+            value, has_default = getattr(defaults, name), True
+        else:
+            has_default = not field.is_required()
+            value = field.get_default(call_default_factory=True) if has_default else None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(describe_fields(annotation, prefix=f"{dotted}."))
+            nested = value if isinstance(value, BaseModel) else None
+            rows.extend(describe_fields(annotation, prefix=f"{dotted}.", defaults=nested))
             continue
         type_name = getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
-        default = "" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        default = repr(value) if has_default else ""
         rows.append((dotted, type_name, default, field.description or ""))
     return rows
