@@ -55,6 +55,8 @@ def test_demo_runs_end_to_end(tmp_path):
             "mmlu_items=8",
             "--set",
             "max_new_tokens=24",
+            "--set",
+            "audit_limit=2",
         ],
     )
     assert result.exit_code == 0, result.output
