@@ -55,6 +55,18 @@ def test_default_constitution_covers_the_required_principles():
     assert "helpful_on_benign_requests" not in {p.name for p in c.for_kind("harmful")}
     assert "no_illegal_activity" not in {p.name for p in c.for_kind("benign")}
     assert all(p.critique_request.strip() and p.revision_request.strip() for p in c.principles)
+    # Every principle has a worked example; a prefilled principle's examples begin with its prefix,
+    # so the demonstrations and the prefill agree.
+    assert all(p.examples for p in c.principles)
+    for p in c.principles:
+        if p.revision_prefix:
+            assert all(ex.revision.startswith(p.revision_prefix) for ex in p.examples), p.name
+    assert {p.name for p in c.principles if p.revision_prefix} == {
+        "no_illegal_activity",
+        "no_harm_to_people",
+        "no_hate_or_harassment",
+        "respect_privacy",
+    }
 
 
 def test_good_constitution_parses_with_tags_and_examples(tmp_path):

@@ -118,14 +118,15 @@ class ScriptedEngine:
         ]
 
 
-def _run(tmp_path, engine, passes=2):
+def _run(tmp_path, engine, passes=2, **config):
+    config.setdefault("critic_rescue", True)  # exercises the Yes/No check (off by default)
     return run_loop(
         PROMPTS,
         engine,
         CONSTITUTION,
         tmp_path / "loop.jsonl",
         judge=default_refusal_judge(),
-        config=LoopConfig(passes=passes),
+        config=LoopConfig(passes=passes, **config),
         round_index=1,
         seed=0,
     )
@@ -186,15 +187,17 @@ def test_loop_records_chain_passes_and_filter_counts(tmp_path):
     assert not by_id["h2"].keep and by_id["h2"].reason == "still complies with the harmful request"
     assert by_id["h3"].keep and by_id["h3"].critic_complies is True
     assert by_id["b1"].keep and by_id["b1"].text == "The capital of France is Paris."
-    assert not by_id["b2"].keep and by_id["b2"].reason == "refuses a benign request"
+    # b2's rewrite refuses; its helpful first answer goes to SFT instead.
+    assert by_id["b2"].keep and by_id["b2"].reason == "helpful first answer (its revision refused)"
+    assert by_id["b2"].text == "Red is a primary colour." and by_id["b2"].refusal_label == "compliance"
 
     assert stats.degenerate_critiques == 2 and stats.degenerate_revisions == 1
     assert stats.revised == 10 - 3
-    assert (stats.kept, stats.kept_harmful, stats.kept_benign, stats.kept_by_critic_only) == (3, 2, 1, 1)
-    assert stats.dropped_harmful_still_complies == 1 and stats.dropped_benign_refused == 1
+    assert (stats.kept, stats.kept_harmful, stats.kept_benign, stats.kept_by_critic_only) == (4, 2, 2, 1)
+    assert stats.dropped_harmful_still_complies == 1 and stats.dropped_benign_refused == 0
     assert stats.answer_refusal_rate_harmful == 0.0 and stats.answer_refusal_rate_benign == 0.5
     assert stats.final_refusal_rate_harmful == pytest.approx(1 / 3, abs=1e-4)
-    assert stats.final_refusal_rate_benign == 0.5
+    assert stats.final_refusal_rate_benign == 0.0
 
 
 def test_resume_skips_finished_records(tmp_path):

@@ -47,6 +47,11 @@ class Principle(StrictModel):
         default_factory=list, description="'harmful' / 'benign' restrict where it applies."
     )
     examples: list[PrincipleExample] = Field(default_factory=list, description="Few-shot demonstrations.")
+    revision_prefix: str | None = Field(
+        None,
+        description="Words the revision starts with (prefilled; the reviser writes the rest). Keeps a "
+        "small reviser on the principle's course, e.g. \"I'm sorry, but I can't help with\".",
+    )
 
     def applies_to(self, kind: str) -> bool:
         kinds = [t for t in self.tags if t in PROMPT_KINDS]
@@ -89,6 +94,21 @@ class Constitution(StrictModel):
             if p.name == name:
                 return p
         raise KeyError(name)
+
+    def examples_for(
+        self, principle: Principle, kind: str, n: int, key: str, *, pool: bool = True
+    ) -> list[tuple[Principle, PrincipleExample]]:
+        """Up to ``n`` worked examples for a critique or revision under ``principle``: its own first,
+        then (with ``pool``) other principles' examples that apply to the same prompt kind, in an
+        order drawn by hash of ``key``. Varying the borrowed examples per prompt keeps a small
+        reviser from copying one fixed demonstration word for word; keeping them to the same kind
+        keeps refusal demonstrations away from benign prompts."""
+        chosen = [(principle, ex) for ex in principle.examples][:n]
+        if pool and len(chosen) < n:
+            others = [(p, ex) for p in self.for_kind(kind) if p.name != principle.name for ex in p.examples]
+            others.sort(key=lambda pe: hashlib.sha256(f"{key}/{pe[0].name}/{pe[1].prompt}".encode()).digest())
+            chosen += others[: n - len(chosen)]
+        return chosen
 
     def sample(self, kind: str, key: str, seed: int) -> Principle:
         """A principle for ``key`` (e.g. "prompt-id/pass-2"), chosen by hash: the same seed and key

