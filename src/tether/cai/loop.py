@@ -552,7 +552,9 @@ def run_loop(
             # its first answer when that one helped: SFT needs the helpful answers to benign prompts.
             failed = [i for i, p in enumerate(todo) if p.kind == "benign" and verdicts[i].label == "refusal"]
             firsts = [state.answers[todo[i].id].text for i in failed]
-            first_verdicts = judge_many(judge, [(todo[i].text, t) for i, t in zip(failed, firsts, strict=True)])
+            first_verdicts = judge_many(
+                judge, [(todo[i].text, t) for i, t in zip(failed, firsts, strict=True)]
+            )
             restored: set[int] = set()
             for i, first, v in zip(failed, firsts, first_verdicts, strict=True):
                 if first.strip() and v.label == "compliance":
