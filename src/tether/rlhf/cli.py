@@ -153,6 +153,10 @@ def reward(
         f"reward model -> {out_path}: {report.train_pairs} train / {report.eval_pairs} held-out pairs, "
         f"{report.steps} steps, {report.seconds:.0f} s; train accuracy {report.train_accuracy:.3f}"
     )
+    out.print(
+        f"{report.train_groups} prompt groups ({report.pairs_per_group:.1f} pairs, "
+        f"{report.sequences_per_epoch} sequences an epoch), {report.seconds_per_epoch:.0f} s an epoch"
+    )
     if report.eval_accuracy is not None:
         out.print(
             f"held-out accuracy {report.eval_accuracy:.3f}, loss {report.eval_loss:.4f}, ECE {report.eval_ece:.3f}"

@@ -229,6 +229,9 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
             k: report[k]
             for k in ("train_pairs", "eval_pairs", "eval_accuracy", "eval_ece", "train_accuracy", "seconds")
         }
+        summary["reward"].update(  # absent from reports written before grouped training
+            {k: report.get(k) for k in ("train_groups", "pairs_per_group", "seconds_per_epoch")}
+        )
         say(
             f"reward model: held-out accuracy {report['eval_accuracy']} on {report['eval_pairs']} pairs, "
             f"ECE {report['eval_ece']}"

@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 
 from tether.config import StrictModel
+from tether.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,76 @@ class LoRAConfig(StrictModel):
     )
 
 
-def peft_config(config: LoRAConfig, task_type: str = "CAUSAL_LM"):
-    """The ``peft.LoraConfig`` for ``config``."""
+def peft_config(
+    config: LoRAConfig,
+    task_type: str = "CAUSAL_LM",
+    *,
+    model: Any = None,
+    last_layers: int | None = None,
+):
+    """The ``peft.LoraConfig`` for ``config``.
+
+    ``last_layers`` (needs ``model``) puts LoRA only on the last N transformer blocks, so the backward
+    pass stops at the first adapted block (nothing below it needs a gradient). ``all-linear`` is then
+    spelled out as the blocks' linear module names, since PEFT restricts layers only for a name list.
+    ``None``, or N at least the model's depth, adapts every block.
+    """
     from peft import LoraConfig
 
+    target: str | list[str] = config.target_modules
+    layers: dict[str, Any] = {}
+    if last_layers is not None:
+        if model is None:
+            raise ValueError("peft_config(last_layers=...) needs the model to count its layers")
+        pattern, depth, linear_names = transformer_blocks(model)
+        if last_layers < depth:
+            if target == "all-linear":
+                target = linear_names
+            elif isinstance(target, str):
+                raise ConfigError(
+                    f"LoRA on the last {last_layers} layers needs target_modules 'all-linear' or a "
+                    f"list of module names, not the pattern {target!r}",
+                    where="lora.target_modules",
+                    hint="list the modules, e.g. [q_proj, v_proj], or set the layer count to null",
+                )
+            layers = {
+                "layers_to_transform": list(range(depth - last_layers, depth)),
+                "layers_pattern": pattern,
+            }
     return LoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=config.target_modules,
+        target_modules=target,
         task_type=task_type,
+        **layers,
+    )
+
+
+def transformer_blocks(model: Any) -> tuple[str, int, list[str]]:
+    """``(attribute name, count, linear module names)`` of the model's stack of transformer blocks.
+
+    The stack is the first ``nn.ModuleList`` as long as ``config.num_hidden_layers`` (``model.layers``
+    for Llama/Qwen/Mistral, ``transformer.h`` for GPT-2); the names are the leaf names of its linear
+    layers (``q_proj``, ..., ``down_proj``), which never include the LM head.
+    """
+    from torch import nn
+
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    depth = int(config.num_hidden_layers)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == depth:
+            linear = {
+                sub.rsplit(".", 1)[-1]
+                for sub, leaf in module.named_modules()
+                if isinstance(leaf, nn.Linear) or type(leaf).__name__ == "Conv1D"
+            }
+            if linear:
+                return name.rsplit(".", 1)[-1], depth, sorted(linear)
+    raise ConfigError(
+        f"cannot find the {depth} transformer blocks of {type(model).__name__}",
+        hint="set the LoRA layer count to null (adapt every layer)",
     )
 
 
