@@ -27,17 +27,23 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def iter_jsonl(
-    path: str | Path, model: type[M] | None = None, *, on_error: OnError = "stop"
-) -> Iterator[Any]:
-    """Yield one parsed record per non-blank line.
+def iter_numbered(
+    path: str | Path,
+    model: type[M] | None = None,
+    *,
+    on_error: OnError = "stop",
+    hint: str | None = None,
+    missing_hint: str = "check the path",
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, record)`` per non-blank line, so callers can name lines in their own
+    checks (a repeated id, an empty field).
 
     With ``on_error="skip"`` a bad line is reported as a warning naming file:line and skipped;
-    with ``"stop"`` it raises DataError naming file:line and the field.
+    with ``"stop"`` it raises DataError naming file:line and the field, with ``hint`` if given.
     """
     path = Path(path)
     if not path.exists():
-        raise DataError("file not found", where=str(path), hint="check the path")
+        raise DataError("file not found", where=str(path), hint=missing_hint)
     with path.open("r", encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
@@ -45,17 +51,27 @@ def iter_jsonl(
             where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
-                yield model.model_validate(obj) if model is not None else obj
+                yield lineno, (model.model_validate(obj) if model is not None else obj)
             except json.JSONDecodeError as exc:
-                _bad_line(where, f"not valid JSON ({exc.msg} at column {exc.colno})", on_error)
+                _bad_line(where, f"not valid JSON ({exc.msg} at column {exc.colno})", on_error, hint)
             except ValidationError as exc:
-                _bad_line(where, _describe(exc), on_error)
+                _bad_line(where, _describe(exc), on_error, hint)
 
 
-def _bad_line(where: str, problem: str, on_error: OnError) -> None:
+def iter_jsonl(
+    path: str | Path, model: type[M] | None = None, *, on_error: OnError = "stop"
+) -> Iterator[Any]:
+    """Yield one parsed record per non-blank line (see :func:`iter_numbered` for errors)."""
+    for _, record in iter_numbered(path, model, on_error=on_error):
+        yield record
+
+
+def _bad_line(where: str, problem: str, on_error: OnError, hint: str | None = None) -> None:
     if on_error == "stop":
-        raise DataError(problem, where=where, hint="fix the line, or pass --on-error skip to skip bad lines")
-    warnings.warn(f"{where}: skipped: {problem}", stacklevel=3)
+        raise DataError(
+            problem, where=where, hint=hint or "fix the line, or pass --on-error skip to skip bad lines"
+        )
+    warnings.warn(f"{where}: skipped: {problem}", stacklevel=4)
 
 
 def read_jsonl(

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tether.data.jsonl import write_jsonl
+from tether.data.jsonl import iter_numbered, write_jsonl
 from tether.errors import DataError
 from tether.feedback.records import summarization_prompt
 
@@ -79,31 +79,19 @@ def load_user_documents(path: str | Path) -> list[SummaryDocument]:
         raise DataError("documents file not found", where=str(path), hint="pass a JSONL of {id, text} lines")
     docs: list[SummaryDocument] = []
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = _UserDocument.model_validate(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not valid JSON ({exc.msg})", where=where) from None
-            except ValidationError as exc:
-                fields = ", ".join(".".join(map(str, e["loc"])) + f": {e['msg']}" for e in exc.errors())
-                raise DataError(
-                    fields, where=where, hint='each line needs {"id": ..., "text": ...}'
-                ) from None
-            doc_id, text = str(row.id), row.text.strip()
-            if not text:
-                raise DataError(f"document '{doc_id}' has empty text", where=where)
-            if doc_id in first_line:
-                raise DataError(
-                    f"document id '{doc_id}' repeats (first on line {first_line[doc_id]})",
-                    where=where,
-                    hint="give every document its own id",
-                )
-            first_line[doc_id] = lineno
-            docs.append(SummaryDocument(id=doc_id, text=text, source=str(path.name)))
+    for lineno, row in iter_numbered(path, _UserDocument, hint='each line needs {"id": ..., "text": ...}'):
+        where = f"{path}:{lineno}"
+        doc_id, text = str(row.id), row.text.strip()
+        if not text:
+            raise DataError(f"document '{doc_id}' has empty text", where=where)
+        if doc_id in first_line:
+            raise DataError(
+                f"document id '{doc_id}' repeats (first on line {first_line[doc_id]})",
+                where=where,
+                hint="give every document its own id",
+            )
+        first_line[doc_id] = lineno
+        docs.append(SummaryDocument(id=doc_id, text=text, source=str(path.name)))
     if not docs:
         raise DataError("no documents in file", where=str(path), hint="add one JSON object per line")
     return docs

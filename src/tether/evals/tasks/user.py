@@ -25,7 +25,6 @@ Every bad line is reported as ``file:line`` with the field at fault.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Sequence
 from functools import partial
@@ -35,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tether.config import StrictModel, load_config
+from tether.data.jsonl import iter_numbered
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.errors import ConfigError, DataError
 from tether.evals import formats
@@ -113,23 +113,14 @@ def read_items(path: Path, kind: str, judge: str) -> list[GenerateItem | ScoreIt
         )
     items: list[Any] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                item = model.model_validate(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not valid JSON ({exc.msg} at column {exc.colno})", where=where) from None
-            except ValidationError as exc:
-                raise DataError(_describe(exc), where=where, hint=_item_hint(kind)) from None
-            if judge == "exact_match" and kind == "generate" and not item.reference.strip():
-                raise DataError("field 'reference' is required with judge 'exact_match'", where=where)
-            if item.id in seen:
-                raise DataError(f"duplicate id '{item.id}' (first on line {seen[item.id]})", where=where)
-            seen[item.id] = lineno
-            items.append(item)
+    for lineno, item in iter_numbered(path, model, hint=_item_hint(kind)):
+        where = f"{path}:{lineno}"
+        if judge == "exact_match" and kind == "generate" and not item.reference.strip():
+            raise DataError("field 'reference' is required with judge 'exact_match'", where=where)
+        if item.id in seen:
+            raise DataError(f"duplicate id '{item.id}' (first on line {seen[item.id]})", where=where)
+        seen[item.id] = lineno
+        items.append(item)
     if not items:
         raise DataError("items file has no items", where=str(path))
     return items
