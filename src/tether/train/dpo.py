@@ -15,7 +15,6 @@ form, so TRL applies the same chat template the engine uses for generation.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,7 @@ from pydantic import Field
 
 from tether.config import StrictModel
 from tether.errors import DataError
-from tether.train.lora import (
-    LoRAConfig,
-    load_trainable,
-    save_trained,
-    tracer_callback,
-    trainer_precision,
-    write_train_log,
-)
+from tether.train.lora import LoRAConfig, fit_with_trl
 
 
 class DPOTrainConfig(StrictModel):
@@ -104,48 +96,16 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     config = config or DPOTrainConfig()
-    dataset = pairs_dataset(pairs, chat=config.chat)
-    out = Path(out_dir)
-    trainable = load_trainable(model_spec, config.lora, device=config.device)
-    args = DPOConfig(
-        output_dir=str(out / ".trainer"),
+    return fit_with_trl(
+        DPOTrainer,
+        DPOConfig,
+        kind="dpo",
+        model_spec=model_spec,
+        config=config,
+        dataset=pairs_dataset(pairs, chat=config.chat),
+        out_dir=out_dir,
+        tracer=tracer,
+        stage=stage,
+        counted="pairs",
         beta=config.beta,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        max_length=config.max_length,
-        warmup_steps=config.warmup_steps,
-        gradient_checkpointing=config.gradient_checkpointing,
-        logging_steps=config.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        seed=config.seed,
-        data_seed=config.seed,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        **trainer_precision(trainable.device),
     )
-    trainer = DPOTrainer(
-        model=trainable.model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=trainable.tokenizer,
-        callbacks=[tracer_callback(tracer, stage)],
-    )
-    began = time.perf_counter()
-    trainer.train()
-    trainable.model = trainer.model
-    save_trained(trainable, out)
-    write_train_log(
-        out,
-        trainer.state.log_history,
-        trainer="dpo",
-        model_spec=str(model_spec),
-        base=trainable.base_spec,
-        continued_adapter=trainable.continued_adapter,
-        pairs=len(dataset),
-        seconds=round(time.perf_counter() - began, 2),
-        config=config.model_dump(mode="json"),
-    )
-    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,69 @@ def write_train_log(out_dir: str | Path, log_history: list[dict], **info: Any) -
     path = Path(out_dir) / "train_log.json"
     path.write_text(json.dumps({**info, "log_history": log_history}, indent=2, default=str), encoding="utf-8")
     return path
+
+
+def fit_with_trl(
+    trainer_cls: Any,
+    args_cls: Any,
+    *,
+    kind: str,
+    model_spec: str,
+    config: Any,
+    dataset: Any,
+    out_dir: str | Path,
+    tracer: Any = None,
+    stage: str = "",
+    counted: str = "examples",
+    **extra_args: Any,
+) -> Path:
+    """Train ``model_spec`` with one of TRL's trainers (SFT, DPO) and save the adapter plus its log.
+
+    ``config`` is an SFT/DPO settings model (LoRA, steps, batch, length, seed, device); ``extra_args``
+    are the trainer-specific arguments (``beta``, ``completion_only_loss``). ``out_dir`` then holds the
+    adapter, ``tether_base.json``, the tokenizer and ``train_log.json``.
+    """
+    out = Path(out_dir)
+    trainable = load_trainable(model_spec, config.lora, device=config.device)
+    args = args_cls(
+        output_dir=str(out / ".trainer"),
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        max_length=config.max_length,
+        warmup_steps=config.warmup_steps,
+        gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **extra_args,
+        **trainer_precision(trainable.device),
+    )
+    trainer = trainer_cls(
+        model=trainable.model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=trainable.tokenizer,
+        callbacks=[tracer_callback(tracer, stage or kind)],
+    )
+    began = time.perf_counter()
+    trainer.train()
+    trainable.model = trainer.model
+    save_trained(trainable, out)
+    write_train_log(
+        out,
+        trainer.state.log_history,
+        trainer=kind,
+        model_spec=str(model_spec),
+        base=trainable.base_spec,
+        continued_adapter=trainable.continued_adapter,
+        **{counted: len(dataset)},
+        seconds=round(time.perf_counter() - began, 2),
+        config=config.model_dump(mode="json"),
+    )
+    return out

@@ -11,7 +11,6 @@ exactly as the engine renders prompts at generation time.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,7 @@ from pydantic import Field
 
 from tether.config import StrictModel
 from tether.errors import DataError
-from tether.train.lora import (
-    LoRAConfig,
-    load_trainable,
-    save_trained,
-    tracer_callback,
-    trainer_precision,
-    write_train_log,
-)
+from tether.train.lora import LoRAConfig, fit_with_trl
 
 
 class SFTTrainConfig(StrictModel):
@@ -97,48 +89,16 @@ def train_sft(
     from trl import SFTConfig, SFTTrainer
 
     config = config or SFTTrainConfig()
-    dataset = examples_dataset(examples, chat=config.chat)
-    out = Path(out_dir)
-    trainable = load_trainable(model_spec, config.lora, device=config.device)
-    args = SFTConfig(
-        output_dir=str(out / ".trainer"),
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        max_length=config.max_length,
-        warmup_steps=config.warmup_steps,
-        gradient_checkpointing=config.gradient_checkpointing,
+    return fit_with_trl(
+        SFTTrainer,
+        SFTConfig,
+        kind="sft",
+        model_spec=model_spec,
+        config=config,
+        dataset=examples_dataset(examples, chat=config.chat),
+        out_dir=out_dir,
+        tracer=tracer,
+        stage=stage,
+        counted="examples",
         completion_only_loss=True,
-        logging_steps=config.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        seed=config.seed,
-        data_seed=config.seed,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        **trainer_precision(trainable.device),
     )
-    trainer = SFTTrainer(
-        model=trainable.model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=trainable.tokenizer,
-        callbacks=[tracer_callback(tracer, stage)],
-    )
-    began = time.perf_counter()
-    trainer.train()
-    trainable.model = trainer.model
-    save_trained(trainable, out)
-    write_train_log(
-        out,
-        trainer.state.log_history,
-        trainer="sft",
-        model_spec=str(model_spec),
-        base=trainable.base_spec,
-        continued_adapter=trainable.continued_adapter,
-        examples=len(dataset),
-        seconds=round(time.perf_counter() - began, 2),
-        config=config.model_dump(mode="json"),
-    )
-    return out
