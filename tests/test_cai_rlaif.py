@@ -149,3 +149,26 @@ def test_sample_answer_pairs_asks_two_samples_in_one_call():
     out = sample_answer_pairs([_prompt("a"), _prompt("b")], engine, SamplingParams(temperature=0.9, n=5))
     assert out == {"a": ("a-0", "a-1"), "b": ("b-0", "b-1")}
     assert len(engine.params) == 1 and engine.params[0].n == 2
+
+
+class _BaseModelScorer(BiasedScorer):
+    """The same labeler as a base model: no chat template, so it gets the CAI paper's transcript."""
+
+    class loaded:  # noqa: N801 - mimics Engine.loaded
+        has_chat_template = False
+
+    def render(self, prompt):
+        assert not prompt.chat  # a base model is fed the raw transcript
+        return prompt.text
+
+    def score(self, requests, *, stage="", progress=True):
+        for r in requests:
+            assert r.continuations == [" (A)", " (B)"] and r.context.endswith("\nThe answer is:")
+        as_chat = [r.model_copy(update={"continuations": ["(A)", "(B)"]}) for r in requests]
+        return super().score(as_chat, stage=stage, progress=progress)
+
+
+def test_a_base_feedback_model_gets_the_completion_transcript():
+    answers = {"h": (BAD, GOOD)}
+    pairs, stats = label_pairs([_prompt("h")], answers, _BaseModelScorer(bias=2.0), CONSTITUTION)
+    assert len(pairs) == 1 and pairs[0].chosen == GOOD and stats.position_a_rate_raw == 1.0

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import Field
 
 from tether.cai.constitution import Constitution
-from tether.cai.loop import render
+from tether.cai.loop import render, resolve_style
 from tether.cai.prompts import CAIPrompt
 from tether.cai.records import LabeledPair
 from tether.config import StrictModel
@@ -34,6 +34,10 @@ FEEDBACK_TEMPLATE = (
     "{question}\n(A) {first}\n(B) {second}\n\nAnswer with (A) or (B)."
 )
 CHOICES = ["(A)", "(B)"]
+# For a base feedback model (no chat template): the CAI paper's multiple-choice transcript, which
+# such a model continues with " (A)" or " (B)".
+COMPLETION_SUFFIX = "\nThe answer is:"
+COMPLETION_CHOICES = [" (A)", " (B)"]
 
 
 class RLAIFConfig(StrictModel):
@@ -113,14 +117,23 @@ def label_pairs(
     live = [p for p in prompts if p.id in answers and answers[p.id][0] != answers[p.id][1]]
     stats.identical = sum(1 for p in prompts if p.id in answers) - len(live)
     principles = {p.id: constitution.sample(p.kind, f"{p.id}/rlaif", seed) for p in live}
+    completion = resolve_style("auto", feedback) == "completion"
     requests = []
     for p in live:
         a, b = answers[p.id]
         question = principles[p.id].comparison_question.strip()
         for order, (first, second) in enumerate(((a, b), (b, a))):
             text = FEEDBACK_TEMPLATE.format(prompt=p.text, question=question, first=first, second=second)
-            context = render(feedback, Prompt(id=f"{p.id}#o{order}", text=text))
-            requests.append(ScoreRequest(id=f"{p.id}#o{order}", context=context, continuations=CHOICES))
+            if completion:
+                text += COMPLETION_SUFFIX
+            context = render(feedback, Prompt(id=f"{p.id}#o{order}", text=text, chat=not completion))
+            requests.append(
+                ScoreRequest(
+                    id=f"{p.id}#o{order}",
+                    context=context,
+                    continuations=COMPLETION_CHOICES if completion else CHOICES,
+                )
+            )
     results = feedback.score(requests, stage=f"{stage}/label") if requests else []
 
     pairs: list[LabeledPair] = []
