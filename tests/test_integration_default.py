@@ -75,3 +75,19 @@ def test_demo_runs_end_to_end(tmp_path):
     assert {t["task"] for t in report["tasks"]} == {"harmful_refusal", "overrefusal", "mmlu", "arc_challenge"}
     traces = (run_dir / "traces.jsonl").read_text().splitlines()
     assert len(traces) == 4 + 8 + 4 * 2  # every generate and score call is traced, the audit's included
+    # The short CAI round and RLHF run, each in its own run directory with its own traces.
+    assert manifest["stages"]["cai"]["status"] == "complete"
+    cai_loop = [
+        json.loads(line) for line in (run_dir / "cai" / "round1" / "loop.jsonl").read_text().splitlines()
+    ]
+    assert sum(r["kind"] == "final" for r in cai_loop) == 6
+    if "cai kept" in manifest["summary"]:  # 6 prompts may keep nothing; the demo then says so
+        assert (run_dir / "cai" / "round1" / "sft" / "adapter_config.json").exists()
+        assert (run_dir / "cai" / "dpo" / "adapter_config.json").exists()
+    else:
+        assert "no SFT data kept" in manifest["summary"]["cai"]
+    assert manifest["stages"]["rlhf"]["status"] == "complete"
+    compare = json.loads((run_dir / "rlhf" / "compare" / "compare.json").read_text())
+    assert [r["name"] for r in compare["rows"]] == ["base", "ppo", "dpo"]
+    assert (run_dir / "rlhf" / "reward_model" / "reward_report.json").exists()
+    assert all(0.0 <= manifest["summary"][f"rlhf {m} score"] <= 1.0 for m in ("base", "ppo", "dpo"))
