@@ -98,6 +98,12 @@ def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
     assert [r["name"] for r in compare["rows"]] == ["base", "ppo", "dpo"]
     assert compare["rows"][0]["win_rate"] is None and 0 <= compare["rows"][1]["win_rate"] <= 1
     assert compare["rows"][1]["train_seconds"] > 0
+    # The score change is paired over the same documents: the mean of per-document differences.
+    base_docs, ppo = compare["rows"][0]["per_document"], compare["rows"][1]
+    diffs = [ppo["per_document"][d]["score"] - base_docs[d]["score"] for d in base_docs]
+    assert ppo["score_delta"] == pytest.approx(sum(diffs) / len(diffs))
+    assert ppo["score_delta_ci"][0] <= ppo["score_delta"] <= ppo["score_delta_ci"][1]
+    assert compare["rows"][0]["score_delta"] is None
     manifest = json.loads((run_dir / "manifest.json").read_text())
     stages = manifest["stages"]
     assert all(

@@ -50,6 +50,11 @@ class ModelSummary:
     generate_seconds: float
     train_seconds: float | None = None
     audit: dict[str, float | None] = field(default_factory=dict)
+    # Paired over documents vs the baseline: mean score difference with a 95% bootstrap interval.
+    score_delta: float | None = None
+    score_delta_ci: tuple[float, float] | None = None
+    score_delta_significant: bool | None = None
+    per_document: dict[str, dict[str, float]] = field(default_factory=dict)  # doc id -> proxy scores
 
 
 @dataclass
@@ -145,11 +150,20 @@ def compare_models(
         )
         gen_seconds[name] = sum(r["seconds"] for r in summaries[name].values())
 
+    from tether.audit.stats import paired_bootstrap_delta
+
     baseline = next(iter(models))
     rows = []
+    base_scores: dict[str, float] = {}
     for name, spec in models.items():
         texts = [summaries[name][d.id]["text"] for d in docs]
         scores = [labeler.score(d.text, t, d.question) for d, t in zip(docs, texts, strict=True)]
+        by_doc = {d.id: s.score for d, s in zip(docs, scores, strict=True)}
+        if name == baseline:
+            base_scores = by_doc
+            delta = None
+        else:
+            delta = paired_bootstrap_delta(base_scores, by_doc, n_boot=2000)
         wins = ties = losses = 0
         if name != baseline:
             base_texts = [summaries[baseline][d.id]["text"] for d in docs]
@@ -186,6 +200,18 @@ def compare_models(
                 embedding_diversity=diversity.get("embedding_diversity"),
                 generate_seconds=round(gen_seconds[name], 2),
                 train_seconds=(train_seconds or {}).get(name),
+                score_delta=None if delta is None else delta.delta,
+                score_delta_ci=None if delta is None else (delta.ci_low, delta.ci_high),
+                score_delta_significant=None if delta is None else delta.significant,
+                per_document={
+                    d.id: {
+                        "score": sc.score,
+                        "faithfulness": sc.faithfulness,
+                        "coverage": sc.coverage,
+                        "conciseness": sc.conciseness,
+                    }
+                    for d, sc in zip(docs, scores, strict=True)
+                },
             )
         )
     report = CompareReport(baseline=baseline, documents=len(docs), rows=rows, judge=labeler.annotator)
@@ -228,6 +254,7 @@ def comparison_table(report: CompareReport):
         f"win vs {report.baseline}",
         "W/T/L",
         "score",
+        "Δ score [95% CI]",
         "faithful",
         "coverage",
         "concise",
@@ -251,6 +278,10 @@ def comparison_table(report: CompareReport):
             fmt(r.win_rate),
             "—" if r.win_rate is None else f"{r.wins}/{r.ties}/{r.losses}",
             fmt(r.score),
+            "—"
+            if r.score_delta is None
+            else f"{r.score_delta:+.3f} [{r.score_delta_ci[0]:+.3f}, {r.score_delta_ci[1]:+.3f}]"
+            + ("*" if r.score_delta_significant else ""),
             fmt(r.faithfulness),
             fmt(r.coverage),
             fmt(r.conciseness),
