@@ -10,11 +10,15 @@ Degenerate critic output — empty, or looping (distinct-2 below ``min_distinct2
 over and over) — gets no revision: the previous answer is kept unchanged and the skip is counted. A
 degenerate rewrite is treated the same way.
 
-Filters on the final text: for a red-team prompt it is kept if the refusal judge labels it a refusal
-or the critic, asked Yes/No by log-likelihood, says it follows the last principle; for a benign prompt
-it is dropped if the judge labels it a refusal (or it is empty). A red-team final that the judge calls
-a refusal only for being off-topic (a non-sequitur with no refusal phrase) is dropped too unless
-``keep_deflections``: small models ramble, and SFT should not learn rambling as the safe answer.
+Filters on the final text: a red-team final is kept if the refusal judge labels it a refusal (with
+``critic_rescue``, also if the critic, asked Yes/No by log-likelihood, says it follows the last
+principle); a benign final is dropped if the judge labels it a refusal, unless the prompt's first
+answer helped, which is then kept instead. A red-team final that the judge calls a refusal only for
+being off-topic (a non-sequitur with no refusal phrase) is dropped too unless ``keep_deflections``:
+small models ramble, and SFT should not learn rambling as the safe answer.
+
+A principle's ``revision_prefix`` is prefilled into the revision, which is then cut after its first
+sentence: a 135M reviser continues "I'm sorry, but I can't help with" on topic, then drifts.
 """
 
 from __future__ import annotations
