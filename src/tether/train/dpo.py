@@ -21,31 +21,19 @@ from typing import Any
 
 from pydantic import Field
 
-from tether.config import StrictModel
 from tether.errors import DataError
-from tether.train.lora import LoRAConfig, fit_with_trl
+from tether.train.lora import TRLTrainConfig, fit_with_trl
 
 
-class DPOTrainConfig(StrictModel):
+class DPOTrainConfig(TRLTrainConfig):
     """DPO settings. Defaults are sized for a CPU demo (DESIGN.md §5: ~37 s/step at batch 4 on 135M)."""
 
     beta: float = Field(
         0.1, gt=0.0, description="KL strength: higher keeps the policy closer to the reference."
     )
-    max_steps: int = Field(8, ge=1, description="Optimizer steps.")
     learning_rate: float = Field(5e-5, gt=0.0, description="Peak learning rate (LoRA tolerates ~1e-4).")
     batch_size: int = Field(4, ge=1, description="Pairs per device per step.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_length: int = Field(256, ge=16, description="Prompt + answer tokens kept per sequence.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    lora: LoRAConfig | None = Field(
-        default_factory=LoRAConfig, description="LoRA shape for a fresh adapter; null = full fine-tune."
-    )
-    chat: bool = Field(True, description="Treat prompts as user messages and apply the chat template.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (off: short CPU runs).")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
-    seed: int = Field(0, description="Seed for data order and LoRA init.")
-    logging_steps: int = Field(1, ge=1, description="Log (and trace) every this many steps.")
 
 
 def _field(pair: Any, name: str) -> str:

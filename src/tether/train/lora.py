@@ -225,13 +225,32 @@ def write_train_log(out_dir: str | Path, log_history: list[dict], **info: Any) -
     return path
 
 
+class TRLTrainConfig(StrictModel):
+    """What every TRL-trained stage (SFT, DPO) is configured by; ``fit_with_trl`` reads these."""
+
+    max_steps: int = Field(8, ge=1, description="Optimizer steps.")
+    learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate (LoRA).")
+    batch_size: int = Field(4, ge=1, description="Examples per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(256, ge=16, description="Tokens kept per example (prompt + completion).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lora: LoRAConfig | None = Field(
+        default_factory=LoRAConfig, description="LoRA shape for a fresh adapter; null = full fine-tune."
+    )
+    chat: bool = Field(True, description="Treat prompts as user messages and apply the chat template.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (off: short CPU runs).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    seed: int = Field(0, description="Seed for data order and LoRA init.")
+    logging_steps: int = Field(1, ge=1, description="Log (and trace) every this many steps.")
+
+
 def fit_with_trl(
     trainer_cls: Any,
     args_cls: Any,
     *,
     kind: str,
     model_spec: str,
-    config: Any,
+    config: TRLTrainConfig,
     dataset: Any,
     out_dir: str | Path,
     tracer: Any = None,
@@ -241,7 +260,7 @@ def fit_with_trl(
 ) -> Path:
     """Train ``model_spec`` with one of TRL's trainers (SFT, DPO) and save the adapter plus its log.
 
-    ``config`` is an SFT/DPO settings model (LoRA, steps, batch, length, seed, device); ``extra_args``
+    ``extra_args``
     are the trainer-specific arguments (``beta``, ``completion_only_loss``). ``out_dir`` then holds the
     adapter, ``tether_base.json``, the tokenizer and ``train_log.json``.
     """

@@ -15,30 +15,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
-from tether.config import StrictModel
 from tether.errors import DataError
-from tether.train.lora import LoRAConfig, fit_with_trl
+from tether.train.lora import TRLTrainConfig, fit_with_trl
 
 
-class SFTTrainConfig(StrictModel):
+class SFTTrainConfig(TRLTrainConfig):
     """SFT settings. Defaults are sized for a CPU demo (DESIGN.md §5: ~25 s/step at 8x256 on 135M)."""
-
-    max_steps: int = Field(8, ge=1, description="Optimizer steps.")
-    learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate (LoRA).")
-    batch_size: int = Field(4, ge=1, description="Examples per device per step.")
-    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_length: int = Field(256, ge=16, description="Tokens kept per example (prompt + completion).")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
-    lora: LoRAConfig | None = Field(
-        default_factory=LoRAConfig, description="LoRA shape for a fresh adapter; null = full fine-tune."
-    )
-    chat: bool = Field(True, description="Treat prompts as user messages and apply the chat template.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (off: short CPU runs).")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
-    seed: int = Field(0, description="Seed for data order and LoRA init.")
-    logging_steps: int = Field(1, ge=1, description="Log (and trace) every this many steps.")
 
 
 def _field(example: Any, name: str) -> str:
