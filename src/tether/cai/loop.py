@@ -240,22 +240,18 @@ def revision_text(
     style: str = "chat",
     examples: Examples | None = None,
 ) -> str:
-    shown = _examples(examples if examples is not None else _own_examples(principle, few_shot), style)
+    """The reviser's input: in completion style, the critic's transcript continued with the critique."""
+    chosen = examples if examples is not None else _own_examples(principle, few_shot)
     if style == "completion":
         return (
-            shown
-            + TRANSCRIPT_CASE.format(
-                prompt=prompt.strip(),
-                response=response.strip(),
-                critique_request=principle.critique_request.strip(),
-            )
+            critique_text(prompt, response, principle, style=style, examples=chosen)
             + TRANSCRIPT_REVISION.format(
                 critique=critique.strip(), revision_request=principle.revision_request.strip()
             )
             + (f" {principle.revision_prefix.strip()}" if principle.revision_prefix else "")
         )
     return REVISION_TEMPLATE.format(
-        examples=shown,
+        examples=_examples(chosen, style),
         prompt=prompt,
         response=response,
         critique=critique.strip(),
