@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -48,13 +49,16 @@ def validate_command(constitution: Path = typer.Argument(..., help="Constitution
     from tether.cai.constitution import load_constitution
 
     loaded = load_constitution(constitution)
-    table = Table(title=f"{constitution}: {len(loaded.principles)} principle(s)")
+    console = Console()
+    # A heading line, not a table title: a long path must not wrap through "N principle(s)".
+    console.print(escape(f"{constitution}: {len(loaded.principles)} principle(s)"), soft_wrap=True)
+    table = Table()
     for column in ("name", "applies to", "examples"):
         table.add_column(column)
     for p in loaded.principles:
         kinds = ", ".join(k for k in ("harmful", "benign") if p.applies_to(k))
         table.add_row(p.name, kinds, str(len(p.examples)))
-    Console().print(table)
+    console.print(table)
 
 
 def _print_summary(summary: dict, console: Console) -> None:
