@@ -48,6 +48,7 @@ def _config(tmp_path: Path, policy: str, **overrides) -> Path:
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
             "ppo": {"epochs": 1, "minibatch_size": 2},
         },
+        "ppo_reward": {"terms": {"coverage": 1.0}},
         "dpo": {"max_steps": 1, "batch_size": 2, "max_length": 128, "lora": {"r": 4, "alpha": 8}},
         "compare": {"max_new_tokens": 4, "embedding_diversity": False},
         **overrides,
@@ -89,9 +90,12 @@ def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
     assert len(read_jsonl(run_dir / "ai_scores.jsonl")) == 12
     report = json.loads((run_dir / "reward_model" / "reward_report.json").read_text())
     assert report["train_pairs"] + report["eval_pairs"] == 6
-    assert [
-        json.loads(line)["step"] for line in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()
-    ] == [1, 2]
+    metrics = [json.loads(line) for line in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    # The coverage rule term is logged beside the reward model's part, and the monitors watch
+    # faithfulness (the proxy the reward does not contain).
+    assert all(set(m["reward_terms"]) == {"reward_model", "coverage"} for m in metrics)
+    assert all(0 <= m["reward_terms"]["coverage"] <= 1 for m in metrics)
     assert (run_dir / "ppo" / "monitors.png").is_file()
     assert (run_dir / "dpo" / "adapter_config.json").is_file()
     compare = json.loads((run_dir / "compare" / "compare.json").read_text())
@@ -104,6 +108,10 @@ def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
     assert ppo["score_delta"] == pytest.approx(sum(diffs) / len(diffs))
     assert ppo["score_delta_ci"][0] <= ppo["score_delta"] <= ppo["score_delta_ci"][1]
     assert compare["rows"][0]["score_delta"] is None
+    coverage_diffs = [ppo["per_document"][d]["coverage"] - base_docs[d]["coverage"] for d in base_docs]
+    assert ppo["proxy_deltas"]["coverage"]["delta"] == pytest.approx(sum(coverage_diffs) / len(base_docs))
+    assert set(ppo["proxy_deltas"]) == {"faithfulness", "coverage", "conciseness"}
+    assert compare["rows"][0]["proxy_deltas"] == {}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     stages = manifest["stages"]
     assert all(

@@ -193,7 +193,8 @@ def ppo(
     """Train the policy with PPO against the reward model; monitors every step, checkpoints, resumable."""
     from tether.config import load_config
     from tether.rlhf.labeler import AILabeler
-    from tether.rlhf.pipeline import ppo_prompts, quality_fn
+    from tether.rlhf.pipeline import ppo_prompts
+    from tether.rlhf.reward_terms import quality_fn
     from tether.train.monitors import Embedder
     from tether.train.ppo.trainer import PPOTrainConfig, RewardModelScorer, train_ppo
     from tether.train.reward import RewardModel

@@ -55,6 +55,8 @@ class ModelSummary:
     score_delta_ci: tuple[float, float] | None = None
     score_delta_significant: bool | None = None
     per_document: dict[str, dict[str, float]] = field(default_factory=dict)  # doc id -> proxy scores
+    # The same paired deltas for each proxy: name -> {delta, ci_low, ci_high, significant}.
+    proxy_deltas: dict[str, dict[str, float | bool]] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +70,13 @@ class CompareReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+DELTA_PROXIES = ("score", "faithfulness", "coverage", "conciseness")
+
+
+def _proxy(scores, proxy: str) -> float:
+    return scores.score if proxy == "score" else getattr(scores, proxy)
 
 
 def generate_summaries(
@@ -155,15 +164,33 @@ def compare_models(
     baseline = next(iter(models))
     rows = []
     base_scores: dict[str, float] = {}
+    base_per_document: dict[str, dict[str, float]] = {}
     for name, spec in models.items():
         texts = [summaries[name][d.id]["text"] for d in docs]
         scores = [labeler.score(d.text, t, d.question) for d, t in zip(docs, texts, strict=True)]
         by_doc = {d.id: s.score for d, s in zip(docs, scores, strict=True)}
+        per_document = {
+            d.id: {proxy: _proxy(sc, proxy) for proxy in DELTA_PROXIES}
+            for d, sc in zip(docs, scores, strict=True)
+        }
         if name == baseline:
-            base_scores = by_doc
-            delta = None
+            base_scores, base_per_document = by_doc, per_document
+            delta, proxy_deltas = None, {}
         else:
             delta = paired_bootstrap_delta(base_scores, by_doc, n_boot=2000)
+            proxy_deltas = {}
+            for proxy in DELTA_PROXIES[1:]:
+                ci = paired_bootstrap_delta(
+                    {k: v[proxy] for k, v in base_per_document.items()},
+                    {k: v[proxy] for k, v in per_document.items()},
+                    n_boot=2000,
+                )
+                proxy_deltas[proxy] = {
+                    "delta": ci.delta,
+                    "ci_low": ci.ci_low,
+                    "ci_high": ci.ci_high,
+                    "significant": ci.significant,
+                }
         wins = ties = losses = 0
         if name != baseline:
             base_texts = [summaries[baseline][d.id]["text"] for d in docs]
@@ -203,15 +230,8 @@ def compare_models(
                 score_delta=None if delta is None else delta.delta,
                 score_delta_ci=None if delta is None else (delta.ci_low, delta.ci_high),
                 score_delta_significant=None if delta is None else delta.significant,
-                per_document={
-                    d.id: {
-                        "score": sc.score,
-                        "faithfulness": sc.faithfulness,
-                        "coverage": sc.coverage,
-                        "conciseness": sc.conciseness,
-                    }
-                    for d, sc in zip(docs, scores, strict=True)
-                },
+                per_document=per_document,
+                proxy_deltas=proxy_deltas,
             )
         )
     report = CompareReport(baseline=baseline, documents=len(docs), rows=rows, judge=labeler.annotator)
@@ -256,7 +276,9 @@ def comparison_table(report: CompareReport):
         "score",
         "Δ score [95% CI]",
         "faithful",
+        "Δ faithful",
         "coverage",
+        "Δ coverage",
         "concise",
         "tokens",
         "cut off",
@@ -272,6 +294,11 @@ def comparison_table(report: CompareReport):
     def fmt(value: float | None, digits: int = 3) -> str:
         return "—" if value is None else f"{value:.{digits}f}"
 
+    def fmt_delta(d: dict | None) -> str:
+        if not d:
+            return "—"
+        return f"{d['delta']:+.3f}" + ("*" if d["significant"] else "")
+
     for r in report.rows:
         table.add_row(
             r.name,
@@ -283,7 +310,9 @@ def comparison_table(report: CompareReport):
             else f"{r.score_delta:+.3f} [{r.score_delta_ci[0]:+.3f}, {r.score_delta_ci[1]:+.3f}]"
             + ("*" if r.score_delta_significant else ""),
             fmt(r.faithfulness),
+            fmt_delta(r.proxy_deltas.get("faithfulness")),
             fmt(r.coverage),
+            fmt_delta(r.proxy_deltas.get("coverage")),
             fmt(r.conciseness),
             fmt(r.tokens, 1),
             fmt(r.cut_off, 2),

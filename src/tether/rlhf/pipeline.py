@@ -35,6 +35,7 @@ from tether.feedback.records import CandidateSet, PreferencePair
 from tether.rlhf.compare import CompareReport, compare_models
 from tether.rlhf.documents import SummaryDocument, load_documents, read_split_docs, select_split, write_split
 from tether.rlhf.labeler import AILabeler, LabelerConfig, LLMJudge
+from tether.rlhf.reward_terms import PPORewardConfig, RuleTermReward, monitor_signal, quality_fn
 from tether.runs import Run
 from tether.train.dpo import DPOTrainConfig
 from tether.train.ppo.trainer import PPOTrainConfig
@@ -94,6 +95,10 @@ class RLHFConfig(StrictModel):
     )
     reward: RewardConfig = Field(default_factory=RewardConfig)
     ppo: PPOTrainConfig = Field(default_factory=PPOTrainConfig)
+    ppo_reward: PPORewardConfig = Field(
+        default_factory=PPORewardConfig,
+        description="PPO's reward: the reward model plus optional proxy rule terms; the monitors' quality signal.",
+    )
     dpo: DPOTrainConfig = Field(default_factory=DPOTrainConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
     skip: list[Stage] = Field(default_factory=list, description="Stages not to run (e.g. [dpo]).")
@@ -102,16 +107,6 @@ class RLHFConfig(StrictModel):
 def ppo_prompts(docs: list[SummaryDocument]) -> list[Prompt]:
     """PPO prompts carry their document and question, for the quality proxy."""
     return [Prompt(id=d.id, text=d.prompt, document=d.text, question=d.question) for d in docs]
-
-
-def quality_fn(labeler: AILabeler) -> Callable[[list[Prompt], list[str]], list[float]]:
-    """The AI labeler's combined proxy on PPO samples: the monitors' independent quality signal."""
-
-    def quality(prompts: list[Prompt], texts: list[str]) -> list[float]:
-        extra = [p.model_extra or {} for p in prompts]
-        return labeler.quality([e["document"] for e in extra], texts, [e.get("question") for e in extra])
-
-    return quality
 
 
 def make_labeler(config: RLHFConfig, tracer=None) -> AILabeler:
@@ -245,7 +240,17 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
         from tether.train.reward import RewardModel
 
         with run.stage("ppo") as entry:
-            scorer = RewardModelScorer(RewardModel.load(reward_dir, device=config.engine.device))
+            labeler = AILabeler(config.labeler)
+            scorer = RuleTermReward(
+                RewardModelScorer(RewardModel.load(reward_dir, device=config.engine.device)),
+                labeler,
+                config.ppo_reward.terms,
+            )
+            signal = monitor_signal(config.ppo_reward)
+            say(
+                f"PPO reward: reward model{''.join(f' + {w:g}*{k}' for k, w in scorer.terms.items())}; "
+                f"monitors watch {'+'.join(signal)}"
+            )
             embedder = Embedder() if config.compare.embedding_diversity else None
             result = train_ppo(
                 config.policy,
@@ -253,7 +258,7 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
                 scorer,
                 ppo_dir,
                 config.ppo,
-                quality_fn=quality_fn(AILabeler(config.labeler)),
+                quality_fn=quality_fn(labeler, signal),
                 embedder=embedder,
                 engine_config=config.engine,
                 tracer=run.tracer,
@@ -334,9 +339,11 @@ def _compare_summary(report: CompareReport) -> dict:
 
 def _step_line(row: dict) -> str:
     quality = "" if row.get("quality") is None else f" quality {row['quality']:.3f}"
+    terms = row.get("reward_terms") or {}
+    parts = " [" + " ".join(f"{k} {v:.3f}" for k, v in terms.items()) + "]" if terms else ""
     t = row["timings"]
     return (
-        f"ppo step {row['step']}: reward {row['reward_mean']:+.3f}±{row['reward_std']:.3f} KL {row['kl']:.3f} "
+        f"ppo step {row['step']}: reward {row['reward_mean']:+.3f}±{row['reward_std']:.3f}{parts} KL {row['kl']:.3f} "
         f"(coef {row['kl_coef']:.4f}) entropy {row['entropy']:.2f} len {row['response_length']:.1f} "
         f"distinct-2 {row['distinct_2']:.2f}{quality} [rollout {t['rollout_s']:.1f}s reward {t['reward_s']:.1f}s "
         f"update {t['forward_s'] + t['update_s']:.1f}s]"

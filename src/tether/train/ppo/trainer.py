@@ -360,6 +360,8 @@ def train_ppo(
             row = {
                 **metrics.model_dump(),
                 "raw_reward_mean": sum(raw) / len(raw),
+                # A composite reward (e.g. tether.rlhf.reward_terms.RuleTermReward) reports its parts.
+                "reward_terms": dict(getattr(reward_fn, "last_terms", None) or {}),
                 "kl_coef": stats.kl_coef,
                 "kl_coef_next": kl_ctl.coef,
                 "ppo": stats._asdict(),

@@ -1,0 +1,119 @@
+"""PPO's reward beyond the reward model: rule terms from the labeler's proxies, and the monitors' signal.
+
+A reward model trained on a few hundred AI-labelled pairs learns the easiest thing that separates
+them. On the default corpus that is length: PPO against it alone wrote shorter summaries and *lost*
+coverage (README, "RLHF for summarization"). Rule terms put what the model under-weights back into
+the reward, as InstructGPT-style pipelines do with format or length rules::
+
+    reward = reward_model(prompt, response)            # normalised to the RM's training mean/std
+           + sum(weight[k] * proxy_k(document, response) for k in terms)   # each proxy in [0, 1]
+
+The reward-hacking monitor needs a quality signal the policy is *not* optimising, or it can never see
+reward rise while quality falls. ``monitor_quality: auto`` therefore watches the combined proxy score
+when there are no rule terms, and otherwise the faithfulness/coverage proxies that are not rule terms
+(e.g. the source-support proxy, faithfulness, when coverage is a term).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from pydantic import Field
+
+from tether.config import StrictModel
+from tether.engine.types import Prompt
+from tether.rlhf.labeler import AILabeler, SummaryScores
+
+log = logging.getLogger(__name__)
+
+Proxy = Literal["faithfulness", "coverage", "conciseness", "repetition", "score"]
+
+
+class PPORewardConfig(StrictModel):
+    """Rule terms added to the reward model's score during PPO, and what the hacking monitor watches."""
+
+    terms: dict[Proxy, float] = Field(
+        default_factory=dict,
+        description="Proxy name -> weight: reward += weight * proxy (each in [0, 1]; the RM score has std 1). "
+        "Empty: the reward model alone.",
+    )
+    monitor_quality: Literal["auto", "score", "faithfulness", "coverage"] = Field(
+        "auto",
+        description="The monitors' independent quality signal. auto: the combined score without rule terms, "
+        "else the mean of faithfulness/coverage not used as terms (the score if both are).",
+    )
+
+
+def monitor_signal(config: PPORewardConfig) -> list[str]:
+    """The proxies the monitors average into their quality signal."""
+    if config.monitor_quality != "auto":
+        return [config.monitor_quality]
+    if not config.terms:
+        return ["score"]
+    free = [p for p in ("faithfulness", "coverage") if p not in config.terms and "score" not in config.terms]
+    if not free:
+        log.warning(
+            "every quality proxy is a PPO rule term (%s): the hacking monitor watches the combined score, "
+            "which the policy is optimising, so it can only catch the reward model's part",
+            ", ".join(config.terms),
+        )
+        return ["score"]
+    return free
+
+
+def _proxy_scores(labeler: AILabeler, prompts: Sequence[Prompt], texts: Sequence[str]) -> list[SummaryScores]:
+    extra = [p.model_extra or {} for p in prompts]
+    missing = [p.id for p, e in zip(prompts, extra, strict=True) if "document" not in e]
+    if missing:
+        raise ValueError(
+            f"PPO prompts {missing[:3]} carry no 'document': the proxies need the source "
+            "(build prompts with tether.rlhf.pipeline.ppo_prompts)"
+        )
+    return [labeler.score(e["document"], t, e.get("question")) for e, t in zip(extra, texts, strict=True)]
+
+
+def _value(scores: SummaryScores, proxy: str) -> float:
+    return scores.score if proxy == "score" else getattr(scores, proxy)
+
+
+def quality_fn(
+    labeler: AILabeler, signal: Sequence[str] = ("score",)
+) -> Callable[[list[Prompt], list[str]], list[float]]:
+    """Mean of the ``signal`` proxies on PPO samples: the monitors' independent quality signal."""
+
+    def quality(prompts: list[Prompt], texts: list[str]) -> list[float]:
+        return [
+            sum(_value(s, p) for p in signal) / len(signal) for s in _proxy_scores(labeler, prompts, texts)
+        ]
+
+    return quality
+
+
+class RuleTermReward:
+    """``reward_fn`` plus weighted proxy terms; ``last_terms`` holds the batch means of each part."""
+
+    def __init__(self, reward_fn, labeler: AILabeler, terms: dict[str, float]):
+        self.reward_fn = reward_fn
+        self.labeler = labeler
+        self.terms = dict(terms)
+        self.last_terms: dict[str, float] = {}
+
+    def check_tokenizer(self, tokenizer) -> None:
+        if hasattr(self.reward_fn, "check_tokenizer"):
+            self.reward_fn.check_tokenizer(tokenizer)
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        base = [float(r) for r in self.reward_fn(prompts, responses)]
+        if not self.terms:
+            return base
+        scores = _proxy_scores(self.labeler, prompts, responses)
+        n = len(base)
+        self.last_terms = {"reward_model": sum(base) / n}
+        total = list(base)
+        for proxy, weight in self.terms.items():
+            values = [_value(s, proxy) for s in scores]
+            total = [t + weight * v for t, v in zip(total, values, strict=True)]
+            self.last_terms[proxy] = sum(values) / n
+        return total
