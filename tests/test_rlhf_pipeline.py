@@ -126,6 +126,16 @@ def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
     after = json.loads((run_dir / "manifest.json").read_text())["stages"]
     assert {s: after[s]["ended"] for s in after} == before
 
+    # The PPO step command on the run's reward model, with a rule term from the command line.
+    ppo_args = ["ppo", "--reward-model", str(run_dir / "reward_model"), "--out", str(tmp_path / "ppo")]
+    ppo_args += ["--policy", str(tiny_model_dir), "--n", "2", "--no-embedding-diversity"]
+    ppo_args += ["--set", "steps=1", "--set", "batch_size=2", "--set", "max_new_tokens=4"]
+    result = runner.invoke(app, [*ppo_args, "--term", "coverage"])
+    assert result.exit_code != 0 and "PROXY=WEIGHT" in result.output
+    _invoke(*ppo_args, "--term", "coverage=1.5")
+    row = json.loads((tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(row["reward_terms"]) == {"reward_model", "coverage"}
+
 
 def test_human_pairs_path_skips_generation(tiny_model_dir, tmp_path):
     pairs = tmp_path / "pairs.jsonl"

@@ -189,24 +189,34 @@ def ppo(
     embedding_diversity: Annotated[
         bool, typer.Option(help="Load MiniLM for the embedding-diversity monitor.")
     ] = True,
+    terms: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--term",
+            help="Rule term PROXY=WEIGHT added to the reward (faithfulness, coverage, conciseness, "
+            "repetition, score); repeatable. The hacking monitor then watches the proxies left out.",
+        ),
+    ] = None,
 ) -> None:
     """Train the policy with PPO against the reward model; monitors every step, checkpoints, resumable."""
     from tether.config import load_config
     from tether.rlhf.labeler import AILabeler
     from tether.rlhf.pipeline import ppo_prompts
-    from tether.rlhf.reward_terms import quality_fn
+    from tether.rlhf.reward_terms import PPORewardConfig, RuleTermReward, monitor_signal, quality_fn
     from tether.train.monitors import Embedder
     from tether.train.ppo.trainer import PPOTrainConfig, RewardModelScorer, train_ppo
     from tether.train.reward import RewardModel
 
     config = load_config(PPOTrainConfig, config_path, overrides or [])
+    reward_config = PPORewardConfig(terms=_parse_terms(terms or []))
+    labeler = AILabeler()
     result = train_ppo(
         policy,
         ppo_prompts(_train_docs(docs, n, "train")),
-        RewardModelScorer(RewardModel.load(reward_model)),
+        RuleTermReward(RewardModelScorer(RewardModel.load(reward_model)), labeler, reward_config.terms),
         out_path,
         config,
-        quality_fn=quality_fn(AILabeler()),
+        quality_fn=quality_fn(labeler, monitor_signal(reward_config)),
         embedder=Embedder() if embedding_diversity else None,
         on_step=lambda row: _say(_step_line(row)),
     )
@@ -216,6 +226,19 @@ def ppo(
     )
     for alert in result.alerts:
         out.print(f"  step {alert.step} [{alert.kind}/{alert.severity}] {alert.message}", markup=False)
+
+
+def _parse_terms(specs: list[str]) -> dict[str, float]:
+    terms = {}
+    for spec in specs:
+        name, sep, weight = spec.partition("=")
+        try:
+            terms[name.strip()] = float(weight)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise typer.BadParameter(f"{spec!r}: expected PROXY=WEIGHT, e.g. coverage=2", param_hint="--term")
+    return terms
 
 
 def _step_line(row: dict) -> str:
