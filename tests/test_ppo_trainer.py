@@ -10,7 +10,8 @@ import torch
 from tether.engine import Prompt
 from tether.train.monitors import MonitorConfig
 from tether.train.ppo import PPOConfig
-from tether.train.ppo.trainer import PPOTrainConfig, batch_indices, checkpoints, train_ppo
+from tether.train.ppo import trainer as trainer_module
+from tether.train.ppo.trainer import PPOTrainConfig, batch_indices, checkpoints, leave_one_out, train_ppo
 
 PROMPTS = [
     Prompt(id=f"p{i}", text=f"Summarize: item {i} is a small {w} thing.")
@@ -55,6 +56,43 @@ def test_batch_indices_cover_every_prompt_each_epoch():
     seen = [i for step in (1, 2) for i in batch_indices(4, 2, step, seed=3)]
     assert sorted(seen) == [0, 1, 2, 3]  # steps 1-2 are exactly one epoch
     assert batch_indices(4, 2, 3, seed=3) == batch_indices(4, 2, 3, seed=3)
+
+
+def test_leave_one_out_subtracts_the_siblings_mean():
+    # group [1, 2, 3]: 1 - (2+3)/2, 2 - (1+3)/2, 3 - (1+2)/2; a group of equal scores gives zeros
+    assert leave_one_out([1.0, 2.0, 3.0, 10.0, 10.0, 10.0], 3) == [-1.5, 0.0, 1.5, 0.0, 0.0, 0.0]
+    assert leave_one_out([0.2, 0.8], 2) == pytest.approx([-0.6, 0.6])
+    with pytest.raises(ValueError, match="groups of 2"):
+        leave_one_out([1.0, 2.0, 3.0], 2)
+    with pytest.raises(ValueError, match="2 or more"):
+        leave_one_out([1.0], 1)
+
+
+def test_samples_per_prompt_scores_each_sample_against_its_siblings(tiny_model_dir, tmp_path, monkeypatch):
+    seen_prompts, raw_scores, rollout_scores = [], [], []
+
+    def reward(prompts, texts):
+        seen_prompts.append([p.id for p in prompts])
+        scores = [float(len(t)) for t in texts]  # differs between samples of one prompt
+        raw_scores.append(scores)
+        return scores
+
+    real_build = trainer_module.build_rollout
+
+    def spy_build(*args, **kwargs):
+        rollout_scores.append(args[6].tolist())
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "build_rollout", spy_build)
+    cfg = config(steps=1, samples_per_prompt=3, ppo=PPOConfig(epochs=1, minibatch_size=3, temperature=1.0))
+    result = train_ppo(str(tiny_model_dir), PROMPTS, reward, tmp_path / "ppo", cfg)
+    assert result.steps == 1
+    (ids,) = seen_prompts
+    assert len(ids) == 6 and ids[0] == ids[1] == ids[2] and ids[3] == ids[4] == ids[5] != ids[0]
+    assert rollout_scores == [pytest.approx(leave_one_out(raw_scores[0], 3))]
+    row = json.loads((tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
+    # The monitors see the scores themselves, not the baselined ones.
+    assert row["reward_mean"] == pytest.approx(sum(raw_scores[0]) / 6)
 
 
 def test_train_resume_and_monitors(tiny_model_dir, tmp_path):

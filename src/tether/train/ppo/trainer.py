@@ -66,7 +66,18 @@ class PPOTrainConfig(StrictModel):
     """The PPO loop around :class:`PPOConfig` (which holds the update's hyperparameters)."""
 
     steps: int = Field(20, ge=1, description="PPO iterations (rollout + reward + update).")
-    batch_size: int = Field(8, ge=1, description="Prompts per iteration; one sampled response each.")
+    batch_size: int = Field(8, ge=1, description="Prompts per iteration.")
+    samples_per_prompt: int = Field(
+        1,
+        ge=1,
+        description="Responses sampled per prompt: an iteration trains on batch_size * samples_per_prompt "
+        "rollouts. Above 1, each score is taken relative to its prompt's other samples (see group_baseline).",
+    )
+    group_baseline: bool = Field(
+        True,
+        description="With samples_per_prompt > 1, subtract from each score the mean score of the other "
+        "samples of its prompt (RLOO's leave-one-out baseline) before GAE.",
+    )
     max_new_tokens: int = Field(64, ge=1, description="Response length cap in tokens.")
     lr: float = Field(5e-5, gt=0, description="Learning rate of the LoRA weights.")
     value_lr: float = Field(
@@ -122,6 +133,25 @@ def batch_indices(n_prompts: int, batch_size: int, step: int, seed: int) -> list
         epoch, offset = divmod(position, n_prompts)
         order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         out.append(int(order[offset]))
+    return out
+
+
+def leave_one_out(scores: Sequence[float], group: int) -> list[float]:
+    """Each score minus the mean of the other scores of its group (consecutive runs of ``group``).
+
+    Samples of one prompt share its difficulty; subtracting their mean leaves what this response did
+    better or worse than its siblings (RLOO, Ahmadian et al. 2024), which a value head that starts from
+    scratch cannot tell in a few iterations.
+    """
+    if group < 2:
+        raise ValueError(f"a leave-one-out baseline needs groups of 2 or more, got {group}")
+    if len(scores) % group:
+        raise ValueError(f"{len(scores)} scores do not split into groups of {group}")
+    out = []
+    for start in range(0, len(scores), group):
+        chunk = scores[start : start + group]
+        total = sum(chunk)
+        out += [s - (total - s) / (group - 1) for s in chunk]
     return out
 
 
@@ -274,20 +304,25 @@ def train_ppo(
 
             # --- 1. Rollout through the engine (token ids, not text: re-tokenising would change them) ---
             t0 = time.perf_counter()
+            n_samples = config.samples_per_prompt
             params = SamplingParams(
                 max_new_tokens=config.max_new_tokens,
                 temperature=config.ppo.temperature,
                 top_p=1.0,
+                n=n_samples,
                 seed=config.seed * 1_000_003 + step,
             )
-            queries = [engine.encode_prompt(p, config.max_new_tokens)[0] for p in batch]
+            prompt_queries = [engine.encode_prompt(p, config.max_new_tokens)[0] for p in batch]
             samples = []
             size = engine.config.batch_size
             policy.eval()
-            for chunk_index, chunk_start in enumerate(range(0, len(queries), size)):
-                chunk = queries[chunk_start : chunk_start + size]
-                samples += [s[0] for s in engine.backend.generate(chunk, params, chunk_index)]
+            for chunk_index, chunk_start in enumerate(range(0, len(prompt_queries), size)):
+                chunk = prompt_queries[chunk_start : chunk_start + size]
+                samples += [x for s in engine.backend.generate(chunk, params, chunk_index) for x in s]
             policy.train()
+            # From here on everything is per rollout: each prompt repeated once per sample, in order.
+            batch = [p for p in batch for _ in range(n_samples)]
+            queries = [q for q in prompt_queries for _ in range(n_samples)]
             responses = [s.token_ids + ([eos_id] if s.hit_eos else []) for s in samples]
             texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
             timings["rollout_s"] = time.perf_counter() - t0
@@ -312,6 +347,9 @@ def train_ppo(
                 if config.missing_eos_penalty is not None and not s.hit_eos:
                     r -= config.missing_eos_penalty
                 scores.append(r)
+            advantaged = (
+                leave_one_out(scores, n_samples) if n_samples > 1 and config.group_baseline else scores
+            )
             timings["reward_s"] = time.perf_counter() - t0
 
             # --- 3. PPO update ----------------------------------------------------------------------
@@ -325,14 +363,14 @@ def train_ppo(
                 query_mask,
                 response_ids,
                 response_mask,
-                torch.tensor(scores),
+                torch.tensor(advantaged),
                 temperature=config.ppo.temperature,
                 batch_size=config.forward_batch_size,
             )
             timings["forward_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             stats = ppo_update(policy, optimizer, rollout, config.ppo, kl_coef=kl_ctl.coef)
-            kl_ctl.update(stats.kl_to_ref, len(batch))
+            kl_ctl.update(stats.kl_to_ref, len(batch))  # rollouts: the controller's horizon counts samples
             timings["update_s"] = time.perf_counter() - t0
 
             # --- 4. Monitors ------------------------------------------------------------------------
