@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from tether.train.monitors import (
@@ -16,6 +17,7 @@ from tether.train.monitors import (
     embedding_diversity,
     linear_trend,
     plot_monitors,
+    trend_p_value,
 )
 
 
@@ -109,6 +111,42 @@ def test_hacking_needs_a_real_trend_not_noise():
     jitter = [0.5, 0.52, 0.49, 0.51, 0.5, 0.52, 0.49, 0.51, 0.5, 0.52]
     for step, quality in enumerate(jitter):
         assert state.check(StepMetrics(step=step, reward_mean=0.1 * step, quality=quality)) == []
+
+
+def test_trend_p_value_matches_the_slope_t_test():
+    # n=5, r=0.5: t = 0.5 * sqrt(3 / 0.75) = 1.0 with 3 df, one-sided p = 0.1955 (t tables)
+    assert trend_p_value(0.5, 5) == pytest.approx(0.1955, abs=1e-4)
+    assert trend_p_value(-0.5, 5) == trend_p_value(0.5, 5)
+    # t(3) one-sided 5% critical value 2.353 -> r = 2.353 / sqrt(2.353^2 + 3) = 0.805
+    assert trend_p_value(0.805, 5) == pytest.approx(0.05, abs=1e-3)
+    assert trend_p_value(1.0, 5) == 0.0 and trend_p_value(0.9, 2) == 1.0
+
+
+def test_hacking_false_alarms_stay_near_alpha_on_noise():
+    """Reward rising (as PPO makes it) while quality is pure batch noise: a 5-step window of noise
+    reaches r <= -0.5 about 20% of the time; the t-test keeps the alarm rate near trend_alpha (0.01)."""
+    rng = np.random.default_rng(0)
+    fired = 0
+    trials = 400
+    for _ in range(trials):
+        state = MonitorState(MonitorConfig(window=5))
+        for step in range(5):
+            state.check(
+                StepMetrics(step=step, reward_mean=0.1 * step, quality=0.5 + 0.05 * rng.standard_normal())
+            )
+        fired += any(a.kind == "hacking" for a in state.alerts)
+    assert fired / trials < 0.03
+    loose = MonitorConfig(window=5, trend_alpha=1.0)  # the test off: |r| >= 0.5 alone
+    rng = np.random.default_rng(0)
+    fired_loose = 0
+    for _ in range(trials):
+        state = MonitorState(loose)
+        for step in range(5):
+            state.check(
+                StepMetrics(step=step, reward_mean=0.1 * step, quality=0.5 + 0.05 * rng.standard_normal())
+            )
+        fired_loose += any(a.kind == "hacking" for a in state.alerts)
+    assert fired_loose / trials > 0.12
 
 
 def test_length_hacking_and_kl_alerts():

@@ -7,7 +7,8 @@ an independent quality score) and calls :meth:`MonitorState.check`, which return
 - **collapse**: distinct-2 of the samples under a floor, or fallen by more than a fraction of its
   starting value; the same for embedding diversity. The policy is saying the same thing to everyone.
 - **hacking**: over the last ``window`` steps the reward trends up while the independent quality
-  score trends down (least-squares slopes, each fit required to be a real trend by its correlation).
+  score trends down (least-squares slopes; each fit must be a real trend: |r| above a floor and a
+  one-sided t-test of the slope below ``trend_alpha``).
   Likewise reward rising with response length growing fast (length hacking).
 - **kl**: the KL to the reference above a maximum: the policy has left the region the reward model knows.
 
@@ -185,6 +186,14 @@ class MonitorConfig(BaseModel):
         le=1,
         description="|Pearson r| a least-squares fit needs before its slope counts as a trend.",
     )
+    trend_alpha: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="A trend also needs a one-sided p-value below this (t-test of the slope, window-2 df). "
+        "The windows overlap, so a run checks many times: on pure noise 0.01 raises a false alarm in about "
+        "5% of 10-step runs, |r| >= 0.5 alone in 70%. 1 turns the test off.",
+    )
     length_max_growth: float = Field(
         1.0,
         gt=0,
@@ -207,6 +216,21 @@ def linear_trend(values: Sequence[float]) -> tuple[float, float]:
     slope = float((dx * dy).sum() / sxx)
     r = float((dx * dy).sum() / np.sqrt(sxx * syy)) if syy > 0 else 0.0
     return slope, r
+
+
+def trend_p_value(r: float, n: int) -> float:
+    """One-sided p-value of a fit at least as strong as ``|r|`` over ``n`` points if there were no trend.
+
+    The t-test of a least-squares slope: ``t = |r| sqrt((n-2) / (1-r^2))`` with ``n-2`` degrees of freedom.
+    Five points need ``|r| >= 0.81`` for p < 0.05.
+    """
+    if n < 3:
+        return 1.0
+    if abs(r) >= 1.0:
+        return 0.0
+    from scipy.stats import t as student_t
+
+    return float(student_t.sf(abs(r) * np.sqrt((n - 2) / (1.0 - r * r)), n - 2))
 
 
 class MonitorState:
@@ -280,6 +304,11 @@ class MonitorState:
             return None
         return [[getattr(m, k) for m in rows] for k in metrics]
 
+    def _is_trend(self, r: float) -> bool:
+        """A rising fit (``r > 0``; pass ``-r`` for a falling one) strong and unlikely enough to be noise."""
+        cfg = self.config
+        return r >= cfg.min_trend_r and trend_p_value(r, cfg.window) < cfg.trend_alpha
+
     def _hacking(self, metrics: StepMetrics) -> list[Alert]:
         cfg = self.config
         alerts = []
@@ -288,9 +317,9 @@ class MonitorState:
             (reward_slope, reward_r), (quality_slope, quality_r) = map(linear_trend, window)
             if (
                 reward_slope > 0
-                and reward_r >= cfg.min_trend_r
+                and self._is_trend(reward_r)
                 and quality_slope < 0
-                and -quality_r >= cfg.min_trend_r
+                and self._is_trend(-quality_r)
             ):
                 alerts.append(
                     Alert(
@@ -310,7 +339,7 @@ class MonitorState:
             rewards, lengths = window
             reward_slope, reward_r = linear_trend(rewards)
             growth = lengths[-1] / lengths[0] - 1.0 if lengths[0] > 0 else 0.0
-            if reward_slope > 0 and reward_r >= cfg.min_trend_r and growth > cfg.length_max_growth:
+            if reward_slope > 0 and self._is_trend(reward_r) and growth > cfg.length_max_growth:
                 alerts.append(
                     Alert(
                         kind="hacking",
