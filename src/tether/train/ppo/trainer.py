@@ -347,7 +347,7 @@ def train_ppo(
                 if config.missing_eos_penalty is not None and not s.hit_eos:
                     r -= config.missing_eos_penalty
                 scores.append(r)
-            advantaged = (
+            baselined_scores = (
                 leave_one_out(scores, n_samples) if n_samples > 1 and config.group_baseline else scores
             )
             timings["reward_s"] = time.perf_counter() - t0
@@ -363,7 +363,7 @@ def train_ppo(
                 query_mask,
                 response_ids,
                 response_mask,
-                torch.tensor(advantaged),
+                torch.tensor(baselined_scores),
                 temperature=config.ppo.temperature,
                 batch_size=config.forward_batch_size,
             )
