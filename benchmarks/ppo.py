@@ -6,7 +6,8 @@ temperature, score them with the same reward (the AI labeler's proxy score of ea
 its document: cheap, so the comparison is of the training machinery), compute reference log-probs
 (TRL: ``beta > 0``), and take one optimizer step per iteration (Tether: ``epochs=1``,
 ``minibatch_size=batch``; TRL: ``num_iterations=1``). Gradient checkpointing is off on both sides.
-TRL's GRPO needs groups: ``batch / num_generations`` prompts, ``num_generations`` samples each.
+TRL's GRPO needs groups, and Tether samples the same ones (``samples_per_prompt``): ``batch / num_generations``
+prompts, ``num_generations`` samples each.
 
 Each side runs ``--steps`` iterations; the last one is timed (the first pays one-off warm-up).
 Prints where the time goes and ``ppo_iteration_vs_trl: <TRL time / Tether time>x`` (above 1: Tether
@@ -43,7 +44,9 @@ def tether_iteration(args, docs) -> dict:
 
     config = PPOTrainConfig(
         steps=args.steps,
-        batch_size=args.batch_size,
+        # The same grouping as GRPO's: batch / num_generations prompts, num_generations samples each.
+        batch_size=args.batch_size // args.num_generations,
+        samples_per_prompt=args.num_generations,
         max_new_tokens=args.max_new_tokens,
         lr=args.lr,
         lora=LoRAConfig(r=16, alpha=32, dropout=0.0),
