@@ -75,10 +75,6 @@ class CompareReport:
 DELTA_PROXIES = ("score", "faithfulness", "coverage", "conciseness")
 
 
-def _proxy(scores, proxy: str) -> float:
-    return scores.score if proxy == "score" else getattr(scores, proxy)
-
-
 def generate_summaries(
     name: str,
     spec: str,
@@ -170,7 +166,7 @@ def compare_models(
         scores = [labeler.score(d.text, t, d.question) for d, t in zip(docs, texts, strict=True)]
         by_doc = {d.id: s.score for d, s in zip(docs, scores, strict=True)}
         per_document = {
-            d.id: {proxy: _proxy(sc, proxy) for proxy in DELTA_PROXIES}
+            d.id: {proxy: sc.value(proxy) for proxy in DELTA_PROXIES}
             for d, sc in zip(docs, scores, strict=True)
         }
         if name == baseline:

@@ -156,6 +156,10 @@ class SummaryScores:
     def score(self) -> float:
         return (self.faithfulness + self.coverage) / 2 * self.conciseness * self.repetition
 
+    def value(self, proxy: str) -> float:
+        """One proxy by name: a field, or ``"score"``."""
+        return self.score if proxy == "score" else getattr(self, proxy)
+
     def to_dict(self) -> dict[str, float]:
         return {**asdict(self), "score": self.score}
 

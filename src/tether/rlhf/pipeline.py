@@ -77,7 +77,11 @@ class RLHFConfig(StrictModel):
 
     name: str = Field("rlhf", description="Run name: the run directory is <runs_root>/<name>.")
     runs_root: str = Field("runs", description="Where run directories live.")
-    seed: int = Field(0, description="Seeds candidates, reward model, PPO and DPO.")
+    seed: int = Field(
+        0,
+        description="Seeds candidate sampling; the reward model, PPO and DPO have their own "
+        "(reward.seed, ppo.seed, dpo.seed).",
+    )
     policy: str = Field(
         "default", description="Model spec of the starting policy (also the reward model's backbone)."
     )

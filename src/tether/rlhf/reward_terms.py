@@ -74,19 +74,13 @@ def _proxy_scores(labeler: AILabeler, prompts: Sequence[Prompt], texts: Sequence
     return [labeler.score(e["document"], t, e.get("question")) for e, t in zip(extra, texts, strict=True)]
 
 
-def _value(scores: SummaryScores, proxy: str) -> float:
-    return scores.score if proxy == "score" else getattr(scores, proxy)
-
-
 def quality_fn(
     labeler: AILabeler, signal: Sequence[str] = ("score",)
 ) -> Callable[[list[Prompt], list[str]], list[float]]:
     """Mean of the ``signal`` proxies on PPO samples: the monitors' independent quality signal."""
 
     def quality(prompts: list[Prompt], texts: list[str]) -> list[float]:
-        return [
-            sum(_value(s, p) for p in signal) / len(signal) for s in _proxy_scores(labeler, prompts, texts)
-        ]
+        return [sum(s.value(p) for p in signal) / len(signal) for s in _proxy_scores(labeler, prompts, texts)]
 
     return quality
 
@@ -113,7 +107,7 @@ class RuleTermReward:
         self.last_terms = {"reward_model": sum(base) / n}
         total = list(base)
         for proxy, weight in self.terms.items():
-            values = [_value(s, proxy) for s in scores]
+            values = [s.value(proxy) for s in scores]
             total = [t + weight * v for t, v in zip(total, values, strict=True)]
             self.last_terms[proxy] = sum(values) / n
         return total
