@@ -92,8 +92,7 @@ def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
     assert report["train_pairs"] + report["eval_pairs"] == 6
     metrics = [json.loads(line) for line in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
-    # The coverage rule term is logged beside the reward model's part, and the monitors watch
-    # faithfulness (the proxy the reward does not contain).
+    # The coverage rule term is logged beside the reward model's part.
     assert all(set(m["reward_terms"]) == {"reward_model", "coverage"} for m in metrics)
     assert all(0 <= m["reward_terms"]["coverage"] <= 1 for m in metrics)
     assert (run_dir / "ppo" / "monitors.png").is_file()
