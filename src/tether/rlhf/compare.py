@@ -159,34 +159,34 @@ def compare_models(
 
     baseline = next(iter(models))
     rows = []
-    base_scores: dict[str, float] = {}
     base_per_document: dict[str, dict[str, float]] = {}
     for name, spec in models.items():
         texts = [summaries[name][d.id]["text"] for d in docs]
         scores = [labeler.score(d.text, t, d.question) for d, t in zip(docs, texts, strict=True)]
-        by_doc = {d.id: s.score for d, s in zip(docs, scores, strict=True)}
         per_document = {
             d.id: {proxy: sc.value(proxy) for proxy in DELTA_PROXIES}
             for d, sc in zip(docs, scores, strict=True)
         }
+        deltas = {}  # proxy -> paired delta vs the baseline (none for the baseline itself)
         if name == baseline:
-            base_scores, base_per_document = by_doc, per_document
-            delta, proxy_deltas = None, {}
+            base_per_document = per_document
         else:
-            delta = paired_bootstrap_delta(base_scores, by_doc, n_boot=2000)
-            proxy_deltas = {}
-            for proxy in DELTA_PROXIES[1:]:
-                ci = paired_bootstrap_delta(
+            for proxy in DELTA_PROXIES:
+                deltas[proxy] = paired_bootstrap_delta(
                     {k: v[proxy] for k, v in base_per_document.items()},
                     {k: v[proxy] for k, v in per_document.items()},
                     n_boot=2000,
                 )
-                proxy_deltas[proxy] = {
-                    "delta": ci.delta,
-                    "ci_low": ci.ci_low,
-                    "ci_high": ci.ci_high,
-                    "significant": ci.significant,
-                }
+        delta = deltas.pop("score", None)
+        proxy_deltas = {
+            proxy: {
+                "delta": ci.delta,
+                "ci_low": ci.ci_low,
+                "ci_high": ci.ci_high,
+                "significant": ci.significant,
+            }
+            for proxy, ci in deltas.items()
+        }
         wins = ties = losses = 0
         if name != baseline:
             base_texts = [summaries[baseline][d.id]["text"] for d in docs]
