@@ -187,18 +187,16 @@ def run_demo(config: DemoConfig, runs_root: Path = Path("runs"), name: str | Non
     if config.cai and not run.is_complete("cai"):
         with run.stage("cai"):
             from tether.cai import run_cai
-            from tether.errors import TetherError
+            from tether.cai.pipeline import NothingKeptError
 
             cai_config = short_cai_config(config)
             cai_run = Run.create("cai", root=run.path, job="cai", config=cai_config, seed=config.seed)
             summary = run.manifest.setdefault("summary", {})
             try:
                 cai_summary = run_cai(cai_config, cai_run)
-            except TetherError as exc:
+            except NothingKeptError as exc:
                 # Six prompts on a 135M model may leave nothing to train on: the demo says so and
                 # goes on (the full run in configs/cai.yaml has enough prompts).
-                if "kept no examples" not in exc.message:
-                    raise
                 cai_run.finish("failed", error=exc.message)
                 summary["cai"] = f"no SFT data kept from 6 prompts: {exc.message}"
             else:

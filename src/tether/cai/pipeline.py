@@ -121,6 +121,10 @@ def _default_engine(spec: str, config: EngineConfig, tracer: Any) -> Any:
     return Engine.from_spec(spec, config, tracer=tracer)
 
 
+class NothingKeptError(ConfigError):
+    """A round's loop kept no example, so there is nothing to fine-tune on (too few prompts or passes)."""
+
+
 def resolve_constitution(path: str, config_path: str | Path | None = None) -> Path:
     candidate = Path(path)
     if candidate.is_absolute() or candidate.exists() or config_path is None:
@@ -269,7 +273,7 @@ def run_cai(
         if not run.is_complete(f"round{r}/sft"):
             examples = read_jsonl(data_path, allow_empty=True)
             if not examples:
-                raise ConfigError(
+                raise NothingKeptError(
                     f"round {r}: the loop kept no examples to train on",
                     where=str(stats_path),
                     hint="see the drop counts there; more prompts or passes may help",

@@ -260,9 +260,8 @@ def fit_with_trl(
 ) -> Path:
     """Train ``model_spec`` with one of TRL's trainers (SFT, DPO) and save the adapter plus its log.
 
-    ``extra_args``
-    are the trainer-specific arguments (``beta``, ``completion_only_loss``). ``out_dir`` then holds the
-    adapter, ``tether_base.json``, the tokenizer and ``train_log.json``.
+    ``extra_args`` are the trainer-specific arguments (``beta``, ``completion_only_loss``). ``out_dir``
+    then holds the adapter, ``tether_base.json``, the tokenizer and ``train_log.json``.
     """
     out = Path(out_dir)
     trainable = load_trainable(model_spec, config.lora, device=config.device)
