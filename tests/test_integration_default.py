@@ -90,4 +90,10 @@ def test_demo_runs_end_to_end(tmp_path):
     compare = json.loads((run_dir / "rlhf" / "compare" / "compare.json").read_text())
     assert [r["name"] for r in compare["rows"]] == ["base", "ppo", "dpo"]
     assert (run_dir / "rlhf" / "reward_model" / "reward_report.json").exists()
+    # PPO validated the real model's greedy summaries before and after its one step, and kept the better.
+    checks = [
+        json.loads(line) for line in (run_dir / "rlhf" / "ppo" / "validation.jsonl").read_text().splitlines()
+    ]
+    assert [c["step"] for c in checks] == [0, 1] and all(0 < c["eval_quality"] <= 1 for c in checks)
+    assert (run_dir / "rlhf" / "ppo" / "policy" / "adapter_config.json").is_file()
     assert all(0.0 <= manifest["summary"][f"rlhf {m} score"] <= 1.0 for m in ("base", "ppo", "dpo"))

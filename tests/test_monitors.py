@@ -105,6 +105,23 @@ def test_hacking_alert_fires_when_reward_rises_and_quality_falls():
     assert state.should_stop
 
 
+def test_validation_drop_is_hacking_when_its_reward_rose_else_a_quality_warning():
+    state = MonitorState(MonitorConfig(eval_max_drop=0.05, early_stop=True))
+    assert (
+        state.check(StepMetrics(step=0, eval_quality=0.66, eval_reward=0.0)) == []
+    )  # the start never alerts
+    assert (
+        state.check(StepMetrics(step=2, eval_quality=0.62, eval_reward=0.9)) == []
+    )  # 0.04: inside the margin
+    assert state.check(StepMetrics(step=3, reward_mean=1.0)) == []  # a step without validation
+    (worse,) = state.check(StepMetrics(step=4, eval_quality=0.55, eval_reward=-0.2))
+    assert (worse.kind, worse.severity, worse.metric) == ("quality", "warning", "eval_quality")
+    assert "0.660 -> 0.550" in worse.message and not state.should_stop
+    (hacked,) = state.check(StepMetrics(step=6, eval_quality=0.54, eval_reward=0.4))
+    assert (hacked.kind, hacked.severity) == ("hacking", "critical")
+    assert state.should_stop
+
+
 def test_hacking_needs_a_real_trend_not_noise():
     """Quality that only jitters (no downward fit) must not trigger the hacking alert."""
     state = MonitorState(MonitorConfig(window=8, min_trend_r=0.5))

@@ -160,6 +160,11 @@ def test_early_stop_on_critical_alert(tiny_model_dir, tmp_path):
     assert result.stopped_early and result.steps < 4
     assert any(a.kind == "kl" and a.severity == "critical" for a in result.alerts)
     assert checkpoints(tmp_path / "ppo")[-1].name == f"step-{result.steps:06d}"
+    # A critical alert at the last step ends nothing: the run is not reported as stopped early.
+    last = train_ppo(
+        str(tiny_model_dir), PROMPTS, toy_reward, tmp_path / "last", cfg.model_copy(update={"steps": 2})
+    )
+    assert last.steps == 2 and not last.stopped_early and any(a.step == 2 for a in last.alerts)
 
 
 def test_reward_tokenizer_check_runs_first(tiny_model_dir, tmp_path):
@@ -198,3 +203,85 @@ def test_from_adapter_spec_the_reference_is_that_adapter(tiny_model_dir, tmp_pat
     row = json.loads((tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
     assert abs(row["kl"]) < 1e-3  # the policy starts as the reference
     assert json.loads((result.policy_dir / "tether_base.json").read_text())["base"] == str(tiny_model_dir)
+
+
+def _scripted_quality(values):
+    """An eval_fn returning the next scripted quality for every call, and recording the prompts it saw."""
+    calls = []
+
+    def quality(prompts, texts):
+        calls.append([p.id for p in prompts])
+        return [values[len(calls) - 1]] * len(texts)
+
+    return quality, calls
+
+
+def test_validation_keeps_the_best_state_and_flags_a_held_out_drop(tiny_model_dir, tmp_path):
+    out = tmp_path / "ppo"
+    held_out = [
+        Prompt(id="v0", text="Summarize: a held-out thing."),
+        Prompt(id="v1", text="Summarize: another."),
+    ]
+    # Validation quality per call: start 0.5, step 1 0.9 (the best), step 2 0.1 and step 3 0.2 (far below the start).
+    eval_fn, calls = _scripted_quality([0.5, 0.9, 0.1, 0.2])
+    rewards = iter(range(100))
+
+    def rising_reward(prompts, texts):  # every call scores higher: the validation reward rises too
+        value = next(rewards)
+        return [float(value)] * len(texts)
+
+    cfg = config(steps=3, eval_every=1, keep_best=True, checkpoint_every=1)
+    result = train_ppo(
+        str(tiny_model_dir), PROMPTS, rising_reward, out, cfg, eval_prompts=held_out, eval_fn=eval_fn
+    )
+    assert calls == [["v0", "v1"]] * 4  # before step 1, then after each step, on the validation prompts only
+    checks = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in checks] == [0, 1, 2, 3]
+    assert [c["eval_quality"] for c in checks] == [0.5, 0.9, 0.1, 0.2]
+    assert (result.best_step, result.best_quality) == (1, 0.9)
+    assert json.loads((out / "best" / "best.json").read_text()) == {"step": 1, "eval_quality": 0.9}
+    # The final policy is step 1's adapter, not the last step's.
+    best_weights = (out / "best" / "adapter_model.safetensors").read_bytes()
+    assert (out / "policy" / "adapter_model.safetensors").read_bytes() == best_weights
+    assert (out / "checkpoints" / "step-000003" / "adapter_model.safetensors").read_bytes() != best_weights
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_quality"] for r in rows] == [0.9, 0.1, 0.2]
+    # Steps 2 and 3 fell 0.4 and 0.3 below the start while the reward of those summaries rose: hacking.
+    hacking = [a for a in result.alerts if a.metric == "eval_quality"]
+    assert [(a.step, a.kind, a.severity) for a in hacking] == [
+        (2, "hacking", "critical"),
+        (3, "hacking", "critical"),
+    ]
+    assert result.history[0].step == 0 and result.history[0].eval_quality == 0.5
+
+    # Resume after step 2 (as if step 3 never finished): validation lines after the checkpoint are redone,
+    # the start is replayed into the monitors, and the best state (step 1) survives.
+    import shutil
+
+    shutil.rmtree(checkpoints(out)[-1])
+    eval_fn2, calls2 = _scripted_quality([0.3])
+    resumed = train_ppo(
+        str(tiny_model_dir), PROMPTS, rising_reward, out, cfg, eval_prompts=held_out, eval_fn=eval_fn2
+    )
+    assert len(calls2) == 1  # only step 3 validated again
+    checks = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [(c["step"], c["eval_quality"]) for c in checks] == [(0, 0.5), (1, 0.9), (2, 0.1), (3, 0.3)]
+    assert resumed.best_step == 1 and resumed.history[0].step == 0
+    assert [a.step for a in resumed.alerts if a.metric == "eval_quality"] == [2, 3]
+
+
+def test_validation_settings_need_what_they_use(tiny_model_dir, tmp_path):
+    held_out = [Prompt(id="v0", text="Summarize: a held-out thing.")]
+    with pytest.raises(ValueError, match="needs eval_prompts"):
+        train_ppo(str(tiny_model_dir), PROMPTS, toy_reward, tmp_path / "a", config(eval_every=1))
+    with pytest.raises(ValueError, match="needs eval_prompts"):
+        train_ppo(
+            str(tiny_model_dir),
+            PROMPTS,
+            toy_reward,
+            tmp_path / "b",
+            config(eval_every=1),
+            eval_prompts=held_out,
+        )
+    with pytest.raises(ValueError, match="keep_best needs eval_every"):
+        train_ppo(str(tiny_model_dir), PROMPTS, toy_reward, tmp_path / "c", config(keep_best=True))

@@ -16,6 +16,7 @@ from tether.rlhf.documents import (
     load_user_documents,
     read_split_docs,
     select_split,
+    select_validation,
     split_of,
     write_split,
 )
@@ -42,6 +43,19 @@ def test_split_is_by_id_hash_not_position():
     a, b = select_split(docs, n_train=5, n_heldout=3), select_split(docs, n_train=5, n_heldout=3)
     assert [d.id for d in a[0]] == [d.id for d in b[0]] and len(a[0]) == 5 and len(a[1]) == 3
     assert [d.id for d in a[0]] != [f"d{i}" for i in range(5)]  # not file order
+
+
+def test_validation_documents_follow_the_compared_ones_on_the_held_out_side():
+    docs = _docs(200)
+    train, held = select_split(docs, n_train=None, n_heldout=5, heldout_fraction=0.25)
+    validation = select_validation(docs, n_heldout=5, n_validation=4, heldout_fraction=0.25)
+    assert len(validation) == 4 and all(split_of(d.id, 0.25) == "heldout" for d in validation)
+    assert not {d.id for d in validation} & {d.id for d in [*train, *held]}
+    # The next held-out documents in hash order: growing n_validation only appends.
+    more = select_validation(docs, n_heldout=5, n_validation=6, heldout_fraction=0.25)
+    assert more[:4] == validation
+    # When the comparison takes every held-out document, none is left to validate on.
+    assert select_validation(docs, n_heldout=None, n_validation=4, heldout_fraction=0.25) == []
 
 
 def test_write_and_read_split(tmp_path):

@@ -31,7 +31,7 @@ def _config(tmp_path: Path, policy: str, **overrides) -> Path:
         "runs_root": str(tmp_path / "runs"),
         "policy": policy,
         "engine": {"batch_size": 4},
-        "documents": {"source": "boolq", "n_train": 6, "n_heldout": 2},
+        "documents": {"source": "boolq", "n_train": 6, "n_heldout": 2, "n_validation": 2},
         "candidates": {"k": 2, "max_new_tokens": 4},
         "reward": {
             "epochs": 1,
@@ -45,6 +45,8 @@ def _config(tmp_path: Path, policy: str, **overrides) -> Path:
             "batch_size": 2,
             "max_new_tokens": 4,
             "checkpoint_every": 1,
+            "eval_every": 1,
+            "keep_best": True,
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
             "ppo": {"epochs": 1, "minibatch_size": 2},
         },
@@ -96,6 +98,14 @@ def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
     assert all(set(m["reward_terms"]) == {"reward_model", "coverage"} for m in metrics)
     assert all(0 <= m["reward_terms"]["coverage"] <= 1 for m in metrics)
     assert (run_dir / "ppo" / "monitors.png").is_file()
+    # PPO validated on two held-out documents that are neither trained on nor compared.
+    validation_ids = [d["id"] for d in read_jsonl(run_dir / "validation_docs.jsonl")]
+    assert len(validation_ids) == 2 and not set(validation_ids) & {*split["train"], *split["heldout"]}
+    checks = read_jsonl(run_dir / "ppo" / "validation.jsonl")
+    assert [c["step"] for c in checks] == [0, 1, 2]
+    kept = max(checks, key=lambda c: c["eval_quality"])  # ties keep the earliest
+    ppo_summary = json.loads((run_dir / "manifest.json").read_text())["summary"]["ppo"]
+    assert ppo_summary["kept_step"] == kept["step"] and len(ppo_summary["validation"]) == 3
     assert (run_dir / "dpo" / "adapter_config.json").is_file()
     compare = json.loads((run_dir / "compare" / "compare.json").read_text())
     assert [r["name"] for r in compare["rows"]] == ["base", "ppo", "dpo"]
@@ -131,9 +141,10 @@ def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
     ppo_args += ["--set", "steps=1", "--set", "batch_size=2", "--set", "max_new_tokens=4"]
     result = runner.invoke(app, [*ppo_args, "--term", "coverage"])
     assert result.exit_code != 0 and "PROXY=WEIGHT" in result.output
-    _invoke(*ppo_args, "--term", "coverage=1.5")
+    result = _invoke(*ppo_args, "--term", "coverage=1.5", "--set", "eval_every=1", "--validation", "2")
     row = json.loads((tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
     assert set(row["reward_terms"]) == {"reward_model", "coverage"}
+    assert row["eval_quality"] is not None and "validation: best (not kept" in result.output
 
 
 def test_human_pairs_path_skips_generation(tiny_model_dir, tmp_path):

@@ -87,7 +87,8 @@ def short_cai_config(config: DemoConfig):
 
 def short_rlhf_config(config: DemoConfig, runs_root: Path):
     """A summarization RLHF run small enough for a demo: 4 documents, 2 candidates each, a reward
-    model of 2 steps, one PPO iteration of 2 rollouts, one DPO step, 2 held-out documents."""
+    model of 2 steps, one PPO iteration of 2 rollouts validated on 2 more held-out documents, one DPO
+    step, 2 held-out documents to compare on."""
     from tether.rlhf.pipeline import RLHFConfig
 
     return RLHFConfig.model_validate(
@@ -97,7 +98,7 @@ def short_rlhf_config(config: DemoConfig, runs_root: Path):
             "seed": config.seed,
             "policy": config.model,
             "engine": config.engine.model_dump(),
-            "documents": {"source": "boolq", "n_train": 4, "n_heldout": 2},
+            "documents": {"source": "boolq", "n_train": 4, "n_heldout": 2, "n_validation": 2},
             "candidates": {"k": 2, "max_new_tokens": 24},
             "labeler": {"margin": 0.0},
             "reward": {"epochs": 1, "max_steps": 2, "batch_size": 2, "max_length": 384, "eval_fraction": 0.0},
@@ -105,6 +106,8 @@ def short_rlhf_config(config: DemoConfig, runs_root: Path):
                 "steps": 1,
                 "batch_size": 2,
                 "max_new_tokens": 24,
+                "eval_every": 1,
+                "keep_best": True,
                 "ppo": {"epochs": 1, "minibatch_size": 2},
             },
             "dpo": {"max_steps": 1, "batch_size": 2, "max_length": 384},

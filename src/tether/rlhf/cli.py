@@ -197,6 +197,14 @@ def ppo(
             "repetition, score); repeatable. The hacking monitor then watches the proxies left out.",
         ),
     ] = None,
+    n_validation: Annotated[
+        int,
+        typer.Option(
+            "--validation",
+            min=1,
+            help="Held-out documents PPO validates on when eval_every > 0 (--set eval_every=2).",
+        ),
+    ] = 16,
 ) -> None:
     """Train the policy with PPO against the reward model; monitors every step, checkpoints, resumable."""
     from tether.config import load_config
@@ -210,6 +218,11 @@ def ppo(
     config = load_config(PPOTrainConfig, config_path, overrides or [])
     reward_config = PPORewardConfig(terms=_parse_terms(terms or []))
     labeler = AILabeler()
+    validation = []
+    if config.eval_every:
+        from tether.rlhf.documents import load_documents, select_validation
+
+        validation = select_validation(load_documents(docs), n_heldout=0, n_validation=n_validation)
     result = train_ppo(
         policy,
         ppo_prompts(_train_docs(docs, n, "train")),
@@ -217,6 +230,8 @@ def ppo(
         out_path,
         config,
         quality_fn=quality_fn(labeler, monitor_signal(reward_config)),
+        eval_prompts=ppo_prompts(validation),
+        eval_fn=quality_fn(labeler, reward_config.validation_quality),
         embedder=Embedder() if embedding_diversity else None,
         on_step=lambda row: _say(_step_line(row)),
     )
@@ -224,6 +239,9 @@ def ppo(
         f"PPO: {result.steps} steps in {result.seconds:.0f} s -> {result.policy_dir}; "
         f"{len(result.alerts)} monitor alerts; plot {result.plot_path}"
     )
+    if result.best_step is not None:
+        kept = "kept" if config.keep_best else "best (not kept: keep_best is off)"
+        out.print(f"validation: {kept} step {result.best_step}, quality {result.best_quality:.3f}")
     for alert in result.alerts:
         out.print(f"  step {alert.step} [{alert.kind}/{alert.severity}] {alert.message}", markup=False)
 

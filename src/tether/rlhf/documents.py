@@ -129,6 +129,28 @@ def select_split(
     return train, heldout
 
 
+def select_validation(
+    docs: Sequence[SummaryDocument],
+    *,
+    n_heldout: int | None,
+    n_validation: int,
+    heldout_fraction: float = 0.2,
+    salt: str = "tether-rlhf",
+) -> list[SummaryDocument]:
+    """The ``n_validation`` held-out-side documents that come after the comparison's ``n_heldout``.
+
+    PPO validates on these: unseen in training, and never part of the final comparison, so choosing a
+    checkpoint by them does not flatter the comparison. Empty when the comparison takes every
+    held-out document.
+    """
+    _, heldout = select_split(
+        docs, n_train=None, n_heldout=None, heldout_fraction=heldout_fraction, salt=salt
+    )
+    if n_heldout is None:
+        return []
+    return heldout[n_heldout : n_heldout + n_validation]
+
+
 def write_split(
     directory: str | Path, train: Sequence[SummaryDocument], heldout: Sequence[SummaryDocument], **info
 ) -> Path:

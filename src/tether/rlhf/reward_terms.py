@@ -44,6 +44,12 @@ class PPORewardConfig(StrictModel):
         description="The monitors' independent quality signal. auto: the combined score without rule terms, "
         "else the mean of faithfulness/coverage not used as terms (the score if both are).",
     )
+    validation_quality: list[Proxy] = Field(
+        default_factory=lambda: ["faithfulness", "coverage"],
+        min_length=1,
+        description="Proxies averaged into the validation quality of ppo.eval_every (greedy summaries of "
+        "held-out documents): the checkpoint kept by ppo.keep_best, and the monitors' held-out signal.",
+    )
 
 
 def monitor_signal(config: PPORewardConfig) -> list[str]:

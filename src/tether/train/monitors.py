@@ -11,6 +11,11 @@ an independent quality score) and calls :meth:`MonitorState.check`, which return
   one-sided t-test of the slope below ``trend_alpha``).
   Likewise reward rising with response length growing fast (length hacking).
 - **kl**: the KL to the reference above a maximum: the policy has left the region the reward model knows.
+- **validation**: the quality of the trainer's greedy responses to held-out prompts (``eval_quality``)
+  fell more than ``eval_max_drop`` below the starting policy's. Critical hacking when the reward scores
+  those same responses higher than at the start; a quality warning when it does not. Sampled training
+  batches cannot show this: a policy can keep diverse temperature-0.7 samples while its greedy
+  output repeats itself and drops the key facts.
 
 With ``early_stop`` a critical alert sets :attr:`MonitorState.should_stop`.
 """
@@ -142,6 +147,10 @@ class StepMetrics(BaseModel):
     quality: float | None = Field(
         None, description="An independent quality score the policy is not trained on."
     )
+    eval_quality: float | None = Field(
+        None, description="Quality of greedy responses to held-out validation prompts (step 0: the start)."
+    )
+    eval_reward: float | None = Field(None, description="The reward of those same greedy responses.")
 
 
 class Alert(BaseModel):
@@ -149,7 +158,7 @@ class Alert(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["collapse", "hacking", "kl"]
+    kind: Literal["collapse", "hacking", "kl", "quality"]
     severity: Literal["warning", "critical"]
     step: int
     metric: str
@@ -202,6 +211,12 @@ class MonitorConfig(BaseModel):
     kl_max: float = Field(
         20.0, gt=0, description="Critical alert when KL to the reference (nats/sequence) exceeds this."
     )
+    eval_max_drop: float = Field(
+        0.05,
+        ge=0,
+        description="Alert when validation quality falls more than this below the starting policy's "
+        "(critical hacking if the reward of those responses rose, else a quality warning).",
+    )
     early_stop: bool = Field(False, description="Ask the trainer to stop at the first critical alert.")
 
 
@@ -253,7 +268,12 @@ class MonitorState:
     def check(self, metrics: StepMetrics) -> list[Alert]:
         """Record ``metrics`` and return the alerts that hold at this step."""
         self.history.append(metrics)
-        alerts = [*self._collapse(metrics), *self._hacking(metrics), *self._kl(metrics)]
+        alerts = [
+            *self._collapse(metrics),
+            *self._hacking(metrics),
+            *self._kl(metrics),
+            *self._validation(metrics),
+        ]
         self.alerts.extend(alerts)
         return alerts
 
@@ -367,6 +387,42 @@ class MonitorState:
             )
         ]
 
+    def _validation(self, metrics: StepMetrics) -> list[Alert]:
+        if metrics.eval_quality is None:
+            return []
+        start = next((m for m in self.history if m.eval_quality is not None), None)
+        if start is None or start is metrics:
+            return []
+        drop = start.eval_quality - metrics.eval_quality
+        if drop <= self.config.eval_max_drop:
+            return []
+        reward_rose = (
+            metrics.eval_reward is not None
+            and start.eval_reward is not None
+            and metrics.eval_reward > start.eval_reward
+        )
+        fell = f"validation quality fell {drop:.3f} below the start ({start.eval_quality:.3f} -> {metrics.eval_quality:.3f})"
+        if reward_rose:
+            return [
+                Alert(
+                    kind="hacking",
+                    severity="critical",
+                    step=metrics.step,
+                    metric="eval_quality",
+                    message=f"{fell} while the reward of the same responses rose ({start.eval_reward:+.3f} -> "
+                    f"{metrics.eval_reward:+.3f}): the policy is exploiting the reward model",
+                )
+            ]
+        return [
+            Alert(
+                kind="quality",
+                severity="warning",
+                step=metrics.step,
+                metric="eval_quality",
+                message=f"{fell}; the reward of those responses did not rise, so the policy is getting worse, not hacking",
+            )
+        ]
+
 
 # ---------------------------------------------------------------------------------------------------
 # Plot
@@ -375,6 +431,8 @@ class MonitorState:
 _PLOTTED = [
     ("reward_mean", "reward (mean)"),
     ("quality", "independent quality"),
+    ("eval_quality", "validation quality (greedy, held-out)"),
+    ("eval_reward", "validation reward (greedy, held-out)"),
     ("kl", "KL to reference (nats/seq)"),
     ("entropy", "entropy (nats/token)"),
     ("response_length", "response length (tokens)"),

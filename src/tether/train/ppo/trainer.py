@@ -12,16 +12,21 @@ Per iteration:
 4. **monitor** — reward mean/std, KL, entropy, length, distinct-1/2, embedding diversity and an
    independent quality score go to :class:`MonitorState`; alerts are logged, and with
    ``monitor.early_stop`` a critical one ends training;
-5. **checkpoint** — every ``checkpoint_every`` iterations: adapter + value head + optimizer + KL
+5. **validate** — with ``eval_every``, before the first iteration and every N after: greedy responses
+   to held-out validation prompts, scored by ``eval_fn`` (quality) and ``reward_fn``. The monitors
+   compare them with the start; the best-scoring state is kept in ``best/``;
+6. **checkpoint** — every ``checkpoint_every`` iterations: adapter + value head + optimizer + KL
    controller + step + RNG state. A restarted run resumes from the newest checkpoint.
 
-Outputs in ``out_dir``: ``metrics.jsonl`` (one line per iteration), ``monitors.png``,
-``checkpoints/step-NNNNNN/`` and the final policy adapter in ``policy/`` (loadable with
-``tether.models.load``).
+Outputs in ``out_dir``: ``metrics.jsonl`` (one line per iteration), ``validation.jsonl`` (one line
+per validation), ``monitors.png``, ``checkpoints/step-NNNNNN/``, ``best/`` and the final policy
+adapter in ``policy/`` (loadable with ``tether.models.load``): the last state, or with ``keep_best``
+the best-validated one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -60,6 +65,7 @@ QualityFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
 """An independent quality score per response (not trained on), for the reward-hacking monitor."""
 
 STATE_FILE = "trainer_state.pt"
+BEST_FILE = "best.json"
 
 
 class PPOTrainConfig(StrictModel):
@@ -98,6 +104,18 @@ class PPOTrainConfig(StrictModel):
     missing_eos_penalty: float | None = Field(
         None, description="Subtract this from responses that hit max_new_tokens without ending (None: off)."
     )
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description="Before the first iteration and every N after, answer the validation prompts greedily "
+        "and score the answers (0: never). Greedy answers to unseen prompts are what users get; the "
+        "sampled training batch can look healthy while they degrade.",
+    )
+    keep_best: bool = Field(
+        False,
+        description="With eval_every: the final policy is the validated state (the starting one included) "
+        "with the best validation quality, not the last.",
+    )
     checkpoint_every: int = Field(5, ge=1, description="Save a resumable checkpoint every N iterations.")
     keep_checkpoints: int = Field(2, ge=1, description="How many of the newest checkpoints to keep.")
     forward_batch_size: int = Field(
@@ -116,6 +134,9 @@ class PPOResult:
     plot_path: Path | None
     seconds: float
     history: list[StepMetrics] = field(default_factory=list)
+    best_step: int | None = None
+    """The validated step whose policy is kept in ``best/`` (0: the starting policy); None without validation."""
+    best_quality: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -199,6 +220,48 @@ def _save_checkpoint(out_dir: Path, step: int, policy, optimizer, kl_ctl, base_s
     return target
 
 
+def validate(
+    engine: Engine,
+    prompts: Sequence[Prompt],
+    reward_fn: RewardFn,
+    eval_fn: QualityFn,
+    max_new_tokens: int,
+) -> dict:
+    """Greedy responses to ``prompts``, their mean quality, reward and length, and one example."""
+    completions = engine.generate(
+        prompts,
+        SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
+        stage="ppo-eval",
+        progress=False,
+    )
+    texts = [c.text for c in completions]
+    quality = [float(q) for q in eval_fn(prompts, texts)]
+    reward = [float(r) for r in reward_fn(prompts, texts)]
+    n = len(texts)
+    return {
+        "eval_quality": sum(quality) / n,
+        "eval_reward": sum(reward) / n,
+        "eval_length": sum(c.completion_tokens for c in completions) / n,
+        "eval_cut_off": sum(c.finish_reason == "length" for c in completions) / n,
+        "sample": texts[0][:500],
+    }
+
+
+def _read_best(out_dir: Path) -> dict | None:
+    path = out_dir / "best" / BEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _save_best(out_dir: Path, policy, base_spec: str, step: int, quality: float) -> None:
+    target = out_dir / "best"
+    staging = target.with_name("best.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _save_policy(policy, staging, base_spec)
+    (staging / BEST_FILE).write_text(json.dumps({"step": step, "eval_quality": quality}) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------
@@ -212,6 +275,8 @@ def train_ppo(
     config: PPOTrainConfig | None = None,
     *,
     quality_fn: QualityFn | None = None,
+    eval_prompts: Sequence[Prompt] = (),
+    eval_fn: QualityFn | None = None,
     embedder: TextEmbedder | None = None,
     engine_config: EngineConfig | None = None,
     tracer: Tracer | None = None,
@@ -220,7 +285,9 @@ def train_ppo(
 ) -> PPOResult:
     """Train a LoRA policy on ``policy_spec`` with PPO against ``reward_fn``; see the module docstring.
 
-    ``on_step`` receives each iteration's metrics row (the line written to ``metrics.jsonl``).
+    ``eval_prompts`` and ``eval_fn`` (default: ``quality_fn``) are the validation of
+    ``config.eval_every``: prompts the policy does not train on. ``on_step`` receives each iteration's
+    metrics row (the line written to ``metrics.jsonl``).
     """
     from peft import PeftModel, get_peft_model
 
@@ -231,6 +298,14 @@ def train_ppo(
     out_dir.mkdir(parents=True, exist_ok=True)
     if not prompts:
         raise ValueError("train_ppo needs at least one prompt")
+    eval_fn = eval_fn or quality_fn
+    if config.eval_every and (not eval_prompts or eval_fn is None):
+        raise ValueError(
+            f"eval_every={config.eval_every} needs eval_prompts and an eval_fn (or quality_fn) to score them; "
+            "set eval_every to 0 to train without validation"
+        )
+    if config.keep_best and not config.eval_every:
+        raise ValueError("keep_best needs eval_every > 0: without validation there is no best state")
     began = time.perf_counter()
     base_spec = base_spec_of(policy_spec)  # adapters we save sit on the root base model
     engine_config = engine_config or EngineConfig()
@@ -271,6 +346,7 @@ def train_ppo(
     kl_ctl = make_kl_controller(config.ppo)
     monitor = MonitorState(config.monitor)
     metrics_path = out_dir / "metrics.jsonl"
+    validation_path = out_dir / "validation.jsonl"
     start = 0
     if latest is not None:
         state = torch.load(latest / STATE_FILE, weights_only=False)
@@ -281,12 +357,24 @@ def train_ppo(
         # Iterations after the checkpoint are redone: drop their lines, replay the rest into the monitors.
         rows = [r for r in read_completed(metrics_path) if r["step"] <= start]
         write_jsonl(metrics_path, rows)
+        kept = [r for r in read_completed(validation_path) if r["step"] <= start]
+        write_jsonl(validation_path, kept)
+        # The starting policy's validation has no metrics line; the monitors compare every later one to it.
+        for row in kept[:1]:
+            if row["step"] == 0:
+                monitor.history.append(
+                    StepMetrics(step=0, **{k: row[k] for k in ("eval_quality", "eval_reward")})
+                )
         for row in rows:
             monitor.history.append(StepMetrics(**{k: row.get(k) for k in StepMetrics.model_fields}))
             monitor.alerts.extend(Alert(**a) for a in row.get("alerts", []))
         log.warning("resuming PPO from %s (step %d, KL coef %.4g)", latest, start, kl_ctl.coef)
     else:
         metrics_path.unlink(missing_ok=True)
+        validation_path.unlink(missing_ok=True)
+        shutil.rmtree(out_dir / "best", ignore_errors=True)
+    # A best state saved after the checkpoint stays: it was measured, and a redone step must beat it.
+    best = _read_best(out_dir)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = (
@@ -295,9 +383,35 @@ def train_ppo(
         else engine.backend.eos_ids[0]
     )
     device = next(policy.parameters()).device
+
+    def run_validation(step: int) -> dict:
+        """Validate the current policy, log it, and keep it in ``best/`` if it beats the best so far."""
+        nonlocal best
+        policy.eval()
+        result = validate(engine, eval_prompts, reward_fn, eval_fn, config.max_new_tokens)
+        policy.train()
+        validations.write({"step": step, **result})
+        if best is None or result["eval_quality"] > best["eval_quality"]:
+            _save_best(out_dir, policy, base_spec, step, result["eval_quality"])
+            best = {"step": step, "eval_quality": result["eval_quality"]}
+        log.info(
+            "PPO validation at step %d: quality %.4f, reward %+.4f (best: step %d, %.4f)",
+            step,
+            result["eval_quality"],
+            result["eval_reward"],
+            best["step"],
+            best["eval_quality"],
+        )
+        return result
+
     stopped_early = False
     step = start
-    with JsonlAppender(metrics_path) as appender:
+    with JsonlAppender(metrics_path) as appender, JsonlAppender(validation_path) as validations:
+        if config.eval_every and start == 0:
+            first = run_validation(0)
+            monitor.check(
+                StepMetrics(step=0, eval_quality=first["eval_quality"], eval_reward=first["eval_reward"])
+            )
         for step in range(start + 1, config.steps + 1):
             timings: dict[str, float] = {}
             batch = [prompts[i] for i in batch_indices(len(prompts), config.batch_size, step, config.seed)]
@@ -341,6 +455,9 @@ def train_ppo(
             # --- 2. Reward: model score plus rule terms ----------------------------------------------
             t0 = time.perf_counter()
             raw = [float(r) for r in reward_fn(batch, texts)]
+            # A composite reward (e.g. tether.rlhf.reward_terms.RuleTermReward) reports its parts; read them
+            # now, before validation scores other texts with it.
+            reward_terms = dict(getattr(reward_fn, "last_terms", None) or {})
             scores = []
             for r, resp, s in zip(raw, responses, samples, strict=True):
                 r -= config.length_penalty * len(resp) / config.max_new_tokens
@@ -373,7 +490,12 @@ def train_ppo(
             kl_ctl.update(stats.kl_to_ref, len(batch))  # rollouts: the controller's horizon counts samples
             timings["update_s"] = time.perf_counter() - t0
 
-            # --- 4. Monitors ------------------------------------------------------------------------
+            # --- 4. Validation and monitors ----------------------------------------------------------
+            validation = {}
+            if config.eval_every and step % config.eval_every == 0:
+                t0 = time.perf_counter()
+                validation = run_validation(step)
+                timings["validation_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             quality = None
             if quality_fn is not None:
@@ -389,6 +511,8 @@ def train_ppo(
                 entropy=stats.entropy,
                 response_length=stats.response_length,
                 quality=quality,
+                eval_quality=validation.get("eval_quality"),
+                eval_reward=validation.get("eval_reward"),
                 **diversity_metrics(texts, embedder),
             )
             alerts = monitor.check(metrics)
@@ -398,8 +522,7 @@ def train_ppo(
             row = {
                 **metrics.model_dump(),
                 "raw_reward_mean": sum(raw) / len(raw),
-                # A composite reward (e.g. tether.rlhf.reward_terms.RuleTermReward) reports its parts.
-                "reward_terms": dict(getattr(reward_fn, "last_terms", None) or {}),
+                "reward_terms": reward_terms,
                 "kl_coef": stats.kl_coef,
                 "kl_coef_next": kl_ctl.coef,
                 "ppo": stats._asdict(),
@@ -412,7 +535,7 @@ def train_ppo(
                 on_step(row)
 
             # --- 5. Checkpoint, and stop early when a monitor asks ------------------------------------
-            stop = monitor.should_stop
+            stop = monitor.should_stop and step < config.steps  # at the last step there is nothing to stop
             if step % config.checkpoint_every == 0 or step == config.steps or stop:
                 _save_checkpoint(out_dir, step, policy, optimizer, kl_ctl, base_spec, config.keep_checkpoints)
             if stop:
@@ -423,7 +546,20 @@ def train_ppo(
                 break
 
     policy_dir = out_dir / "policy"
-    _save_policy(policy, policy_dir, base_spec)
+    if config.keep_best and best is not None:
+        staging = policy_dir.with_name("policy.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(out_dir / "best", staging)
+        shutil.rmtree(policy_dir, ignore_errors=True)
+        os.replace(staging, policy_dir)
+        if best["step"] != step:
+            log.warning(
+                "PPO keeps the policy of step %d (validation quality %.4f), not the last step's",
+                best["step"],
+                best["eval_quality"],
+            )
+    else:
+        _save_policy(policy, policy_dir, base_spec)
     plot_path = (
         plot_monitors(monitor.history, out_dir / "monitors.png", monitor.alerts) if monitor.history else None
     )
@@ -436,6 +572,8 @@ def train_ppo(
         plot_path=plot_path,
         seconds=round(time.perf_counter() - began, 2),
         history=list(monitor.history),
+        best_step=best["step"] if best else None,
+        best_quality=best["eval_quality"] if best else None,
     )
 
 
