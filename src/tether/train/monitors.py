@@ -403,23 +403,21 @@ class MonitorState:
         )
         fell = f"validation quality fell {drop:.3f} below the start ({start.eval_quality:.3f} -> {metrics.eval_quality:.3f})"
         if reward_rose:
-            return [
-                Alert(
-                    kind="hacking",
-                    severity="critical",
-                    step=metrics.step,
-                    metric="eval_quality",
-                    message=f"{fell} while the reward of the same responses rose ({start.eval_reward:+.3f} -> "
-                    f"{metrics.eval_reward:+.3f}): the policy is exploiting the reward model",
-                )
-            ]
+            kind, severity = "hacking", "critical"
+            why = (
+                f" while the reward of the same responses rose ({start.eval_reward:+.3f} -> "
+                f"{metrics.eval_reward:+.3f}): the policy is exploiting the reward model"
+            )
+        else:
+            kind, severity = "quality", "warning"
+            why = "; the reward of those responses did not rise, so the policy is getting worse, not hacking"
         return [
             Alert(
-                kind="quality",
-                severity="warning",
+                kind=kind,
+                severity=severity,
                 step=metrics.step,
                 metric="eval_quality",
-                message=f"{fell}; the reward of those responses did not rise, so the policy is getting worse, not hacking",
+                message=fell + why,
             )
         ]
 
