@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tether.data.jsonl import read_jsonl, write_jsonl
+from tether.errors import ConfigError
 from tether.feedback.records import CandidateSet, PreferencePair, load_candidate_sets
 from tether.rlhf.cli import app
 from tether.rlhf.documents import load_documents, select_split
@@ -171,6 +172,21 @@ def test_human_pairs_path_skips_generation(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "runs" / "t"
     assert not (run_dir / "candidates.jsonl").exists()
     assert read_jsonl(run_dir / "pairs.jsonl", PreferencePair)[0].annotator == "alice"
+
+
+def test_a_corpus_too_small_to_validate_on_fails_before_any_model_work(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    write_jsonl(docs, [{"id": f"d{i}", "text": f"Document {i} is short. It says little."} for i in range(8)])
+    config = _config(
+        tmp_path,
+        str(tmp_path / "no-such-model"),  # never loaded: the check comes first
+        documents={"source": str(docs), "n_train": 4, "n_heldout": 8, "n_validation": 2},
+    )
+    result = runner.invoke(app, ["run", str(config)])
+    assert isinstance(result.exception, ConfigError)  # the CLI prints it without a traceback
+    assert "ppo.eval_every needs validation documents" in str(result.exception)
+    assert "documents.n_validation" in str(result.exception)
+    assert not (tmp_path / "runs" / "t" / "candidates.jsonl").exists()
 
 
 def test_bad_config_names_file_and_line(tmp_path):

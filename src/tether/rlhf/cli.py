@@ -223,6 +223,11 @@ def ppo(
         from tether.rlhf.documents import load_documents, select_validation
 
         validation = select_validation(load_documents(docs), n_heldout=0, n_validation=n_validation)
+        if not validation:
+            raise typer.BadParameter(
+                f"{docs} has no held-out documents to validate on; add documents or --set eval_every=0",
+                param_hint="--docs",
+            )
     result = train_ppo(
         policy,
         ppo_prompts(_train_docs(docs, n, "train")),

@@ -185,6 +185,22 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
             )
     train, heldout = read_split_docs(run.path)
     say(f"documents: {len(train)} train, {len(heldout)} held-out")
+    if config.ppo.eval_every and "ppo" not in skip and not run.is_complete("ppo"):
+        # Checked before any model work: a corpus too small to validate on should fail in seconds.
+        validation = validation_docs(config, run)
+        if not validation:
+            raise ConfigError(
+                "ppo.eval_every needs validation documents, but the held-out side has none left after "
+                f"the {len(heldout)} compared ones",
+                where="documents.n_validation / documents.n_heldout",
+                hint="set documents.n_validation > 0, lower n_heldout (null compares every held-out "
+                "document), add documents, or set ppo.eval_every=0",
+            )
+        if len(validation) < config.documents.n_validation:
+            say(
+                f"warning: only {len(validation)} of documents.n_validation={config.documents.n_validation} "
+                "validation documents exist; PPO's validation will be noisier"
+            )
 
     # --- candidates ---------------------------------------------------------------------------------
     candidates_path = run.artifact("candidates.jsonl")
@@ -288,13 +304,6 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
                 f"monitors watch {'+'.join(signal)}"
             )
             validation = validation_docs(config, run) if config.ppo.eval_every else []
-            if config.ppo.eval_every and not validation:
-                raise ConfigError(
-                    "ppo.eval_every needs validation documents, but there are none",
-                    where="documents.n_validation / documents.n_heldout",
-                    hint="set documents.n_validation > 0 and n_heldout to a number (null compares every "
-                    "held-out document), or ppo.eval_every=0",
-                )
             if validation:
                 say(
                     f"PPO validates every {config.ppo.eval_every} steps on {len(validation)} held-out documents "
