@@ -107,12 +107,9 @@ def test_hacking_alert_fires_when_reward_rises_and_quality_falls():
 
 def test_validation_drop_is_hacking_when_its_reward_rose_else_a_quality_warning():
     state = MonitorState(MonitorConfig(eval_max_drop=0.05, early_stop=True))
-    assert (
-        state.check(StepMetrics(step=0, eval_quality=0.66, eval_reward=0.0)) == []
-    )  # the start never alerts
-    assert (
-        state.check(StepMetrics(step=2, eval_quality=0.62, eval_reward=0.9)) == []
-    )  # 0.04: inside the margin
+    # The start never alerts; 0.04 below it is inside the margin.
+    assert state.check(StepMetrics(step=0, eval_quality=0.66, eval_reward=0.0)) == []
+    assert state.check(StepMetrics(step=2, eval_quality=0.62, eval_reward=0.9)) == []
     assert state.check(StepMetrics(step=3, reward_mean=1.0)) == []  # a step without validation
     (worse,) = state.check(StepMetrics(step=4, eval_quality=0.55, eval_reward=-0.2))
     assert (worse.kind, worse.severity, worse.metric) == ("quality", "warning", "eval_quality")
