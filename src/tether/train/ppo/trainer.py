@@ -201,20 +201,29 @@ def _save_policy(policy: PolicyWithValueHead, directory: Path, base_spec: str) -
     write_base_file(directory, base_spec)
 
 
-def _save_checkpoint(out_dir: Path, step: int, policy, optimizer, kl_ctl, base_spec: str, keep: int) -> Path:
-    target = out_dir / "checkpoints" / f"step-{step:06d}"
+def _replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
+    """Have ``fill`` write a staging directory, then swap it in for ``target``: it appears complete or not at all."""
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    _save_policy(policy, staging, base_spec)
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "kl_coef": kl_ctl.coef,
-        "torch_rng": torch.get_rng_state(),
-    }
-    torch.save(state, staging / STATE_FILE)
+    fill(staging)
     shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)  # the directory appears complete or not at all
+    os.replace(staging, target)
+
+
+def _save_checkpoint(out_dir: Path, step: int, policy, optimizer, kl_ctl, base_spec: str, keep: int) -> Path:
+    target = out_dir / "checkpoints" / f"step-{step:06d}"
+
+    def fill(staging: Path) -> None:
+        _save_policy(policy, staging, base_spec)
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "kl_coef": kl_ctl.coef,
+            "torch_rng": torch.get_rng_state(),
+        }
+        torch.save(state, staging / STATE_FILE)
+
+    _replace_dir(target, fill)
     for old in checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
@@ -253,13 +262,11 @@ def _read_best(out_dir: Path) -> dict | None:
 
 
 def _save_best(out_dir: Path, policy, base_spec: str, step: int, quality: float) -> None:
-    target = out_dir / "best"
-    staging = target.with_name("best.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    _save_policy(policy, staging, base_spec)
-    (staging / BEST_FILE).write_text(json.dumps({"step": step, "eval_quality": quality}) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    def fill(staging: Path) -> None:
+        _save_policy(policy, staging, base_spec)
+        (staging / BEST_FILE).write_text(json.dumps({"step": step, "eval_quality": quality}) + "\n")
+
+    _replace_dir(out_dir / "best", fill)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -547,11 +554,7 @@ def train_ppo(
 
     policy_dir = out_dir / "policy"
     if config.keep_best and best is not None:
-        staging = policy_dir.with_name("policy.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(out_dir / "best", staging)
-        shutil.rmtree(policy_dir, ignore_errors=True)
-        os.replace(staging, policy_dir)
+        _replace_dir(policy_dir, lambda staging: shutil.copytree(out_dir / "best", staging))
         if best["step"] != step:
             log.warning(
                 "PPO keeps the policy of step %d (validation quality %.4f), not the last step's",
