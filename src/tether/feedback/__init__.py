@@ -10,7 +10,6 @@ from tether.feedback.agreement import (
     cohen_kappa,
     krippendorff_alpha_nominal,
 )
-from tether.feedback.app import create_app
 from tether.feedback.export import ExportSummary, export_pairs, majority_pairs, vote_pairs
 from tether.feedback.records import (
     REASONS,
@@ -24,6 +23,17 @@ from tether.feedback.records import (
     summarization_prompt,
 )
 from tether.feedback.store import LabelStore, VoteRejected
+
+
+def __getattr__(name: str):
+    # The web app pulls in FastAPI/Starlette; training and labeling code that only needs the records
+    # (the RLHF pipeline on a GPU node, say) should not pay for or depend on them.
+    if name == "create_app":
+        from tether.feedback.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "REASONS",
