@@ -290,14 +290,16 @@ class RewardModel(nn.Module):
         return self.head.weight.device
 
     @classmethod
-    def from_spec(cls, spec: str, config: RewardConfig | None = None, *, device: str = "auto") -> RewardModel:
+    def from_spec(
+        cls, spec: str, config: RewardConfig | None = None, *, device: str = "auto", dtype: str = "auto"
+    ) -> RewardModel:
         """A fresh reward model on the weights of ``spec`` (an adapter spec is merged into its base first)."""
         from peft import get_peft_model
 
         from tether.models import load
 
         config = config or RewardConfig()
-        loaded = load(spec, device=device)
+        loaded = load(spec, device=device, dtype=dtype)
         backbone = loaded.model
         if hasattr(backbone, "merge_and_unload"):
             backbone = backbone.merge_and_unload()
@@ -384,7 +386,7 @@ class RewardModel(nn.Module):
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, *, device: str = "auto") -> RewardModel:
+    def load(cls, directory: str | Path, *, device: str = "auto", dtype: str = "auto") -> RewardModel:
         """Restore a reward model saved by :meth:`save` (frozen: no gradients)."""
         from peft import PeftModel
 
@@ -399,7 +401,7 @@ class RewardModel(nn.Module):
                 hint="train one with: tether rlhf reward --pairs PAIRS.jsonl --out DIR",
             )
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        loaded = load(meta["base"], device=device)
+        loaded = load(meta["base"], device=device, dtype=dtype)
         base = loaded.model.merge_and_unload() if hasattr(loaded.model, "merge_and_unload") else loaded.model
         backbone = PeftModel.from_pretrained(base, str(directory), is_trainable=False)
         model = cls(backbone, loaded.tokenizer, base=meta["base"], max_length=meta["max_length"])
@@ -504,13 +506,17 @@ def train_reward_model(
     eval_pairs: Sequence[PreferencePair] | None = None,
     log: Callable[[str], None] | None = None,
     model: RewardModel | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> RewardReport:
     """Train a reward model on ``pairs`` from ``policy_spec``'s weights, evaluate, save to ``out_dir``.
 
     Pairs are grouped by prompt (:func:`group_pairs`); a step takes ``config.batch_size`` groups, runs
     each distinct response once and minimises the mean over groups of each group's mean pair loss.
     Without ``eval_pairs`` a ``config.eval_fraction`` share of documents is held out by hash.
-    ``model`` lets a caller pass a ready :class:`RewardModel` (tests, custom backbones).
+    ``model`` lets a caller pass a ready :class:`RewardModel` (tests, custom backbones); otherwise the
+    backbone loads on ``device`` in ``dtype`` (the engine's settings, so one ``engine.device`` places
+    every stage).
     """
     config = config or RewardConfig()
     log = log or (lambda _msg: None)
@@ -532,7 +538,7 @@ def train_reward_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    model = model or RewardModel.from_spec(policy_spec, config)
+    model = model or RewardModel.from_spec(policy_spec, config, device=device, dtype=dtype)
     model.train()
     lora_params = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
