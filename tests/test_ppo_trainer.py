@@ -285,3 +285,36 @@ def test_validation_settings_need_what_they_use(tiny_model_dir, tmp_path):
         )
     with pytest.raises(ValueError, match="keep_best needs eval_every"):
         train_ppo(str(tiny_model_dir), PROMPTS, toy_reward, tmp_path / "c", config(keep_best=True))
+
+
+def test_max_minutes_validates_checkpoints_and_stops_then_resumes(tiny_model_dir, tmp_path):
+    out = tmp_path / "ppo"
+    held_out = [Prompt(id="v0", text="Summarize: a held-out thing.")]
+    # The start 0.5, then step 1 0.7: step 1 is off the eval_every=2 grid, but out of time it is validated.
+    eval_fn, calls = _scripted_quality([0.5, 0.7])
+    cfg = config(steps=4, eval_every=2, keep_best=True, checkpoint_every=2, max_minutes=1e-6)
+    result = train_ppo(
+        str(tiny_model_dir), PROMPTS, toy_reward, out, cfg, eval_prompts=held_out, eval_fn=eval_fn
+    )
+    assert (result.steps, result.stopped_early, result.stop_reason) == (1, True, "time")
+    assert len(calls) == 2
+    assert [c.name for c in checkpoints(out)] == ["step-000001"]  # off the checkpoint grid, saved anyway
+    assert result.best_step == 1
+    assert (out / "policy" / "adapter_model.safetensors").read_bytes() == (
+        out / "best" / "adapter_model.safetensors"
+    ).read_bytes()
+
+    # Without a budget the same directory resumes from step 1 and finishes.
+    eval_fn2, calls2 = _scripted_quality([0.6, 0.4])
+    resumed = train_ppo(
+        str(tiny_model_dir),
+        PROMPTS,
+        toy_reward,
+        out,
+        cfg.model_copy(update={"max_minutes": None}),
+        eval_prompts=held_out,
+        eval_fn=eval_fn2,
+    )
+    assert (resumed.steps, resumed.stopped_early, resumed.stop_reason) == (4, False, None)
+    assert len(calls2) == 2  # steps 2 and 4, back on the grid
+    assert resumed.best_step == 1  # the time-stopped state's 0.7 still beats 0.6 and 0.4

@@ -267,7 +267,15 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
         from tether.train.reward import train_reward_model
 
         with run.stage("reward") as entry:
-            report = train_reward_model(config.policy, pairs, reward_dir, config.reward, log=say)
+            report = train_reward_model(
+                config.policy,
+                pairs,
+                reward_dir,
+                config.reward,
+                log=say,
+                device=config.engine.device,
+                dtype=config.engine.dtype,
+            )
             entry.update(eval_accuracy=report.eval_accuracy, eval_ece=report.eval_ece, steps=report.steps)
         _free()
     if (reward_dir / "reward_report.json").is_file():
@@ -294,7 +302,9 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
         with run.stage("ppo") as entry:
             labeler = AILabeler(config.labeler)
             scorer = RuleTermReward(
-                RewardModelScorer(RewardModel.load(reward_dir, device=config.engine.device)),
+                RewardModelScorer(
+                    RewardModel.load(reward_dir, device=config.engine.device, dtype=config.engine.dtype)
+                ),
                 labeler,
                 config.ppo_reward.terms,
             )
@@ -328,6 +338,7 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
             entry.update(
                 steps=result.steps,
                 stopped_early=result.stopped_early,
+                stop_reason=result.stop_reason,
                 alerts=len(result.alerts),
                 best_step=result.best_step,
                 best_quality=result.best_quality,

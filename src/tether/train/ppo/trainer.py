@@ -116,6 +116,13 @@ class PPOTrainConfig(StrictModel):
         description="With eval_every: the final policy is the validated state (the starting one included) "
         "with the best validation quality, not the last.",
     )
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-time budget: after the step that crosses it, validate (with eval_every), "
+        "checkpoint and stop, keeping what keep_best chose so far. For job schedulers and a fixed GPU lease; "
+        "train_ppo(resume=True) continues from that checkpoint.",
+    )
     checkpoint_every: int = Field(5, ge=1, description="Save a resumable checkpoint every N iterations.")
     keep_checkpoints: int = Field(2, ge=1, description="How many of the newest checkpoints to keep.")
     forward_batch_size: int = Field(
@@ -137,6 +144,8 @@ class PPOResult:
     best_step: int | None = None
     """The validated step whose policy is kept in ``best/`` (0: the starting policy); None without validation."""
     best_quality: float | None = None
+    stop_reason: str | None = None
+    """Why PPO ended before ``steps``: "monitor" (a critical alert) or "time" (``max_minutes``)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -411,7 +420,7 @@ def train_ppo(
         )
         return result
 
-    stopped_early = False
+    stopped_early, stop_reason = False, None
     step = start
     with JsonlAppender(metrics_path) as appender, JsonlAppender(validation_path) as validations:
         if config.eval_every and start == 0:
@@ -498,8 +507,14 @@ def train_ppo(
             timings["update_s"] = time.perf_counter() - t0
 
             # --- 4. Validation and monitors ----------------------------------------------------------
+            out_of_time = (
+                config.max_minutes is not None
+                and time.perf_counter() - began >= config.max_minutes * 60
+                and step < config.steps
+            )
             validation = {}
-            if config.eval_every and step % config.eval_every == 0:
+            # Out of time, the last state is validated too, so keep_best can choose it.
+            if config.eval_every and (step % config.eval_every == 0 or out_of_time):
                 t0 = time.perf_counter()
                 validation = run_validation(step)
                 timings["validation_s"] = time.perf_counter() - t0
@@ -543,12 +558,21 @@ def train_ppo(
 
             # --- 5. Checkpoint, and stop early when a monitor asks ------------------------------------
             stop = monitor.should_stop and step < config.steps  # at the last step there is nothing to stop
-            if step % config.checkpoint_every == 0 or step == config.steps or stop:
+            if step % config.checkpoint_every == 0 or step == config.steps or stop or out_of_time:
                 _save_checkpoint(out_dir, step, policy, optimizer, kl_ctl, base_spec, config.keep_checkpoints)
             if stop:
-                stopped_early = True
+                stopped_early, stop_reason = True, "monitor"
                 log.warning(
                     "PPO stopped early at step %d: a critical monitor alert (monitor.early_stop)", step
+                )
+                break
+            if out_of_time:
+                stopped_early, stop_reason = True, "time"
+                log.warning(
+                    "PPO stopped at step %d of %d: max_minutes=%g reached; rerun to resume",
+                    step,
+                    config.steps,
+                    config.max_minutes,
                 )
                 break
 
@@ -570,6 +594,7 @@ def train_ppo(
         policy_dir=policy_dir,
         steps=step,
         stopped_early=stopped_early,
+        stop_reason=stop_reason,
         alerts=list(monitor.alerts),
         metrics_path=metrics_path,
         plot_path=plot_path,
