@@ -189,6 +189,18 @@ def test_a_corpus_too_small_to_validate_on_fails_before_any_model_work(tmp_path)
     assert not (tmp_path / "runs" / "t" / "candidates.jsonl").exists()
 
 
+@pytest.mark.parametrize("name", ["rlhf.yaml", "rlhf-gpu.yaml"])
+def test_shipped_rlhf_configs_validate(name):
+    from tether.config import load_config
+    from tether.rlhf.pipeline import RLHFConfig
+
+    config = load_config(RLHFConfig, Path(__file__).parents[1] / "configs" / name, [])
+    # What the README's measured numbers rest on: validation on held-out documents, the best state kept,
+    # the reward model's pairs from the train side only.
+    assert config.ppo.eval_every > 0 and config.ppo.keep_best and config.documents.n_validation > 0
+    assert config.policy == "default" and not config.pairs
+
+
 def test_bad_config_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("policy: default\nppo:\n  steps: 0\n  bogus: 1\n")
