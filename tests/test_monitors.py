@@ -119,6 +119,27 @@ def test_validation_drop_is_hacking_when_its_reward_rose_else_a_quality_warning(
     assert state.should_stop
 
 
+def test_one_validation_part_falling_while_the_sum_holds_warns():
+    state = MonitorState(MonitorConfig(eval_max_drop=0.05, eval_part_max_drop=0.08, early_stop=True))
+    start = {"faithfulness": 0.80, "coverage": 0.50}
+    assert state.check(StepMetrics(step=0, eval_quality=0.65, eval_reward=0.0, eval_parts=start)) == []
+    # Coverage 0.07 down, faithfulness up: inside the margin.
+    parts = {"faithfulness": 0.87, "coverage": 0.43}
+    assert state.check(StepMetrics(step=2, eval_quality=0.65, eval_reward=0.5, eval_parts=parts)) == []
+    # Coverage 0.12 down while faithfulness rose as much: the mean holds, the trade is flagged.
+    parts = {"faithfulness": 0.92, "coverage": 0.38}
+    (traded,) = state.check(StepMetrics(step=4, eval_quality=0.65, eval_reward=0.9, eval_parts=parts))
+    assert (traded.kind, traded.severity, traded.metric) == ("hacking", "warning", "eval_parts.coverage")
+    assert "coverage fell 0.120" in traded.message and "faithfulness +0.120" in traded.message
+    assert not state.should_stop  # a warning: the sum did not fall
+    (worse,) = state.check(StepMetrics(step=6, eval_quality=0.63, eval_reward=-0.1, eval_parts=parts))
+    assert worse.kind == "quality"  # the reward did not rise: no hacking
+    # When the sum itself falls too far, its own alert says it; the parts add nothing.
+    parts = {"faithfulness": 0.80, "coverage": 0.30}
+    (summed,) = state.check(StepMetrics(step=8, eval_quality=0.55, eval_reward=0.9, eval_parts=parts))
+    assert summed.metric == "eval_quality"
+
+
 def test_hacking_needs_a_real_trend_not_noise():
     """Quality that only jitters (no downward fit) must not trigger the hacking alert."""
     state = MonitorState(MonitorConfig(window=8, min_trend_r=0.5))

@@ -318,3 +318,37 @@ def test_max_minutes_validates_checkpoints_and_stops_then_resumes(tiny_model_dir
     assert (resumed.steps, resumed.stopped_early, resumed.stop_reason) == (4, False, None)
     assert len(calls2) == 2  # steps 2 and 4, back on the grid
     assert resumed.best_step == 1  # the time-stopped state's 0.7 still beats 0.6 and 0.4
+
+
+def test_a_state_that_trades_one_quality_part_for_another_is_never_kept(tiny_model_dir, tmp_path):
+    out = tmp_path / "ppo"
+    held_out = [Prompt(id="v0", text="Summarize: a held-out thing.")]
+    # (quality, parts) per validation: the start; step 1 better on both; step 2 the best sum, but
+    # coverage fell 0.2 below the start; step 3 a little worse than step 1.
+    script = [
+        (0.50, {"faithfulness": 0.50, "coverage": 0.50}),
+        (0.55, {"faithfulness": 0.55, "coverage": 0.55}),
+        (0.60, {"faithfulness": 0.90, "coverage": 0.30}),
+        (0.54, {"faithfulness": 0.55, "coverage": 0.53}),
+    ]
+
+    class PartedQuality:
+        def __init__(self):
+            self.calls, self.last_parts = 0, {}
+
+        def __call__(self, prompts, texts):
+            quality, self.last_parts = script[self.calls]
+            self.calls += 1
+            return [quality] * len(texts)
+
+    cfg = config(steps=3, eval_every=1, keep_best=True, checkpoint_every=1)
+    result = train_ppo(
+        str(tiny_model_dir), PROMPTS, toy_reward, out, cfg, eval_prompts=held_out, eval_fn=PartedQuality()
+    )
+    checks = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [c["eval_parts"]["coverage"] for c in checks] == [0.5, 0.55, 0.3, 0.53]
+    assert (result.best_step, result.best_quality) == (1, 0.55)  # not step 2's 0.60
+    traded = [a for a in result.alerts if a.metric == "eval_parts.coverage"]
+    assert [(a.step, a.severity) for a in traded] == [(2, "warning")]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["eval_parts"] == {"faithfulness": 0.9, "coverage": 0.3}

@@ -74,9 +74,18 @@ def test_monitor_signal_leaves_out_what_the_reward_optimises(terms, monitor, exp
 def test_quality_fn_averages_the_signal_proxies():
     labeler = AILabeler()
     scores = [labeler.score(DOC, t) for t in TEXTS]
-    got = quality_fn(labeler, ["faithfulness", "coverage"])(PROMPTS, TEXTS)
-    assert got == pytest.approx([(s.faithfulness + s.coverage) / 2 for s in scores])
-    assert quality_fn(labeler)(PROMPTS, TEXTS) == pytest.approx([s.score for s in scores])
+    both = quality_fn(labeler, ["faithfulness", "coverage"])
+    assert both(PROMPTS, TEXTS) == pytest.approx([(s.faithfulness + s.coverage) / 2 for s in scores])
+    # Each part's batch mean, for validation to see one part fall while the mean holds.
+    assert both.last_parts == pytest.approx(
+        {
+            "faithfulness": sum(s.faithfulness for s in scores) / len(scores),
+            "coverage": sum(s.coverage for s in scores) / len(scores),
+        }
+    )
+    single = quality_fn(labeler)
+    assert single(PROMPTS, TEXTS) == pytest.approx([s.score for s in scores])
+    assert single.last_parts == {}  # one proxy has no parts to trade
 
 
 def test_unknown_proxy_is_a_config_error():

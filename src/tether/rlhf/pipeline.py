@@ -356,7 +356,8 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
         if (ppo_dir / "validation.jsonl").is_file():
             checks = read_jsonl(ppo_dir / "validation.jsonl", allow_empty=True)
             summary["ppo"]["validation"] = [
-                {k: c.get(k) for k in ("step", "eval_quality", "eval_reward", "eval_length")} for c in checks
+                {k: c.get(k) for k in ("step", "eval_quality", "eval_parts", "eval_reward", "eval_length")}
+                for c in checks
             ]
             summary["ppo"]["kept_step"] = run.manifest.get("stages", {}).get("ppo", {}).get("best_step")
 

@@ -80,15 +80,32 @@ def _proxy_scores(labeler: AILabeler, prompts: Sequence[Prompt], texts: Sequence
     return [labeler.score(e["document"], t, e.get("question")) for e, t in zip(extra, texts, strict=True)]
 
 
+class ProxyQuality:
+    """Mean of the ``signal`` proxies per response; ``last_parts`` holds each proxy's batch mean.
+
+    The parts let PPO's validation see a trade the mean hides: faithfulness up, coverage down.
+    """
+
+    def __init__(self, labeler: AILabeler, signal: Sequence[str] = ("score",)):
+        self.labeler = labeler
+        self.signal = list(signal)
+        self.last_parts: dict[str, float] = {}
+
+    def __call__(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> list[float]:
+        scores = _proxy_scores(self.labeler, prompts, texts)
+        self.last_parts = (
+            {p: sum(s.value(p) for s in scores) / len(scores) for p in self.signal}
+            if len(self.signal) > 1 and scores
+            else {}
+        )
+        return [sum(s.value(p) for p in self.signal) / len(self.signal) for s in scores]
+
+
 def quality_fn(
     labeler: AILabeler, signal: Sequence[str] = ("score",)
 ) -> Callable[[list[Prompt], list[str]], list[float]]:
     """Mean of the ``signal`` proxies on PPO samples: the monitors' independent quality signal."""
-
-    def quality(prompts: list[Prompt], texts: list[str]) -> list[float]:
-        return [sum(s.value(p) for p in signal) / len(signal) for s in _proxy_scores(labeler, prompts, texts)]
-
-    return quality
+    return ProxyQuality(labeler, signal)
 
 
 class RuleTermReward:

@@ -16,6 +16,10 @@ an independent quality score) and calls :meth:`MonitorState.check`, which return
   those same responses higher than at the start; a quality warning when it does not. Sampled training
   batches cannot show this: a policy can keep diverse temperature-0.7 samples while its greedy
   output repeats itself and drops the key facts.
+- **validation parts**: when validation quality is a sum of parts (faithfulness + coverage), one part
+  fell more than ``eval_part_max_drop`` below its start while the sum held: the policy trades one for
+  the other (shorter summaries: more faithful, less complete). Hacking when the reward rose, else a
+  quality warning; both warnings, since the sum did not fall.
 
 With ``early_stop`` a critical alert sets :attr:`MonitorState.should_stop`.
 """
@@ -151,6 +155,9 @@ class StepMetrics(BaseModel):
         None, description="Quality of greedy responses to held-out validation prompts (step 0: the start)."
     )
     eval_reward: float | None = Field(None, description="The reward of those same greedy responses.")
+    eval_parts: dict[str, float] | None = Field(
+        None, description="The parts of eval_quality (e.g. faithfulness, coverage), each a mean."
+    )
 
 
 class Alert(BaseModel):
@@ -216,6 +223,12 @@ class MonitorConfig(BaseModel):
         ge=0,
         description="Alert when validation quality falls more than this below the starting policy's "
         "(critical hacking if the reward of those responses rose, else a quality warning).",
+    )
+    eval_part_max_drop: float = Field(
+        0.08,
+        ge=0,
+        description="Warn when one part of validation quality falls more than this below its start; "
+        "keep_best never keeps such a state.",
     )
     early_stop: bool = Field(False, description="Ask the trainer to stop at the first critical alert.")
 
@@ -393,14 +406,14 @@ class MonitorState:
         start = next((m for m in self.history if m.eval_quality is not None), None)
         if start is None or start is metrics:
             return []
-        drop = start.eval_quality - metrics.eval_quality
-        if drop <= self.config.eval_max_drop:
-            return []
         reward_rose = (
             metrics.eval_reward is not None
             and start.eval_reward is not None
             and metrics.eval_reward > start.eval_reward
         )
+        drop = start.eval_quality - metrics.eval_quality
+        if drop <= self.config.eval_max_drop:
+            return self._validation_parts(start, metrics, reward_rose)
         fell = f"validation quality fell {drop:.3f} below the start ({start.eval_quality:.3f} -> {metrics.eval_quality:.3f})"
         if reward_rose:
             kind, severity = "hacking", "critical"
@@ -420,6 +433,38 @@ class MonitorState:
                 message=fell + why,
             )
         ]
+
+    def _validation_parts(self, start: StepMetrics, metrics: StepMetrics, reward_rose: bool) -> list[Alert]:
+        alerts = []
+        drops = part_drops(start.eval_parts, metrics.eval_parts)
+        rose = [f"{other} +{-d:.3f}" for other, d in drops.items() if d < 0]
+        for name, drop in drops.items():
+            if drop <= self.config.eval_part_max_drop:
+                continue
+            message = (
+                f"validation {name} fell {drop:.3f} below the start ({start.eval_parts[name]:.3f} -> "
+                f"{metrics.eval_parts[name]:.3f}) while validation quality held"
+                + (f" ({', '.join(rose)})" if rose else "")
+                + ": the policy trades one part of quality for another"
+                + ("; the reward rose, so the reward model pays for the trade" if reward_rose else "")
+            )
+            alerts.append(
+                Alert(
+                    kind="hacking" if reward_rose else "quality",
+                    severity="warning",
+                    step=metrics.step,
+                    metric=f"eval_parts.{name}",
+                    message=message,
+                )
+            )
+        return alerts
+
+
+def part_drops(start: dict[str, float] | None, now: dict[str, float] | None) -> dict[str, float]:
+    """How far each part of validation quality fell below its start (negative: it rose)."""
+    if not start or not now:
+        return {}
+    return {name: start[name] - now[name] for name in start if name in now}
 
 
 # ---------------------------------------------------------------------------------------------------

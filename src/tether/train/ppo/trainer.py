@@ -52,6 +52,7 @@ from tether.train.monitors import (
     StepMetrics,
     TextEmbedder,
     diversity_metrics,
+    part_drops,
     plot_monitors,
 )
 from tether.train.ppo.step import PPOConfig, build_rollout, make_kl_controller, ppo_update
@@ -254,15 +255,28 @@ def validate(
     )
     texts = [c.text for c in completions]
     quality = [float(q) for q in eval_fn(prompts, texts)]
+    # A quality made of parts (tether.rlhf.reward_terms.ProxyQuality) reports each part's mean.
+    parts = dict(getattr(eval_fn, "last_parts", None) or {})
     reward = [float(r) for r in reward_fn(prompts, texts)]
     n = len(texts)
     return {
         "eval_quality": sum(quality) / n,
         "eval_reward": sum(reward) / n,
+        **({"eval_parts": parts} if parts else {}),
         "eval_length": sum(c.completion_tokens for c in completions) / n,
         "eval_cut_off": sum(c.finish_reason == "length" for c in completions) / n,
         "sample": texts[0][:500],
     }
+
+
+def _start_metrics(validation: dict) -> StepMetrics:
+    """The starting policy's validation as the monitors' step 0 (it has no training metrics)."""
+    return StepMetrics(
+        step=0,
+        eval_quality=validation["eval_quality"],
+        eval_reward=validation["eval_reward"],
+        eval_parts=validation.get("eval_parts"),
+    )
 
 
 def _read_best(out_dir: Path) -> dict | None:
@@ -378,9 +392,7 @@ def train_ppo(
         # The starting policy's validation has no metrics line; the monitors compare every later one to it.
         for row in kept[:1]:
             if row["step"] == 0:
-                monitor.history.append(
-                    StepMetrics(step=0, **{k: row[k] for k in ("eval_quality", "eval_reward")})
-                )
+                monitor.history.append(_start_metrics(row))
         for row in rows:
             monitor.history.append(StepMetrics(**{k: row.get(k) for k in StepMetrics.model_fields}))
             monitor.alerts.extend(Alert(**a) for a in row.get("alerts", []))
@@ -391,6 +403,7 @@ def train_ppo(
         shutil.rmtree(out_dir / "best", ignore_errors=True)
     # A best state saved after the checkpoint stays: it was measured, and a redone step must beat it.
     best = _read_best(out_dir)
+    start_parts = next((m.eval_parts for m in monitor.history if m.step == 0), None)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = (
@@ -402,12 +415,27 @@ def train_ppo(
 
     def run_validation(step: int) -> dict:
         """Validate the current policy, log it, and keep it in ``best/`` if it beats the best so far."""
-        nonlocal best
+        nonlocal best, start_parts
         policy.eval()
         result = validate(engine, eval_prompts, reward_fn, eval_fn, config.max_new_tokens)
         policy.train()
         validations.write({"step": step, **result})
-        if best is None or result["eval_quality"] > best["eval_quality"]:
+        if step == 0:
+            start_parts = result.get("eval_parts")
+        # A state that bought its quality by giving up one part of it (coverage for faithfulness, say)
+        # is not kept, however good the sum.
+        fell = {
+            name: drop
+            for name, drop in part_drops(start_parts, result.get("eval_parts")).items()
+            if drop > config.monitor.eval_part_max_drop
+        }
+        if fell:
+            log.warning(
+                "PPO step %d is not eligible as the best state: %s fell below the start",
+                step,
+                ", ".join(f"{name} by {drop:.3f}" for name, drop in fell.items()),
+            )
+        elif best is None or result["eval_quality"] > best["eval_quality"]:
             _save_best(out_dir, policy, base_spec, step, result["eval_quality"])
             best = {"step": step, "eval_quality": result["eval_quality"]}
         log.info(
@@ -424,10 +452,7 @@ def train_ppo(
     step = start
     with JsonlAppender(metrics_path) as appender, JsonlAppender(validation_path) as validations:
         if config.eval_every and start == 0:
-            first = run_validation(0)
-            monitor.check(
-                StepMetrics(step=0, eval_quality=first["eval_quality"], eval_reward=first["eval_reward"])
-            )
+            monitor.check(_start_metrics(run_validation(0)))
         for step in range(start + 1, config.steps + 1):
             timings: dict[str, float] = {}
             batch = [prompts[i] for i in batch_indices(len(prompts), config.batch_size, step, config.seed)]
@@ -535,6 +560,7 @@ def train_ppo(
                 quality=quality,
                 eval_quality=validation.get("eval_quality"),
                 eval_reward=validation.get("eval_reward"),
+                eval_parts=validation.get("eval_parts"),
                 **diversity_metrics(texts, embedder),
             )
             alerts = monitor.check(metrics)
