@@ -595,7 +595,8 @@ def train_ppo(
             if out_of_time:
                 stopped_early, stop_reason = True, "time"
                 log.warning(
-                    "PPO stopped at step %d of %d: max_minutes=%g reached; rerun to resume",
+                    "PPO stopped at step %d of %d: max_minutes=%g reached (train_ppo on this directory "
+                    "resumes from here; `tether rlhf run` moves on to the next stage)",
                     step,
                     config.steps,
                     config.max_minutes,
