@@ -400,10 +400,23 @@ class MonitorState:
             )
         ]
 
+    def _validation_start(self) -> StepMetrics | None:
+        """The first validated step recorded: the starting policy's (step 0) in the trainer."""
+        return next((m for m in self.history if m.eval_quality is not None), None)
+
+    def fallen_parts(self, parts: dict[str, float] | None) -> dict[str, float]:
+        """The parts of a validation quality more than ``eval_part_max_drop`` below the start's, with
+        their drops; empty before the start is recorded. The trainer never keeps such a state."""
+        start = self._validation_start()
+        if start is None:
+            return {}
+        drops = part_drops(start.eval_parts, parts)
+        return {name: drop for name, drop in drops.items() if drop > self.config.eval_part_max_drop}
+
     def _validation(self, metrics: StepMetrics) -> list[Alert]:
         if metrics.eval_quality is None:
             return []
-        start = next((m for m in self.history if m.eval_quality is not None), None)
+        start = self._validation_start()
         if start is None or start is metrics:
             return []
         reward_rose = (
@@ -436,11 +449,12 @@ class MonitorState:
 
     def _validation_parts(self, start: StepMetrics, metrics: StepMetrics, reward_rose: bool) -> list[Alert]:
         alerts = []
-        drops = part_drops(start.eval_parts, metrics.eval_parts)
-        rose = [f"{other} +{-d:.3f}" for other, d in drops.items() if d < 0]
-        for name, drop in drops.items():
-            if drop <= self.config.eval_part_max_drop:
-                continue
+        rose = [
+            f"{other} +{-d:.3f}"
+            for other, d in part_drops(start.eval_parts, metrics.eval_parts).items()
+            if d < 0
+        ]
+        for name, drop in self.fallen_parts(metrics.eval_parts).items():
             message = (
                 f"validation {name} fell {drop:.3f} below the start ({start.eval_parts[name]:.3f} -> "
                 f"{metrics.eval_parts[name]:.3f}) while validation quality held"

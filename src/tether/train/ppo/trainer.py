@@ -52,7 +52,6 @@ from tether.train.monitors import (
     StepMetrics,
     TextEmbedder,
     diversity_metrics,
-    part_drops,
     plot_monitors,
 )
 from tether.train.ppo.step import PPOConfig, build_rollout, make_kl_controller, ppo_update
@@ -403,7 +402,6 @@ def train_ppo(
         shutil.rmtree(out_dir / "best", ignore_errors=True)
     # A best state saved after the checkpoint stays: it was measured, and a redone step must beat it.
     best = _read_best(out_dir)
-    start_parts = next((m.eval_parts for m in monitor.history if m.step == 0), None)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = (
@@ -415,20 +413,14 @@ def train_ppo(
 
     def run_validation(step: int) -> dict:
         """Validate the current policy, log it, and keep it in ``best/`` if it beats the best so far."""
-        nonlocal best, start_parts
+        nonlocal best
         policy.eval()
         result = validate(engine, eval_prompts, reward_fn, eval_fn, config.max_new_tokens)
         policy.train()
         validations.write({"step": step, **result})
-        if step == 0:
-            start_parts = result.get("eval_parts")
         # A state that bought its quality by giving up one part of it (coverage for faithfulness, say)
-        # is not kept, however good the sum.
-        fell = {
-            name: drop
-            for name, drop in part_drops(start_parts, result.get("eval_parts")).items()
-            if drop > config.monitor.eval_part_max_drop
-        }
+        # is not kept, however good the sum. The monitors hold the start to compare with.
+        fell = monitor.fallen_parts(result.get("eval_parts"))
         if fell:
             log.warning(
                 "PPO step %d is not eligible as the best state: %s fell below the start",
