@@ -143,11 +143,11 @@ def select_validation(
     checkpoint by them does not flatter the comparison. Empty when the comparison takes every
     held-out document.
     """
+    if n_heldout is None:
+        return []
     _, heldout = select_split(
         docs, n_train=None, n_heldout=None, heldout_fraction=heldout_fraction, salt=salt
     )
-    if n_heldout is None:
-        return []
     return heldout[n_heldout : n_heldout + n_validation]
 
 

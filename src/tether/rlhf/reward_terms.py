@@ -17,7 +17,7 @@ when there are no rule terms, and otherwise the faithfulness/coverage proxies th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field
@@ -92,18 +92,16 @@ class ProxyQuality:
         self.last_parts: dict[str, float] = {}
 
     def __call__(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> list[float]:
-        scores = _proxy_scores(self.labeler, prompts, texts)
+        rows = [[s.value(p) for p in self.signal] for s in _proxy_scores(self.labeler, prompts, texts)]
         self.last_parts = (
-            {p: sum(s.value(p) for s in scores) / len(scores) for p in self.signal}
-            if len(self.signal) > 1 and scores
+            {p: sum(row[i] for row in rows) / len(rows) for i, p in enumerate(self.signal)}
+            if len(self.signal) > 1 and rows
             else {}
         )
-        return [sum(s.value(p) for p in self.signal) / len(self.signal) for s in scores]
+        return [sum(row) / len(row) for row in rows]
 
 
-def quality_fn(
-    labeler: AILabeler, signal: Sequence[str] = ("score",)
-) -> Callable[[list[Prompt], list[str]], list[float]]:
+def quality_fn(labeler: AILabeler, signal: Sequence[str] = ("score",)) -> ProxyQuality:
     """Mean of the ``signal`` proxies on PPO samples: the monitors' independent quality signal."""
     return ProxyQuality(labeler, signal)
 
