@@ -63,6 +63,15 @@ class Engine:
     def name(self) -> str:
         return self.loaded.name
 
+    @property
+    def has_chat_template(self) -> bool:
+        return self.loaded.has_chat_template
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every token id that ends a completion (the tokenizer's and the generation config's)."""
+        return list(self.backend.eos_ids)
+
     # ------------------------------------------------------------------ encoding
 
     def render(self, prompt: Prompt) -> str:
@@ -106,13 +115,24 @@ class Engine:
         *,
         stage: str = "",
         progress: bool = True,
+        batch_size: int | None = None,
+        sort_by_length: bool = True,
     ) -> list[Completion]:
-        """Complete every prompt ``params.n`` times. Prompts are sorted by length and batched so
-        padding stays small; results come back in input order."""
+        """Complete every prompt ``params.n`` times; results come back in input order.
+
+        Prompts are sorted by length and batched so padding stays small, ``engine.batch_size``
+        sequences a batch. ``batch_size`` (prompts a batch) and ``sort_by_length=False`` fix the batch
+        plan instead: sampling is seeded per batch, so a caller that must reproduce earlier samples
+        (PPO's rollouts) keeps its plan."""
         params = params or SamplingParams()
         encoded = [self.encode_prompt(p, params.max_new_tokens) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i][0]))
-        batch_size = max(1, self.config.batch_size // params.n) if params.n > 1 else self.config.batch_size
+        order = list(range(len(prompts)))
+        if sort_by_length:
+            order.sort(key=lambda i: -len(encoded[i][0]))
+        if batch_size is None:
+            batch_size = (
+                max(1, self.config.batch_size // params.n) if params.n > 1 else self.config.batch_size
+            )
         results: dict[int, list[Completion]] = {}
         with progress_bar(f"generate {stage or ''}".strip(), total=len(prompts), enabled=progress) as bar:
             for batch_index, start in enumerate(range(0, len(order), batch_size)):
@@ -146,6 +166,8 @@ class Engine:
             finish_reason=finish,
             latency_s=round(latency, 4),
             truncated_prompt=encoded[1],
+            prompt_token_ids=encoded[0],
+            token_ids=sample.token_ids,
         )
         self.tracer.record(
             kind="generate",

@@ -6,26 +6,12 @@ import torch
 
 from tether.engine.backend import EncodedScore, Sample, TokenScores
 from tether.engine.types import SamplingParams
+from tether.models.padding import left_pad, positions_from_mask
 
 
 def _unwrap(model):
     """The plain causal LM inside a PEFT wrapper (adapters stay active: they live in its modules)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 class StopOnStrings:

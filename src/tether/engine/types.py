@@ -43,6 +43,10 @@ class Completion(BaseModel):
     finish_reason: str  # "stop" (EOS or stop string), "length", or "error"
     latency_s: float
     truncated_prompt: bool = False
+    # Token ids for callers that train on the sample (PPO): what the model saw and what it wrote (EOS
+    # not included; a stop string cuts ``text``, not these). In memory only: never written to JSONL records or traces.
+    prompt_token_ids: list[int] | None = Field(None, exclude=True, repr=False)
+    token_ids: list[int] | None = Field(None, exclude=True, repr=False)
 
 
 class ScoreRequest(BaseModel):

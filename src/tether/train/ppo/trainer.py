@@ -42,7 +42,7 @@ from pydantic import Field
 from tether.config import EngineConfig, StrictModel
 from tether.data.jsonl import JsonlAppender, read_completed, write_jsonl
 from tether.engine import Engine, Prompt, SamplingParams
-from tether.engine.hf import left_pad
+from tether.models.padding import left_pad, right_pad
 from tether.runs import Tracer
 from tether.train.lora import LoRAConfig, base_spec_of, is_adapter_dir, peft_config, write_base_file
 from tether.train.monitors import (
@@ -183,18 +183,6 @@ def leave_one_out(scores: Sequence[float], group: int) -> list[float]:
         total = sum(chunk)
         out += [s - (total - s) / (group - 1) for s in chunk]
     return out
-
-
-def right_pad(
-    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def checkpoints(out_dir: Path) -> list[Path]:
@@ -405,9 +393,7 @@ def train_ppo(
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = (
-        tokenizer.eos_token_id
-        if tokenizer.eos_token_id in engine.backend.eos_ids
-        else engine.backend.eos_ids[0]
+        tokenizer.eos_token_id if tokenizer.eos_token_id in engine.eos_token_ids else engine.eos_token_ids[0]
     )
     device = next(policy.parameters()).device
 
@@ -459,31 +445,27 @@ def train_ppo(
                 n=n_samples,
                 seed=config.seed * 1_000_003 + step,
             )
-            prompt_queries = [engine.encode_prompt(p, config.max_new_tokens)[0] for p in batch]
-            samples = []
-            size = engine.config.batch_size
             policy.eval()
-            for chunk_index, chunk_start in enumerate(range(0, len(prompt_queries), size)):
-                chunk = prompt_queries[chunk_start : chunk_start + size]
-                samples += [x for s in engine.backend.generate(chunk, params, chunk_index) for x in s]
+            # Prompts in order, engine.batch_size of them a batch: the batch plan seeds the samples.
+            completions = engine.generate(
+                batch,
+                params,
+                stage=f"ppo/step{step}",
+                progress=False,
+                batch_size=engine.config.batch_size,
+                sort_by_length=False,
+            )
             policy.train()
             # From here on everything is per rollout: each prompt repeated once per sample, in order.
             batch = [p for p in batch for _ in range(n_samples)]
-            queries = [q for q in prompt_queries for _ in range(n_samples)]
-            responses = [s.token_ids + ([eos_id] if s.hit_eos else []) for s in samples]
-            texts = [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
+            queries = [c.prompt_token_ids for c in completions]
+            # PPO passes no stop strings, so "stop" means the policy wrote EOS: it is part of the response.
+            hit_eos = [c.finish_reason == "stop" for c in completions]
+            responses = [
+                c.token_ids + ([eos_id] if eos else []) for c, eos in zip(completions, hit_eos, strict=True)
+            ]
+            texts = [c.text for c in completions]
             timings["rollout_s"] = time.perf_counter() - t0
-            for p, text, s in zip(batch, texts, samples, strict=True):
-                engine.tracer.record(
-                    kind="generate",
-                    stage="ppo",
-                    step=step,
-                    model=engine.name,
-                    prompt_id=p.id,
-                    output=text,
-                    completion_tokens=len(s.token_ids),
-                    finish_reason="stop" if s.hit_eos else "length",
-                )
 
             # --- 2. Reward: model score plus rule terms ----------------------------------------------
             t0 = time.perf_counter()
@@ -492,9 +474,9 @@ def train_ppo(
             # now, before validation scores other texts with it.
             reward_terms = dict(getattr(reward_fn, "last_terms", None) or {})
             scores = []
-            for r, resp, s in zip(raw, responses, samples, strict=True):
+            for r, resp, eos in zip(raw, responses, hit_eos, strict=True):
                 r -= config.length_penalty * len(resp) / config.max_new_tokens
-                if config.missing_eos_penalty is not None and not s.hit_eos:
+                if config.missing_eos_penalty is not None and not eos:
                     r -= config.missing_eos_penalty
                 scores.append(r)
             baselined_scores = (
