@@ -247,3 +247,20 @@ def test_rule_without_a_value_for_a_model_is_incomplete_not_pass():
     out = evaluate_gate(report, GateConfig(rules=[rule(metric="refusal:c", kind="min", threshold=0.5)]))
     assert [(r.model, r.status) for r in out.rows] == [("base", "incomplete"), ("ckpt", "pass")]
     assert out.incomplete == ["base:refusal:c"] and out.exit_code == EXIT_INCOMPLETE
+
+
+def test_cli_max_drop_on_a_baseline_only_report_exits_1(tmp_path):
+    path = build_report(_items("base", 5, 16), METRICS, baseline="base", n_boot=20).save(tmp_path / "r.json")
+    res = invoke(path, "--min", "refusal=0.1", "--max-drop", "mmlu=0.02")
+    assert res.exit_code == EXIT_USAGE, res.output
+    assert "rule 'mmlu drop <= 0.02'" in res.stderr and "only the baseline 'base'" in res.stderr
+    assert res.stdout == ""
+
+
+def test_relative_rule_on_the_baseline_alone_is_an_error(report):
+    only_base = rule(metric="mmlu", kind="max_drop", threshold=0.02, model="base")
+    with pytest.raises(ConfigError, match="names only the baseline 'base'"):
+        evaluate_gate(report, GateConfig(rules=[only_base]))
+    both = only_base.model_copy(update={"model": ["base", "ckpt"]})
+    out = evaluate_gate(report, GateConfig(rules=[both]))
+    assert [(r.model, r.status) for r in out.rows] == [("base", "skipped"), ("ckpt", "fail")]

@@ -2,7 +2,8 @@
 
 Exit codes (what a CI pipeline branches on):
     EXIT_PASS = 0        every fail-severity rule holds (warnings never change the code)
-    EXIT_USAGE = 1       bad config, bad flag, unreadable report, a rule naming an unknown task/model
+    EXIT_USAGE = 1       bad config, bad flag, unreadable report, a rule naming an unknown task/model,
+                         a rule that checks nothing (e.g. --max-drop on a baseline-only report)
     EXIT_INCOMPLETE = 2  a gated model has an incomplete task (too many unscored items, or no score):
                          the numbers cannot be trusted, so this wins over EXIT_BREACH
     EXIT_BREACH = 3      a fail-severity rule is breached
@@ -201,7 +202,8 @@ def _value(summary: TaskSummary | None, category: str | None) -> float | None:
 
 def evaluate_gate(report: AuditReport, config: GateConfig) -> GateOutcome:
     """Apply every rule to every model it covers. Raises ConfigError for rules that name a task,
-    category or model the report does not have (a typo must not pass silently)."""
+    category or model the report does not have, or that would check no model (a relative rule on a
+    report with only the baseline): a typo must not pass silently."""
     tasks = report.task_names()
     models = report.model_names()
     rows: list[GateRow] = []
@@ -228,6 +230,12 @@ def evaluate_gate(report: AuditReport, config: GateConfig) -> GateOutcome:
                     where="rules.model",
                     hint=f"models in the report: {', '.join(models)}",
                 )
+        if relative and all(m == report.baseline for m in targets):
+            if len(models) == 1:
+                why = f"the report has only the baseline '{report.baseline}' (audit a checkpoint next to it)"
+            else:
+                why = f"it names only the baseline '{report.baseline}', which is not compared with itself"
+            raise ConfigError(f"rule '{rule.describe()}' compares models with the baseline, but {why}")
         gated.update(targets)
         if relative and targets:
             gated.add(report.baseline)
@@ -241,6 +249,8 @@ def evaluate_gate(report: AuditReport, config: GateConfig) -> GateOutcome:
     for r in rows:
         if r.status == "incomplete" and f"{r.model}:{r.task}" not in incomplete:
             incomplete.append(f"{r.model}:{r.task}:{r.category}")
+    if not any(r.status != "skipped" for r in rows):  # unreachable while each rule is checked above
+        raise ConfigError("no rule checked any model", hint="check the rules' metrics and models")
     if incomplete:
         code = EXIT_INCOMPLETE
     elif any(r.status == "fail" for r in rows):
