@@ -264,3 +264,15 @@ def test_relative_rule_on_the_baseline_alone_is_an_error(report):
     both = only_base.model_copy(update={"model": ["base", "ckpt"]})
     out = evaluate_gate(report, GateConfig(rules=[both]))
     assert [(r.model, r.status) for r in out.rows] == [("base", "skipped"), ("ckpt", "fail")]
+
+
+def test_verdict_is_plain_text_on_stdout(tmp_path):
+    """Brackets in names survive (no markup), and the table has no colour codes."""
+    items = [it.model_copy(update={"model": "sft [step 100]"}) for it in _items("x", 9, 15)]
+    report = build_report(_items("base", 5, 16) + items, METRICS, baseline="base", n_boot=20)
+    res = invoke(report.save(tmp_path / "r.json"), "--min", "mmlu=0.7", "--model", "sft [step 10]")
+    assert res.exit_code == EXIT_USAGE and "unknown model 'sft [step 10]'" in res.stderr
+    res = invoke(tmp_path / "r.json", "--min", "mmlu=0.7")
+    assert res.exit_code == EXIT_PASS, res.output
+    assert "sft [step 100]" in res.stdout and "\x1b[" not in res.stdout
+    assert res.stdout.splitlines()[0] == "tether gate: PASS (exit 0)"

@@ -5,12 +5,11 @@ Mount with ``app.command("gate")(gate_command)``; ``gate_app`` is the same comma
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from tether.audit.gate import (
     EXIT_USAGE,
@@ -95,8 +94,8 @@ def gate_command(
     Exit codes: 0 pass, 1 usage or config error, 2 incomplete evaluation, 3 threshold breached.
 
     A gated model with an incomplete task (too many unscored items) always gives 2; warnings never change the code.
+    The verdict table goes to stdout as plain text, errors to stderr.
     """
-    err = Console(stderr=True)
     try:
         rules: list[GateRule] = list(GateConfig.from_yaml(config).rules) if config else []
         for flag, kind, specs in (
@@ -115,17 +114,17 @@ def gate_command(
             rules = [r.model_copy(update={"severity": "warn"}) for r in rules]
         outcome = evaluate_gate(AuditReport.load(report), GateConfig(rules=rules))
     except TetherError as exc:
-        err.print(f"[bold red]error:[/] {escape(exc.render())}", soft_wrap=True)
+        print(f"error: {exc.render()}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from exc
 
-    out = Console()
-    out.print(gate_table(outcome))
+    lines = [gate_table(outcome)]
     if outcome.incomplete:
-        out.print(
-            "[bold red]incomplete evaluation[/] (too many unscored items, or no score): "
-            + escape(", ".join(outcome.incomplete))
+        lines.append(
+            "incomplete evaluation (too many unscored items, or no score): " + ", ".join(outcome.incomplete)
         )
-    out.print(f"{outcome.verdict}: exit {outcome.exit_code}")
+    lines.append(f"{outcome.verdict}: exit {outcome.exit_code}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
     raise typer.Exit(outcome.exit_code)
 
 

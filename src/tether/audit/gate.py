@@ -301,33 +301,33 @@ def _judge(
     return GateRow(**common, observed=observed, status=status)
 
 
-def gate_table(outcome: GateOutcome):
-    """The outcome as a rich Table (one row per rule x model)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    style = {
-        "pass": "green",
-        "warn": "yellow",
-        "fail": "bold red",
-        "incomplete": "bold red",
-        "skipped": "dim",
-    }
-    table = Table(title=f"tether gate: {outcome.verdict} (exit {outcome.exit_code})")
-    for col in ("rule", "model", "value", "baseline", "observed", "severity", "status"):
-        table.add_column(col, justify="right" if col in ("value", "baseline", "observed") else "left")
+def gate_table(outcome: GateOutcome) -> str:
+    """The outcome as plain text: a title line, then one aligned row per rule x model. No markup, so
+    names with brackets print as they are."""
+    header = ("rule", "model", "value", "baseline", "observed", "severity", "status")
 
     def fmt(x: float | None, signed: bool = False) -> str:
-        return "—" if x is None else (f"{x:+.4f}" if signed else f"{x:.4f}")
+        return "-" if x is None else (f"{x:+.4f}" if signed else f"{x:.4f}")
 
-    for r in outcome.rows:
-        table.add_row(
-            escape(r.rule),
-            escape(r.model),
+    lines = [header] + [
+        (
+            r.rule,
+            r.model,
             fmt(r.value),
             fmt(r.baseline_value),
             fmt(r.observed, signed=r.kind in RELATIVE_KINDS),
             r.severity,
-            f"[{style[r.status]}]{r.status}[/]" + (f" ({escape(r.message)})" if r.message else ""),
+            r.status + (f" ({r.message})" if r.message else ""),
         )
-    return table
+        for r in outcome.rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    numeric = {2, 3, 4}
+    text = [f"tether gate: {outcome.verdict} (exit {outcome.exit_code})"]
+    for line in lines:
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        text.append("  ".join(cells).rstrip())
+    return "\n".join(text)
