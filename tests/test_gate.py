@@ -276,3 +276,15 @@ def test_verdict_is_plain_text_on_stdout(tmp_path):
     assert res.exit_code == EXIT_PASS, res.output
     assert "sft [step 100]" in res.stdout and "\x1b[" not in res.stdout
     assert res.stdout.splitlines()[0] == "tether gate: PASS (exit 0)"
+
+
+def test_help_examples_name_real_tasks():
+    import re
+
+    from tether.evals import task_names
+
+    hints = [invoke("report.json").stderr, invoke("report.json", "--min", "x").stderr]  # no rules; bad flag
+    text = " ".join([invoke("--help").stdout, gate_command.__doc__, *hints])
+    named = set(re.findall(r"--(?:min|max|max-drop|max-rise)\s+([a-z][\w:]*)=", text))  # not METRIC=VALUE
+    assert named >= {"harmful_refusal", "mmlu"}
+    assert {n.partition(":")[0] for n in named} <= set(task_names())

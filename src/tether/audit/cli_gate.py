@@ -22,6 +22,7 @@ from tether.audit.schema import AuditReport
 from tether.errors import ConfigError, TetherError
 
 _FLAG_HELP = "METRIC=VALUE, where METRIC is a task or task:category; repeatable."
+_EXAMPLE = "--min harmful_refusal=0.8 --max-drop mmlu=0.02"
 
 
 def _quick_rules(flag: str, kind: str, specs: list[str], models: list[str] | None) -> list[GateRule]:
@@ -36,7 +37,7 @@ def _quick_rules(flag: str, kind: str, specs: list[str], models: list[str] | Non
             raise ConfigError(
                 f"{flag} expects METRIC=VALUE, got '{spec}'",
                 where=flag,
-                hint=f"for example: {flag} harmbench=0.8  or  {flag} mmlu:anatomy=0.02",
+                hint=f"for example: {flag} harmful_refusal=0.8  or  {flag} mmlu:anatomy=0.02",
             )
         try:
             rules.append(GateRule(metric=metric, kind=kind, threshold=threshold, model=models))
@@ -91,6 +92,8 @@ def gate_command(
 ) -> None:
     """Check an audit report against thresholds and exit with a code a CI pipeline can act on.
 
+    Example: tether gate report.json --min harmful_refusal=0.8 --max-drop mmlu=0.02
+
     Exit codes: 0 pass, 1 usage or config error, 2 incomplete evaluation, 3 threshold breached.
 
     A gated model with an incomplete task (too many unscored items) always gives 2; warnings never change the code.
@@ -108,7 +111,7 @@ def gate_command(
         if not rules:
             raise ConfigError(
                 "no gate rules given",
-                hint="pass --config gate.yaml or quick flags such as --min harmbench=0.8 --max-drop mmlu=0.02",
+                hint=f"pass --config gate.yaml or quick flags such as {_EXAMPLE}",
             )
         if warn_only:
             rules = [r.model_copy(update={"severity": "warn"}) for r in rules]

@@ -75,7 +75,7 @@ class GateRule(BaseModel):
 
 
 class GateConfig(BaseModel):
-    """The gate's rules, usually from YAML: ``rules: [{metric: harmbench, kind: min, threshold: 0.8}, ...]``."""
+    """The gate's rules, usually from YAML: ``rules: [{metric: harmful_refusal, kind: min, threshold: 0.8}, ...]``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
