@@ -6,10 +6,16 @@ harmless to the shared machine even if the layer it checks were broken.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
+import os
+import secrets
 import socket
+import sys
+import tempfile
 import textwrap
+import time
 
 import pytest
 
@@ -21,8 +27,40 @@ def run(code: str, **kwargs):
     return run_untrusted(textwrap.dedent(code), **{"timeout_s": 5.0, **kwargs})
 
 
+@functools.cache
 def isolation() -> tuple[str, ...]:
     return run("pass").isolation
+
+
+def skip_claim(reason: str) -> None:
+    """Skip a claim the sandbox cannot make on this host. CI runs as root on a host that has every
+    layer, so there, under CI=true, a missing layer fails instead of passing unnoticed."""
+    if os.environ.get("CI", "").lower() == "true" and os.geteuid() == 0:
+        pytest.fail(f"sandbox layer missing under CI (as root): {reason}")
+    pytest.skip(reason)
+
+
+def drops_uid() -> bool:
+    """The child runs as a fresh uid (with or without the fallback's read capability)."""
+    return any(layer.startswith("uid-drop") for layer in isolation())
+
+
+def live_processes_of(uid: int) -> list[int]:
+    """Pids whose real uid is ``uid``, zombies left out (they are dead; their parent reaps them)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except (OSError, ValueError):
+            continue
+        if int(fields["Uid"].split()[0]) == uid and fields["State"].split()[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+# The world-writable directories a program could leave files in for others to find.
+SCRATCH_DIRS = sorted({"/tmp", "/var/tmp", "/dev/shm", tempfile.gettempdir()})
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +148,7 @@ def test_plain_socket_constructor_is_blocked(listener):
 
 def test_network_namespace_stops_code_that_gets_past_the_python_guard(listener):
     if "netns" not in isolation():
-        pytest.skip("no network namespace on this host: only the Python-level guard applies")
+        skip_claim("no network namespace on this host: only the Python-level guard applies")
     port = listener.getsockname()[1]
     # The guard's socket type subclasses the C type; its base is the unpatched constructor.
     result = run(f"""
@@ -127,6 +165,24 @@ def test_network_namespace_stops_code_that_gets_past_the_python_guard(listener):
     interfaces = {line.split(":")[0].strip() for line in result.stdout.splitlines() if ":" in line}
     assert interfaces == {"lo"}
     assert "Network is unreachable" in result.stderr
+    assert_nobody_connected(listener)
+
+
+def test_ctypes_connect_to_localhost_is_refused_by_the_network_namespace(listener):
+    if "netns" not in isolation():
+        skip_claim("no network namespace on this host: only the Python-level guard applies")
+    port = listener.getsockname()[1]
+    # libc's socket() and connect() never pass through Python's socket module.
+    result = run(f"""
+        import ctypes, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.socket(2, 1, 0)  # AF_INET, SOCK_STREAM
+        addr = struct.pack("=H", 2) + struct.pack("!H", {port}) + bytes([127, 0, 0, 1]) + bytes(8)
+        rc = libc.connect(fd, addr, len(addr))
+        print("socket", fd >= 0, "connect", rc, "errno", ctypes.get_errno())
+    """)
+    assert result.status == "passed", result.stderr
+    assert "socket True connect -1" in result.stdout  # the socket was made: only the namespace stopped it
     assert_nobody_connected(listener)
 
 
@@ -170,8 +226,8 @@ def test_other_ways_to_start_or_signal_processes_fail(code):
 
 
 def test_kernel_process_limit_caps_forks_that_bypass_the_guard():
-    if "uid-drop" not in isolation():
-        pytest.skip("RLIMIT_NPROC only binds a non-root uid, and this host cannot drop to one")
+    if not drops_uid():
+        skip_claim("RLIMIT_NPROC only binds a non-root uid, and this host cannot drop to one")
     # libc's fork is out of the guard's reach; RLIMIT_NPROC (8 tasks) must stop it.
     result = run(
         """
@@ -190,6 +246,42 @@ def test_kernel_process_limit_caps_forks_that_bypass_the_guard():
     )
     forks = int(result.stdout.split()[-1])
     assert 0 <= forks < 8
+
+
+def test_ctypes_daemon_that_leaves_the_process_group_is_killed_after_the_run():
+    if not drops_uid():
+        skip_claim("without a private uid a process that leaves the process group cannot be found")
+    # Where the daemon would leave a marker on a host without a mount namespace; with one, its /tmp
+    # is private and only the process check below can see whether it survived.
+    marker = os.path.join(tempfile.gettempdir(), f"tether-daemon-{secrets.token_hex(8)}")
+    try:
+        result = run(f"""
+            import _io, ctypes, os, time
+            print(os.getuid(), flush=True)
+            libc = ctypes.CDLL(None)
+            pid = libc.fork()
+            if pid == 0:
+                libc.setsid()  # out of the sandbox's process group and session
+                os.close(1)
+                os.close(2)  # so the run does not wait for its output to end
+                for _ in range(40):
+                    time.sleep(0.1)
+                    try:
+                        _io.FileIO({marker!r}, "w").close()  # the original, unguarded FileIO
+                    except OSError:
+                        pass
+                os._exit(0)
+            print("forked", pid > 0)
+        """)
+        assert result.status == "passed", result.stderr
+        uid_line, forked = result.stdout.splitlines()
+        assert forked == "forked True"
+        time.sleep(1.0)  # the daemon would have written its marker several times by now
+        assert not os.path.exists(marker)
+        assert live_processes_of(int(uid_line)) == []
+    finally:
+        if os.path.exists(marker):
+            os.remove(marker)
 
 
 # --- (c) files ---------------------------------------------------------------------------------
@@ -222,13 +314,108 @@ def test_deleting_outside_the_sandbox_dir_fails(tmp_path):
 
 
 def test_kernel_blocks_writes_that_bypass_the_guard(tmp_path):
-    if "uid-drop" not in isolation():
-        pytest.skip("only the Python-level guard applies on this host")
+    if not drops_uid():
+        skip_claim("only the Python-level guard applies on this host")
     target = tmp_path / "escaped.txt"  # pytest's tmp dirs are private to the parent's user
     result = run(f"import _io\n_io.FileIO({str(target)!r}, 'w')")
     assert result.status == "failed"
-    assert "Permission denied" in result.stderr
+    # With a mount namespace the directory is not there at all; without, the kernel refuses.
+    assert "Permission denied" in result.stderr or "No such file or directory" in result.stderr
     assert not target.exists()
+
+
+@pytest.mark.parametrize("scratch", SCRATCH_DIRS)
+def test_plain_python_write_to_the_system_temp_dir_is_blocked(scratch):
+    target = os.path.join(scratch, f"tether-escape-{secrets.token_hex(8)}")
+    try:
+        result = run(f"open({target!r}, 'w').write('escaped')")
+        assert result.status == "failed"
+        assert "outside the sandbox directory is blocked" in result.stderr
+        assert not os.path.exists(target)
+    finally:
+        if os.path.exists(target):
+            os.remove(target)
+
+
+# Each creates TARGET past the Python-level guard and prints whether it then sees the file.
+GUARD_BYPASSING_WRITES = {
+    "unguarded-fileio": """
+        import _io, os
+        _io.FileIO(TARGET, "w").write(b"escaped")
+        print("seen inside", os.path.exists(TARGET))
+    """,
+    "ctypes-open": """
+        import ctypes, os
+        libc = ctypes.CDLL(None)
+        fd = libc.open(TARGET.encode(), 0o101, 0o644)  # O_WRONLY | O_CREAT
+        libc.write(fd, b"escaped", 7)
+        print("seen inside", os.path.exists(TARGET))
+    """,
+    "ctypes-system": """
+        import ctypes, os
+        rc = ctypes.CDLL(None).system(b"touch " + TARGET.encode())  # /bin/sh, past every guard
+        print("system", rc)
+        print("seen inside", os.path.exists(TARGET))
+    """,
+}
+
+
+@pytest.mark.parametrize("scratch", SCRATCH_DIRS)
+@pytest.mark.parametrize("how", sorted(GUARD_BYPASSING_WRITES))
+def test_writes_to_the_system_temp_dir_past_the_guard_stay_in_the_sandbox(scratch, how):
+    if "mountns" not in isolation():
+        skip_claim(
+            "no mount namespace on this host: the child can create files in the world-writable " + scratch
+        )
+    target = os.path.join(scratch, f"tether-escape-{secrets.token_hex(8)}")
+    try:
+        result = run(f"TARGET = {target!r}\n" + textwrap.dedent(GUARD_BYPASSING_WRITES[how]))
+        assert result.status == "passed", result.stderr
+        # The write happened (into the sandbox's private tmpfs), and the host never saw it.
+        assert "seen inside True" in result.stdout
+        assert not os.path.exists(target)
+    finally:
+        if os.path.exists(target):
+            os.remove(target)
+
+
+def test_root_only_file_cannot_be_read(tmp_path):
+    iso = isolation()
+    if "mountns" not in iso and "uid-drop" not in iso:
+        skip_claim(f"the child can read what the parent can on this host (isolation: {iso})")
+    token = f"secret-{secrets.token_hex(16)}"
+    secret = tmp_path / "secret.txt"
+    secret.write_text(token)
+    secret.chmod(0o600)
+    result = run(f"""
+        import ctypes
+        for attempt in (lambda: open({str(secret)!r}).read(), lambda: ctypes.CDLL(None).system(b"cat {secret}")):
+            try:
+                print(attempt())
+            except OSError as e:
+                print(type(e).__name__)
+    """)
+    assert result.status == "passed", result.stderr
+    assert token not in result.stdout
+    assert token not in result.stderr
+    assert secret.read_text() == token
+
+
+def test_only_the_interpreter_and_system_files_are_visible():
+    if "mountns" not in isolation():
+        skip_claim("no mount namespace on this host: the child sees the host's whole file tree")
+    result = run(f"""
+        import json, os, sys
+        print(json.dumps([os.path.exists({__file__!r}), os.path.exists(sys.prefix), os.listdir("/")]))
+    """)
+    assert result.status == "passed", result.stderr
+    this_file_seen, prefix_seen, top_level = json.loads(result.stdout)
+    assert not this_file_seen  # the checkout (and these tests) are not there
+    assert prefix_seen
+    system = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "dev", "proc", "tmp", "var"}
+    # ... plus the top directories of the interpreter's prefix and of the working directory.
+    own = {path.split(os.sep)[1] for path in (sys.prefix, sys.base_prefix, tempfile.gettempdir())}
+    assert set(top_level) <= system | own
 
 
 def test_writing_inside_the_sandbox_dir_works_and_the_dir_is_deleted_afterwards():

@@ -1,17 +1,35 @@
 """Run untrusted, model-written Python in a contained subprocess and say whether it passed.
 
-Containment comes in layers, strongest first; each result records which layers were active
+Containment comes in layers; each result records which layers were active
 (``SandboxResult.isolation``), because what is available depends on the host:
 
 - ``"netns"``: the child runs in a fresh network namespace (``unshare -n``; ``unshare -rn`` when not
   root), which has only a downed loopback device, so no connection can be made, not even to
-  127.0.0.1.
-- ``"uid-drop"`` (root hosts with ``setpriv``): the child runs as a fresh, unused uid with no
-  supplementary groups. The kernel then refuses writes outside its own directory (and world-writable
-  ones such as /tmp), enforces ``RLIMIT_NPROC`` (it does not for root), and lets it signal no other
-  process. Where the interpreter lives in a directory other users cannot read (``/root/.pyenv``),
-  the child keeps ``CAP_DAC_READ_SEARCH`` so it can still import the standard library: it can read
-  what the parent can, but writes nothing outside its own directory.
+  127.0.0.1, whether through Python's ``socket`` or libc's ``connect``.
+- ``"mountns"`` (root hosts with ``unshare`` and mount namespaces): the child starts as root in a
+  fresh mount namespace (with the network one), and before any of the program runs it builds a new
+  root from an empty tmpfs and moves into it (``pivot_root``; the host's tree is detached). That
+  root holds only read-only, ``nosuid``/``nodev`` binds of ``/usr``, the ``/bin``, ``/sbin`` and
+  ``/lib*`` directories (or their links), the loader's configuration, ``/etc/localtime`` and the
+  interpreter's prefix (a venv's and its base's) at their own paths; the working directory, bound
+  read-write; private tmpfs mounts (``max_file_mb`` each, 1024 files, ``noexec``) at ``/tmp``,
+  ``/var/tmp`` and ``/dev/shm``, discarded with the run; a ``/dev`` with only ``null``, ``zero``,
+  ``full``, ``random`` and ``urandom``; and a fresh ``/proc`` that shows only the child's own
+  processes. So a file the program creates in the system's temporary directories never reaches the
+  host's, and no other host file (this project, root's home, a 0600 secret) can be opened: it is not
+  there. The child then becomes the fresh uid below itself, checks that it holds no capability
+  left, and sets ``no_new_privs`` (executing a setuid program grants nothing).
+- ``"uid-drop"`` (root hosts, with ``mountns`` or ``setpriv``): the child runs as a fresh, unused
+  uid with no supplementary groups and no capabilities. The kernel then refuses writes outside its
+  own directory except to world-writable directories (with ``mountns`` those are the private tmpfs
+  mounts; without it the host's ``/tmp``, ``/var/tmp`` and ``/dev/shm``, where a created file stays
+  behind), refuses reads of files other users may not read, enforces ``RLIMIT_NPROC`` (it does not
+  for root), and lets it signal no other process. After the run every process of that uid is
+  killed, including one that left the process group.
+- ``"uid-drop+read-cap"`` (instead of ``"uid-drop"``, only without ``mountns``): where the
+  interpreter lives in a directory other users cannot read (``/root/.pyenv``) and no mount
+  namespace can make it reachable, the child keeps ``CAP_DAC_READ_SEARCH`` so it can import the
+  standard library: it can then read every file the parent can, a root-only 0600 file included.
 - ``"rlimits"`` (always): address space (``memory_mb``), CPU seconds, file size, open files, tasks
   (``max_processes``: processes *and* threads of the child's uid), no core dumps.
 - ``"python-guard"`` (always): a preamble run before the user code replaces the fork/exec/spawn
@@ -26,9 +44,12 @@ Always: ``python -I`` (isolated mode: no user site, no ``PYTHON*`` variables, sc
 directory deleted afterwards, a wall-clock limit after which the whole process group (and, with
 ``uid-drop``, every process of the child's uid) is killed, and output capped (head and tail kept).
 
-Without ``netns`` and ``uid-drop`` (no ``unshare``/``setpriv``, or no permission to use them) only
-the Python-level guard and the rlimits remain; ``RLIMIT_NPROC`` then counts all processes of the
-current user (so it is set to that count plus ``max_processes``) and does not apply at all to root.
+Without ``mountns`` the child sees the host's whole file tree: it reads whatever its uid may read
+(everything, with ``read-cap`` or without ``uid-drop``) and can leave files in world-writable
+directories. Without ``netns`` and ``uid-drop`` (no ``unshare``/``setpriv``, or no permission to use
+them) only the Python-level guard and the rlimits remain; ``RLIMIT_NPROC`` then counts all processes
+of the current user (so it is set to that count plus ``max_processes``) and does not apply at all to
+root.
 """
 
 from __future__ import annotations
@@ -36,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import secrets
@@ -49,6 +71,8 @@ import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
 
 SandboxStatus = Literal["passed", "failed", "timeout", "error", "killed"]
 
@@ -64,7 +88,99 @@ _RUNNER = r"""
 import builtins, errno, io, json, os, posix, resource, sys
 
 _cfg = json.loads(sys.argv[1])
+
+
+def _enter_box(box):
+    # Runs as root in fresh mount (and network) namespaces: builds a new root holding only what
+    # the interpreter needs, moves into it, then becomes the private uid with no capabilities.
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+
+    def check(ret, what):
+        if ret != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    def mount(source, target, fstype, flags, data=None):
+        enc = lambda s: None if s is None else os.fsencode(s)
+        check(libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)),
+              f"mount {target}")
+
+    root, work, uid = box["root"], box["work"], box["uid"]
+    os.umask(0o022)
+    mount(None, "/", None, REC | PRIVATE)  # nothing done here propagates back to the host
+    mount("tmpfs", root, "tmpfs", NOSUID | NODEV, "mode=0755,size=1m,nr_inodes=4096")
+
+    def make_dirs(path):
+        # Creates ``path`` under the new root; never through a link recreated there, which until
+        # pivot_root would point into the host's tree.
+        current = root
+        for part in path.strip("/").split("/"):
+            current += "/" + part
+            if os.path.islink(current):
+                raise OSError(errno.ELOOP, "a link on the way", current)
+            if not os.path.isdir(current):
+                os.mkdir(current, 0o755)
+
+    def bind(path, flags):
+        # Recreates host ``path`` at the same place in the new root: a symlink as a symlink,
+        # a directory or file as a bind mount with ``flags``.
+        if not os.path.lexists(path):
+            return
+        new = root + path
+        make_dirs(os.path.dirname(path))
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), new)
+            return
+        if os.path.isdir(path):
+            make_dirs(path)
+        else:
+            os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        mount(path, new, None, BIND)
+        mount(None, new, None, REMOUNT | BIND | flags)
+
+    for scratch in ("/tmp", "/var/tmp", "/dev/shm"):
+        make_dirs(scratch)
+        mount("tmpfs", root + scratch, "tmpfs", NOSUID | NODEV | NOEXEC,
+              f"mode=1777,size={box['scratch_mb']}m,nr_inodes=1024")
+    make_dirs("/proc")
+    # A fresh procfs in which the child sees only its own processes.
+    mount("proc", root + "/proc", "proc", NOSUID | NODEV | NOEXEC, "hidepid=2")
+    for dev in ("null", "zero", "full", "random", "urandom"):
+        bind("/dev/" + dev, NOSUID | NOEXEC)
+    for name, target in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]:
+        os.symlink(target, f"{root}/dev/{name}")
+    for path in box["binds"]:
+        bind(path, RDONLY | NOSUID | NODEV)
+    make_dirs(work)
+    mount(work, root + work, None, BIND)
+    mount(None, root + work, None, REMOUNT | BIND | NOSUID | NODEV | NOEXEC)
+
+    os.chdir(root)
+    check(libc.syscall(box["pivot_root_nr"], b".", b"."), "pivot_root")
+    check(libc.umount2(b".", 2), "detaching the old root")  # MNT_DETACH
+    os.chdir("/")
+    mount(None, "/", None, REMOUNT | BIND | RDONLY | NOSUID | NODEV)
+
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # from root to another uid: the kernel clears every capability
+    check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")  # exec cannot regain any (setuid files)
+    check(libc.prctl(4, 1, 0, 0, 0), "PR_SET_DUMPABLE")  # /proc/self owned by uid, as after an exec
+    with open("/proc/self/status") as f:
+        caps = {k: v.strip() for k, v in (line.split(":", 1) for line in f) if k.startswith("Cap")}
+    if os.getresuid() != (uid, uid, uid) or any(int(caps[k], 16) for k in ("CapPrm", "CapEff", "CapAmb")):
+        raise RuntimeError(f"could not drop privileges: {os.getresuid()} {caps}")
+    os.chdir(work)
+
+
 try:
+    if "box" in _cfg:
+        _enter_box(_cfg["box"])
+    del _enter_box
     with open("solution.py", encoding="utf-8") as _f:
         _source = _f.read()
     for _name, _value in _cfg["rlimits"].items():
@@ -242,9 +358,64 @@ class _Host(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    netns_prefix: tuple[str, ...] = ()
+    unshare: str | None = None
+    netns: bool = False
+    # Host paths bound read-only into the mount namespace's new root; empty: no mount namespace.
+    box_binds: tuple[str, ...] = ()
+    pivot_root_nr: int = 0
     setpriv: str | None = None
     needs_read_cap: bool = False
+
+    @property
+    def mountns(self) -> bool:
+        return bool(self.box_binds)
+
+    @property
+    def drops_uid(self) -> bool:
+        return self.mountns or self.setpriv is not None
+
+
+# pivot_root(2) has no libc wrapper; its syscall number by machine.
+_PIVOT_ROOT_NR = {
+    "x86_64": 155,
+    "aarch64": 41,
+    "riscv64": 41,
+    "loongarch64": 41,
+    "ppc64le": 203,
+    "s390x": 217,
+}
+# What every program needs besides the interpreter's own prefix: the system's binaries and
+# libraries (Python's extension modules link against them; ``/bin/sh`` for libc's ``system``) and
+# the loader's and clock's configuration. Missing ones are skipped; symlinks are recreated as such.
+_SYSTEM_BINDS = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+)
+
+
+def _box_binds() -> tuple[str, ...]:
+    """``_SYSTEM_BINDS`` plus the interpreter's prefixes (a venv's and its base's), at their own
+    path and their resolved one, leaving out any path inside another bound directory."""
+    paths = list(_SYSTEM_BINDS)
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]):
+        paths += [os.path.abspath(prefix), os.path.realpath(prefix)]
+    kept: list[str] = []
+    for path in dict.fromkeys(paths):
+        covered = any(
+            path.startswith(other.rstrip("/") + "/") and not os.path.islink(other) for other in paths
+        )
+        if not covered:
+            kept.append(path)
+    return tuple(kept)
 
 
 def _probe(cmd: list[str]) -> bool:
@@ -264,23 +435,40 @@ def _setpriv_args(setpriv: str, uid: int, read_cap: bool) -> list[str]:
     return args
 
 
+# The child must import what the runner needs from *this* installation: an interpreter that cannot
+# read its own prefix silently falls back to another stdlib (e.g. /usr/lib/python3.x).
+_IMPORT_CHECK = (
+    "import sys, json, resource, socket, subprocess, ctypes, decimal, hashlib, math, re\n"
+    f"assert sys.prefix == {sys.prefix!r}\n"
+    f"assert decimal.__file__.startswith({sys.base_prefix!r}), decimal.__file__\n"
+)
+
+
 @functools.cache
 def _host() -> _Host:
-    # The child must import what the runner needs from *this* installation: an interpreter that
-    # cannot read its own prefix silently falls back to another stdlib (e.g. /usr/lib/python3.x).
-    import_check = [
-        sys.executable,
-        "-I",
-        "-c",
-        f"import sys, json, resource, socket, subprocess; assert sys.prefix == {sys.prefix!r}",
-    ]
-    netns_prefix: tuple[str, ...] = ()
+    import_check = [sys.executable, "-I", "-c", _IMPORT_CHECK]
     unshare = shutil.which("unshare")
+    netns = False
     if unshare:
         # As root a bare network namespace; otherwise inside a user namespace, if the kernel allows.
         flags = "-n" if os.geteuid() == 0 else "-rn"
-        if _probe([unshare, flags, "--", *import_check]):
-            netns_prefix = (unshare, flags, "--")
+        netns = _probe([unshare, flags, "--", *import_check])
+    if unshare and os.geteuid() == 0 and os.uname().machine in _PIVOT_ROOT_NR:
+        # A mount namespace with its own root: tried by running the real thing once.
+        candidate = _Host(
+            unshare=unshare,
+            netns=netns,
+            box_binds=_box_binds(),
+            pivot_root_nr=_PIVOT_ROOT_NR[os.uname().machine],
+        )
+        probe = _run(candidate, _IMPORT_CHECK, timeout_s=20.0)
+        if probe.status == "passed":
+            return candidate
+        log.warning(
+            "sandbox: no mount namespace on this host, so the child sees the host's files (%s: %s)",
+            probe.status,
+            probe.stderr.strip()[-300:],
+        )
     setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
     needs_read_cap = False
     if setpriv:
@@ -291,7 +479,7 @@ def _host() -> _Host:
             needs_read_cap = True
         else:
             setpriv = None
-    return _Host(netns_prefix=netns_prefix, setpriv=setpriv, needs_read_cap=needs_read_cap)
+    return _Host(unshare=unshare, netns=netns, setpriv=setpriv, needs_read_cap=needs_read_cap)
 
 
 class _CappedBuffer:
@@ -399,17 +587,39 @@ def run_untrusted(
     """
     if timeout_s <= 0 or memory_mb <= 0 or max_processes <= 0 or max_output_bytes <= 0:
         raise ValueError("timeout_s, memory_mb, max_processes and max_output_bytes must be positive")
-    host = _host()
+    return _run(
+        _host(),
+        code,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        max_processes=max_processes,
+        max_output_bytes=max_output_bytes,
+        max_file_mb=max_file_mb,
+    )
+
+
+def _run(
+    host: _Host,
+    code: str,
+    *,
+    timeout_s: float,
+    memory_mb: int = 512,
+    max_processes: int = 8,
+    max_output_bytes: int = 64_000,
+    max_file_mb: int = 16,
+) -> SandboxResult:
     isolation = ["rlimits", "python-guard"]
-    if host.netns_prefix:
+    if host.netns:
         isolation.append("netns")
-    uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if host.setpriv else None
+    if host.mountns:
+        isolation.append("mountns")
+    uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if host.drops_uid else None
     if uid is not None:
-        isolation.append("uid-drop")
+        isolation.append("uid-drop+read-cap" if host.needs_read_cap else "uid-drop")
 
     cpu_s = math.ceil(timeout_s) + 1
     nproc = max_processes if uid is not None else _count_user_tasks(os.getuid()) + max_processes
-    config = {
+    config: dict = {
         "rlimits": {
             "RLIMIT_AS": memory_mb * 1024 * 1024,
             "RLIMIT_CPU": cpu_s,
@@ -419,15 +629,35 @@ def run_untrusted(
             "RLIMIT_CORE": 0,
         }
     }
-    workdir = tempfile.mkdtemp(prefix="tether-sandbox-")
+    # base (root's, traversable) holds the child's working directory and, with a mount namespace,
+    # the empty directory its new root is mounted on.
+    base = tempfile.mkdtemp(prefix="tether-sandbox-")
+    workdir = os.path.join(base, "work")
     start = time.monotonic()
     try:
+        os.mkdir(workdir)
         with open(os.path.join(workdir, "solution.py"), "w", encoding="utf-8") as f:
             f.write(code)
-        prefix = list(host.netns_prefix)
+        if host.mountns:
+            assert host.unshare is not None and uid is not None
+            os.mkdir(os.path.join(base, "root"), 0o700)
+            config["box"] = {
+                "root": os.path.join(base, "root"),
+                "work": workdir,
+                "uid": uid,
+                "binds": list(host.box_binds),
+                "scratch_mb": max_file_mb,
+                "pivot_root_nr": host.pivot_root_nr,
+            }
+            # The runner starts as root in the new namespaces, builds the root, then drops the uid.
+            prefix = [host.unshare, "-mn" if host.netns else "-m", "--"]
+        else:
+            prefix = [host.unshare, "-n" if os.geteuid() == 0 else "-rn", "--"] if host.netns else []
+            if uid is not None:
+                prefix += _setpriv_args(host.setpriv, uid, host.needs_read_cap)  # type: ignore[arg-type]
         if uid is not None:
+            os.chmod(base, 0o711)
             os.chown(workdir, uid, uid)
-            prefix += _setpriv_args(host.setpriv, uid, host.needs_read_cap)  # type: ignore[arg-type]
         env = {
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -476,7 +706,7 @@ def run_untrusted(
     finally:
         if uid is not None:
             _kill_uid(uid)
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
     status: SandboxStatus
     if timed_out:
