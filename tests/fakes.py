@@ -68,8 +68,9 @@ def prefer_first(request: ScoreRequest) -> list[float]:
 class ScriptedEngine:
     """An ``EngineLike`` whose answers and scores are scripted; see the module docstring.
 
-    ``reply`` is a constant answer, a dict by prompt id, or ``reply(prompt, sample_index)``;
-    ``score(request)`` gives a request's log-probs. Every call is kept in ``calls``."""
+    ``reply`` is a constant answer (by default the empty string), a dict by prompt id, or
+    ``reply(prompt, sample_index)``; ``score(request)`` gives a request's log-probs. Every call is
+    kept in ``calls``; ``generated`` and ``scored`` list what was asked, ``sent(id)`` finds a prompt."""
 
     def __init__(
         self,
