@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from fakes import ScriptedEngine
 from tether.audit.cli import app
 from tether.audit.gate import EXIT_INCOMPLETE, EXIT_USAGE
 
@@ -30,22 +31,14 @@ def test_audit_tiny_model_writes_report_and_prints_table(tmp_path, tiny_model_di
     assert not (out / "audit.sqlite").exists()
 
 
-class _Failing:
-    name = fingerprint = "broken"
-
-    def generate(self, prompts, params=None, *, stage="", progress=True):
-        raise RuntimeError("out of memory")
-
-    def score(self, requests, *, stage="", progress=True):
-        raise RuntimeError("out of memory")
-
-
 def test_incomplete_task_exits_2(tmp_path, monkeypatch):
     import tether.audit.sweep as sweep
 
+    oom = RuntimeError("out of memory")
+    broken = ScriptedEngine(oom, score=oom, name="broken")
     real = sweep.run_audit
     monkeypatch.setattr(
-        sweep, "run_audit", lambda *a, **k: real(*a, **{**k, "load_engine": lambda s, c, t: _Failing()})
+        sweep, "run_audit", lambda *a, **k: real(*a, **{**k, "load_engine": lambda s, c, t: broken})
     )
     result = runner.invoke(app, ["m", "--tasks", "overrefusal", "--limit", "2", "--out", str(tmp_path / "o")])
     assert result.exit_code == EXIT_INCOMPLETE == 2, result.output

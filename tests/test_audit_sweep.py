@@ -8,58 +8,30 @@ from pathlib import Path
 
 import pytest
 
+from fakes import ScriptedEngine
 from tether.audit import AuditReport
 from tether.audit.cache import ResultCache, default_cache_path
 from tether.audit.sweep import expand_models, run_audit
-from tether.engine.types import Completion, SamplingParams, ScoreResult
 from tether.errors import ConfigError, ModelLoadError
 from tether.evals.types import ItemResult
 
 REFUSAL = "I'm sorry, but I can't help with that."
 
 
-class CountingEngine:
-    """Refuses everything, prefers the first choice; counts the items it is asked about."""
-
-    def __init__(self, spec: str, fail: bool = False):
-        self.name = self.fingerprint = f"fp-{spec}"
-        self.fail = fail
-        self.generated: list[str] = []
-        self.scored: list[str] = []
-
-    def generate(self, prompts, params=None, *, stage="", progress=True):
-        params = params or SamplingParams()
-        if self.fail:
-            raise RuntimeError("engine on fire")
-        self.generated += [p.id for p in prompts]
-        return [
-            Completion(prompt_id=p.id, sample_index=k, text=REFUSAL, prompt_tokens=1, completion_tokens=1,
-                       finish_reason="stop", latency_s=0.0)
-            for p in prompts for k in range(params.n)
-        ]  # fmt: skip
-
-    def score(self, requests, *, stage="", progress=True):
-        self.scored += [r.id for r in requests]
-        return [
-            ScoreResult(id=r.id, logprobs=[-float(i) for i in range(len(r.continuations))],
-                        num_tokens=[1] * len(r.continuations), num_chars=[1] * len(r.continuations),
-                        is_greedy=[False] * len(r.continuations))
-            for r in requests
-        ]  # fmt: skip
-
-
 class Loader:
-    """A ``load_engine`` that hands out CountingEngines and remembers them; specs in ``broken`` fail
-    to load, specs in ``failing`` load but raise on generate."""
+    """A ``load_engine`` that hands out scripted engines (refuse everything, prefer the first choice)
+    and remembers them; specs in ``broken`` fail to load, specs in ``failing`` load but raise on
+    generate."""
 
     def __init__(self, broken=(), failing=()):
-        self.engines: dict[str, CountingEngine] = {}
+        self.engines: dict[str, ScriptedEngine] = {}
         self.broken, self.failing = set(broken), set(failing)
 
     def __call__(self, spec, config, tracer):
         if spec in self.broken:
             raise ModelLoadError("no such weights", where=spec)
-        engine = CountingEngine(spec, fail=spec in self.failing)
+        reply = RuntimeError("engine on fire") if spec in self.failing else REFUSAL
+        engine = ScriptedEngine(reply, name=f"fp-{spec}", fingerprint=f"fp-{spec}")
         self.engines[spec] = engine
         return engine
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from fakes import ScriptedEngine
 from tether.cai import CAIPrompt, Constitution, LoopConfig, run_loop
 from tether.cai.loop import (
     TRANSCRIPT_STOPS,
@@ -13,7 +14,6 @@ from tether.cai.loop import (
     resolve_style,
     revision_text,
 )
-from tether.engine.types import Completion
 from tether.errors import ConfigError
 from tether.judges import default_refusal_judge
 
@@ -98,43 +98,11 @@ def test_completion_transcript_carries_each_examples_own_requests_and_the_prefix
     assert "Critique request:" not in chat and chat.rstrip().endswith("CRIT-CRIME")
 
 
-class _Loaded:
-    def __init__(self, has_chat_template):
-        self.has_chat_template = has_chat_template
-
-
-class _Engine:
-    """Scripted by request id; records every prompt and the stop strings it was sent with."""
-
-    def __init__(self, script, has_chat_template=True):
-        self.script = script
-        self.loaded = _Loaded(has_chat_template)
-        self.sent: dict[str, tuple] = {}
-        self.stages: list[str] = []
-
-    def render(self, prompt):
-        return f"<chat>{prompt.text}</chat>" if prompt.chat else prompt.text
-
-    def generate(self, prompts, params=None, *, stage="", progress=True):
-        self.stages.append(stage)
-        out = []
-        for p in prompts:
-            self.sent[p.id] = (p.text, p.chat, list(params.stop) if params else [])
-            out.append(
-                Completion(
-                    prompt_id=p.id,
-                    text=self.script[p.id],
-                    prompt_tokens=1,
-                    completion_tokens=1,
-                    finish_reason="stop",
-                    latency_s=0.0,
-                )
-            )
-        return out
-
-    def score(self, requests, *, stage="", progress=True):  # pragma: no cover - must not be called
-        self.stages.append(stage)
-        raise AssertionError("the critic's Yes/No check is off by default")
+def _engine(script, has_chat_template=True):
+    """Scripted by request id; the critic's Yes/No check is off by default, so scoring must not happen."""
+    return ScriptedEngine(
+        script, has_chat_template=has_chat_template, score=AssertionError("the critic's Yes/No check is off")
+    )
 
 
 PROMPTS = [
@@ -154,8 +122,8 @@ SCRIPT = {
 
 @pytest.mark.parametrize("has_template, style", [(False, "completion"), (True, "chat")])
 def test_style_auto_follows_the_critics_chat_template(tmp_path, has_template, style):
-    policy = _Engine(SCRIPT)
-    critic = _Engine(SCRIPT, has_chat_template=has_template)
+    policy = _engine(SCRIPT)
+    critic = _engine(SCRIPT, has_chat_template=has_template)
     finals, stats = run_loop(
         PROMPTS,
         policy,
@@ -166,25 +134,26 @@ def test_style_auto_follows_the_critics_chat_template(tmp_path, has_template, st
         config=LoopConfig(passes=1, few_shot=2),
     )
     assert resolve_style("auto", critic) == style
-    text, chat, stops = critic.sent["h#r0"]
+    revision, params = critic.sent("h#r0")
     if style == "completion":
-        assert not chat and text.endswith("Revision: I'm sorry, but I can't help with")
-        assert set(TRANSCRIPT_STOPS) <= set(stops)
+        assert not revision.chat and revision.text.endswith("Revision: I'm sorry, but I can't help with")
+        assert set(TRANSCRIPT_STOPS) <= set(params.stop)
     else:  # the prefix goes after the rendered chat turn, sent raw
         assert (
-            not chat
-            and text.startswith("<chat>")
-            and text.endswith("</chat>I'm sorry, but I can't help with")
+            not revision.chat
+            and revision.text.startswith("<chat>")
+            and revision.text.endswith("</chat>I'm sorry, but I can't help with")
         )
-        assert critic.sent["h#c0"][1] is True and not set(TRANSCRIPT_STOPS) <= set(critic.sent["h#c0"][2])
-    assert policy.sent["h"][1] is True  # first answers are always chat turns of the policy
+        critique, params = critic.sent("h#c0")
+        assert critique.chat is True and not set(TRANSCRIPT_STOPS) <= set(params.stop)
+    assert policy.sent("h")[0].chat is True  # first answers are always chat turns of the policy
 
     by_id = {f.prompt_id: f for f in finals}
     assert by_id["h"].text == "I'm sorry, but I can't help with stealing a car."
     assert by_id["h"].keep and by_id["h"].reason == "refusal"
     # The benign rewrite refused: the helpful first answer is what SFT gets.
     assert by_id["b"].keep and by_id["b"].text == SCRIPT["b"]
-    assert "cai/check" not in critic.stages and stats.kept_by_critic_only == 0
+    assert critic.score_calls == [] and stats.kept_by_critic_only == 0
 
 
 def test_first_sentence_and_unknown_style():
@@ -196,4 +165,4 @@ def test_first_sentence_and_unknown_style():
     assert first_sentence("I'm sorry, but I won't\nwrite it") == "I'm sorry, but I won't."
     assert first_sentence("No end") == "No end."
     with pytest.raises(ConfigError, match="unknown loop.style"):
-        resolve_style("poetry", _Engine({}))
+        resolve_style("poetry", _engine({}))

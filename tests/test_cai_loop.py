@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from fakes import ScriptedEngine
 from tether.cai import CAIPrompt, Constitution, LoopConfig, degenerate_reason, distinct_2, run_loop
 from tether.cai.loop import clean_revision
-from tether.engine.types import Completion, ScoreResult
 from tether.judges import default_refusal_judge
 
 CONSTITUTION = Constitution.model_validate(
@@ -72,50 +72,18 @@ SCRIPT = {
 }
 
 
-class ScriptedEngine:
-    """generate() answers from SCRIPT by request id; score() says "Yes" (complies) only for h3.
-    Every call is logged; ``fail_on`` makes the n-th generate call raise (a simulated crash)."""
+def critic_says_h3_complies(request):
+    """The critic's Yes/No check: "Yes" (still complies) only for h3."""
+    return [-0.1, -3.0] if request.id.startswith("h3") else [-3.0, -0.1]
 
-    def __init__(self, script=None, fail_on: int | None = None):
-        self.script = script or SCRIPT
-        self.calls: list[tuple[str, list[str]]] = []
-        self.fail_on = fail_on
-        self.seen_texts: dict[str, str] = {}
 
-    def generate(self, prompts, params=None, *, stage="", progress=True):
-        self.calls.append((stage, [p.id for p in prompts]))
-        if self.fail_on is not None and len([c for c in self.calls if "check" not in c[0]]) == self.fail_on:
-            raise KeyboardInterrupt("simulated crash")
-        out = []
-        for p in prompts:
-            self.seen_texts[p.id] = p.text
-            out.append(
-                Completion(
-                    prompt_id=p.id,
-                    text=self.script[p.id],
-                    prompt_tokens=1,
-                    completion_tokens=1,
-                    finish_reason="stop",
-                    latency_s=0.0,
-                )
-            )
-        return out
+def scripted(script=SCRIPT, **kw) -> ScriptedEngine:
+    """Answers from SCRIPT by request id; ``fail_on_call`` simulates a crash."""
+    return ScriptedEngine(script, score=critic_says_h3_complies, **kw)
 
-    def render(self, prompt):
-        return prompt.text
 
-    def score(self, requests, *, stage="", progress=True):
-        self.calls.append((stage, [r.id for r in requests]))
-        return [
-            ScoreResult(
-                id=r.id,
-                logprobs=[-0.1, -3.0] if r.id.startswith("h3") else [-3.0, -0.1],
-                num_tokens=[1, 1],
-                num_chars=[3, 2],
-                is_greedy=[True, True],
-            )
-            for r in requests
-        ]
+def stages(engine: ScriptedEngine) -> list[str]:
+    return [c.stage for c in engine.calls]
 
 
 def _run(tmp_path, engine, passes=2, **config):
@@ -151,7 +119,7 @@ def test_distinct2_and_degeneracy_checks():
 
 
 def test_loop_records_chain_passes_and_filter_counts(tmp_path):
-    engine = ScriptedEngine()
+    engine = scripted()
     finals, stats = _run(tmp_path, engine)
 
     records = [json.loads(line) for line in (tmp_path / "loop.jsonl").read_text().splitlines()]
@@ -160,7 +128,7 @@ def test_loop_records_chain_passes_and_filter_counts(tmp_path):
     assert kinds.count("revision") == 10 and kinds.count("final") == 5
 
     # One batched call per step: answers, then per pass critiques and revisions, then one score call.
-    assert [stage for stage, _ in engine.calls] == [
+    assert stages(engine) == [
         "cai/answer",
         "cai/critique",
         "cai/revision",
@@ -168,14 +136,15 @@ def test_loop_records_chain_passes_and_filter_counts(tmp_path):
         "cai/revision",
         "cai/check",
     ]
-    assert engine.calls[2][1] == ["h1#r0", "h3#r0", "b1#r0", "b2#r0"]  # h2's critique was degenerate
+    assert engine.calls[2].ids == ["h1#r0", "h3#r0", "b1#r0", "b2#r0"]  # h2's critique was degenerate
     # The critic is asked only about red-team finals the judge saw no refusal in (h1 refuses).
-    assert engine.calls[5][1] == ["h2#check", "h3#check"]
+    assert engine.calls[5].ids == ["h2#check", "h3#check"]
     # The chain: pass 1 critiques the pass-0 revision, and its revision records what it replaced.
     rev = {(r["prompt_id"], r["pass_index"]): r for r in records if r["kind"] == "revision"}
     assert rev[("h1", 0)]["previous"] == COMPLY_BOMB and rev[("h1", 0)]["text"] == REFUSAL
-    assert REFUSAL in engine.seen_texts["h1#c1"] and "CRIT-HARM" in engine.seen_texts["h1#c1"]
-    assert "CRIT-HELP" in engine.seen_texts["b1#c0"]
+    critique = engine.sent("h1#c1")[0].text
+    assert REFUSAL in critique and "CRIT-HARM" in critique
+    assert "CRIT-HELP" in engine.sent("b1#c0")[0].text
     assert rev[("h1", 1)]["previous"] == REFUSAL
     assert rev[("h2", 0)]["skipped"] and rev[("h2", 0)]["text"] == COMPLY_CAR
     assert rev[("h2", 1)]["skip_reason"] == "degenerate critique: empty"
@@ -203,39 +172,39 @@ def test_loop_records_chain_passes_and_filter_counts(tmp_path):
 def test_resume_skips_finished_records(tmp_path):
     clean_dir = tmp_path / "clean"
     clean_dir.mkdir()
-    reference, _ = _run(clean_dir, ScriptedEngine())
+    reference, _ = _run(clean_dir, scripted())
 
-    crashing = ScriptedEngine(fail_on=3)  # dies in pass 0's revision call
+    crashing = scripted(fail_on_call={3: KeyboardInterrupt("simulated crash")})  # pass 0's revision
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, crashing)
     done = [json.loads(line)["kind"] for line in (tmp_path / "loop.jsonl").read_text().splitlines()]
     # 5 answers, 5 critiques, and h2's skip (recorded without a model call) survived the crash.
     assert done == ["answer"] * 5 + ["critique"] * 5 + ["revision"]
 
-    resumed = ScriptedEngine()
+    resumed = scripted()
     finals, _ = _run(tmp_path, resumed)
-    assert [stage for stage, _ in resumed.calls] == [
+    assert stages(resumed) == [
         "cai/revision",
         "cai/critique",
         "cai/revision",
         "cai/check",
     ]
-    assert resumed.calls[0][1] == ["h1#r0", "h3#r0", "b1#r0", "b2#r0"]
+    assert resumed.calls[0].ids == ["h1#r0", "h3#r0", "b1#r0", "b2#r0"]
     assert [f.model_dump() for f in finals] == [f.model_dump() for f in reference]
 
-    again = ScriptedEngine()
+    again = scripted()
     _run(tmp_path, again)
     assert again.calls == []  # a finished round asks the model nothing
 
 
 def test_torn_last_line_is_redone(tmp_path):
-    _run(tmp_path, ScriptedEngine(), passes=1)
+    _run(tmp_path, scripted(), passes=1)
     path = tmp_path / "loop.jsonl"
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-1]) + lines[-1][:10])  # kill mid-write of the last final
-    engine = ScriptedEngine()
+    engine = scripted()
     finals, _ = _run(tmp_path, engine, passes=1)
-    assert [stage for stage, _ in engine.calls] in (["cai/check"], [])
+    assert stages(engine) in (["cai/check"], [])
     assert len(finals) == 5
 
 
@@ -245,7 +214,7 @@ def test_off_topic_deflection_is_not_kept_as_a_refusal(tmp_path):
     script = {"h": ramble, "h#c0": "It should decline.", "h#r0": ramble}
     finals, stats = run_loop(
         prompts,
-        ScriptedEngine(script),
+        scripted(script),
         CONSTITUTION,
         tmp_path / "a.jsonl",
         judge=default_refusal_judge(),
@@ -257,7 +226,7 @@ def test_off_topic_deflection_is_not_kept_as_a_refusal(tmp_path):
 
     finals, _ = run_loop(
         prompts,
-        ScriptedEngine(script),
+        scripted(script),
         CONSTITUTION,
         tmp_path / "b.jsonl",
         judge=default_refusal_judge(),

@@ -9,64 +9,34 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fakes import ScriptedEngine
 from tether.cai import CAIConfig, run_cai
 from tether.cai.cli import app
 from tether.cai.pipeline import NothingKeptError
-from tether.engine.types import Completion, ScoreResult
 from tether.runs import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 BENIGN_SOURCES = ("sciq/", "triviaqa/", "arc_easy/", "commonsense_qa/")
 
 
-class FakeEngine:
+def scripted_model(questions: dict[str, str]):
     """Refuses red-team prompts, answers benign ones; critiques and revisions to match; two different
-    samples per prompt for RLAIF; the critic's score always prefers the first continuation."""
+    samples per prompt for RLAIF. ``questions`` (prompt id -> question) keeps benign answers on topic
+    in critiques and revisions; the critic's score always prefers the first continuation."""
 
-    questions: dict[str, str] = {}  # prompt id -> question, so benign answers stay on topic
-
-    def __init__(self, spec: str, log: list):
-        self.spec, self.log = spec, log
-
-    def _say(self, pid: str, k: int) -> str:
-        base = pid.split("#")[0]
-        benign = base.startswith(BENIGN_SOURCES)
-        if "#c" in pid:
+    def say(prompt, k: int) -> str:
+        base = prompt.id.split("#")[0]
+        if "#" not in prompt.id:
+            questions[base] = prompt.text
+        if "#c" in prompt.id:
             return "The response could be more careful and more direct."
-        if benign:
-            return f"About '{self.questions[base]}': here is a direct answer, version {k}."
+        if base.startswith(BENIGN_SOURCES):
+            return f"About '{questions[base]}': here is a direct answer, version {k}."
         return (
             "I'm sorry, but I can't help with that." if k == 0 else "Sure, here are the steps you asked for."
         )
 
-    def generate(self, prompts, params=None, *, stage="", progress=True):
-        self.log.append(("generate", self.spec, stage, len(prompts)))
-        self.questions.update({p.id: p.text for p in prompts if "#" not in p.id})
-        return [
-            Completion(
-                prompt_id=p.id,
-                sample_index=k,
-                text=self._say(p.id, k),
-                prompt_tokens=1,
-                completion_tokens=1,
-                finish_reason="stop",
-                latency_s=0.0,
-            )
-            for p in prompts
-            for k in range(params.n)
-        ]
-
-    def render(self, prompt):
-        return prompt.text
-
-    def score(self, requests, *, stage="", progress=True):
-        self.log.append(("score", self.spec, stage, len(requests)))
-        return [
-            ScoreResult(
-                id=r.id, logprobs=[-1.0, -2.0], num_tokens=[1, 1], num_chars=[3, 3], is_greedy=[True, False]
-            )
-            for r in requests
-        ]
+    return say
 
 
 class FakeReport:
@@ -114,12 +84,14 @@ def test_full_job_trains_audits_and_resumes(tiny_model_dir, tmp_path, fake_audit
     from tether.evals.registry import get_task
     from tether.models import load
 
-    log: list = []
     loads: list[str] = []
+    engines: list[ScriptedEngine] = []
+    say = scripted_model({})
 
     def loader(spec, config, tracer):
         loads.append(spec)
-        return FakeEngine(spec, log)
+        engines.append(ScriptedEngine(say, name=spec))
+        return engines[-1]
 
     config = _config(tiny_model_dir)
     run = Run.create("cai-test", root=tmp_path, job="cai", config=config)
@@ -167,12 +139,13 @@ def test_full_job_trains_audits_and_resumes(tiny_model_dir, tmp_path, fake_audit
 
     monkeypatch.setattr("tether.train.sft.train_sft", no_training)
     monkeypatch.setattr("tether.train.dpo.train_dpo", no_training)
+    assert all(e.calls for e in engines)
     loads.clear()
-    log.clear()
+    engines.clear()
     again = run_cai(
         config, Run.create("cai-test", root=tmp_path, job="cai", config=config), load_engine=loader
     )
-    assert loads == [] and log == []
+    assert loads == [] and engines == []
     assert again["rounds"] == summary["rounds"]
 
 

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
+from fakes import ScriptedEngine
 from tether.cai import CAIPrompt, Constitution, debiased_preference, label_pairs, sample_answer_pairs
-from tether.engine.types import Completion, SamplingParams, ScoreResult
+from tether.engine.types import SamplingParams
 from tether.judges import default_refusal_judge
 
 CONSTITUTION = Constitution.model_validate(
@@ -31,35 +32,22 @@ def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
-class BiasedScorer:
+def biased_labeler(bias: float, continuations=("(A)", "(B)")):
     """lp("(A)") = content(option A) + bias, lp("(B)") = content(option B), where content is 1 for
     an answer that contains "sorry" and 0 otherwise: a labeler that likes refusals but likes the
-    first slot more."""
+    first slot more. Checks that it is asked to choose between exactly ``continuations``."""
 
-    def __init__(self, bias: float):
-        self.bias = bias
-        self.contexts: list[str] = []
+    def score(request):
+        assert request.continuations == list(continuations)
+        option = {line[:3]: line[4:] for line in request.context.splitlines() if line[:3] in ("(A)", "(B)")}
+        content = [1.0 if "sorry" in option[k] else 0.0 for k in ("(A)", "(B)")]
+        return [content[0] + bias, content[1]]
 
-    def render(self, prompt):
-        return f"<chat>{prompt.text}</chat>"
+    return score
 
-    def score(self, requests, *, stage="", progress=True):
-        out = []
-        for r in requests:
-            self.contexts.append(r.context)
-            assert r.continuations == ["(A)", "(B)"]
-            option = {line[:3]: line[4:] for line in r.context.splitlines() if line[:3] in ("(A)", "(B)")}
-            content = [1.0 if "sorry" in option[k] else 0.0 for k in ("(A)", "(B)")]
-            out.append(
-                ScoreResult(
-                    id=r.id,
-                    logprobs=[content[0] + self.bias, content[1]],
-                    num_tokens=[3, 3],
-                    num_chars=[3, 3],
-                    is_greedy=[True, False],
-                )
-            )
-        return out
+
+def contexts(scorer: ScriptedEngine) -> list[str]:
+    return [r.context for r in scorer.scored]
 
 
 def _prompt(pid: str, kind: str = "harmful") -> CAIPrompt:
@@ -77,7 +65,7 @@ def test_debiased_preference_by_hand():
 
 @pytest.mark.parametrize("bias", [0.0, 2.0, 5.0])
 def test_position_bias_cancels_and_preference_follows_content(bias):
-    scorer = BiasedScorer(bias)
+    scorer = ScriptedEngine(score=biased_labeler(bias))
     prompts = [_prompt("good-first"), _prompt("good-second")]
     answers = {"good-first": (GOOD, BAD), "good-second": (BAD, GOOD)}
     pairs, stats = label_pairs(prompts, answers, scorer, CONSTITUTION, judge=default_refusal_judge())
@@ -95,19 +83,22 @@ def test_position_bias_cancels_and_preference_follows_content(bias):
     assert stats.harmful_agreement == 1.0 and stats.harmful_disagreements_judged == 2
     assert pairs[0].principle == "harmless" and pairs[0].chosen_refusal == "refusal"
     # Each context shows the question, both options and the chat rendering.
-    assert scorer.contexts[0].startswith("<chat>") and "Which response is less harmful?" in scorer.contexts[0]
-    assert f"(A) {GOOD}" in scorer.contexts[0] and f"(A) {BAD}" in scorer.contexts[1]
+    seen = contexts(scorer)
+    assert seen[0].startswith("<chat>") and "Which response is less harmful?" in seen[0]
+    assert f"(A) {GOOD}" in seen[0] and f"(A) {BAD}" in seen[1]
 
 
 def test_bias_5_hand_value():
     # sigma(6) = 0.9975274, sigma(-4) = 0.0179862: mean 0.5077568 > 0.5, still the refusal.
-    pairs, _ = label_pairs([_prompt("x")], {"x": (BAD, GOOD)}, BiasedScorer(5.0), CONSTITUTION)
+    pairs, _ = label_pairs(
+        [_prompt("x")], {"x": (BAD, GOOD)}, ScriptedEngine(score=biased_labeler(5.0)), CONSTITUTION
+    )
     assert pairs[0].chosen == GOOD
     assert pairs[0].p_chosen == pytest.approx(0.5077568, abs=1e-6)
 
 
 def test_identical_low_confidence_and_benign_agreement():
-    scorer = BiasedScorer(0.0)
+    scorer = ScriptedEngine(score=biased_labeler(0.0))
     prompts = [_prompt("same"), _prompt("benign", kind="benign"), _prompt("tie")]
     answers = {
         "same": (GOOD, GOOD),
@@ -125,50 +116,22 @@ def test_identical_low_confidence_and_benign_agreement():
 
 
 def test_sample_answer_pairs_asks_two_samples_in_one_call():
-    class TwoSamples:
-        def __init__(self):
-            self.params = []
-
-        def generate(self, prompts, params=None, *, stage="", progress=True):
-            self.params.append(params)
-            return [
-                Completion(
-                    prompt_id=p.id,
-                    sample_index=k,
-                    text=f" {p.id}-{k} ",
-                    prompt_tokens=1,
-                    completion_tokens=1,
-                    finish_reason="stop",
-                    latency_s=0.0,
-                )
-                for p in prompts
-                for k in range(params.n)
-            ]
-
-    engine = TwoSamples()
+    engine = ScriptedEngine(lambda p, k: f" {p.id}-{k} ")
     out = sample_answer_pairs([_prompt("a"), _prompt("b")], engine, SamplingParams(temperature=0.9, n=5))
     assert out == {"a": ("a-0", "a-1"), "b": ("b-0", "b-1")}
-    assert len(engine.params) == 1 and engine.params[0].n == 2
+    assert len(engine.calls) == 1 and engine.calls[0].params.n == 2
 
 
-class _BaseModelScorer(BiasedScorer):
-    """The same labeler as a base model: no chat template, so it gets the CAI paper's transcript."""
-
-    class loaded:  # noqa: N801 - mimics Engine.loaded
-        has_chat_template = False
-
-    def render(self, prompt):
-        assert not prompt.chat  # a base model is fed the raw transcript
-        return prompt.text
-
-    def score(self, requests, *, stage="", progress=True):
-        for r in requests:
-            assert r.continuations == [" (A)", " (B)"] and r.context.endswith("\nThe answer is:")
-        as_chat = [r.model_copy(update={"continuations": ["(A)", "(B)"]}) for r in requests]
-        return super().score(as_chat, stage=stage, progress=progress)
+def _raw_transcript(prompt):
+    assert not prompt.chat  # a base model is fed the raw transcript
+    return prompt.text
 
 
 def test_a_base_feedback_model_gets_the_completion_transcript():
     answers = {"h": (BAD, GOOD)}
-    pairs, stats = label_pairs([_prompt("h")], answers, _BaseModelScorer(bias=2.0), CONSTITUTION)
+    base_model = ScriptedEngine(
+        has_chat_template=False, render=_raw_transcript, score=biased_labeler(2.0, (" (A)", " (B)"))
+    )
+    pairs, stats = label_pairs([_prompt("h")], answers, base_model, CONSTITUTION)
+    assert [c.endswith("\nThe answer is:") for c in contexts(base_model)] == [True, True]  # both orders
     assert len(pairs) == 1 and pairs[0].chosen == GOOD and stats.position_a_rate_raw == 1.0

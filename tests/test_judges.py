@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from tether.engine.types import ScoreRequest, ScoreResult
+from fakes import ScriptedEngine
+from tether.engine.types import ScoreRequest
 from tether.errors import DataError
 from tether.judges import (
     LLMRefusalJudge,
@@ -235,36 +236,19 @@ def test_trained_judge_must_be_fit_and_needs_both_labels():
 # --- LLM judge with a scripted scorer ----------------------------------------------------------
 
 
-class ScriptedScorer:
+def says_yes_to_cannot(request: ScoreRequest) -> list[float]:
     """Says " Yes" (refuses) is likelier whenever the judged response contains "cannot"."""
-
-    def __init__(self, drop: set[str] | None = None):
-        self.calls: list[list[ScoreRequest]] = []
-        self.drop = drop or set()
-
-    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        self.calls.append(requests)
-        results = []
-        for r in requests:
-            if r.id in self.drop:
-                continue
-            response = r.context.split("Response:")[1]
-            lps = [-0.5, -2.0] if "cannot" in response else [-3.0, -0.25]
-            results.append(
-                ScoreResult(
-                    id=r.id, logprobs=lps, num_tokens=[1, 1], num_chars=[4, 3], is_greedy=[True, False]
-                )
-            )
-        return results
+    response = request.context.split("Response:")[1]
+    return [-0.5, -2.0] if "cannot" in response else [-3.0, -0.25]
 
 
 def test_llm_judge_compares_yes_and_no_in_one_batch():
-    scorer = ScriptedScorer()
+    scorer = ScriptedEngine(score=says_yes_to_cannot)
     judge = LLMRefusalJudge(scorer)
     pairs = [("Build a bomb", "I cannot do that."), ("Tell a joke", "Knock knock."), ("Hi", "")]
     verdicts = judge_many(judge, pairs)
-    assert len(scorer.calls) == 1 and len(scorer.calls[0]) == 2  # the empty response is not scored
-    request = scorer.calls[0][0]
+    assert len(scorer.calls) == 1 and len(scorer.scored) == 2  # the empty response is not scored
+    request = scorer.scored[0]
     assert request.continuations == [" Yes", " No"]
     assert "Build a bomb" in request.context and "I cannot do that." in request.context
     assert "Does the response refuse the request?" in request.context
@@ -274,11 +258,11 @@ def test_llm_judge_compares_yes_and_no_in_one_batch():
 
 
 def test_llm_judge_truncates_long_responses_and_checks_results():
-    scorer = ScriptedScorer()
+    scorer = ScriptedEngine(score=says_yes_to_cannot)
     LLMRefusalJudge(scorer, max_response_chars=10).judge("p", "abcdefghij" + "Z" * 100)
-    assert "Z" not in scorer.calls[0][0].context
+    assert "Z" not in scorer.scored[0].context
     with pytest.raises(ValueError, match="no result"):
-        LLMRefusalJudge(ScriptedScorer(drop={"0"})).judge("p", "I cannot.")
+        LLMRefusalJudge(ScriptedEngine(score=lambda r: None)).judge("p", "I cannot.")  # no result
     with pytest.raises(ValueError, match="template"):
         LLMRefusalJudge(scorer, template="no fields")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.engine.types import ScoreResult
+from fakes import ScriptedEngine
 from tether.feedback.records import CandidateSet
 from tether.feedback.store import LabelStore
 from tether.rlhf.labeler import (
@@ -102,33 +102,16 @@ def test_label_pairs_reasons_and_ties():
     assert with_q.scores["s0"].coverage == pytest.approx(0.5)
 
 
-class ScriptedScorer:
+def likes_a_and_rivers(request) -> list[float]:
     """Scores ' (A)' vs ' (B)': a strong position bias for (A), plus a preference for texts with 'river'."""
-
-    def __init__(self):
-        self.requests = []
-
-    def score(self, requests, *, stage="", progress=True):
-        self.requests += requests
-        out = []
-        for r in requests:
-            a_text = r.context.split("Summary (A): ")[1].split("\n")[0]
-            lp_a = -1.0 + (1.0 if "river" in a_text else -1.0) * 0.5
-            lp_b = -2.0 + (1.0 if "river" not in a_text else -1.0) * 0.5
-            out.append(
-                ScoreResult(
-                    id=r.id,
-                    logprobs=[lp_a, lp_b],
-                    num_tokens=[3, 3],
-                    num_chars=[4, 4],
-                    is_greedy=[True, False],
-                )
-            )
-        return out
+    a_text = request.context.split("Summary (A): ")[1].split("\n")[0]
+    lp_a = -1.0 + (1.0 if "river" in a_text else -1.0) * 0.5
+    lp_b = -2.0 + (1.0 if "river" not in a_text else -1.0) * 0.5
+    return [lp_a, lp_b]
 
 
 def test_llm_judge_averages_both_orders():
-    scorer = ScriptedScorer()
+    scorer = ScriptedEngine(score=likes_a_and_rivers)
     judge = LLMJudge(scorer)
     p_good, p_bad = judge.prefer([(DOC, GOOD, BAD), (DOC, BAD, GOOD)])
     # order xy: logits A=-0.5, B=-2.5 -> P(A)=σ(2); order yx: A=-1.5, B=-1.5 -> P(B)=0.5
@@ -137,7 +120,7 @@ def test_llm_judge_averages_both_orders():
     sig2 = 1 / (1 + math.exp(-2))
     assert p_good == pytest.approx((sig2 + 0.5) / 2)
     assert p_bad == pytest.approx(1 - p_good)  # swapping x and y mirrors the probability
-    assert len(scorer.requests) == 4 and all(r.continuations == [" (A)", " (B)"] for r in scorer.requests)
+    assert len(scorer.scored) == 4 and all(r.continuations == [" (A)", " (B)"] for r in scorer.scored)
 
     blended = AILabeler(LabelerConfig(llm_judge=True, judge_weight=0.5), judge)
     proxy_gap = proxy_scores(DOC, GOOD).score - proxy_scores(DOC, BAD).score
