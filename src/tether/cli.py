@@ -261,17 +261,18 @@ def demo(
     runs_root: Annotated[Path, typer.Option("--runs", help="Where run directories live.")] = Path("runs"),
     set_: SetOption = None,
 ) -> None:
-    """Run the workbench end to end on the default model and print the run directory."""
+    """Run the workbench end to end on the default model: answers, MMLU scoring, one CAI round
+    audited against the base (paired deltas with CIs), a short RLHF run. Prints the result table."""
     from tether.config import load_config
-    from tether.demo import DemoConfig, run_demo
+    from tether.demo import DemoConfig, demo_table, run_demo
 
-    run = run_demo(load_config(DemoConfig, config, set_), runs_root, name)
-    summary = run.manifest.get("summary", {})
-    table = Table("metric", "value")
-    for key, value in summary.items():
-        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    console.print(table)
-    console.print(f"run directory: [bold]{run.path}[/]  (see `tether runs show {run.name}`)")
+    run = run_demo(load_config(DemoConfig, config, set_), runs_root, name, say=_say)
+    print(demo_table(run.manifest.get("summary", {})))
+    _say(f"run directory: {run.path}  (see `tether runs show {run.name}`)")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -381,9 +382,11 @@ def config_validate(
 
 
 def main() -> None:
+    from tether.runs import StageInterrupted
+
     try:
         app()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StageInterrupted):
         err_console.print("interrupted: finished records are kept; rerun the same command to resume")
         sys.exit(130)
 

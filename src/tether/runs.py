@@ -1,4 +1,5 @@
-"""Run directories: every artifact of a job in one place, with a manifest that makes it resumable.
+"""Run directories and the stage runner: every artifact of a job in one place, with a manifest that
+makes it resumable.
 
 Layout of ``runs/<name>/``::
 
@@ -6,8 +7,10 @@ Layout of ``runs/<name>/``::
     traces.jsonl    one line per model call (stage, prompt, output, token counts, latency)
     <stage files>   artifacts written by the stages (JSONL records, checkpoints, reports)
 
-A stage that finds itself marked complete is skipped; one that was interrupted resumes from the
-records it already appended (see ``tether.data.JsonlAppender``).
+A pipeline is a list of :class:`Stage` s run by :func:`run_stages`, which owns skip/resume, timing,
+interruption and the manifest: a stage marked complete is skipped, one that was interrupted runs
+again and resumes from the records it already appended (see ``tether.data.JsonlAppender``), and the
+dict each stage returns is its summary in the manifest. docs/architecture.md shows how to write one.
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tether.errors import TetherError
+from tether.errors import ConfigError, TetherError
 
 DEFAULT_RUNS_ROOT = Path("runs")
 TRACKED_PACKAGES = ("tether", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm")
@@ -198,3 +203,102 @@ def list_runs(root: str | Path = DEFAULT_RUNS_ROOT) -> list[Run]:
         return []
     runs = [Run(p) for p in sorted(root.iterdir()) if (p / "manifest.json").exists()]
     return sorted(runs, key=lambda r: r.manifest.get("created", ""))
+
+
+# --- stages ------------------------------------------------------------------------------------------
+
+
+class StageInterrupted(BaseException):
+    """SIGTERM arrived while a stage ran. Like Ctrl-C it is not an ``Exception``, so no stage code
+    swallows it; the stage is marked interrupted with its seconds kept, and a rerun resumes it."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One named step of a pipeline: ``fn(ctx)`` does the work and returns a small JSON-able summary
+    (or None), which the manifest keeps under ``stages.<name>.summary``. ``needs`` names the stages
+    whose artifacts it reads: they must be complete, run earlier in the same call, or ``provided``."""
+
+    name: str
+    fn: Callable[[Any], dict[str, Any] | None]
+    needs: tuple[str, ...] = ()
+
+
+@dataclass
+class StageContext:
+    """What every stage function gets: the run directory and a way to talk to the user. Pipelines
+    subclass it with their config, their engines and their paths."""
+
+    run: Run
+    say: Callable[[str], None] = print
+    # Stages whose outputs the caller supplies from outside the run (a standalone command's flags).
+    provided: set[str] = field(default_factory=set)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into StageInterrupted for the duration (main thread only: signals go there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise StageInterrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stage_summaries(run: Run) -> dict[str, dict[str, Any]]:
+    """Every stage's recorded summary, in the order the stages first ran."""
+    return {
+        name: entry["summary"]
+        for name, entry in run.manifest.get("stages", {}).items()
+        if entry.get("summary") is not None
+    }
+
+
+def run_stages(
+    run: Run,
+    stages: Sequence[Stage],
+    ctx: Any,
+    *,
+    only: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every stage of ``stages`` not yet complete in ``run`` (only those named in ``only``, when
+    given), in order, each inside ``run.stage``; return the summaries of every stage the run has.
+
+    A stage whose ``needs`` are neither complete, nor run earlier in this call, nor in
+    ``ctx.provided`` is an error before anything runs. SIGTERM interrupts like Ctrl-C."""
+    names = [s.name for s in stages]
+    if only is not None:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ConfigError(
+                f"no stage named {', '.join(map(repr, unknown))} in this pipeline",
+                hint=f"its stages are: {', '.join(names)}",
+            )
+    chosen = [s for s in stages if only is None or s.name in only]
+    provided = set(getattr(ctx, "provided", ()) or ())
+    ready = {n for n in names if run.is_complete(n)} | provided
+    for stage in chosen:
+        missing = [n for n in stage.needs if n not in ready]
+        if missing:
+            raise ConfigError(
+                f"stage '{stage.name}' needs {', '.join(missing)}, which {'has' if len(missing) == 1 else 'have'} "
+                f"not run in {run.path}",
+                hint="run the whole pipeline, or those stages first",
+            )
+        ready.add(stage.name)
+    with _sigterm_interrupts():
+        for stage in chosen:
+            if run.is_complete(stage.name):
+                continue
+            with run.stage(stage.name) as entry:
+                summary = stage.fn(ctx)
+                if summary is not None:
+                    entry["summary"] = summary
+    return stage_summaries(run)

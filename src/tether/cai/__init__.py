@@ -6,7 +6,7 @@ Entry points: ``run_cai(config, run)`` (the whole job) and ``tether cai run CONF
 
 from tether.cai.constitution import Constitution, Principle, PrincipleExample, load_constitution
 from tether.cai.loop import LoopConfig, LoopStats, degenerate_reason, distinct_2, run_loop
-from tether.cai.pipeline import CAIConfig, load_cai_config, run_cai
+from tether.cai.pipeline import CAIConfig, CAIContext, cai_stages, load_cai_config, run_cai
 from tether.cai.prompts import CAIPrompt, PromptSplit, load_benign, load_harmful, make_split, split_side
 from tether.cai.records import Answer, Critique, Final, LabeledPair, Revision
 from tether.cai.rlaif import RLAIFConfig, debiased_preference, label_pairs, sample_answer_pairs
@@ -14,6 +14,7 @@ from tether.cai.rlaif import RLAIFConfig, debiased_preference, label_pairs, samp
 __all__ = [
     "Answer",
     "CAIConfig",
+    "CAIContext",
     "CAIPrompt",
     "Constitution",
     "Critique",
@@ -26,6 +27,7 @@ __all__ = [
     "PromptSplit",
     "RLAIFConfig",
     "Revision",
+    "cai_stages",
     "debiased_preference",
     "degenerate_reason",
     "distinct_2",

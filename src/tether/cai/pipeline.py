@@ -21,10 +21,10 @@ DPO keeps training the last SFT adapter against a frozen copy of it (see ``tethe
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,14 @@ from tether.cai.rlaif import RLAIFConfig, label_pairs, sample_answer_pairs
 from tether.config import EngineConfig, StrictModel
 from tether.data.jsonl import read_jsonl, write_jsonl
 from tether.data.sources import stratified_sample
+from tether.engine.pool import EngineLoader, EnginePool
 from tether.errors import ConfigError
-from tether.runs import Run
+from tether.judges.refusal import RefusalJudge
+from tether.runs import Run, Stage, StageContext, run_stages
 from tether.train.dpo import DPOTrainConfig
 from tether.train.sft import SFTTrainConfig
+
+BUILTIN_CONSTITUTION = "builtin"
 
 
 class PromptsConfig(StrictModel):
@@ -98,7 +102,8 @@ class CAIConfig(StrictModel):
         None, description="RLAIF labeler; default: the critic if set, else the last SFT model."
     )
     constitution: str = Field(
-        "configs/constitution.yaml", description="Constitution YAML (relative to cwd or config)."
+        BUILTIN_CONSTITUTION,
+        description="Constitution YAML (relative to cwd or config), or 'builtin' for the one Tether ships.",
     )
     seed: int = Field(0, description="Seed for prompt sampling, principle draws and generation.")
     rounds: int = Field(
@@ -112,20 +117,21 @@ class CAIConfig(StrictModel):
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
 
-EngineLoader = Callable[[str, EngineConfig, Any], Any]
-
-
-def _default_engine(spec: str, config: EngineConfig, tracer: Any) -> Any:
-    from tether.engine import Engine
-
-    return Engine.from_spec(spec, config, tracer=tracer)
-
-
 class NothingKeptError(ConfigError):
     """A round's loop kept no example, so there is nothing to fine-tune on (too few prompts or passes)."""
 
 
+def builtin_constitution() -> Path:
+    """The constitution Tether ships (``configs/constitution.yaml`` in a checkout links to it)."""
+    from importlib.resources import files
+
+    return Path(str(files("tether") / "assets" / "constitution.yaml"))
+
+
 def resolve_constitution(path: str, config_path: str | Path | None = None) -> Path:
+    """``builtin``, a path as given (absolute or from the working directory), or beside the config."""
+    if path == BUILTIN_CONSTITUTION:
+        return builtin_constitution()
     candidate = Path(path)
     if candidate.is_absolute() or candidate.exists() or config_path is None:
         return candidate
@@ -167,24 +173,218 @@ def build_split(config: CAIConfig, reserved: set[str]) -> PromptSplit:
     )
 
 
-class _Engines:
-    """Loads each model once and frees it when another takes its place (2 models fit, not 5)."""
+@dataclass(kw_only=True)
+class CAIContext(StageContext):
+    """What the CAI stages share: the config, the constitution, the refusal judge and the models."""
 
-    def __init__(self, loader: EngineLoader, config: EngineConfig, tracer: Any):
-        self.loader, self.config, self.tracer = loader, config, tracer
-        self.cache: dict[str, Any] = {}
+    config: CAIConfig
+    constitution: Constitution
+    judge: RefusalJudge
+    engines: EnginePool
 
-    def get(self, spec: str, keep: tuple[str, ...] = ()) -> Any:
-        if spec not in self.cache:
-            for old in [s for s in self.cache if s not in keep]:
-                del self.cache[old]
-            gc.collect()
-            self.cache[spec] = self.loader(spec, self.config, self.tracer)
-        return self.cache[spec]
+    def train_prompts(self) -> list[CAIPrompt]:
+        split = json.loads(self.run.artifact("prompts/split.json").read_text(encoding="utf-8"))
+        return [CAIPrompt.model_validate(p) for p in split["train"]]
 
-    def clear(self) -> None:
-        self.cache.clear()
-        gc.collect()
+    def model_of_round(self, r: int) -> str:
+        """The model round ``r`` starts from: the base for round 1, else round r-1's adapter
+        (rounds continue one LoRA adapter). ``r = rounds + 1`` is the last SFT model."""
+        return self.config.model if r == 1 else str(self.run.path / f"round{r - 1}" / "sft")
+
+    def models(self, through_round: int | None = None) -> list[tuple[str, str]]:
+        """(name, spec) of base, each SFT round up to ``through_round`` and, at the end, DPO."""
+        last = self.config.rounds if through_round is None else through_round
+        models = [("base", self.config.model)]
+        models += [(f"sft-r{r}", self.model_of_round(r + 1)) for r in range(1, last + 1)]
+        if through_round is None and self.config.rlaif.enabled:
+            models.append(("dpo", str(self.run.path / "dpo")))
+        return models
+
+    def rlaif_prompts(self) -> list[CAIPrompt]:
+        # Balanced over red-team and benign prompts, not the first n (which are all red-team).
+        prompts, n = self.train_prompts(), self.config.rlaif.prompts
+        return (
+            stratified_sample(prompts, limit=n, seed=self.config.seed, key=lambda p: p.kind) if n else prompts
+        )
+
+
+# --- stages ------------------------------------------------------------------------------------------
+
+
+def prompts_stage(ctx: CAIContext) -> dict:
+    """Red-team and benign training prompts, split by hash; the audit's items are held out."""
+    config = ctx.config
+    reserved = (
+        audit_item_ids(config.audit.tasks, config.audit.limit, config.audit.seed)
+        if config.audit.enabled
+        else set()
+    )
+    split = build_split(config, reserved)
+    if not split.train:
+        raise ConfigError(
+            "no training prompts selected",
+            where="prompts",
+            hint="raise prompts.harmful_count / prompts.benign_count",
+        )
+    ctx.run.artifact("prompts/split.json").write_text(json.dumps(split.to_json(), indent=1), encoding="utf-8")
+    prompts = ctx.train_prompts()
+    return {
+        "train": len(prompts),
+        "train_harmful": sum(p.kind == "harmful" for p in prompts),
+        "train_benign": sum(p.kind == "benign" for p in prompts),
+        "heldout": len(split.heldout_ids),
+        "reserved_for_audit": len(split.reserved_ids),
+    }
+
+
+def loop_stage(r: int) -> Stage:
+    def loop(ctx: CAIContext) -> dict:
+        """Critique → revision passes over every training prompt; the kept finals are SFT data."""
+        config, current = ctx.config, ctx.model_of_round(r)
+        policy = ctx.engines.get(current)
+        critic = ctx.engines.get(config.critic, keep=(current,)) if config.critic else policy
+        finals, stats = run_loop(
+            ctx.train_prompts(),
+            policy,
+            ctx.constitution,
+            ctx.run.artifact(f"round{r}/loop.jsonl"),
+            judge=ctx.judge,
+            critic=critic,
+            config=config.loop,
+            round_index=r,
+            seed=config.seed,
+            stage=f"cai/round{r}",
+        )
+        ctx.run.artifact(f"round{r}/loop_stats.json").write_text(
+            json.dumps(stats.as_dict(), indent=2), encoding="utf-8"
+        )
+        kept = [
+            {"prompt": f.prompt, "completion": f.text, "prompt_id": f.prompt_id} for f in finals if f.keep
+        ]
+        write_jsonl(ctx.run.artifact(f"round{r}/sft_data.jsonl"), kept)
+        return stats.as_dict()
+
+    return Stage(f"round{r}/loop", loop, needs=("prompts",))
+
+
+def sft_stage(r: int) -> Stage:
+    def sft(ctx: CAIContext) -> dict:
+        """LoRA SFT of the round's model on its kept revisions."""
+        from tether.train.sft import train_sft
+
+        examples = read_jsonl(ctx.run.artifact(f"round{r}/sft_data.jsonl"), allow_empty=True)
+        if not examples:
+            raise NothingKeptError(
+                f"round {r}: the loop kept no examples to train on",
+                where=str(ctx.run.path / f"round{r}" / "loop_stats.json"),
+                hint="see the drop counts there; more prompts or passes may help",
+            )
+        ctx.engines.clear()  # training loads its own copy
+        adapter = ctx.run.path / f"round{r}" / "sft"
+        train_sft(
+            ctx.model_of_round(r),
+            examples,
+            adapter,
+            ctx.config.sft,
+            tracer=ctx.run.tracer,
+            stage=f"cai/round{r}/sft",
+        )
+        return {"examples": len(examples), "adapter": str(adapter)}
+
+    return Stage(f"round{r}/sft", sft, needs=(f"round{r}/loop",))
+
+
+def rlaif_sample_stage(ctx: CAIContext) -> dict:
+    """Two sampled answers per RLAIF prompt from the last SFT model."""
+    sampling = ctx.config.rlaif.sampling.model_copy(update={"seed": ctx.config.seed * 1000 + 999})
+    answers = sample_answer_pairs(
+        ctx.rlaif_prompts(), ctx.engines.get(ctx.model_of_round(ctx.config.rounds + 1)), sampling
+    )
+    rows = [{"prompt_id": k, "a": a, "b": b} for k, (a, b) in answers.items()]
+    write_jsonl(ctx.run.artifact("rlaif/samples.jsonl"), rows)
+    return {"prompts": len(rows)}
+
+
+def rlaif_label_stage(ctx: CAIContext) -> dict:
+    """The feedback model picks the answer that better follows a sampled principle (both orders)."""
+    config, current = ctx.config, ctx.model_of_round(ctx.config.rounds + 1)
+    answers = {
+        row["prompt_id"]: (row["a"], row["b"]) for row in read_jsonl(ctx.run.artifact("rlaif/samples.jsonl"))
+    }
+    feedback = ctx.engines.get(config.feedback_model or config.critic or current, keep=(current,))
+    pairs, label_stats = label_pairs(
+        ctx.rlaif_prompts(),
+        answers,
+        feedback,
+        ctx.constitution,
+        judge=ctx.judge,
+        seed=config.seed,
+        min_confidence=config.rlaif.min_confidence,
+    )
+    write_jsonl(ctx.run.artifact("rlaif/pairs.jsonl"), pairs)
+    ctx.run.artifact("rlaif/label_stats.json").write_text(
+        json.dumps(label_stats.as_dict(), indent=2), encoding="utf-8"
+    )
+    return label_stats.as_dict()
+
+
+def dpo_stage(ctx: CAIContext) -> dict:
+    """DPO from the last SFT adapter on the RLAIF pairs."""
+    from tether.train.dpo import train_dpo
+
+    pairs = read_jsonl(ctx.run.artifact("rlaif/pairs.jsonl"), LabeledPair, allow_empty=True)
+    if not pairs:
+        raise ConfigError(
+            "RLAIF produced no preference pairs",
+            where=str(ctx.run.path / "rlaif" / "label_stats.json"),
+            hint="more prompts, or a lower rlaif.min_confidence",
+        )
+    ctx.engines.clear()
+    current = ctx.model_of_round(ctx.config.rounds + 1)
+    train_dpo(
+        current, pairs, ctx.run.path / "dpo", ctx.config.rlaif.dpo, tracer=ctx.run.tracer, stage="cai/dpo"
+    )
+    return {"pairs": len(pairs), "adapter": str(ctx.run.path / "dpo")}
+
+
+def audit_stage(name: str, through_round: int | None) -> Stage:
+    def audit(ctx: CAIContext) -> dict:
+        """The audit of base and every checkpoint so far (cached items are not rerun)."""
+        from tether.audit import sweep
+
+        models = ctx.models(through_round)
+        ctx.engines.clear()
+        config = ctx.config
+        report = sweep.run_audit(
+            [s for _, s in models],
+            config.audit.tasks,
+            ctx.run.path / "audit",
+            limit=config.audit.limit,
+            seed=config.audit.seed,
+            engine_config=config.engine,
+            names=[n for n, _ in models],
+        )
+        return {"models": [n for n, _ in models], "table": audit_table(report, [n for n, _ in models])}
+
+    return Stage(name, audit)
+
+
+def cai_stages(config: CAIConfig) -> list[Stage]:
+    """The pipeline for ``config``: prompts, (loop → SFT [→ audit]) per round, RLAIF → DPO, audit."""
+    stages = [Stage("prompts", prompts_stage)]
+    for r in range(1, config.rounds + 1):
+        stages += [loop_stage(r), sft_stage(r)]
+        if config.audit.enabled and config.audit.every_round and r < config.rounds:
+            stages.append(audit_stage(f"audit/round{r}", through_round=r))
+    if config.rlaif.enabled:
+        stages += [
+            Stage("rlaif/sample", rlaif_sample_stage, needs=("prompts",)),
+            Stage("rlaif/label", rlaif_label_stage, needs=("rlaif/sample",)),
+            Stage("dpo", dpo_stage, needs=("rlaif/label",)),
+        ]
+    if config.audit.enabled and (config.rounds or config.rlaif.enabled):
+        stages.append(audit_stage("audit/final", through_round=None))
+    return stages
 
 
 def run_cai(
@@ -193,183 +393,52 @@ def run_cai(
     *,
     config_path: str | Path | None = None,
     load_engine: EngineLoader | None = None,
-    judge: Any = None,
+    judge: RefusalJudge | None = None,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or resume) every stage into ``run``; return the summary also written to cai_summary.json."""
     from tether.judges import default_refusal_judge
-    from tether.train.dpo import train_dpo
-    from tether.train.sft import train_sft
 
     began = time.perf_counter()
-    constitution = load_constitution(resolve_constitution(config.constitution, config_path))
-    judge = judge or default_refusal_judge()
-    engines = _Engines(load_engine or _default_engine, config.engine, run.tracer)
-    summary: dict[str, Any] = {"rounds": [], "timings": {}}
-
-    def timed(name: str):
-        return _Timer(summary["timings"], name)
-
-    # 1. prompts and the split
-    split_path = run.artifact("prompts/split.json")
-    if not run.is_complete("prompts"):
-        with run.stage("prompts"), timed("prompts"):
-            reserved = (
-                audit_item_ids(config.audit.tasks, config.audit.limit, config.audit.seed)
-                if config.audit.enabled
-                else set()
-            )
-            split = build_split(config, reserved)
-            if not split.train:
-                raise ConfigError(
-                    "no training prompts selected",
-                    where="prompts",
-                    hint="raise prompts.harmful_count / prompts.benign_count",
-                )
-            split_path.write_text(json.dumps(split.to_json(), indent=1), encoding="utf-8")
-    split_data = json.loads(split_path.read_text(encoding="utf-8"))
-    prompts = [CAIPrompt.model_validate(p) for p in split_data["train"]]
-    summary["prompts"] = {
-        "train": len(prompts),
-        "train_harmful": sum(p.kind == "harmful" for p in prompts),
-        "train_benign": sum(p.kind == "benign" for p in prompts),
-        "heldout": len(split_data["heldout_ids"]),
-        "reserved_for_audit": len(split_data["reserved_for_audit_ids"]),
-    }
-
-    models: list[tuple[str, str]] = [("base", config.model)]
-    current = config.model
-
-    # 2. rounds of critique → revision → SFT
-    for r in range(1, config.rounds + 1):
-        loop_path = run.artifact(f"round{r}/loop.jsonl")
-        stats_path = run.artifact(f"round{r}/loop_stats.json")
-        data_path = run.artifact(f"round{r}/sft_data.jsonl")
-        if not run.is_complete(f"round{r}/loop"):
-            with run.stage(f"round{r}/loop"), timed(f"round{r}/loop"):
-                policy = engines.get(current)
-                critic = engines.get(config.critic, keep=(current,)) if config.critic else policy
-                finals, stats = run_loop(
-                    prompts,
-                    policy,
-                    constitution,
-                    loop_path,
-                    judge=judge,
-                    critic=critic,
-                    config=config.loop,
-                    round_index=r,
-                    seed=config.seed,
-                    stage=f"cai/round{r}",
-                )
-                stats_path.write_text(json.dumps(stats.as_dict(), indent=2), encoding="utf-8")
-                write_jsonl(
-                    data_path,
-                    [
-                        {"prompt": f.prompt, "completion": f.text, "prompt_id": f.prompt_id}
-                        for f in finals
-                        if f.keep
-                    ],
-                )
-        adapter = run.path / f"round{r}" / "sft"
-        if not run.is_complete(f"round{r}/sft"):
-            examples = read_jsonl(data_path, allow_empty=True)
-            if not examples:
-                raise NothingKeptError(
-                    f"round {r}: the loop kept no examples to train on",
-                    where=str(stats_path),
-                    hint="see the drop counts there; more prompts or passes may help",
-                )
-            engines.clear()  # training loads its own copy
-            with run.stage(f"round{r}/sft", examples=len(examples)), timed(f"round{r}/sft"):
-                train_sft(
-                    current, examples, adapter, config.sft, tracer=run.tracer, stage=f"cai/round{r}/sft"
-                )
-        summary["rounds"].append(
-            {
-                "round": r,
-                "loop": json.loads(stats_path.read_text(encoding="utf-8")),
-                "sft_examples": len(read_jsonl(data_path, allow_empty=True)),
-                "adapter": str(adapter),
-            }
-        )
-        current = str(adapter)
-        models.append((f"sft-r{r}", current))
-        if config.audit.enabled and config.audit.every_round and r < config.rounds:
-            _audit(run, config, models, engines, summary, f"audit/round{r}")
-
-    # 3. RLAIF pairs → DPO
-    if config.rlaif.enabled:
-        rl = config.rlaif
-        # Balanced over red-team and benign prompts, not the first n (which are all red-team).
-        rl_prompts = (
-            stratified_sample(prompts, limit=rl.prompts, seed=config.seed, key=lambda p: p.kind)
-            if rl.prompts
-            else prompts
-        )
-        samples_path = run.artifact("rlaif/samples.jsonl")
-        pairs_path = run.artifact("rlaif/pairs.jsonl")
-        stats_path = run.artifact("rlaif/label_stats.json")
-        if not run.is_complete("rlaif/sample"):
-            with run.stage("rlaif/sample"), timed("rlaif/sample"):
-                sampling = rl.sampling.model_copy(update={"seed": config.seed * 1000 + 999})
-                answers = sample_answer_pairs(rl_prompts, engines.get(current), sampling)
-                write_jsonl(samples_path, [{"prompt_id": k, "a": a, "b": b} for k, (a, b) in answers.items()])
-        if not run.is_complete("rlaif/label"):
-            with run.stage("rlaif/label"), timed("rlaif/label"):
-                answers = {row["prompt_id"]: (row["a"], row["b"]) for row in read_jsonl(samples_path)}
-                feedback_spec = config.feedback_model or config.critic or current
-                feedback = engines.get(feedback_spec, keep=(current,))
-                pairs, label_stats = label_pairs(
-                    rl_prompts,
-                    answers,
-                    feedback,
-                    constitution,
-                    judge=judge,
-                    seed=config.seed,
-                    min_confidence=rl.min_confidence,
-                )
-                write_jsonl(pairs_path, pairs)
-                stats_path.write_text(json.dumps(label_stats.as_dict(), indent=2), encoding="utf-8")
-        summary["rlaif"] = json.loads(stats_path.read_text(encoding="utf-8"))
-        dpo_dir = run.path / "dpo"
-        if not run.is_complete("dpo"):
-            pairs = read_jsonl(pairs_path, LabeledPair, allow_empty=True)
-            if not pairs:
-                raise ConfigError(
-                    "RLAIF produced no preference pairs",
-                    where=str(stats_path),
-                    hint="more prompts, or a lower rlaif.min_confidence",
-                )
-            engines.clear()
-            with run.stage("dpo", pairs=len(pairs)), timed("dpo"):
-                train_dpo(current, pairs, dpo_dir, rl.dpo, tracer=run.tracer, stage="cai/dpo")
-        models.append(("dpo", str(dpo_dir)))
-    engines.clear()
-
-    # 4. audit of every checkpoint
-    if config.audit.enabled and len(models) > 1:
-        _audit(run, config, models, engines, summary, "audit/final")
-
-    summary["models"] = [{"name": n, "spec": s} for n, s in models]
+    ctx = CAIContext(
+        run=run,
+        say=say,
+        config=config,
+        constitution=load_constitution(resolve_constitution(config.constitution, config_path)),
+        judge=judge or default_refusal_judge(),
+        engines=EnginePool(config.engine, run.tracer, load_engine),
+    )
+    with ctx.engines:
+        summaries = run_stages(run, cai_stages(config), ctx)
+    summary = cai_summary(config, run, summaries, ctx)
     summary["timings"]["total (this invocation)"] = round(time.perf_counter() - began, 1)
     run.artifact("cai_summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return summary
 
 
-def _audit(run: Run, config: CAIConfig, models, engines: _Engines, summary: dict, stage: str) -> None:
-    from tether.audit import sweep
-
-    engines.clear()
-    with run.stage(stage, models=[n for n, _ in models]), _Timer(summary["timings"], stage):
-        report = sweep.run_audit(
-            [s for _, s in models],
-            config.audit.tasks,
-            run.path / "audit",
-            limit=config.audit.limit,
-            seed=config.audit.seed,
-            engine_config=config.engine,
-            names=[n for n, _ in models],
+def cai_summary(config: CAIConfig, run: Run, summaries: dict[str, dict], ctx: CAIContext) -> dict[str, Any]:
+    """The job's summary, from the stages' own summaries."""
+    summary: dict[str, Any] = {"rounds": [], "timings": {}, "prompts": summaries["prompts"]}
+    for r in range(1, config.rounds + 1):
+        sft = summaries.get(f"round{r}/sft", {})
+        summary["rounds"].append(
+            {
+                "round": r,
+                "loop": summaries[f"round{r}/loop"],
+                "sft_examples": sft.get("examples"),
+                "adapter": str(run.path / f"round{r}" / "sft"),
+            }
         )
-    summary["audit"] = audit_table(report, [n for n, _ in models])
+    if "rlaif/label" in summaries:
+        summary["rlaif"] = summaries["rlaif/label"]
+    audits = [s for name, s in summaries.items() if name.startswith("audit/")]
+    if audits:
+        summary["audit"] = audits[-1]["table"]
+    summary["models"] = [{"name": n, "spec": s} for n, s in ctx.models()]
+    for name, entry in run.manifest.get("stages", {}).items():
+        if entry.get("seconds") is not None:
+            summary["timings"][name] = round(entry["seconds"], 1)
+    return summary
 
 
 def audit_table(report: Any, names: list[str]) -> dict[str, dict[str, float | None]]:
@@ -382,18 +451,6 @@ def audit_table(report: Any, names: list[str]) -> dict[str, dict[str, float | No
             row[task] = None if s is None or s.value is None else round(s.value, 4)
         table[name] = row
     return table
-
-
-class _Timer:
-    def __init__(self, sink: dict, name: str):
-        self.sink, self.name = sink, name
-
-    def __enter__(self):
-        self.began = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.sink[self.name] = round(self.sink.get(self.name, 0.0) + time.perf_counter() - self.began, 1)
 
 
 def load_cai_config(path: str | Path | None, overrides: list[str] | None = None) -> CAIConfig:

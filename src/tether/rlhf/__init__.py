@@ -29,6 +29,8 @@ _EXPORTS = {
     "compare_models": "compare",
     "comparison_table": "compare",
     "RLHFConfig": "pipeline",
+    "RLHFContext": "pipeline",
+    "rlhf_stages": "pipeline",
     "run_pipeline": "pipeline",
 }
 

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tether.data.jsonl import read_completed
+
 app = typer.Typer(
     help="RLHF for summarization: candidates, AI or human preference labels, reward model, PPO, DPO, comparison.",
     no_args_is_help=True,
@@ -42,13 +44,45 @@ def _say(message: str) -> None:
     err.print(message, highlight=False, markup=False)
 
 
-def _train_docs(docs: str, n: int | None, split: str, heldout_fraction: float = 0.2):
+def _heldout_docs(docs: str, n: int | None, heldout_fraction: float = 0.2):
     from tether.rlhf.documents import load_documents, select_split
 
-    train, heldout = select_split(
-        load_documents(docs), n_train=n, n_heldout=n, heldout_fraction=heldout_fraction
-    )
-    return train if split == "train" else heldout
+    _, heldout = select_split(load_documents(docs), n_train=n, n_heldout=n, heldout_fraction=heldout_fraction)
+    return heldout
+
+
+def _standalone(
+    run_dir: Path,
+    config,
+    stages: list[str],
+    *,
+    provided: set[str] = frozenset(),
+    job: str,
+    **paths,
+):
+    """Run ``stages`` of the pipeline's own stage list in ``run_dir``, with the user's paths: the
+    standalone commands and ``tether rlhf run`` are one code path (see tether.rlhf.pipeline)."""
+    from tether.rlhf.pipeline import RLHFContext, rlhf_stages
+    from tether.runs import Run, run_stages
+
+    run = Run.create(run_dir.name, root=run_dir.parent, job=job, config=config, seed=config.seed)
+    ctx = RLHFContext.for_run(config, run, say=_say, provided=set(provided), **paths)
+    try:
+        run_stages(run, rlhf_stages(config), ctx, only=stages)
+    except BaseException as exc:
+        run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
+        raise
+    run.finish("complete")
+    return run, ctx
+
+
+def _config(overrides: dict, sets: list[str] | None = None, config_path: Path | None = None):
+    """An RLHFConfig from a command's flags (``overrides``, dotted keys) and its --set/--config."""
+    from tether.config import load_config
+    from tether.rlhf.pipeline import RLHFConfig
+
+    flags = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    return load_config(RLHFConfig, config_path, flags + list(sets or []))
 
 
 @app.command()
@@ -65,15 +99,27 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Summary length cap in tokens.")] = 96,
     seed: int = 0,
 ) -> None:
-    """Sample K candidate summaries per document at spread temperatures (input for `tether label import`)."""
-    from tether.engine import Engine
-    from tether.rlhf.candidates import generate_candidates
+    """Sample K candidate summaries per document at spread temperatures (input for `tether label import`).
 
-    documents = _train_docs(docs, n, "train")
-    engine = Engine.from_spec(policy)
-    sets = generate_candidates(
-        engine, documents, out_path, k=k, t_min=t_min, t_max=t_max, max_new_tokens=max_new_tokens, seed=seed
+    Runs the pipeline's documents and candidates stages; the run's manifest and split go to OUT.run/."""
+    config = _config(
+        {
+            "policy": policy,
+            "seed": seed,
+            "documents.source": docs,
+            "documents.n_train": n,
+            "documents.n_heldout": n,
+            "candidates.k": k,
+            "candidates.t_min": t_min,
+            "candidates.t_max": t_max,
+            "candidates.max_new_tokens": max_new_tokens,
+        }
     )
+    run_dir = out_path.parent / f"{out_path.name}.run"
+    _, ctx = _standalone(
+        run_dir, config, ["documents", "candidates"], job="rlhf-generate", candidates_path=out_path
+    )
+    sets = read_completed(out_path)
     out.print(f"{out_path}: {len(sets)} candidate sets ({k} each)")
     err.print(
         f"next: tether label import {out_path}   or   tether rlhf label-ai {out_path} --out pairs.jsonl"
@@ -134,21 +180,25 @@ def reward(
     ] = None,
     overrides: SetOption = None,
 ) -> None:
-    """Train a reward model (LoRA + scalar head, Bradley–Terry loss) and print held-out accuracy and calibration."""
-    from tether.config import load_config
-    from tether.data.jsonl import read_jsonl
-    from tether.feedback.records import PreferencePair
-    from tether.train.reward import RewardConfig, train_reward_model
+    """Train a reward model (LoRA + scalar head, Bradley–Terry loss) and print held-out accuracy and calibration.
 
-    config = load_config(RewardConfig, None, overrides or [])
-    report = train_reward_model(
-        policy,
-        read_jsonl(pairs, PreferencePair),
+    Runs the pipeline's reward stage with OUT as its run directory (--set takes reward.* fields)."""
+    sets = [o if o.startswith(("reward.", "engine.")) else f"reward.{o}" for o in overrides or []]
+    config = _config({"policy": policy, "pairs": str(pairs)}, sets)
+    _, ctx = _standalone(
         out_path,
         config,
-        eval_pairs=read_jsonl(eval_pairs, PreferencePair) if eval_pairs else None,
-        log=_say,
+        ["reward"],
+        provided={"labels"},
+        job="rlhf-reward",
+        pairs_path=pairs,
+        reward_dir=out_path,
+        eval_pairs_path=eval_pairs,
     )
+    report = ctx.extra.get("reward_report")
+    if report is None:
+        out.print(f"reward model -> {out_path}: already trained (see {out_path / 'reward_report.json'})")
+        return
     out.print(
         f"reward model -> {out_path}: {report.train_pairs} train / {report.eval_pairs} held-out pairs, "
         f"{report.steps} steps, {report.seconds:.0f} s; train accuracy {report.train_accuracy:.3f}"
@@ -206,46 +256,50 @@ def ppo(
         ),
     ] = 16,
 ) -> None:
-    """Train the policy with PPO against the reward model; monitors every step, checkpoints, resumable."""
+    """Train the policy with PPO against the reward model; monitors every step, checkpoints, resumable.
+
+    Runs the pipeline's documents, validation and ppo stages with OUT as the run directory. Validation
+    documents are held out and never among the first N held-out ones (those `tether rlhf compare`
+    compares by default)."""
     from tether.config import load_config
-    from tether.rlhf.labeler import AILabeler
-    from tether.rlhf.pipeline import ppo_prompts
-    from tether.rlhf.reward_terms import PPORewardConfig, RuleTermReward, monitor_signal, quality_fn
-    from tether.train.monitors import Embedder
-    from tether.train.ppo.trainer import PPOTrainConfig, RewardModelScorer, train_ppo
-    from tether.train.reward import RewardModel
+    from tether.train.ppo.trainer import PPOTrainConfig
 
-    config = load_config(PPOTrainConfig, config_path, overrides or [])
-    reward_config = PPORewardConfig(terms=_parse_terms(terms or []))
-    labeler = AILabeler()
-    validation = []
-    if config.eval_every:
-        from tether.rlhf.documents import load_documents, select_validation
-
-        validation = select_validation(load_documents(docs), n_heldout=0, n_validation=n_validation)
-        if not validation:
-            raise typer.BadParameter(
-                f"{docs} has no held-out documents to validate on; add documents or --set eval_every=0",
-                param_hint="--docs",
-            )
-    result = train_ppo(
-        policy,
-        ppo_prompts(_train_docs(docs, n, "train")),
-        RuleTermReward(RewardModelScorer(RewardModel.load(reward_model)), labeler, reward_config.terms),
+    engine_sets = [o for o in overrides or [] if o.startswith("engine.")]
+    ppo_config = load_config(
+        PPOTrainConfig, config_path, [o for o in overrides or [] if o not in engine_sets]
+    )
+    config = _config(
+        {
+            "policy": policy,
+            "documents.source": docs,
+            "documents.n_train": n,
+            "documents.n_heldout": n,
+            "documents.n_validation": n_validation,
+            "ppo_reward.terms": _parse_terms(terms or []),
+        },
+        engine_sets,
+    ).model_copy(update={"ppo": ppo_config})
+    stages = ["documents", "validation", "ppo"] if ppo_config.eval_every else ["documents", "ppo"]
+    _, ctx = _standalone(
         out_path,
         config,
-        quality_fn=quality_fn(labeler, monitor_signal(reward_config)),
-        eval_prompts=ppo_prompts(validation),
-        eval_fn=quality_fn(labeler, reward_config.validation_quality),
-        embedder=Embedder() if embedding_diversity else None,
-        on_step=lambda row: _say(_step_line(row)),
+        stages,
+        provided={"reward"},
+        job="rlhf-ppo",
+        reward_dir=reward_model,
+        ppo_dir=out_path,
+        embedding_diversity=embedding_diversity,
     )
+    result = ctx.extra.get("ppo_result")
+    if result is None:
+        out.print(f"PPO: already complete in {out_path}")
+        return
     out.print(
         f"PPO: {result.steps} steps in {result.seconds:.0f} s -> {result.policy_dir}; "
         f"{len(result.alerts)} monitor alerts; plot {result.plot_path}"
     )
     if result.best_step is not None:
-        kept = "kept" if config.keep_best else "best (not kept: keep_best is off)"
+        kept = "kept" if ppo_config.keep_best else "best (not kept: keep_best is off)"
         out.print(f"validation: {kept} step {result.best_step}, quality {result.best_quality:.3f}")
     for alert in result.alerts:
         out.print(f"  step {alert.step} [{alert.kind}/{alert.severity}] {alert.message}", markup=False)
@@ -264,12 +318,6 @@ def _parse_terms(specs: list[str]) -> dict[str, float]:
     return terms
 
 
-def _step_line(row: dict) -> str:
-    from tether.rlhf.pipeline import _step_line as line
-
-    return line(row)
-
-
 @app.command()
 def dpo(
     pairs: Annotated[Path, typer.Option("--pairs", help="Preference pairs JSONL.")],
@@ -277,15 +325,16 @@ def dpo(
     policy: PolicyOption = "default",
     overrides: SetOption = None,
 ) -> None:
-    """Train the policy with DPO on the same preference pairs (TRL DPOTrainer, LoRA)."""
-    from tether.config import load_config
-    from tether.data.jsonl import read_jsonl
-    from tether.feedback.records import PreferencePair
-    from tether.train.dpo import DPOTrainConfig, train_dpo
+    """Train the policy with DPO on the same preference pairs (TRL DPOTrainer, LoRA).
 
-    config = load_config(DPOTrainConfig, None, overrides or [])
-    adapter = train_dpo(policy, read_jsonl(pairs, PreferencePair), out_path, config)
-    out.print(f"DPO adapter -> {adapter}")
+    Runs the pipeline's dpo stage; its manifest goes to OUT.run/ (--set takes dpo.* fields)."""
+    sets = [o if o.startswith(("dpo.", "engine.")) else f"dpo.{o}" for o in overrides or []]
+    config = _config({"policy": policy, "pairs": str(pairs)}, sets)
+    run_dir = out_path.parent / f"{out_path.name}.run"
+    _standalone(
+        run_dir, config, ["dpo"], provided={"labels"}, job="rlhf-dpo", pairs_path=pairs, dpo_dir=out_path
+    )
+    out.print(f"DPO adapter -> {out_path}")
 
 
 @app.command()
@@ -318,7 +367,7 @@ def compare(
         named[name] = spec
     report = compare_models(
         named,
-        _train_docs(docs, n, "heldout"),
+        _heldout_docs(docs, n),
         out_path,
         max_new_tokens=max_new_tokens,
         embedder=Embedder() if embedding_diversity else None,

@@ -1,10 +1,13 @@
 """The summarization RLHF pipeline as resumable stages in one run directory.
 
-``documents`` -> ``candidates`` -> ``labels`` (AI labeler, or human pairs from ``tether label export``)
--> ``reward`` -> ``ppo`` -> ``dpo`` -> ``compare``. Each stage writes its artifacts into the run
-directory and is marked complete in ``manifest.json``; rerunning the same config skips finished
-stages and resumes the interrupted one (candidates per document, PPO from its last checkpoint,
-comparison summaries per document).
+``documents`` -> ``validation`` -> ``candidates`` -> ``labels`` (AI labeler, or human pairs from
+``tether label export``) -> ``reward`` -> ``ppo`` -> ``dpo`` -> ``compare``: :func:`rlhf_stages`, run
+by ``tether.runs.run_stages``. Each stage writes its artifacts into the run directory and is marked
+complete in ``manifest.json`` with its summary; rerunning the same config skips finished stages and
+resumes the interrupted one (candidates per document, PPO from its last checkpoint, comparison
+summaries per document). ``tether rlhf generate|reward|ppo|dpo`` run single stages of the same list
+(:class:`RLHFContext` points them at the user's paths), so the standalone commands and the pipeline
+share one code path.
 
 Run directory::
 
@@ -21,17 +24,19 @@ Run directory::
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import shutil
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 
 from tether.config import EngineConfig, StrictModel
 from tether.data.jsonl import read_jsonl, write_jsonl
+from tether.engine.pool import EnginePool
 from tether.engine.types import Prompt
 from tether.errors import ConfigError
 from tether.feedback.records import CandidateSet, PreferencePair
@@ -46,15 +51,14 @@ from tether.rlhf.documents import (
 )
 from tether.rlhf.labeler import AILabeler, LabelerConfig, LLMJudge
 from tether.rlhf.reward_terms import PPORewardConfig, RuleTermReward, monitor_signal, quality_fn
-from tether.runs import Run
+from tether.runs import Run, Stage, StageContext, run_stages
 from tether.train.dpo import DPOTrainConfig
 from tether.train.ppo.trainer import PPOTrainConfig
 from tether.train.reward import RewardConfig
 
 log = logging.getLogger(__name__)
 
-Stage = Literal["documents", "candidates", "labels", "reward", "ppo", "dpo", "compare"]
-STAGES: tuple[str, ...] = ("documents", "candidates", "labels", "reward", "ppo", "dpo", "compare")
+StageName = Literal["documents", "validation", "candidates", "labels", "reward", "ppo", "dpo", "compare"]
 
 
 class DocumentsConfig(StrictModel):
@@ -120,7 +124,7 @@ class RLHFConfig(StrictModel):
     )
     dpo: DPOTrainConfig = Field(default_factory=DPOTrainConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
-    skip: list[Stage] = Field(default_factory=list, description="Stages not to run (e.g. [dpo]).")
+    skip: list[StageName] = Field(default_factory=list, description="Stages not to run (e.g. [dpo]).")
 
 
 def ppo_prompts(docs: list[SummaryDocument]) -> list[Prompt]:
@@ -145,266 +149,339 @@ def validation_docs(config: RLHFConfig, run: Run) -> list[SummaryDocument]:
     return chosen
 
 
-def make_labeler(config: RLHFConfig, tracer=None) -> AILabeler:
-    """The AI labeler, with its LLM judge loaded when the config asks for one."""
+def make_labeler(config: RLHFConfig, engines: EnginePool | None = None) -> AILabeler:
+    """The AI labeler, with its LLM judge loaded (through ``engines``) when the config asks for one."""
     judge = None
     if config.labeler.llm_judge:
-        from tether.engine import Engine
-
-        judge = LLMJudge(Engine.from_spec(config.labeler.judge_model or config.policy, config.engine, tracer))
+        engines = engines or EnginePool(config.engine)
+        judge = LLMJudge(engines.get(config.labeler.judge_model or config.policy))
     return AILabeler(config.labeler, judge)
 
 
-def _free() -> None:
-    gc.collect()
+@dataclass(kw_only=True)
+class RLHFContext(StageContext):
+    """What the RLHF stages read and write. Paths default to the run directory's layout (see the
+    module docstring); the standalone commands point them at the user's files instead."""
+
+    config: RLHFConfig
+    engines: EnginePool
+    candidates_path: Path
+    pairs_path: Path
+    reward_dir: Path
+    ppo_dir: Path
+    dpo_dir: Path
+    eval_pairs_path: Path | None = None  # reward: held-out pairs given by the user (else by hash)
+    embedding_diversity: bool | None = None  # PPO's embedding monitor (default: compare's setting)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_run(cls, config: RLHFConfig, run: Run, *, say: Callable[[str], None] = print, **paths: Any):
+        defaults = {
+            "candidates_path": run.path / "candidates.jsonl",
+            "pairs_path": run.path / "pairs.jsonl",
+            "reward_dir": run.path / "reward_model",
+            "ppo_dir": run.path / "ppo",
+            "dpo_dir": run.path / "dpo",
+        }
+        engines = paths.pop("engines", None) or EnginePool(config.engine, run.tracer)
+        provided = paths.pop("provided", set())
+        return cls(
+            run=run, say=say, provided=provided, config=config, engines=engines, **{**defaults, **paths}
+        )
+
+    def split(self) -> tuple[list[SummaryDocument], list[SummaryDocument]]:
+        return read_split_docs(self.run.path)
+
+
+# --- stages ------------------------------------------------------------------------------------------
+
+
+def documents_stage(ctx: RLHFContext) -> dict:
+    """Load the corpus and fix the train / held-out split by hash (split.json)."""
+    d = ctx.config.documents
+    train, heldout = select_split(
+        load_documents(d.source),
+        n_train=d.n_train,
+        n_heldout=d.n_heldout,
+        heldout_fraction=d.heldout_fraction,
+        salt=d.salt,
+    )
+    write_split(
+        ctx.run.path, train, heldout, source=d.source, heldout_fraction=d.heldout_fraction, salt=d.salt
+    )
+    ctx.say(f"documents: {len(train)} train, {len(heldout)} held-out")
+    return {"train": len(train), "heldout": len(heldout)}
+
+
+def validation_stage(ctx: RLHFContext) -> dict:
+    """PPO's validation documents: held-out ones after the compared ones. Runs before any model work,
+    so a corpus too small to validate on fails in seconds."""
+    config = ctx.config
+    validation = validation_docs(config, ctx.run)
+    if not validation:
+        _, heldout = ctx.split()
+        raise ConfigError(
+            "ppo.eval_every needs validation documents, but the held-out side has none left after "
+            f"the {len(heldout)} compared ones",
+            where="documents.n_validation / documents.n_heldout",
+            hint="set documents.n_validation > 0, lower n_heldout (null compares every held-out "
+            "document), add documents, or set ppo.eval_every=0",
+        )
+    if len(validation) < config.documents.n_validation:
+        ctx.say(
+            f"warning: only {len(validation)} of documents.n_validation={config.documents.n_validation} "
+            "validation documents exist; PPO's validation will be noisier"
+        )
+    return {"documents": len(validation)}
+
+
+def candidates_stage(ctx: RLHFContext) -> dict:
+    """K candidate summaries per training document at spread temperatures (resumable per document)."""
+    from tether.rlhf.candidates import generate_candidates
+
+    config = ctx.config
+    train, _ = ctx.split()
+    sets = generate_candidates(
+        ctx.engines.get(config.policy),
+        train,
+        ctx.candidates_path,
+        k=config.candidates.k,
+        t_min=config.candidates.t_min,
+        t_max=config.candidates.t_max,
+        max_new_tokens=config.candidates.max_new_tokens,
+        seed=config.seed,
+        chunk_size=config.engine.batch_size,
+    )
+    ctx.engines.clear()
+    ctx.say(f"candidates: {len(sets)} sets -> {ctx.candidates_path}")
+    return {"sets": len(sets), "path": str(ctx.candidates_path)}
+
+
+def labels_stage(ctx: RLHFContext) -> dict:
+    """Preference pairs: the AI labeler over the candidates, or the human pairs of ``config.pairs``;
+    with ``labels_db``, the AI labeler's agreement with the human votes there."""
+    config = ctx.config
+    info: dict = {}
+    labeler = make_labeler(config, ctx.engines) if not config.pairs or config.labels_db else None
+    if config.pairs:
+        pairs = read_jsonl(config.pairs, PreferencePair)
+        write_jsonl(ctx.pairs_path, pairs)
+        info.update(source=str(config.pairs), pairs=len(pairs))
+    else:
+        result = labeler.label(read_jsonl(ctx.candidates_path, CandidateSet))
+        write_jsonl(ctx.pairs_path, result.pairs)
+        write_jsonl(
+            ctx.run.artifact("ai_scores.jsonl"),
+            (
+                {"doc_id": lab.doc_id, "candidate_id": cid, **s.to_dict()}
+                for lab in result.labels
+                for cid, s in lab.scores.items()
+            ),
+        )
+        info.update(pairs=len(result.pairs), ties_dropped=result.ties, annotator=result.annotator)
+        info["mean_proxies"] = result.stats
+    if config.labels_db:
+        from tether.feedback.store import LabelStore
+        from tether.rlhf.labeler import agreement_with_humans
+
+        store = LabelStore(config.labels_db)
+        records = {item.record.doc_id: item.record for item in store.items()}
+        info["human_agreement"] = agreement_with_humans(records, store.votes(), labeler).to_dict()
+        ctx.say(f"AI labeler vs human votes: {info['human_agreement']}")
+    ctx.run.artifact("labels.json").write_text(json.dumps(info, indent=2) + "\n")
+    ctx.engines.clear()
+    ctx.say(f"labels: {info['pairs']} preference pairs")
+    return info
+
+
+REWARD_SUMMARY_KEYS = (
+    "train_pairs",
+    "eval_pairs",
+    "eval_accuracy",
+    "eval_ece",
+    "train_accuracy",
+    "seconds",
+    "steps",
+    "train_groups",
+    "pairs_per_group",
+    "seconds_per_epoch",
+)
+
+
+def reward_stage(ctx: RLHFContext) -> dict:
+    """A Bradley–Terry reward model on the pairs, evaluated on documents held out by hash."""
+    from tether.train.reward import train_reward_model
+
+    config = ctx.config
+    report = train_reward_model(
+        config.policy,
+        read_jsonl(ctx.pairs_path, PreferencePair),
+        ctx.reward_dir,
+        config.reward,
+        eval_pairs=read_jsonl(ctx.eval_pairs_path, PreferencePair) if ctx.eval_pairs_path else None,
+        log=ctx.say,
+        device=config.engine.device,
+        dtype=config.engine.dtype,
+    )
+    ctx.say(
+        f"reward model: held-out accuracy {report.eval_accuracy} on {report.eval_pairs} pairs, "
+        f"ECE {report.eval_ece}"
+    )
+    ctx.extra["reward_report"] = report
+    return {k: getattr(report, k) for k in REWARD_SUMMARY_KEYS}
+
+
+def ppo_stage(ctx: RLHFContext) -> dict:
+    """PPO against the reward model (plus rule terms), monitored, validated, resumable."""
+    from tether.train.monitors import Embedder
+    from tether.train.ppo.trainer import RewardModelScorer, train_ppo
+    from tether.train.reward import RewardModel
+
+    config = ctx.config
+    train, _ = ctx.split()
+    labeler = AILabeler(config.labeler)
+    reward_model = RewardModel.load(ctx.reward_dir, device=config.engine.device, dtype=config.engine.dtype)
+    scorer = RuleTermReward(RewardModelScorer(reward_model), labeler, config.ppo_reward.terms)
+    signal = monitor_signal(config.ppo_reward)
+    ctx.say(
+        f"PPO reward: reward model{''.join(f' + {w:g}*{k}' for k, w in scorer.terms.items())}; "
+        f"monitors watch {'+'.join(signal)}"
+    )
+    validation = validation_docs(config, ctx.run) if config.ppo.eval_every else []
+    if validation:
+        ctx.say(
+            f"PPO validates every {config.ppo.eval_every} steps on {len(validation)} held-out documents "
+            f"(greedy; quality = {'+'.join(config.ppo_reward.validation_quality)})"
+            + ("; keeps the best state" if config.ppo.keep_best else "")
+        )
+    embedding = (
+        config.compare.embedding_diversity if ctx.embedding_diversity is None else ctx.embedding_diversity
+    )
+    result = train_ppo(
+        config.policy,
+        ppo_prompts(train),
+        scorer,
+        ctx.ppo_dir,
+        config.ppo,
+        quality_fn=quality_fn(labeler, signal),
+        eval_prompts=ppo_prompts(validation),
+        eval_fn=quality_fn(labeler, config.ppo_reward.validation_quality),
+        embedder=Embedder() if embedding else None,
+        engine_config=config.engine,
+        tracer=ctx.run.tracer,
+        on_step=lambda row: ctx.say(_step_line(row)),
+    )
+    ctx.extra["ppo_result"] = result
+    return {
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
+        "best_step": result.best_step,
+        "best_quality": result.best_quality,
+        **_ppo_trajectory(ctx.ppo_dir),
+    }
+
+
+def _ppo_trajectory(ppo_dir: Path) -> dict:
+    """The first and last metrics, every alert, and the validation checks, from PPO's own files."""
+    rows = read_jsonl(ppo_dir / "metrics.jsonl", allow_empty=True)
+    out: dict = {
+        "alerts": [a for r in rows for a in r.get("alerts", [])],
+        "first": {k: rows[0].get(k) for k in ("reward_mean", "kl", "quality")} if rows else None,
+        "last": {k: rows[-1].get(k) for k in ("reward_mean", "kl", "quality")} if rows else None,
+    }
+    if (ppo_dir / "validation.jsonl").is_file():
+        checks = read_jsonl(ppo_dir / "validation.jsonl", allow_empty=True)
+        out["validation"] = [
+            {k: c.get(k) for k in ("step", "eval_quality", "eval_parts", "eval_reward", "eval_length")}
+            for c in checks
+        ]
+    return out
+
+
+def dpo_stage(ctx: RLHFContext) -> dict:
+    """DPO on the same preference pairs, from scratch (it is short)."""
+    from tether.train.dpo import train_dpo
+
+    shutil.rmtree(ctx.dpo_dir, ignore_errors=True)
+    pairs = read_jsonl(ctx.pairs_path, PreferencePair)
+    adapter = train_dpo(ctx.config.policy, pairs, ctx.dpo_dir, ctx.config.dpo, tracer=ctx.run.tracer)
+    return {"pairs": len(pairs), "adapter": str(adapter)}
+
+
+def compare_stage(ctx: RLHFContext) -> dict:
+    """Base, PPO and DPO summarise the held-out documents; paired deltas of the judge's score."""
+    config, run = ctx.config, ctx.run
+    _, heldout = ctx.split()
+    if not heldout:
+        ctx.say("compare: no held-out documents; nothing to compare")
+        return {}
+    models = {"base": config.policy}
+    if run.is_complete("ppo"):
+        models["ppo"] = str(ctx.ppo_dir / "policy")
+    if run.is_complete("dpo"):
+        models["dpo"] = str(ctx.dpo_dir)
+    stages = run.manifest.get("stages", {})
+    train_seconds = {name: stages.get(name, {}).get("seconds") for name in ("ppo", "dpo")}
+    if stages.get("reward", {}).get("seconds") is not None and train_seconds.get("ppo") is not None:
+        train_seconds["ppo"] += stages["reward"]["seconds"]  # PPO needs the reward model
+    embedder = None
+    if config.compare.embedding_diversity:
+        from tether.train.monitors import Embedder
+
+        embedder = Embedder()
+    report = compare_models(
+        models,
+        heldout,
+        run.path / "compare",
+        labeler=make_labeler(config, ctx.engines),
+        max_new_tokens=config.compare.max_new_tokens,
+        engine_config=config.engine,
+        embedder=embedder,
+        train_seconds={k: v for k, v in train_seconds.items() if v is not None and k in models},
+        tracer=run.tracer,
+        audit=config.compare.audit,
+        audit_tasks=config.compare.audit_tasks,
+        audit_limit=config.compare.audit_limit,
+    )
+    ctx.engines.clear()
+    ctx.extra["compare_report"] = report
+    return _compare_summary(report)
+
+
+def rlhf_stages(config: RLHFConfig) -> list[Stage]:
+    """The pipeline for ``config``: every stage it runs, in order (``skip`` and a human ``pairs``
+    file leave stages out)."""
+    labels_need = ("documents",) if config.pairs else ("candidates",)
+    stages = [
+        Stage("documents", documents_stage),
+        Stage("validation", validation_stage, needs=("documents",)),
+        Stage("candidates", candidates_stage, needs=("documents",)),
+        Stage("labels", labels_stage, needs=labels_need),
+        Stage("reward", reward_stage, needs=("labels",)),
+        Stage("ppo", ppo_stage, needs=("documents", "reward")),
+        Stage("dpo", dpo_stage, needs=("labels",)),
+        Stage("compare", compare_stage, needs=("documents",)),
+    ]
+    left_out = set(config.skip)
+    if config.pairs:
+        left_out.add("candidates")
+    if not config.ppo.eval_every or "ppo" in left_out:
+        left_out.add("validation")
+    return [s for s in stages if s.name not in left_out]
 
 
 def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = print) -> dict:
     """Run every stage not yet complete in ``run``; return a summary (also saved in the manifest)."""
-    skip = set(config.skip)
-    summary: dict = run.manifest.get("summary", {})
-
-    # --- documents ----------------------------------------------------------------------------------
-    if not run.is_complete("documents"):
-        with run.stage("documents"):
-            docs = load_documents(config.documents.source)
-            train, heldout = select_split(
-                docs,
-                n_train=config.documents.n_train,
-                n_heldout=config.documents.n_heldout,
-                heldout_fraction=config.documents.heldout_fraction,
-                salt=config.documents.salt,
-            )
-            write_split(
-                run.path,
-                train,
-                heldout,
-                source=config.documents.source,
-                heldout_fraction=config.documents.heldout_fraction,
-                salt=config.documents.salt,
-            )
-    train, heldout = read_split_docs(run.path)
-    say(f"documents: {len(train)} train, {len(heldout)} held-out")
-    if config.ppo.eval_every and "ppo" not in skip and not run.is_complete("ppo"):
-        # Checked before any model work: a corpus too small to validate on should fail in seconds.
-        validation = validation_docs(config, run)
-        if not validation:
-            raise ConfigError(
-                "ppo.eval_every needs validation documents, but the held-out side has none left after "
-                f"the {len(heldout)} compared ones",
-                where="documents.n_validation / documents.n_heldout",
-                hint="set documents.n_validation > 0, lower n_heldout (null compares every held-out "
-                "document), add documents, or set ppo.eval_every=0",
-            )
-        if len(validation) < config.documents.n_validation:
-            say(
-                f"warning: only {len(validation)} of documents.n_validation={config.documents.n_validation} "
-                "validation documents exist; PPO's validation will be noisier"
-            )
-
-    # --- candidates ---------------------------------------------------------------------------------
-    candidates_path = run.artifact("candidates.jsonl")
-    if not run.is_complete("candidates") and not config.pairs:
-        from tether.engine import Engine
-        from tether.rlhf.candidates import generate_candidates
-
-        with run.stage("candidates"):
-            engine = Engine.from_spec(config.policy, config.engine, run.tracer)
-            sets = generate_candidates(
-                engine,
-                train,
-                candidates_path,
-                k=config.candidates.k,
-                t_min=config.candidates.t_min,
-                t_max=config.candidates.t_max,
-                max_new_tokens=config.candidates.max_new_tokens,
-                seed=config.seed,
-                chunk_size=config.engine.batch_size,
-            )
-            del engine
-            _free()
-        say(f"candidates: {len(sets)} sets -> {candidates_path}")
-
-    # --- labels -------------------------------------------------------------------------------------
-    pairs_path = run.artifact("pairs.jsonl")
-    if not run.is_complete("labels"):
-        with run.stage("labels") as entry:
-            info: dict = {}
-            labeler = make_labeler(config, run.tracer) if not config.pairs or config.labels_db else None
-            if config.pairs:
-                pairs = read_jsonl(config.pairs, PreferencePair)
-                write_jsonl(pairs_path, pairs)
-                info.update(source=str(config.pairs), pairs=len(pairs))
-            else:
-                result = labeler.label(read_jsonl(candidates_path, CandidateSet))
-                write_jsonl(pairs_path, result.pairs)
-                write_jsonl(
-                    run.artifact("ai_scores.jsonl"),
-                    (
-                        {"doc_id": lab.doc_id, "candidate_id": cid, **s.to_dict()}
-                        for lab in result.labels
-                        for cid, s in lab.scores.items()
-                    ),
-                )
-                info.update(pairs=len(result.pairs), ties_dropped=result.ties, annotator=result.annotator)
-                info["mean_proxies"] = result.stats
-            if config.labels_db:
-                from tether.feedback.store import LabelStore
-                from tether.rlhf.labeler import agreement_with_humans
-
-                store = LabelStore(config.labels_db)
-                records = {item.record.doc_id: item.record for item in store.items()}
-                info["human_agreement"] = agreement_with_humans(records, store.votes(), labeler).to_dict()
-                say(f"AI labeler vs human votes: {info['human_agreement']}")
-            run.artifact("labels.json").write_text(json.dumps(info, indent=2) + "\n")
-            entry.update({k: v for k, v in info.items() if k in ("pairs", "ties_dropped", "source")})
-    pairs = read_jsonl(pairs_path, PreferencePair)
-    say(f"labels: {len(pairs)} preference pairs")
-
-    # --- reward model -------------------------------------------------------------------------------
-    reward_dir = run.path / "reward_model"
-    if "reward" not in skip and not run.is_complete("reward"):
-        from tether.train.reward import train_reward_model
-
-        with run.stage("reward") as entry:
-            report = train_reward_model(
-                config.policy,
-                pairs,
-                reward_dir,
-                config.reward,
-                log=say,
-                device=config.engine.device,
-                dtype=config.engine.dtype,
-            )
-            entry.update(eval_accuracy=report.eval_accuracy, eval_ece=report.eval_ece, steps=report.steps)
-        _free()
-    if (reward_dir / "reward_report.json").is_file():
-        report = json.loads((reward_dir / "reward_report.json").read_text())
-        summary["reward"] = {
-            k: report[k]
-            for k in ("train_pairs", "eval_pairs", "eval_accuracy", "eval_ece", "train_accuracy", "seconds")
-        }
-        summary["reward"].update(  # absent from reports written before grouped training
-            {k: report.get(k) for k in ("train_groups", "pairs_per_group", "seconds_per_epoch")}
-        )
-        say(
-            f"reward model: held-out accuracy {report['eval_accuracy']} on {report['eval_pairs']} pairs, "
-            f"ECE {report['eval_ece']}"
-        )
-
-    # --- PPO ----------------------------------------------------------------------------------------
-    ppo_dir = run.path / "ppo"
-    if "ppo" not in skip and not run.is_complete("ppo"):
-        from tether.train.monitors import Embedder
-        from tether.train.ppo.trainer import RewardModelScorer, train_ppo
-        from tether.train.reward import RewardModel
-
-        with run.stage("ppo") as entry:
-            labeler = AILabeler(config.labeler)
-            scorer = RuleTermReward(
-                RewardModelScorer(
-                    RewardModel.load(reward_dir, device=config.engine.device, dtype=config.engine.dtype)
-                ),
-                labeler,
-                config.ppo_reward.terms,
-            )
-            signal = monitor_signal(config.ppo_reward)
-            say(
-                f"PPO reward: reward model{''.join(f' + {w:g}*{k}' for k, w in scorer.terms.items())}; "
-                f"monitors watch {'+'.join(signal)}"
-            )
-            validation = validation_docs(config, run) if config.ppo.eval_every else []
-            if validation:
-                say(
-                    f"PPO validates every {config.ppo.eval_every} steps on {len(validation)} held-out documents "
-                    f"(greedy; quality = {'+'.join(config.ppo_reward.validation_quality)})"
-                    + ("; keeps the best state" if config.ppo.keep_best else "")
-                )
-            embedder = Embedder() if config.compare.embedding_diversity else None
-            result = train_ppo(
-                config.policy,
-                ppo_prompts(train),
-                scorer,
-                ppo_dir,
-                config.ppo,
-                quality_fn=quality_fn(labeler, signal),
-                eval_prompts=ppo_prompts(validation),
-                eval_fn=quality_fn(labeler, config.ppo_reward.validation_quality),
-                embedder=embedder,
-                engine_config=config.engine,
-                tracer=run.tracer,
-                on_step=lambda row: say(_step_line(row)),
-            )
-            entry.update(
-                steps=result.steps,
-                stopped_early=result.stopped_early,
-                stop_reason=result.stop_reason,
-                alerts=len(result.alerts),
-                best_step=result.best_step,
-                best_quality=result.best_quality,
-            )
-            del scorer, embedder
-        _free()
-    if (ppo_dir / "metrics.jsonl").is_file():
-        rows = read_jsonl(ppo_dir / "metrics.jsonl", allow_empty=True)
-        summary["ppo"] = {
-            "steps": len(rows),
-            "alerts": [a for r in rows for a in r.get("alerts", [])],
-            "first": {k: rows[0].get(k) for k in ("reward_mean", "kl", "quality")} if rows else None,
-            "last": {k: rows[-1].get(k) for k in ("reward_mean", "kl", "quality")} if rows else None,
-        }
-        if (ppo_dir / "validation.jsonl").is_file():
-            checks = read_jsonl(ppo_dir / "validation.jsonl", allow_empty=True)
-            summary["ppo"]["validation"] = [
-                {k: c.get(k) for k in ("step", "eval_quality", "eval_parts", "eval_reward", "eval_length")}
-                for c in checks
-            ]
-            summary["ppo"]["kept_step"] = run.manifest.get("stages", {}).get("ppo", {}).get("best_step")
-
-    # --- DPO ----------------------------------------------------------------------------------------
-    dpo_dir = run.path / "dpo"
-    if "dpo" not in skip and not run.is_complete("dpo"):
-        from tether.train.dpo import train_dpo
-
-        with run.stage("dpo"):
-            shutil.rmtree(dpo_dir, ignore_errors=True)  # DPO restarts from scratch: it is short
-            train_dpo(config.policy, pairs, dpo_dir, config.dpo, tracer=run.tracer)
-        _free()
-
-    # --- compare ------------------------------------------------------------------------------------
-    if "compare" not in skip and not run.is_complete("compare") and heldout:
-        models = {"base": config.policy}
-        if run.is_complete("ppo"):
-            models["ppo"] = str(ppo_dir / "policy")
-        if run.is_complete("dpo"):
-            models["dpo"] = str(dpo_dir)
-        stages = run.manifest.get("stages", {})
-        train_seconds = {
-            name: stages.get(stage, {}).get("seconds") for name, stage in (("ppo", "ppo"), ("dpo", "dpo"))
-        }
-        if stages.get("reward", {}).get("seconds") is not None and train_seconds.get("ppo") is not None:
-            train_seconds["ppo"] += stages["reward"]["seconds"]  # PPO needs the reward model
-        with run.stage("compare"):
-            embedder = None
-            if config.compare.embedding_diversity:
-                from tether.train.monitors import Embedder
-
-                embedder = Embedder()
-            report = compare_models(
-                models,
-                heldout,
-                run.path / "compare",
-                labeler=make_labeler(config, run.tracer),
-                max_new_tokens=config.compare.max_new_tokens,
-                engine_config=config.engine,
-                embedder=embedder,
-                train_seconds={k: v for k, v in train_seconds.items() if v is not None and k in models},
-                tracer=run.tracer,
-                audit=config.compare.audit,
-                audit_tasks=config.compare.audit_tasks,
-                audit_limit=config.compare.audit_limit,
-            )
-        summary["compare"] = _compare_summary(report)
+    ctx = RLHFContext.for_run(config, run, say=say)
+    summaries = run_stages(run, rlhf_stages(config), ctx)
+    summary: dict = {}
+    if "reward" in summaries:
+        summary["reward"] = summaries["reward"]
+    if "ppo" in summaries:
+        summary["ppo"] = {**summaries["ppo"], "kept_step": summaries["ppo"].get("best_step")}
+    if "compare" in summaries:
+        summary["compare"] = summaries["compare"]
     run.finish("complete", **summary)
     return summary
 
