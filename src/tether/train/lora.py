@@ -29,7 +29,7 @@ BASE_FILE = "tether_base.json"
 
 
 class LoRAConfig(StrictModel):
-    """LoRA adapter shape. The defaults match DESIGN.md §5 measurements (r16, all linear layers)."""
+    """LoRA adapter shape. The defaults match the measurements in docs/architecture.md (r16, all linear layers)."""
 
     r: int = Field(16, ge=1, description="Rank of the low-rank update.")
     alpha: int = Field(32, ge=1, description="Scaling numerator: the update is scaled by alpha / r.")
