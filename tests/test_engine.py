@@ -130,3 +130,143 @@ def test_traces_record_every_call(tiny_model_dir, tmp_path):
     assert by_id["a"]["prompt"] == PROMPTS[0].text and by_id["b"]["prompt"] == PROMPTS[1].text
     assert all("latency_s" in t for t in traces)
     assert traces[2]["kind"] == "score" and traces[2]["item_id"] == "mc"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tether's decode loop (static KV cache, continuous batching)
+
+
+def _hf_greedy(loaded, ids: list[int], max_new_tokens: int, eos: list[int]) -> list[int]:
+    """One prompt through transformers' own generate: the reference the decode loop must equal."""
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+            eos_token_id=eos,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    new = out[0, len(ids) :].tolist()
+    return new[: next((i for i, t in enumerate(new) if t in eos), len(new))]
+
+
+@pytest.mark.parametrize("slots", [1, 2, 8])
+def test_decode_loop_greedy_equals_transformers_generate(tiny_model_dir, slots):
+    """Greedy text from the decode loop equals transformers' generate one prompt at a time, whether
+    the 5 prompts run one at a time, through 2 refilled slots, or all at once."""
+    loaded = load(str(tiny_model_dir))
+    engine = Engine(loaded, EngineConfig(batch_size=slots, decode_loop="tether"))
+    out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=20), progress=False)
+    for prompt, completion in zip(PROMPTS, out, strict=True):
+        ids = engine.encode_prompt(prompt, 20)[0]
+        assert completion.token_ids == _hf_greedy(loaded, ids, 20, engine.eos_token_ids), prompt.id
+        assert completion.prompt_token_ids == ids
+    old = Engine(loaded, EngineConfig(batch_size=slots, decode_loop="transformers"))
+    assert [c.text for c in out] == [c.text for c in old.generate(PROMPTS, SamplingParams(max_new_tokens=20))]
+
+
+def test_decode_loop_on_a_lora_policy(tiny_model_dir):
+    """PPO validates its LoRA policy greedily through the engine: adapters stay active in the loop."""
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+
+    loaded = load(str(tiny_model_dir))
+    torch.manual_seed(0)
+    lora = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for module in lora.modules():
+        if hasattr(module, "lora_B"):
+            for weight in module.lora_B.values():
+                torch.nn.init.normal_(weight.weight, std=1.0)
+    adapted = replace(loaded, model=lora.eval())
+    engine = Engine(adapted, EngineConfig(batch_size=2, decode_loop="tether"))
+    out = engine.generate(PROMPTS[:3], SamplingParams(max_new_tokens=12), progress=False)
+    for prompt, completion in zip(PROMPTS[:3], out, strict=True):
+        ids = engine.encode_prompt(prompt, 12)[0]
+        assert completion.token_ids == _hf_greedy(adapted, ids, 12, engine.eos_token_ids)
+    with lora.disable_adapter():
+        base = engine.generate(PROMPTS[:3], SamplingParams(max_new_tokens=12), progress=False)
+    assert [c.token_ids for c in base] != [c.token_ids for c in out]
+
+
+def test_default_sampling_keeps_transformers_samples(tiny_model_dir):
+    """engine.decode_loop=auto samples through transformers' generate, seeded per batch as before, so
+    a seed and batch plan give the samples they gave before the decode loop existed."""
+    from tether.models.padding import left_pad
+
+    loaded = load(str(tiny_model_dir))
+    engine = Engine(loaded, EngineConfig(batch_size=2))
+    params = SamplingParams(max_new_tokens=8, temperature=0.9, n=2, seed=3)
+    out = engine.generate(PROMPTS[:2], params, progress=False, batch_size=2, sort_by_length=False)
+    ids, mask = left_pad([engine.encode_prompt(p, 8)[0] for p in PROMPTS[:2]], engine.backend.pad_id, "cpu")
+    torch.manual_seed(3 * 1_000_003 + 0)
+    with torch.inference_mode():
+        expected = loaded.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=8,
+            do_sample=True,
+            num_return_sequences=2,
+            temperature=0.9,
+            top_p=1.0,
+            top_k=0,
+            pad_token_id=engine.backend.pad_id,
+            eos_token_id=engine.eos_token_ids,
+        )[:, ids.shape[1] :].tolist()
+    eos = set(engine.eos_token_ids)
+    expected = [row[: next((i for i, t in enumerate(row) if t in eos), len(row))] for row in expected]
+    assert [c.token_ids for c in out] == expected
+
+
+def test_decode_loop_sampling_is_seeded_per_sequence(tiny_model_dir):
+    """Sampling in the decode loop: each sequence has its own seeded generator, so the same seed gives
+    the same samples whatever the number of slots, and another seed gives others."""
+    loaded = load(str(tiny_model_dir))
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=7)
+
+    def sample(slots: int, seed: int = 7) -> list[list[int]]:
+        engine = Engine(loaded, EngineConfig(batch_size=slots, decode_loop="tether"))
+        out = engine.generate(PROMPTS[:3], params.model_copy(update={"seed": seed}), progress=False)
+        assert [c.sample_index for c in out] == [0, 1, 2] * 3
+        return [c.token_ids for c in out]
+
+    first = sample(9)
+    assert sample(9) == first
+    assert sample(2) == first
+    assert sample(9, seed=8) != first
+    assert len({tuple(t) for t in first[:3]}) > 1  # a prompt's samples differ from each other
+
+
+def test_stop_matcher_follows_multibyte_text(tiny_model_dir):
+    """Stop strings are found on the text decoded so far, token by token, even when a character is
+    split across tokens, and at the first token whose text completes them."""
+    from tether.engine.decode import StopMatcher
+
+    tokenizer = load(str(tiny_model_dir)).tokenizer
+    text = "Réponse: café 🙂 — fin.\n\nNext line"
+    tokens = tokenizer.encode(text, add_special_tokens=False)
+    for stop in ["🙂", "\n\n", "é 🙂 —", "fin.", "absent"]:
+        matcher = StopMatcher([stop], tokenizer)
+        fired = next((k for k, t in enumerate(tokens, 1) if matcher.push(t)), None)
+        expected = next((k for k in range(1, len(tokens) + 1) if stop in tokenizer.decode(tokens[:k])), None)
+        assert fired == expected, stop
+
+
+def test_static_cache_too_short_errors_or_truncates(tiny_model_dir):
+    loaded = load(str(tiny_model_dir))
+    prompt = Prompt(id="wordy", text="word " * 40, chat=False)
+    strict = Engine(loaded, EngineConfig(cache_tokens=32, truncation="error"))
+    with pytest.raises(
+        PromptTooLongError, match=r"'wordy' has 41 tokens; at most 28 fit \(32-token static KV cache"
+    ):
+        strict.generate([prompt], SamplingParams(max_new_tokens=4), progress=False)
+    lenient = Engine(loaded, EngineConfig(cache_tokens=32, truncation="left"))
+    with pytest.warns(
+        UserWarning, match="truncated from 41 to its last 28 tokens to fit the static KV cache"
+    ):
+        out = lenient.generate([prompt], SamplingParams(max_new_tokens=4), progress=False)[0]
+    assert out.truncated_prompt and out.prompt_tokens == 28

@@ -44,6 +44,19 @@ class EngineConfig(StrictModel):
         "(with a warning) or raise an error.",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
+    decode_loop: Literal["auto", "tether", "transformers"] = Field(
+        "auto",
+        description="Who runs generation. 'tether': Tether's decode loop (static KV cache, continuous "
+        "batching) for greedy and sampled decoding; 'transformers': transformers' generate, batch by "
+        "batch; 'auto': Tether's loop for greedy decoding and transformers' for sampling, which keeps "
+        "the samples of earlier releases for a given seed and batch plan.",
+    )
+    cache_tokens: int | None = Field(
+        None,
+        ge=2,
+        description="Tokens per sequence (prompt + new tokens) that the static KV cache holds; None: "
+        "the model's context window. A longer prompt is truncated or refused per 'truncation'.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

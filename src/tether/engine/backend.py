@@ -7,6 +7,7 @@ chat templating, truncation, stop strings, records and traces stay the same for 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +39,17 @@ class Backend(Protocol):
         self, prompts: list[list[int]], params: SamplingParams, batch_index: int
     ) -> list[list[Sample]]:
         """One list of ``params.n`` samples per prompt (prompts come as one batch)."""
+        ...
+
+    def decode(
+        self, prompts: list[list[int]], params: SamplingParams, slots: int, keys: list[int] | None = None
+    ) -> Iterator[tuple[int, list[Sample], float]]:
+        """Continuous batching: ``(prompt index, its params.n samples, latency)`` as prompts finish,
+        ``slots`` sequences in flight. Used when ``decode_loop_fits`` says so."""
+        ...
+
+    def decode_loop_fits(self, tokens: int) -> bool:
+        """Whether :meth:`decode` can run sequences of ``tokens`` tokens."""
         ...
 
     def score(self, requests: list[EncodedScore]) -> list[TokenScores]:

@@ -82,26 +82,38 @@ class Engine:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return f"{prompt.system}\n\n{prompt.text}" if prompt.system else prompt.text
 
+    @property
+    def sequence_limit(self) -> int:
+        """Tokens a sequence (prompt + new tokens) may hold: the context window, or the static KV
+        cache's ``engine.cache_tokens`` when that is smaller."""
+        window = self.loaded.context_length
+        return min(window, self.config.cache_tokens) if self.config.cache_tokens else window
+
     def encode_prompt(self, prompt: Prompt, max_new_tokens: int) -> tuple[list[int], bool]:
         text = self.render(prompt)
         ids = self.tokenizer(text, add_special_tokens=not (prompt.chat and self.loaded.has_chat_template))[
             "input_ids"
         ]
-        budget = self.loaded.context_length - max_new_tokens
+        limit = self.sequence_limit
+        cache_bound = limit < self.loaded.context_length
+        what = "static KV cache" if cache_bound else "context window"
+        budget = limit - max_new_tokens
         if budget <= 0:
             raise PromptTooLongError(
-                f"max_new_tokens={max_new_tokens} leaves no room in the {self.loaded.context_length}-token context window"
+                f"max_new_tokens={max_new_tokens} leaves no room in the {limit}-token {what}"
             )
         if len(ids) <= budget:
             return ids, False
         if self.config.truncation == "error":
             raise PromptTooLongError(
                 f"prompt '{prompt.id}' has {len(ids)} tokens; at most {budget} fit "
-                f"({self.loaded.context_length} context - {max_new_tokens} new tokens)",
-                hint="shorten it, lower max_new_tokens, or set engine.truncation=left to keep its last tokens",
+                f"({limit}-token {what} - {max_new_tokens} new tokens)",
+                hint="shorten it, lower max_new_tokens, "
+                + ("raise engine.cache_tokens, " if cache_bound else "")
+                + "or set engine.truncation=left to keep its last tokens",
             )
         warnings.warn(
-            f"prompt '{prompt.id}' truncated from {len(ids)} to its last {budget} tokens to fit the context window",
+            f"prompt '{prompt.id}' truncated from {len(ids)} to its last {budget} tokens to fit the {what}",
             stacklevel=3,
         )
         return ids[-budget:], True
@@ -120,10 +132,11 @@ class Engine:
     ) -> list[Completion]:
         """Complete every prompt ``params.n`` times; results come back in input order.
 
-        Prompts are sorted by length and batched so padding stays small, ``engine.batch_size``
-        sequences a batch. ``batch_size`` (prompts a batch) and ``sort_by_length=False`` fix the batch
-        plan instead: sampling is seeded per batch, so a caller that must reproduce earlier samples
-        (PPO's rollouts) keeps its plan."""
+        Prompts are taken longest first, ``engine.batch_size`` sequences in flight at once.
+        ``batch_size`` (prompts in flight) and ``sort_by_length=False`` fix the plan instead: a caller
+        that must reproduce earlier samples (PPO's rollouts) keeps its plan. Tether's decode loop
+        (``engine.decode_loop``) refills a finished sequence's slot with the next prompt at once;
+        transformers' generate runs the prompts batch by batch, sampling seeded per batch."""
         params = params or SamplingParams()
         encoded = [self.encode_prompt(p, params.max_new_tokens) for p in prompts]
         order = list(range(len(prompts)))
@@ -134,19 +147,40 @@ class Engine:
                 max(1, self.config.batch_size // params.n) if params.n > 1 else self.config.batch_size
             )
         results: dict[int, list[Completion]] = {}
+
+        def collect(i: int, samples, latency: float) -> None:
+            results[i] = [
+                self._completion(prompts[i], encoded[i], k, sample, params, latency, stage)
+                for k, sample in enumerate(samples)
+            ]
+
         with progress_bar(f"generate {stage or ''}".strip(), total=len(prompts), enabled=progress) as bar:
-            for batch_index, start in enumerate(range(0, len(order), batch_size)):
-                chunk = order[start : start + batch_size]
-                began = time.perf_counter()
-                samples = self.backend.generate([encoded[i][0] for i in chunk], params, batch_index)
-                latency = time.perf_counter() - began
-                for i, prompt_samples in zip(chunk, samples, strict=True):
-                    results[i] = [
-                        self._completion(prompts[i], encoded[i], k, sample, params, latency, stage)
-                        for k, sample in enumerate(prompt_samples)
-                    ]
-                bar.advance(len(chunk))
+            if self._uses_decode_loop(params, [encoded[i][0] for i in order]):
+                stream = self.backend.decode(
+                    [encoded[i][0] for i in order], params, batch_size * params.n, keys=order
+                )
+                for position, samples, latency in stream:
+                    collect(order[position], samples, latency)
+                    bar.advance(1)
+            else:
+                for batch_index, start in enumerate(range(0, len(order), batch_size)):
+                    chunk = order[start : start + batch_size]
+                    began = time.perf_counter()
+                    samples = self.backend.generate([encoded[i][0] for i in chunk], params, batch_index)
+                    latency = time.perf_counter() - began
+                    for i, prompt_samples in zip(chunk, samples, strict=True):
+                        collect(i, prompt_samples, latency)
+                    bar.advance(len(chunk))
         return [c for i in range(len(prompts)) for c in results[i]]
+
+    def _uses_decode_loop(self, params: SamplingParams, prompts: list[list[int]]) -> bool:
+        """Tether's decode loop runs greedy decoding ('auto') or all decoding ('tether'), on a model
+        it supports; everything else goes through transformers' generate."""
+        choice = self.config.decode_loop
+        if choice == "transformers" or (choice == "auto" and params.temperature > 0) or not prompts:
+            return False
+        fits = getattr(self.backend, "decode_loop_fits", None)
+        return bool(fits and fits(max(map(len, prompts)) + params.max_new_tokens))
 
     def _completion(
         self, prompt: Prompt, encoded, index: int, sample, params: SamplingParams, latency: float, stage: str

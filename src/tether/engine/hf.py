@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from tether.engine.backend import EncodedScore, Sample, TokenScores
+from tether.engine.decode import DecodeLoop, StopMatcher
 from tether.engine.types import SamplingParams
 from tether.models.padding import left_pad, positions_from_mask
 
@@ -17,22 +20,25 @@ def _unwrap(model):
 class StopOnStrings:
     """Stops a row once its *generated* text contains a stop string. (transformers' own
     ``stop_strings`` also matches across the prompt's tail, e.g. a chat template's final newline
-    plus one generated newline ends a "\\n\\n" stop at once.) Only the last few tokens are decoded
-    per step, so the cost stays flat as outputs grow."""
+    plus one generated newline ends a "\\n\\n" stop at once.) Each row's text is followed
+    incrementally (:class:`StopMatcher`): a step decodes only the rows' new tokens."""
 
     def __init__(self, prompt_width: int, stops: list[str], tokenizer):
         self.prompt_width = prompt_width
         self.stops = list(stops)
         self.tokenizer = tokenizer
-        self.window = max(len(s) for s in stops) + 8  # tokens are >= 1 char; margin for merges
+        self.matchers: list[StopMatcher] = []
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        generated = input_ids[:, self.prompt_width :]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for row in range(generated.shape[0]):
-            tail = self.tokenizer.decode(generated[row, -self.window :], skip_special_tokens=True)
-            done[row] = any(stop in tail for stop in self.stops)
-        return done
+        if not self.matchers:
+            self.matchers = [StopMatcher(self.stops, self.tokenizer) for _ in range(input_ids.shape[0])]
+        generated = input_ids[:, self.prompt_width :].tolist()
+        done = []
+        for matcher, row in zip(self.matchers, generated, strict=True):
+            for token in row[len(matcher.tokens) :]:
+                matcher.push(token)
+            done.append(matcher.hit)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class HFBackend:
@@ -46,6 +52,7 @@ class HFBackend:
         self._decoder = causal_lm.get_decoder()
         self._head = causal_lm.get_output_embeddings()
         self._softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+        self._loop: DecodeLoop | None = None
 
     def _eos_ids(self) -> list[int]:
         ids = set()
@@ -100,6 +107,26 @@ class HFBackend:
                 )
             results.append(samples)
         return results
+
+    def decode_loop_fits(self, tokens: int) -> bool:
+        """Whether :class:`DecodeLoop` can run sequences of ``tokens`` tokens on this model. transformers
+        marks the models whose attention works with a static cache (``_can_compile_fullgraph``); a
+        sliding-window model qualifies only while sequences fit its window (the loop hands every layer
+        the same full mask)."""
+        causal_lm = _unwrap(self.model)
+        if not getattr(causal_lm, "_can_compile_fullgraph", False):
+            return False
+        window = getattr(causal_lm.config.get_text_config(), "sliding_window", None)
+        return not window or tokens <= window
+
+    def decode(
+        self, prompts: list[list[int]], params: SamplingParams, slots: int, keys: list[int] | None = None
+    ) -> Iterator[tuple[int, list[Sample], float]]:
+        """Continuous batching through Tether's decode loop: ``(prompt index, samples, latency)`` as
+        prompts finish, ``slots`` sequences in flight; ``keys`` seed each prompt's samples."""
+        if self._loop is None:
+            self._loop = DecodeLoop(self.model, self.tokenizer, self.eos_ids, self.pad_id, self.device)
+        return self._loop.run(prompts, params, slots, keys=keys)
 
     # ------------------------------------------------------------------ scoring
 

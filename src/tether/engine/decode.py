@@ -1,0 +1,304 @@
+"""Tether's decode loop: a static KV cache, continuous batching and token selection on the device.
+
+transformers' ``generate`` runs a batch until its longest sequence ends, grows its KV cache by
+concatenation every step and rebuilds the attention mask every step. :class:`DecodeLoop` instead:
+
+* preallocates one K/V buffer per layer for ``slots`` sequences of ``capacity`` tokens
+  (:class:`SlotCache`). Every slot writes at its own column, so sequences of different lengths share
+  a batch without padding;
+* refills a slot with the next waiting sequence as soon as its own ends (continuous batching). Each
+  prompt is prefilled alone, exactly as a one-prompt ``generate`` would, and its K/V copied into the
+  slots of its ``n`` samples;
+* keeps a ``(slots, 1, 1, capacity)`` boolean attention mask that it updates in place, one column a
+  step, and hands to the model ready-made, so transformers builds none;
+* selects tokens on the device (``argmax``, or ``multinomial`` with one seeded generator per
+  sequence, so a sequence's samples do not depend on which slot or step it ran in), and checks stop
+  strings on each sequence's new text only (:class:`StopMatcher`).
+
+A decode step is one forward of the model with ``slots`` one-token rows. With ``static=True`` every
+step attends over the full capacity (masked), so its shapes never change: what ``torch.compile`` and
+CUDA graphs need. Otherwise a step attends over the widest live sequence only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import Cache
+
+from tether.engine.backend import Sample
+from tether.engine.types import SamplingParams
+
+
+class StopMatcher:
+    """Says when a sequence's generated text first contains one of ``stops``, decoding only new tokens.
+
+    Byte-level tokenizers split characters across tokens, so text is taken as the difference between
+    decoding the last tokens with and without the newest ones (the incremental detokenisation of
+    transformers' ``TextStreamer``), and held back while it ends in an incomplete character. Only the
+    new text plus the ``len(longest stop) - 1`` characters before it are searched each step.
+    """
+
+    def __init__(self, stops: Sequence[str], tokenizer):
+        self.stops = [s for s in stops if s]
+        self.tokenizer = tokenizer
+        self.keep = max((len(s) for s in self.stops), default=1) - 1
+        self.tokens: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+        self.tail = ""
+        self.hit = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token: int) -> bool:
+        """Add one generated token; True once a stop string has appeared (and from then on)."""
+        self.tokens.append(token)
+        if self.hit or not self.stops:
+            return self.hit
+        before = self._decode(self.tokens[self.prefix_offset : self.read_offset])
+        after = self._decode(self.tokens[self.prefix_offset :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return False  # no visible text yet (a special token, or half a character)
+        new = after[len(before) :]
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+        window = self.tail + new
+        self.hit = any(s in window for s in self.stops)
+        self.tail = window[-self.keep :] if self.keep else ""
+        return self.hit
+
+
+class SlotCache(Cache):
+    """Preallocated keys and values for ``slots`` sequences of up to ``capacity`` tokens, every layer.
+
+    Shape per layer ``(slots, kv_heads, capacity, head_dim)``, allocated on the first write. A decode
+    step writes each slot's new key/value at its own column ``write_index[slot]`` and returns the
+    first ``width`` columns to attend over; the caller's mask says which of them each slot may see.
+    """
+
+    is_compileable = True
+
+    def __init__(self, num_layers: int, slots: int, capacity: int, device: torch.device):
+        super().__init__(layers=[])
+        self.slots, self.capacity = slots, capacity
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.write_index = torch.zeros(slots, dtype=torch.long, device=device)
+        self.width = capacity
+
+    def _buffers(
+        self, layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is None:
+            shape = (self.slots, keys.shape[1], self.capacity)
+            self.keys[layer] = keys.new_zeros(*shape, keys.shape[3])
+            self.values[layer] = values.new_zeros(*shape, values.shape[3])
+        return self.keys[layer], self.values[layer]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        keys, values = self._buffers(layer_idx, key_states, value_states)
+        index = self.write_index.view(-1, 1, 1, 1)
+        keys.scatter_(2, index.expand(-1, keys.shape[1], 1, keys.shape[3]), key_states)
+        values.scatter_(2, index.expand(-1, values.shape[1], 1, values.shape[3]), value_states)
+        return keys[:, :, : self.width], values[:, :, : self.width]
+
+    def load(self, slots: torch.Tensor, prefix: Cache, length: int) -> None:
+        """Copy a prefilled prompt's keys and values (a one-row transformers cache) into ``slots``."""
+        for layer, cached in enumerate(prefix.layers):
+            keys, values = self._buffers(layer, cached.keys, cached.values)
+            keys[slots, :, :length] = cached.keys[0, :, :length]
+            values[slots, :, :length] = cached.values[0, :, :length]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.width
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return self.capacity
+
+
+@dataclass
+class _Sequence:
+    """One sample of one prompt, while it decodes."""
+
+    prompt: int
+    sample: int
+    generator: torch.Generator | None
+    stop: StopMatcher | None
+    tokens: list[int] = field(default_factory=list)
+    hit_eos: bool = False
+
+
+def sequence_seed(seed: int, prompt: int, sample: int) -> int:
+    """The sampling seed of one sequence: depends on the call's seed and its place in the call only."""
+    return (seed * 1_000_003 + prompt) * 1_009 + sample
+
+
+class DecodeLoop:
+    """Greedy or sampled decoding of many prompts through a fixed number of slots (module docstring).
+
+    ``model`` is a transformers causal LM (or a PEFT model around one) whose attention layers write
+    through ``Cache.update`` and accept a ready 4-D mask, as every model with static-cache support does.
+    """
+
+    def __init__(self, model, tokenizer, eos_ids: Sequence[int], pad_id: int, device: torch.device):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos = set(eos_ids)
+        self.pad_id = pad_id
+        self.device = device
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.num_layers = int(config.num_hidden_layers)
+
+    # ------------------------------------------------------------------ token selection
+
+    @torch.inference_mode()
+    def _select(
+        self, logits: torch.Tensor, rows: list[_Sequence | None], params: SamplingParams
+    ) -> list[int]:
+        """The next token of every row of ``logits`` (float32, ``(rows, vocab)``); empty rows get pad."""
+        if params.temperature == 0:
+            return logits.argmax(-1).tolist()
+        scores = logits / params.temperature
+        if params.top_p < 1.0:
+            # The smallest set of tokens whose probability reaches top_p (always at least one).
+            sorted_scores, order = scores.sort(dim=-1, descending=True)
+            before = sorted_scores.softmax(-1).cumsum(-1) - sorted_scores.softmax(-1)
+            sorted_scores = sorted_scores.masked_fill(before >= params.top_p, float("-inf"))
+            scores = sorted_scores.scatter(-1, order, sorted_scores)
+        probs = scores.softmax(-1)
+        out = []
+        for row, seq in enumerate(rows):
+            if seq is None:
+                out.append(self.pad_id)
+            else:
+                out.append(int(torch.multinomial(probs[row], 1, generator=seq.generator)))
+        return out
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        slots: int,
+        *,
+        keys: Sequence[int] | None = None,
+        static: bool = False,
+    ) -> Iterator[tuple[int, list[Sample], float]]:
+        """Yield ``(prompt index, its params.n samples, seconds from its admission)`` as prompts finish.
+
+        Prompts are admitted in the order given, ``slots`` sequences at a time; a finished sequence's
+        slot takes the next waiting one at once. Sampling seeds each sequence from ``params.seed``,
+        its prompt's key (``keys[index]``, default the index) and its sample index.
+        """
+        keys = list(keys) if keys is not None else list(range(len(prompts)))
+        n = params.n
+        slots = max(1, min(slots, len(prompts) * n))
+        capacity = max(len(p) for p in prompts) + params.max_new_tokens
+        cache = SlotCache(self.num_layers, slots, capacity, self.device)
+        mask = torch.zeros(slots, 1, 1, capacity, dtype=torch.bool, device=self.device)
+        mask[:, :, :, 0] = True  # an empty slot sees column 0, so its (discarded) row is never all -inf
+        rows: list[_Sequence | None] = [None] * slots
+        lengths = [0] * slots  # tokens in each slot's cache
+        last = [self.pad_id] * slots  # the token each slot feeds next
+        waiting = deque((p, k) for p in range(len(prompts)) for k in range(n))
+        done: dict[int, list[_Sequence]] = {}
+        admitted: dict[int, float] = {}
+
+        def finish(slot: int) -> Iterator[tuple[int, list[Sample], float]]:
+            seq = rows[slot]
+            rows[slot] = None
+            lengths[slot], last[slot] = 0, self.pad_id
+            mask[slot].zero_()
+            mask[slot, :, :, 0] = True
+            done.setdefault(seq.prompt, []).append(seq)
+            if len(done[seq.prompt]) == n:
+                samples = sorted(done.pop(seq.prompt), key=lambda s: s.sample)
+                latency = time.perf_counter() - admitted.pop(seq.prompt)
+                yield seq.prompt, [Sample(token_ids=s.tokens, hit_eos=s.hit_eos) for s in samples], latency
+
+        def accept(slot: int, token: int) -> bool:
+            """Append ``token`` to the slot's sequence; True when that ends it."""
+            seq = rows[slot]
+            if token in self.eos:
+                seq.hit_eos = True
+                return True
+            seq.tokens.append(token)
+            last[slot] = token
+            stopped = seq.stop.push(token) if seq.stop is not None else False
+            return stopped or len(seq.tokens) >= params.max_new_tokens
+
+        def admit() -> Iterator[tuple[int, list[Sample], float]]:
+            free = [s for s in range(slots) if rows[s] is None]
+            while free and waiting:
+                prompt = waiting[0][0]
+                group = []
+                while free and waiting and waiting[0][0] == prompt:
+                    _, sample = waiting.popleft()
+                    generator = None
+                    if params.temperature > 0:
+                        generator = torch.Generator(self.device).manual_seed(
+                            sequence_seed(params.seed, keys[prompt], sample)
+                        )
+                    stop = StopMatcher(params.stop, self.tokenizer) if params.stop else None
+                    slot = free.pop(0)
+                    rows[slot] = _Sequence(prompt, sample, generator, stop)
+                    group.append(slot)
+                admitted.setdefault(prompt, time.perf_counter())
+                logits = self._prefill(cache, torch.tensor(group, device=self.device), prompts[prompt], mask)
+                length = len(prompts[prompt])
+                tokens = self._select(logits.expand(len(group), -1), [rows[s] for s in group], params)
+                for slot, token in zip(group, tokens, strict=True):
+                    lengths[slot] = length
+                    if accept(slot, token):
+                        yield from finish(slot)
+                        free.append(slot)
+                free.sort()
+
+        yield from admit()
+        while any(rows):
+            live = [s for s in range(slots) if rows[s] is not None]
+            cache.write_index.copy_(torch.tensor(lengths, device=self.device))
+            # Each slot's new token sees itself (an empty slot's index is 0, already visible).
+            mask.scatter_(3, cache.write_index.view(-1, 1, 1, 1), True)
+            cache.width = capacity if static else max(lengths[s] for s in live) + 1
+            ids = torch.tensor(last, device=self.device).view(slots, 1)
+            logits = self._forward(ids, cache, mask[:, :, :, : cache.width])
+            tokens = self._select(logits, rows, params)
+            for slot in live:
+                lengths[slot] += 1
+                if accept(slot, tokens[slot]):
+                    yield from finish(slot)
+            if waiting and not all(rows):
+                yield from admit()
+
+    @torch.inference_mode()
+    def _forward(self, ids: torch.Tensor, cache: SlotCache, mask: torch.Tensor) -> torch.Tensor:
+        """One decode step: the next-token logits ``(slots, vocab)`` in float32."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=cache.write_index.view(-1, 1),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float()
+
+    @torch.inference_mode()
+    def _prefill(
+        self, cache: SlotCache, slots: torch.Tensor, prompt: Sequence[int], mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Run one prompt alone (as a one-prompt ``generate`` does), copy its K/V into ``slots``, and
+        return the logits ``(1, vocab)`` of its first new token."""
+        ids = torch.tensor([list(prompt)], device=self.device)
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache.load(slots, out.cache, len(prompt))
+        mask[slots] = False
+        mask[slots, :, :, : len(prompt)] = True
+        return out.logits[:, -1].float()
