@@ -183,3 +183,77 @@ def test_lora_policy_uses_disabled_adapter_as_reference(tiny_model_dir, tokenize
 
     policy.save(tmp_path)
     assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "value_head.safetensors").is_file()
+
+
+def grouped_batch(tokenizer):
+    """Two prompts sampled three times each (rows 0-2 and 3-5 share a query), responses of 2 to 6 tokens."""
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[2]] * 3
+    query = tokenizer(prompts, return_tensors="pt", padding=True)
+    gen = torch.Generator().manual_seed(2)
+    lengths = (6, 2, 5, 4, 6, 3)
+    response_ids = torch.full((6, 6), tokenizer.pad_token_id)
+    response_mask = torch.zeros(6, 6, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        response_ids[row, :n] = torch.randint(1000, 9000, (n,), generator=gen)
+        response_mask[row, :n] = 1
+    return query.input_ids, query.attention_mask, response_ids, response_mask
+
+
+def test_fused_rollout_pass_matches_separate_passes(tiny_model_dir, tokenizer):
+    """build_rollout's one pass (a query shared by its samples, value and log-probs from one trunk
+    pass, head on the response only) gives the numbers of a plain full-sequence pass per quantity."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lora = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0),
+    )
+    for module in lora.modules():  # move the adapter off zero so the policy differs from its reference
+        if hasattr(module, "lora_B"):
+            for weight in module.lora_B.values():
+                torch.nn.init.normal_(weight.weight, std=0.5)
+    policy = PolicyWithValueHead(lora)
+    q_ids, q_mask, r_ids, r_mask = grouped_batch(tokenizer)
+    rollout = build_rollout(
+        policy, None, q_ids, q_mask, r_ids, r_mask, torch.zeros(6), temperature=0.7, batch_size=4
+    )
+    ids, mask = rollout.input_ids, rollout.attention_mask
+    with torch.no_grad():
+        logprobs, values, _ = policy_forward(policy, ids, mask, rollout.response_start, 0.7)
+        with lora.disable_adapter():
+            ref = logprobs_of(lora, ids, mask, rollout.response_start, 0.7)
+    torch.testing.assert_close(rollout.old_logprobs, logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rollout.values, values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rollout.ref_logprobs, ref, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(rollout.old_logprobs, rollout.ref_logprobs)
+    assert rollout.old_logprobs[1, 2:].abs().sum() == 0 and rollout.values[1, 2:].abs().sum() == 0
+
+
+def test_shared_queries_micro_batches_match_one_big_batch(tiny_model_dir, tokenizer):
+    """With samples sharing queries, micro-batches of 2 take the same step as one pass over all 6."""
+    batch = grouped_batch(tokenizer)
+    results = []
+    for micro in (None, 2):
+        policy = load_policy(tiny_model_dir)
+        rollout = build_rollout(policy, policy.model, *batch, torch.tensor([1.0, 0.5, -1.0, 2.0, 0.0, -0.5]))
+        config = PPOConfig(epochs=2, minibatch_size=6, micro_batch_size=micro, max_grad_norm=1e6)
+        torch.manual_seed(0)
+        stats = ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), rollout, config)
+        results.append((stats, torch.cat([p.detach().flatten() for p in policy.parameters()])))
+    (stats_a, params_a), (stats_b, params_b) = results
+    assert stats_a.grad_norm == pytest.approx(stats_b.grad_norm, rel=1e-4)
+    assert stats_a.policy_loss == pytest.approx(stats_b.policy_loss, rel=1e-4, abs=1e-7)
+    torch.testing.assert_close(params_a, params_b, atol=1e-6, rtol=1e-5)
+
+
+def test_minibatch_that_does_not_divide_the_batch_is_rounded(tiny_model_dir, tokenizer):
+    """6 rollouts, minibatch_size=4: rounded down to 3 (2 steps an epoch), and the warning says so."""
+    policy = load_policy(tiny_model_dir)
+    rollout = build_rollout(policy, policy.model, *grouped_batch(tokenizer), torch.zeros(6))
+    config = PPOConfig(epochs=2, minibatch_size=4)
+    with pytest.warns(
+        UserWarning, match=r"minibatch_size=4 does not divide the batch of 6 .*minibatch_size=3"
+    ):
+        stats = ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=1e-3), rollout, config)
+    assert stats.n_updates == 4

@@ -7,11 +7,17 @@ update -> monitors) lives with the engine; this module owns the part that touche
 2. advantages and returns by GAE, advantages whitened over the batch;
 3. ``epochs`` passes of shuffled minibatches, each one clipped-surrogate + clipped-value loss
    (minus an optional entropy bonus), gradient-norm clipping, one optimizer step.
+
+Every forward here is :func:`response_forward`: the rows that share a query (the samples of one
+prompt) run it once and share its keys and values, the responses run on top, and the LM head, the
+log-softmax and the value head see the response positions only. Minibatches keep a prompt's samples
+together, and micro-batches bound memory: it is set by ``micro_batch_size``, not by the batch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import defaultdict
 
 import torch
@@ -40,12 +46,17 @@ class PPOConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     epochs: int = Field(4, ge=1, description="Optimisation passes over each rollout batch.")
-    minibatch_size: int = Field(8, ge=1, description="Sequences per optimizer step.")
+    minibatch_size: int = Field(
+        8,
+        ge=1,
+        description="Sequences per optimizer step; one that does not divide the batch is rounded down "
+        "to a divisor (with a warning).",
+    )
     micro_batch_size: int | None = Field(
-        None,
+        8,
         ge=1,
         description="Sequences per forward/backward; gradients accumulate over a minibatch. "
-        "None runs the whole minibatch at once. Changes memory, not the result.",
+        "None runs the whole minibatch at once. Sets the memory, not the result.",
     )
     clip_eps: float = Field(
         0.2, gt=0, description="Policy ratio clip range: ratios outside 1±clip_eps get no gradient."
@@ -155,17 +166,133 @@ def policy_forward(
     return logprobs, values, logits
 
 
+def _causal_lm(model: nn.Module) -> nn.Module:
+    """The causal LM inside a PEFT wrapper; its modules carry the adapters, so they stay active."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def query_groups(query_ids: torch.Tensor, query_mask: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """Rows that carry the same query: the first row of each distinct query, in order of first
+    appearance, and for every row the index of its query among them (shape ``(B,)``)."""
+    firsts: list[int] = []
+    seen: dict[tuple[int, ...], int] = {}
+    owner = []
+    for row, (ids, mask) in enumerate(zip(query_ids.tolist(), query_mask.tolist(), strict=True)):
+        key = tuple(i for i, m in zip(ids, mask, strict=True) if m)
+        if key not in seen:
+            seen[key] = len(firsts)
+            firsts.append(row)
+        owner.append(seen[key])
+    return firsts, torch.tensor(owner, device=query_ids.device)
+
+
+def response_states(
+    model: nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """The decoder's last hidden state at the position each response token is predicted from.
+    Shape ``(B, R, H)``: column 0 is the query's last state, column ``t`` the state after response
+    token ``t - 1``.
+
+    Each distinct query runs once (:func:`query_groups`) and its keys and values are shared by every
+    row that carries it; the responses then run on top of them, all but their last token (whose state
+    predicts nothing). Gradients flow back through the shared keys and values into the query's pass.
+    """
+    decoder = _causal_lm(model).get_decoder()
+    firsts, owner = query_groups(query_ids, query_mask)
+    q_mask = query_mask[firsts].long()
+    prefix = decoder(
+        input_ids=query_ids[firsts],
+        attention_mask=q_mask,
+        position_ids=position_ids_from_mask(q_mask),
+        use_cache=True,
+    )
+    first_state = prefix.last_hidden_state[:, -1:][owner]  # left padding: the last column is real
+    if response_ids.shape[1] == 1:
+        return first_state
+    cache = prefix.cache
+    if len(firsts) != len(owner):
+        cache.batch_select_indices(owner)
+    width = response_ids.shape[1] - 1
+    start = q_mask.sum(-1, keepdim=True)[owner]
+    out = decoder(
+        input_ids=response_ids[:, :width],
+        attention_mask=torch.cat([query_mask, response_mask[:, :width]], dim=1).long(),
+        position_ids=start + torch.arange(width, device=start.device),
+        cache=cache,
+        use_cache=False,
+    )
+    return torch.cat([first_state, out.last_hidden_state], dim=1)
+
+
+def response_forward(
+    model: nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float = 1.0,
+    value_head: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Log-probs ``(B, R)``, values ``(B, R)`` (None without ``value_head``) and temperature-scaled
+    logits ``(B, R, V)`` of the responses, from one trunk pass (:func:`response_states`).
+
+    The LM head, the log-softmax and the value head run on the response positions only; padded
+    response positions come back as 0. Equal to :func:`policy_forward` / :func:`logprobs_of` on the
+    concatenated rows, up to float rounding.
+    """
+    states = response_states(model, query_ids, query_mask, response_ids, response_mask)
+    causal_lm = _causal_lm(model)
+    logits = causal_lm.get_output_embeddings()(states).float()
+    softcap = getattr(causal_lm.config.get_text_config(), "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits / temperature
+    mask = response_mask.to(logits.dtype)
+    logprobs = _token_logprobs(logits, response_ids, 1.0) * mask
+    values = None
+    if value_head is not None:
+        values = value_head(states.to(value_head.weight.dtype)).squeeze(-1) * mask
+    return logprobs, values, logits
+
+
+def group_chunks(owner: torch.Tensor, order: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Rows in ``order`` of their groups (``order`` lists group indices), cut into chunks of ``size``
+    rows: a prompt's samples stay side by side, so a chunk shares their query."""
+    rows_of: dict[int, list[int]] = defaultdict(list)
+    for row, group in enumerate(owner.tolist()):
+        rows_of[group].append(row)
+    rows = torch.tensor([r for g in order.tolist() for r in rows_of[g]], device=owner.device)
+    return list(rows.split(size))
+
+
+def round_minibatch(batch: int, minibatch_size: int) -> int:
+    """The largest divisor of ``batch`` up to ``minibatch_size``, so every optimizer step sees as many
+    sequences; warns when that is not ``minibatch_size`` itself."""
+    size = next(d for d in range(min(minibatch_size, batch), 0, -1) if batch % d == 0)
+    if size != minibatch_size:
+        warnings.warn(
+            f"minibatch_size={minibatch_size} does not divide the batch of {batch} rollouts; "
+            f"using minibatch_size={size} ({batch // size} optimizer steps per epoch)",
+            stacklevel=3,
+        )
+    return size
+
+
 def _reference_context(policy: PolicyWithValueHead, ref_model: nn.Module | None):
-    """The module that plays the reference, and a context that makes it so.
+    """The module that plays the reference, and a factory of contexts that make it so.
 
     With no separate ``ref_model`` the policy must be a PEFT model: its base with adapters disabled
     is the reference, which saves a second copy of the weights.
     """
     if ref_model is not None:
-        return ref_model, contextlib.nullcontext()
+        return ref_model, contextlib.nullcontext
     if not hasattr(policy.model, "disable_adapter"):
         raise ValueError("pass ref_model: the policy is not a PEFT model, so it has no adapter to disable")
-    return policy.model, policy.model.disable_adapter()
+    return policy.model, policy.model.disable_adapter
 
 
 @torch.no_grad()
@@ -181,32 +308,32 @@ def build_rollout(
     temperature: float = 1.0,
     batch_size: int = 16,
 ) -> Rollout:
-    """Score sampled responses under the policy (log-probs, values) and the reference (log-probs).
+    """Score sampled responses under the policy (log-probs and values, one trunk pass) and the
+    reference (log-probs), in one no-grad pass over the batch.
 
     ``query_ids`` are left-padded, ``response_ids`` right-padded; ``ref_model=None`` uses the
-    policy's PEFT base with adapters disabled. Runs in chunks of ``batch_size`` sequences.
+    policy's PEFT base with adapters disabled. Runs in chunks of about ``batch_size`` sequences, a
+    prompt's samples in one chunk so they share their query (:func:`response_forward`).
     """
-    input_ids = torch.cat([query_ids, response_ids], dim=1)
-    attention_mask = torch.cat([query_mask, response_mask], dim=1).long()
-    start = query_ids.shape[1]
     ref, ref_ctx = _reference_context(policy, ref_model)
-    old_logprobs, values, ref_logprobs = [], [], []
-    for rows in torch.arange(input_ids.shape[0]).split(batch_size):
-        ids, mask = input_ids[rows], attention_mask[rows]
-        logprobs, vals, _ = policy_forward(policy, ids, mask, start, temperature)
-        old_logprobs.append(logprobs)
-        values.append(vals)
-    with ref_ctx:
-        for rows in torch.arange(input_ids.shape[0]).split(batch_size):
-            ref_logprobs.append(logprobs_of(ref, input_ids[rows], attention_mask[rows], start, temperature))
+    _, owner = query_groups(query_ids, query_mask)
+    old_logprobs = torch.zeros(response_ids.shape, device=response_ids.device)
+    ref_logprobs, values = torch.zeros_like(old_logprobs), torch.zeros_like(old_logprobs)
+    for rows in group_chunks(owner, torch.arange(int(owner.max()) + 1), batch_size):
+        batch = (query_ids[rows], query_mask[rows], response_ids[rows], response_mask[rows])
+        old_logprobs[rows], values[rows], _ = response_forward(
+            policy.model, *batch, temperature, policy.value_head
+        )
+        with ref_ctx():
+            ref_logprobs[rows] = response_forward(ref, *batch, temperature)[0]
     return Rollout(
         query_ids=query_ids,
         query_mask=query_mask,
         response_ids=response_ids,
         response_mask=response_mask,
-        old_logprobs=torch.cat(old_logprobs),
-        ref_logprobs=torch.cat(ref_logprobs),
-        values=torch.cat(values),
+        old_logprobs=old_logprobs,
+        ref_logprobs=ref_logprobs,
+        values=values,
         scores=scores.float(),
     )
 
@@ -238,14 +365,18 @@ def ppo_update(
         if config.whiten_advantages:
             advantages = whiten(advantages, mask)
 
-    # 3. Epochs of shuffled minibatches.
-    input_ids, attention_mask, start = rollout.input_ids, rollout.attention_mask, rollout.response_start
+    # 3. Epochs of shuffled minibatches; a prompt's samples stay together (they share their query).
+    query_ids, query_mask = rollout.query_ids, rollout.query_mask
+    response_ids = rollout.response_ids
+    _, owner = query_groups(query_ids, query_mask)
+    minibatch_size = round_minibatch(response_ids.shape[0], config.minibatch_size)
     params = [p for p in policy.parameters() if p.requires_grad]
-    micro_size = config.micro_batch_size or config.minibatch_size
+    micro_size = config.micro_batch_size or minibatch_size
     sums: dict[str, list[float]] = defaultdict(list)
     for _ in range(config.epochs):
         epoch_kl = []
-        for minibatch in torch.randperm(input_ids.shape[0], device=device).split(config.minibatch_size):
+        order = torch.randperm(int(owner.max()) + 1, device=device)
+        for minibatch in group_chunks(owner, order, minibatch_size):
             minibatch_tokens = mask[minibatch].sum().clamp(min=1.0)
             optimizer.zero_grad(set_to_none=True)
             step = defaultdict(float)
@@ -253,8 +384,14 @@ def ppo_update(
                 m = mask[rows]
                 # Token-weighted micro losses add up to the minibatch's token mean exactly.
                 weight = m.sum() / minibatch_tokens
-                logprobs, values, logits = policy_forward(
-                    policy, input_ids[rows], attention_mask[rows], start, config.temperature
+                logprobs, values, logits = response_forward(
+                    policy.model,
+                    query_ids[rows],
+                    query_mask[rows],
+                    response_ids[rows],
+                    rollout.response_mask[rows],
+                    config.temperature,
+                    policy.value_head,
                 )
                 pg_loss, clipfrac, approx_kl = ppo_policy_loss(
                     logprobs, rollout.old_logprobs[rows], advantages[rows], m, config.clip_eps
