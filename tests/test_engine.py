@@ -44,7 +44,9 @@ def test_sampling_is_seeded_and_n_samples(engine):
     assert [c.text for c in first] != [c.text for c in other]
 
 
-def test_stop_string_cuts_text(engine):
+@pytest.mark.parametrize("decode_loop", ["tether", "transformers"])
+def test_stop_string_cuts_text(tiny_model_dir, decode_loop):
+    engine = Engine(load(str(tiny_model_dir)), EngineConfig(batch_size=4, decode_loop=decode_loop))
     free = engine.generate([PROMPTS[0]], SamplingParams(max_new_tokens=16), progress=False)[0]
     assert len(free.text) > 3
     stop = free.text[2:4]
@@ -254,6 +256,15 @@ def test_stop_matcher_follows_multibyte_text(tiny_model_dir):
         fired = next((k for k, t in enumerate(tokens, 1) if matcher.push(t)), None)
         expected = next((k for k in range(1, len(tokens) + 1) if stop in tokenizer.decode(tokens[:k])), None)
         assert fired == expected, stop
+    # transformers' generate path: the same matcher per row, fed one step at a time.
+    from tether.engine.hf import StopOnStrings
+
+    prompt = [1, 2, 3]
+    rows = torch.tensor([prompt + tokens, prompt + tokens[::-1]])
+    criterion = StopOnStrings(len(prompt), ["fin."], tokenizer)
+    fired = [criterion(rows[:, : len(prompt) + k], None).tolist() for k in range(1, len(tokens) + 1)]
+    first = next(k for k in range(1, len(tokens) + 1) if "fin." in tokenizer.decode(tokens[:k]))
+    assert [f[0] for f in fired] == [k >= first for k in range(1, len(tokens) + 1)]
 
 
 def test_static_cache_too_short_errors_or_truncates(tiny_model_dir):

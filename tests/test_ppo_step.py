@@ -257,3 +257,56 @@ def test_minibatch_that_does_not_divide_the_batch_is_rounded(tiny_model_dir, tok
     ):
         stats = ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=1e-3), rollout, config)
     assert stats.n_updates == 4
+
+
+def test_rollout_and_update_reuses_the_first_forward(tiny_model_dir, tokenizer, monkeypatch):
+    """One minibatch in one micro-batch: the rollout's log-probs and values come from the update's
+    own first forward (the policy has not changed yet), and the step equals build_rollout followed
+    by ppo_update, one policy pass fewer."""
+    from peft import LoraConfig, get_peft_model
+
+    from tether.train.ppo import step as step_module
+    from tether.train.ppo.step import rollout_and_update
+
+    calls = []
+    real_forward = step_module.response_forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(args[-1] if len(args) > 6 else kwargs.get("value_head"))
+        return real_forward(*args, **kwargs)
+
+    def lora_policy() -> PolicyWithValueHead:
+        torch.manual_seed(0)
+        lora = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+        )
+        return PolicyWithValueHead(lora)
+
+    batch = grouped_batch(tokenizer)
+    scores = torch.tensor([1.0, 0.5, -1.0, 2.0, 0.0, -0.5])
+    config = PPOConfig(epochs=2, minibatch_size=6, micro_batch_size=6, init_kl_coef=0.1)
+    results = []
+    for fused in (True, False):
+        policy = lora_policy()
+        optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.1)
+        monkeypatch.setattr(step_module, "response_forward", counting_forward)
+        calls.clear()
+        torch.manual_seed(1)
+        if fused:
+            rollout, stats, _ = rollout_and_update(
+                policy, None, optimizer, *batch, scores, config, kl_coef=0.1
+            )
+        else:
+            rollout = build_rollout(policy, None, *batch, scores, temperature=config.temperature)
+            stats = ppo_update(policy, optimizer, rollout, config, kl_coef=0.1)
+        policy_passes = sum(head is not None for head in calls)
+        results.append((rollout, stats, policy_passes, [p.detach().clone() for p in policy.parameters()]))
+    (fused_rollout, fused_stats, fused_passes, fused_params), (rollout, stats, passes, params) = results
+    assert (fused_passes, passes) == (2, 3)  # one per epoch, plus build_rollout's when not fused
+    torch.testing.assert_close(fused_rollout.old_logprobs, rollout.old_logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_rollout.values, rollout.values, atol=1e-5, rtol=1e-5)
+    assert fused_stats.approx_kl == pytest.approx(stats.approx_kl, abs=1e-6)
+    assert fused_stats.value_loss == pytest.approx(stats.value_loss, rel=1e-4)
+    for a, b in zip(fused_params, params, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -77,13 +77,13 @@ def test_samples_per_prompt_scores_each_sample_against_its_siblings(tiny_model_d
         raw_scores.append(scores)
         return scores
 
-    real_build = trainer_module.build_rollout
+    real_step = trainer_module.rollout_and_update
 
-    def spy_build(*args, **kwargs):
-        rollout_scores.append(args[6].tolist())
-        return real_build(*args, **kwargs)
+    def spy_step(*args, **kwargs):
+        rollout_scores.append(args[7].tolist())
+        return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "build_rollout", spy_build)
+    monkeypatch.setattr(trainer_module, "rollout_and_update", spy_step)
     cfg = config(steps=1, samples_per_prompt=3, ppo=PPOConfig(epochs=1, minibatch_size=3, temperature=1.0))
     result = train_ppo(str(tiny_model_dir), PROMPTS, reward, tmp_path / "ppo", cfg)
     assert result.steps == 1

@@ -51,6 +51,13 @@ class EngineConfig(StrictModel):
         "batch; 'auto': Tether's loop for greedy decoding and transformers' for sampling, which keeps "
         "the samples of earlier releases for a given seed and batch plan.",
     )
+    decode_step: Literal["eager", "compiled", "cuda_graph"] = Field(
+        "eager",
+        description="How Tether's decode loop runs a step: eagerly; through torch.compile (every step "
+        "attends over the whole static cache; compiling takes minutes on a CPU and did not pay there, "
+        "see benchmarks/README.md); or as one captured CUDA graph (CUDA only; falls back to eager "
+        "with a warning when capture fails).",
+    )
     cache_tokens: int | None = Field(
         None,
         ge=2,

@@ -15,23 +15,31 @@ concatenation every step and rebuilds the attention mask every step. :class:`Dec
   sequence, so a sequence's samples do not depend on which slot or step it ran in), and checks stop
   strings on each sequence's new text only (:class:`StopMatcher`).
 
-A decode step is one forward of the model with ``slots`` one-token rows. With ``static=True`` every
-step attends over the full capacity (masked), so its shapes never change: what ``torch.compile`` and
-CUDA graphs need. Otherwise a step attends over the widest live sequence only.
+A decode step is one forward of the model with ``slots`` one-token rows. Eagerly (the default) a
+step attends over the widest live sequence only. ``step="compiled"`` (``torch.compile``) and
+``step="cuda_graph"`` (one captured CUDA graph replayed every step) need shapes that never change:
+every step then attends over the whole capacity, rounded up to a multiple of
+:data:`STATIC_CAPACITY_STEP` so that calls with similar lengths reuse one compiled step, graph and
+cache.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers.cache_utils import Cache
 
 from tether.engine.backend import Sample
 from tether.engine.types import SamplingParams
+
+StepMode = Literal["eager", "compiled", "cuda_graph"]
+STATIC_CAPACITY_STEP = 128
 
 
 class StopMatcher:
@@ -145,18 +153,32 @@ class DecodeLoop:
     through ``Cache.update`` and accept a ready 4-D mask, as every model with static-cache support does.
     """
 
-    def __init__(self, model, tokenizer, eos_ids: Sequence[int], pad_id: int, device: torch.device):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        eos_ids: Sequence[int],
+        pad_id: int,
+        device: torch.device,
+        step: StepMode = "eager",
+    ):
+        if step == "cuda_graph" and torch.device(device).type != "cuda":
+            raise ValueError("step='cuda_graph' needs a CUDA device")
         self.model = model
         self.tokenizer = tokenizer
         self.eos = set(eos_ids)
         self.pad_id = pad_id
         self.device = device
+        self.step = step
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.num_layers = int(config.num_hidden_layers)
+        self._compiled: Callable | None = None
+        # Static modes keep the cache, mask and graph of the last shape, for the next call to reuse.
+        self._static: tuple[tuple[int, int], SlotCache, torch.Tensor, Callable] | None = None
 
     # ------------------------------------------------------------------ token selection
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _select(
         self, logits: torch.Tensor, rows: list[_Sequence | None], params: SamplingParams
     ) -> list[int]:
@@ -188,7 +210,6 @@ class DecodeLoop:
         slots: int,
         *,
         keys: Sequence[int] | None = None,
-        static: bool = False,
     ) -> Iterator[tuple[int, list[Sample], float]]:
         """Yield ``(prompt index, its params.n samples, seconds from its admission)`` as prompts finish.
 
@@ -200,9 +221,10 @@ class DecodeLoop:
         n = params.n
         slots = max(1, min(slots, len(prompts) * n))
         capacity = max(len(p) for p in prompts) + params.max_new_tokens
-        cache = SlotCache(self.num_layers, slots, capacity, self.device)
-        mask = torch.zeros(slots, 1, 1, capacity, dtype=torch.bool, device=self.device)
-        mask[:, :, :, 0] = True  # an empty slot sees column 0, so its (discarded) row is never all -inf
+        static = self.step != "eager"
+        if static:
+            capacity = -(-capacity // STATIC_CAPACITY_STEP) * STATIC_CAPACITY_STEP
+        cache, mask, forward = self._state(slots, capacity)
         rows: list[_Sequence | None] = [None] * slots
         lengths = [0] * slots  # tokens in each slot's cache
         last = [self.pad_id] * slots  # the token each slot feeds next
@@ -268,7 +290,7 @@ class DecodeLoop:
             mask.scatter_(3, cache.write_index.view(-1, 1, 1, 1), True)
             cache.width = capacity if static else max(lengths[s] for s in live) + 1
             ids = torch.tensor(last, device=self.device).view(slots, 1)
-            logits = self._forward(ids, cache, mask[:, :, :, : cache.width])
+            logits = forward(ids, cache, mask[:, :, :, : cache.width])
             tokens = self._select(logits, rows, params)
             for slot in live:
                 lengths[slot] += 1
@@ -277,7 +299,33 @@ class DecodeLoop:
             if waiting and not all(rows):
                 yield from admit()
 
-    @torch.inference_mode()
+    def _state(self, slots: int, capacity: int) -> tuple[SlotCache, torch.Tensor, Callable]:
+        """A cache and mask for ``slots`` x ``capacity`` (an empty slot sees column 0 only, so its
+        discarded row is never all -inf), and the step function that runs on them."""
+        if self.step == "eager":
+            cache = SlotCache(self.num_layers, slots, capacity, self.device)
+            mask = torch.zeros(slots, 1, 1, capacity, dtype=torch.bool, device=self.device)
+            mask[:, :, :, 0] = True
+            return cache, mask, self._forward
+        if self._static is not None and self._static[0] == (slots, capacity):
+            _, cache, mask, forward = self._static
+            cache.write_index.zero_()
+        else:
+            self._static = None  # free the old buffers first
+            cache = SlotCache(self.num_layers, slots, capacity, self.device)
+            mask = torch.zeros(slots, 1, 1, capacity, dtype=torch.bool, device=self.device)
+            if self.step == "compiled":
+                if self._compiled is None:
+                    self._compiled = torch.compile(self._forward, dynamic=False)
+                forward = self._compiled
+            else:
+                forward = _GraphedStep(self._forward)
+            self._static = ((slots, capacity), cache, mask, forward)
+        mask.zero_()
+        mask[:, :, :, 0] = True
+        return cache, mask, forward
+
+    @torch.no_grad()
     def _forward(self, ids: torch.Tensor, cache: SlotCache, mask: torch.Tensor) -> torch.Tensor:
         """One decode step: the next-token logits ``(slots, vocab)`` in float32."""
         out = self.model(
@@ -290,7 +338,7 @@ class DecodeLoop:
         )
         return out.logits[:, -1].float()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _prefill(
         self, cache: SlotCache, slots: torch.Tensor, prompt: Sequence[int], mask: torch.Tensor
     ) -> torch.Tensor:
@@ -302,3 +350,46 @@ class DecodeLoop:
         mask[slots] = False
         mask[slots, :, :, : len(prompt)] = True
         return out.logits[:, -1].float()
+
+
+class _GraphedStep:
+    """The decode step captured once in a CUDA graph and replayed: one launch a step instead of one
+    per kernel. The graph reads the token ids from its own buffer and the cache, mask and write
+    positions in place, so every step of every call with the same shapes replays the same graph. If
+    capture fails (a model whose forward synchronises with the host, say), it warns and runs eagerly.
+
+    Not exercised by the test suite, which runs on CPU."""
+
+    def __init__(self, forward: Callable):
+        self.forward = forward
+        self.graph = None
+        self.ids: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+        self.eager = False
+
+    def __call__(self, ids: torch.Tensor, cache: SlotCache, mask: torch.Tensor) -> torch.Tensor:
+        if self.eager:
+            return self.forward(ids, cache, mask)
+        if self.graph is None:
+            try:
+                self._capture(ids, cache, mask)
+            except Exception as error:  # noqa: BLE001 - any capture failure falls back to eager steps
+                warnings.warn(f"CUDA graph capture failed ({error}); decoding eagerly", stacklevel=2)
+                self.eager = True
+                return self.forward(ids, cache, mask)
+        self.ids.copy_(ids)
+        self.graph.replay()
+        return self.logits
+
+    def _capture(self, ids: torch.Tensor, cache: SlotCache, mask: torch.Tensor) -> None:
+        self.ids = ids.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up writes the same keys and values the real step will
+                self.forward(self.ids, cache, mask)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self.forward(self.ids, cache, mask)
+        self.graph = graph

@@ -24,7 +24,7 @@ class PromptTooLongError(DataError):
 
 def make_backend(loaded: LoadedModel, config: EngineConfig) -> Backend:
     if config.backend == "hf":
-        return HFBackend(loaded.model, loaded.tokenizer, loaded.device)
+        return HFBackend(loaded.model, loaded.tokenizer, loaded.device, config.decode_step)
     raise TetherError(
         f"engine backend '{config.backend}' is not available in this version",
         hint="use engine.backend=hf; a vLLM backend is planned as the optional GPU extra",

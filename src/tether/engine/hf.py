@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from tether.engine.backend import EncodedScore, Sample, TokenScores
-from tether.engine.decode import DecodeLoop, StopMatcher
+from tether.engine.decode import DecodeLoop, StepMode, StopMatcher
 from tether.engine.types import SamplingParams
 from tether.models.padding import left_pad, positions_from_mask
 
@@ -32,17 +32,18 @@ class StopOnStrings:
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         if not self.matchers:
             self.matchers = [StopMatcher(self.stops, self.tokenizer) for _ in range(input_ids.shape[0])]
-        generated = input_ids[:, self.prompt_width :].tolist()
+        seen = len(self.matchers[0].tokens)  # every row gains one token a step
+        new_tokens = input_ids[:, self.prompt_width + seen :].tolist()
         done = []
-        for matcher, row in zip(self.matchers, generated, strict=True):
-            for token in row[len(matcher.tokens) :]:
+        for matcher, row in zip(self.matchers, new_tokens, strict=True):
+            for token in row:
                 matcher.push(token)
             done.append(matcher.hit)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class HFBackend:
-    def __init__(self, model, tokenizer, device: torch.device):
+    def __init__(self, model, tokenizer, device: torch.device, decode_step: StepMode = "eager"):
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -53,6 +54,7 @@ class HFBackend:
         self._head = causal_lm.get_output_embeddings()
         self._softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
         self._loop: DecodeLoop | None = None
+        self._decode_step = decode_step
 
     def _eos_ids(self) -> list[int]:
         ids = set()
@@ -125,7 +127,9 @@ class HFBackend:
         """Continuous batching through Tether's decode loop: ``(prompt index, samples, latency)`` as
         prompts finish, ``slots`` sequences in flight; ``keys`` seed each prompt's samples."""
         if self._loop is None:
-            self._loop = DecodeLoop(self.model, self.tokenizer, self.eos_ids, self.pad_id, self.device)
+            self._loop = DecodeLoop(
+                self.model, self.tokenizer, self.eos_ids, self.pad_id, self.device, self._decode_step
+            )
         return self._loop.run(prompts, params, slots, keys=keys)
 
     # ------------------------------------------------------------------ scoring

@@ -19,11 +19,14 @@ from tether.train.ppo.losses import (
 )
 from tether.train.ppo.step import (
     PPOConfig,
+    PPOStep,
     build_rollout,
     logprobs_of,
     make_kl_controller,
     policy_forward,
     ppo_update,
+    response_forward,
+    rollout_and_update,
 )
 from tether.train.ppo.types import PPOStats, Rollout
 from tether.train.ppo.value_head import PolicyWithValueHead, disable_dropout
@@ -35,6 +38,7 @@ __all__ = [
     "KLEstimator",
     "PPOConfig",
     "PPOStats",
+    "PPOStep",
     "PolicyWithValueHead",
     "Rollout",
     "build_rollout",
@@ -51,5 +55,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_update",
     "ppo_value_loss",
+    "response_forward",
+    "rollout_and_update",
     "whiten",
 ]

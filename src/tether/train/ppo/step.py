@@ -17,8 +17,10 @@ together, and micro-batches bound memory: it is set by ``micro_batch_size``, not
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections import defaultdict
+from typing import NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -296,6 +298,33 @@ def _reference_context(policy: PolicyWithValueHead, ref_model: nn.Module | None)
 
 
 @torch.no_grad()
+def _rollout_logprobs(
+    policy: PolicyWithValueHead,
+    ref_model: nn.Module | None,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    temperature: float,
+    batch_size: int,
+    with_policy: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """Old log-probs and values (``with_policy``) and reference log-probs, ``(B, R)`` each, in
+    chunks of about ``batch_size`` rows that keep a prompt's samples together."""
+    query_ids, query_mask, response_ids, _ = batch
+    ref, ref_ctx = _reference_context(policy, ref_model)
+    _, owner = query_groups(query_ids, query_mask)
+    ref_logprobs = torch.zeros(response_ids.shape, device=response_ids.device)
+    old_logprobs = torch.zeros_like(ref_logprobs) if with_policy else None
+    values = torch.zeros_like(ref_logprobs) if with_policy else None
+    for rows in group_chunks(owner, torch.arange(int(owner.max()) + 1), batch_size):
+        chunk = tuple(t[rows] for t in batch)
+        if with_policy:
+            old_logprobs[rows], values[rows], _ = response_forward(
+                policy.model, *chunk, temperature, policy.value_head
+            )
+        with ref_ctx():
+            ref_logprobs[rows] = response_forward(ref, *chunk, temperature)[0]
+    return old_logprobs, values, ref_logprobs
+
+
 def build_rollout(
     policy: PolicyWithValueHead,
     ref_model: nn.Module | None,
@@ -315,27 +344,11 @@ def build_rollout(
     policy's PEFT base with adapters disabled. Runs in chunks of about ``batch_size`` sequences, a
     prompt's samples in one chunk so they share their query (:func:`response_forward`).
     """
-    ref, ref_ctx = _reference_context(policy, ref_model)
-    _, owner = query_groups(query_ids, query_mask)
-    old_logprobs = torch.zeros(response_ids.shape, device=response_ids.device)
-    ref_logprobs, values = torch.zeros_like(old_logprobs), torch.zeros_like(old_logprobs)
-    for rows in group_chunks(owner, torch.arange(int(owner.max()) + 1), batch_size):
-        batch = (query_ids[rows], query_mask[rows], response_ids[rows], response_mask[rows])
-        old_logprobs[rows], values[rows], _ = response_forward(
-            policy.model, *batch, temperature, policy.value_head
-        )
-        with ref_ctx():
-            ref_logprobs[rows] = response_forward(ref, *batch, temperature)[0]
-    return Rollout(
-        query_ids=query_ids,
-        query_mask=query_mask,
-        response_ids=response_ids,
-        response_mask=response_mask,
-        old_logprobs=old_logprobs,
-        ref_logprobs=ref_logprobs,
-        values=values,
-        scores=scores.float(),
+    batch = (query_ids, query_mask, response_ids, response_mask)
+    old_logprobs, values, ref_logprobs = _rollout_logprobs(
+        policy, ref_model, batch, temperature, batch_size, with_policy=True
     )
+    return Rollout(*batch, old_logprobs, ref_logprobs, values, scores.float())
 
 
 def ppo_update(
@@ -344,11 +357,16 @@ def ppo_update(
     rollout: Rollout,
     config: PPOConfig,
     kl_coef: float | None = None,
+    *,
+    first_forward: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> PPOStats:
     """Run ``config.epochs`` passes of minibatch PPO on one rollout batch and return what happened.
 
     ``kl_coef`` is the controller's current coefficient (``config.init_kl_coef`` when omitted). The
-    caller updates its KL controller afterwards with ``stats.kl_to_ref``.
+    caller updates its KL controller afterwards with ``stats.kl_to_ref``. ``first_forward`` is the
+    policy's :func:`response_forward` over the whole batch, in row order and with gradients, made
+    since the policy last changed; the first optimizer step uses it instead of a forward of its own.
+    It needs that step to be the whole batch in one micro-batch (:func:`rollout_and_update`).
     """
     kl_coef = config.init_kl_coef if kl_coef is None else float(kl_coef)
     device = next(policy.parameters()).device
@@ -372,6 +390,10 @@ def ppo_update(
     minibatch_size = round_minibatch(response_ids.shape[0], config.minibatch_size)
     params = [p for p in policy.parameters() if p.requires_grad]
     micro_size = config.micro_batch_size or minibatch_size
+    if first_forward is not None and not _one_pass(response_ids.shape[0], config):
+        raise ValueError(
+            "first_forward needs the first optimizer step to be the whole batch in one micro-batch"
+        )
     sums: dict[str, list[float]] = defaultdict(list)
     for _ in range(config.epochs):
         epoch_kl = []
@@ -381,18 +403,23 @@ def ppo_update(
             optimizer.zero_grad(set_to_none=True)
             step = defaultdict(float)
             for rows in minibatch.split(micro_size):
+                if first_forward is not None:
+                    # The policy has not moved since that pass; the loss is a mean, so row order is free.
+                    rows = torch.arange(len(rows), device=device)
+                    (logprobs, values, logits), first_forward = first_forward, None
+                else:
+                    logprobs, values, logits = response_forward(
+                        policy.model,
+                        query_ids[rows],
+                        query_mask[rows],
+                        response_ids[rows],
+                        rollout.response_mask[rows],
+                        config.temperature,
+                        policy.value_head,
+                    )
                 m = mask[rows]
                 # Token-weighted micro losses add up to the minibatch's token mean exactly.
                 weight = m.sum() / minibatch_tokens
-                logprobs, values, logits = response_forward(
-                    policy.model,
-                    query_ids[rows],
-                    query_mask[rows],
-                    response_ids[rows],
-                    rollout.response_mask[rows],
-                    config.temperature,
-                    policy.value_head,
-                )
                 pg_loss, clipfrac, approx_kl = ppo_policy_loss(
                     logprobs, rollout.old_logprobs[rows], advantages[rows], m, config.clip_eps
                 )
@@ -444,3 +471,58 @@ def ppo_update(
             grad_norm=mean("grad_norm"),
             n_updates=len(sums["grad_norm"]),
         )
+
+
+def _one_pass(batch: int, config: PPOConfig) -> bool:
+    """Whether the first optimizer step is one forward over the whole batch."""
+    return config.minibatch_size >= batch and (config.micro_batch_size or batch) >= batch
+
+
+class PPOStep(NamedTuple):
+    """What :func:`rollout_and_update` did: the rollout it trained on, the update's statistics, and
+    the seconds spent in no-grad forward passes."""
+
+    rollout: Rollout
+    stats: PPOStats
+    forward_s: float
+
+
+def rollout_and_update(
+    policy: PolicyWithValueHead,
+    ref_model: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    scores: torch.Tensor,
+    config: PPOConfig,
+    *,
+    kl_coef: float | None = None,
+    forward_batch_size: int = 16,
+) -> PPOStep:
+    """:func:`build_rollout` then :func:`ppo_update`, without computing anything twice.
+
+    When the update's first optimizer step is one forward over the whole batch (one minibatch, one
+    micro-batch: the defaults at 8 rollouts), that forward happens before any step, while the policy
+    is still the one that sampled: its detached log-probs and values *are* the rollout's, so only the
+    reference runs without gradients, and the first step reuses the forward. Otherwise the rollout
+    is built first, as :func:`build_rollout` does. Either way the update is the same, up to float
+    rounding.
+    """
+    began = time.perf_counter()
+    batch = (query_ids, query_mask, response_ids, response_mask)
+    if not _one_pass(query_ids.shape[0], config):
+        rollout = build_rollout(
+            policy, ref_model, *batch, scores, temperature=config.temperature, batch_size=forward_batch_size
+        )
+        forward_s = time.perf_counter() - began
+        return PPOStep(rollout, ppo_update(policy, optimizer, rollout, config, kl_coef), forward_s)
+    _, _, ref_logprobs = _rollout_logprobs(
+        policy, ref_model, batch, config.temperature, forward_batch_size, with_policy=False
+    )
+    forward_s = time.perf_counter() - began
+    first = response_forward(policy.model, *batch, config.temperature, policy.value_head)
+    rollout = Rollout(*batch, first[0].detach(), ref_logprobs, first[1].detach(), scores.float())
+    stats = ppo_update(policy, optimizer, rollout, config, kl_coef, first_forward=first)
+    return PPOStep(rollout, stats, forward_s)

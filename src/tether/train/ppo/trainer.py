@@ -7,8 +7,10 @@ Per iteration:
    log-probs PPO recomputes are those of the distribution that sampled;
 2. **reward** — a reward model (or any ``reward_fn``) scores prompt + response, plus optional rule
    terms: a length penalty and a penalty for responses cut off before EOS;
-3. **update** — :func:`build_rollout` (policy log-probs and values, reference log-probs with the
-   adapter disabled), :func:`ppo_update`, then the KL controller moves its coefficient;
+3. **update** — :func:`rollout_and_update`: the rollout (policy log-probs and values, reference
+   log-probs with the adapter disabled, each prompt's query run once for all its samples) and
+   :func:`ppo_update`, sharing the policy's forward when the first optimizer step covers the whole
+   batch; then the KL controller moves its coefficient;
 4. **monitor** — reward mean/std, KL, entropy, length, distinct-1/2, embedding diversity and an
    independent quality score go to :class:`MonitorState`; alerts are logged, and with
    ``monitor.early_stop`` a critical one ends training;
@@ -54,7 +56,7 @@ from tether.train.monitors import (
     diversity_metrics,
     plot_monitors,
 )
-from tether.train.ppo.step import PPOConfig, build_rollout, make_kl_controller, ppo_update
+from tether.train.ppo.step import PPOConfig, make_kl_controller, rollout_and_update
 from tether.train.ppo.value_head import PolicyWithValueHead
 
 log = logging.getLogger(__name__)
@@ -488,22 +490,23 @@ def train_ppo(
             t0 = time.perf_counter()
             query_ids, query_mask = left_pad(queries, pad_id, device)
             response_ids, response_mask = right_pad(responses, pad_id, device)
-            rollout = build_rollout(
+            ppo_step = rollout_and_update(
                 policy,
                 ref_model,
+                optimizer,
                 query_ids,
                 query_mask,
                 response_ids,
                 response_mask,
                 torch.tensor(baselined_scores),
-                temperature=config.ppo.temperature,
-                batch_size=config.forward_batch_size,
+                config.ppo,
+                kl_coef=kl_ctl.coef,
+                forward_batch_size=config.forward_batch_size,
             )
-            timings["forward_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            stats = ppo_update(policy, optimizer, rollout, config.ppo, kl_coef=kl_ctl.coef)
+            stats = ppo_step.stats
             kl_ctl.update(stats.kl_to_ref, len(batch))  # rollouts: the controller's horizon counts samples
-            timings["update_s"] = time.perf_counter() - t0
+            timings["forward_s"] = ppo_step.forward_s
+            timings["update_s"] = time.perf_counter() - t0 - ppo_step.forward_s
 
             # --- 4. Validation and monitors ----------------------------------------------------------
             out_of_time = (
