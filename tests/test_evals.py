@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -359,6 +360,40 @@ def test_mmlu_task_runs_on_real_items():
     out = task.run(engine, items)
     assert [r.score for r in out] == [float(it.answer_index == 0) for it in items]
     assert all(r.output == " A" for r in out)
+
+
+def test_winogrande_partial_scoring_picks_the_option_whose_context_makes_the_rest_likelier():
+    task = get_task("winogrande")
+    items = task.load()[:3]
+    engine = ScriptedEngine(score=lambda r: [-1.0] if r.id.endswith("#1") else [-3.0])
+    out = task.run(engine, items)
+    assert [r.score for r in out] == [float(it.answer_index == 1) for it in items]
+    assert out[0].output == "Sarah was a much better surgeon than Maria so Maria always got the easier cases."
+    assert len(engine.score_calls) == 1 and len(engine.scored) == 6  # one call, a request per option
+    assert all(r.extra["acc"] == r.extra["acc_norm"] for r in out)
+
+
+@pytest.mark.parametrize("name", ["arc_easy", "piqa", "sciq", "openbookqa", "boolq", "social_iqa"])
+def test_new_multiple_choice_tasks_score_the_gold_choice(name):
+    task = get_task(name)
+    items = task.select(limit=3)
+    gold = {it.id: it.answer_index for it in items}
+    engine = ScriptedEngine(
+        score=lambda r: [0.0 if i == gold[r.id] else -50.0 for i in range(len(r.continuations))]
+    )
+    out = task.run(engine, items)
+    assert [r.score for r in out] == [1.0, 1.0, 1.0]
+    assert task.metric.axis == "capability" and task.metric.chance is not None
+
+
+def test_prompt_types_where_the_data_has_them():
+    assert get_task("mmlu").prompt_type(get_task("mmlu").load()[0]) == "stem"  # abstract_algebra
+    arc = get_task("arc_easy")
+    assert arc.prompt_type(SimpleNamespace(id="arc_easy/MCAS_2000_4_6")) == "grade 4"
+    assert arc.prompt_type(SimpleNamespace(id="arc_easy/LEAP__7_10352")) == "grade 7"
+    assert arc.prompt_type(SimpleNamespace(id="arc_easy/Mercury_7175875")) == "grade unknown"
+    harm = get_task("harmful_refusal")
+    assert {harm.prompt_type(it) for it in harm.load()} == {"standard", "contextual", "copyright"}
 
 
 def test_number_extraction():

@@ -169,11 +169,19 @@ def run_task(
                 done[r.item_id] = r.model_copy(update={"model": model, "model_fingerprint": fingerprint})
             bar.advance(len(chunk))
     return TaskRun(
-        results=[done[it.id] for it in items],
+        results=[_with_prompt_type(done[it.id], task, it) for it in items],
         n_cached=len(found),
         seconds=time.perf_counter() - began,
         error=error,
     )
+
+
+def _with_prompt_type(result: ItemResult, task: Task, item: Any) -> ItemResult:
+    """The item's prompt type (``Task.prompt_type``) in ``extra``, for the failure analysis. Added
+    after the cache, since it depends on the item alone."""
+    if task.prompt_type is None:
+        return result
+    return result.model_copy(update={"extra": {**result.extra, "prompt_type": task.prompt_type(item)}})
 
 
 def _judge_validation(tasks: Sequence[Task]) -> dict[str, Any]:

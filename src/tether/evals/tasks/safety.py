@@ -84,12 +84,18 @@ def _refusal_task(name: str, source: str, description: str, **sizes: Any) -> Tas
     )
 
 
+def harmbench_functional_category(item: HarmfulPrompt) -> str:
+    """HarmBench's functional category (standard, contextual, copyright): the first tag."""
+    return item.tags[0] if item.tags else "unknown"
+
+
 def harmful_refusal() -> Task:
     return _refusal_task(
         "harmful_refusal",
         "harmbench",
         "HarmBench test behaviours: refusal rate, by semantic category",
         default_per_category=5,
+        prompt_type=harmbench_functional_category,
     )
 
 
