@@ -220,6 +220,9 @@ def _report_values(report: AuditReport) -> dict[str, dict[str, float | None]]:
     if report.pareto is not None:
         out["safety_axis"] = {p.model: p.safety for p in report.pareto.points}
         out["capability_axis"] = {p.model: p.capability for p in report.pareto.points}
+    capability = report.power.axis("capability_axis") if report.power is not None else None
+    if capability is not None and "capability_axis" not in out:  # no Pareto plot: capability tasks only,
+        out["capability_axis"] = {p.model: p.value for p in capability.points}  # or none with signal
     return out
 
 

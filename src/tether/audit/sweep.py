@@ -16,7 +16,7 @@ import gc
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,12 +249,15 @@ def _open_run(out_dir: Path, config: dict[str, Any], seed: int) -> Run:
     return Run.create(out_dir.name, root=out_dir.parent, job="audit", config=config, seed=seed)
 
 
-def _select(task_list: Sequence[Task], sweep: _Sweep, *, limit, full, seed) -> dict[str, list[Any]]:
+def _select(
+    task_list: Sequence[Task], sweep: _Sweep, *, limit, full, seed, sizes=None
+) -> dict[str, list[Any]]:
     """The same items for every model: sampling depends on the data and the seed only."""
     samples: dict[str, list[Any]] = {}
     for task in task_list:
         try:
-            samples[task.name] = task.select(limit=limit, full=full, seed=seed)
+            size = (sizes or {}).get(task.name)
+            samples[task.name] = task.select(limit=limit, full=full, seed=seed, size=size)
         except TetherError as exc:
             sweep.task_errors[task.name] = exc.render()
             samples[task.name] = []
@@ -351,6 +354,7 @@ def run_audit(
     cache: str | Path | bool = True,
     load_engine: LoadEngine | None = None,
     progress: bool = True,
+    sizes: Mapping[str, int] | None = None,
 ) -> AuditReport:
     """Audit ``models`` (the first is the baseline) on ``tasks`` (set names, task names, user task
     YAML paths) and write report.json and report.html into ``out_dir``.
@@ -358,6 +362,7 @@ def run_audit(
     ``limit`` caps the items per task (on top of each task's default sample unless ``full``).
     ``cache``: True = the default cache file (see ``default_cache_path``), False = none, or a path.
     ``load_engine(spec, config, tracer)`` replaces ``Engine.from_spec`` (tests, preloaded models).
+    ``sizes`` (task name -> items) replaces tasks' default sample sizes (``tether audit --mde``).
     """
     out_dir = Path(out_dir)
     engine_config = engine_config or EngineConfig()
@@ -368,7 +373,9 @@ def run_audit(
     if pareto is not None:
         check_spec(pareto, metrics)  # before hours of compute, not after
     sweep = _Sweep()
-    samples = _select(task_list, sweep, limit=limit, full=full, seed=seed)
+    if sizes and full:
+        raise ConfigError("sample sizes and --full contradict each other", where="--mde", hint="drop one")
+    samples = _select(task_list, sweep, limit=limit, full=full, seed=seed, sizes=sizes)
     config = {
         "models": [{"name": t.name, "spec": t.spec} for t in targets],
         "tasks": [t.name for t in task_list],
@@ -376,6 +383,7 @@ def run_audit(
         "full": full,
         "seed": seed,
         "engine": engine_config.model_dump(mode="json"),
+        **({"sizes": dict(sizes)} if sizes else {}),
     }
     run = _open_run(out_dir, config, seed)
     store = (
