@@ -79,7 +79,10 @@ def test_mde_against_a_hand_computed_value():
     """n = 200 items, 20% discordant: (1.95996 + 0.84162) * sqrt(0.2 / 200) = 2.80158 * 0.031623."""
     assert mde(200, 0.2) == pytest.approx(0.088594, abs=1e-6)
     assert mde(200, 0.2, power=0.9) == pytest.approx((1.959964 + 1.281552) * math.sqrt(0.001), abs=1e-6)
-    assert mde(200, 0.0) == pytest.approx(6 / 200)  # no flips seen: the exact test's floor, k/n
+    # Floors: a change of delta flips >= delta of the items, so delta >= z**2 / n = 7.849 / n; and
+    # the exact test needs 6 one-way flips (6 / n), the lower of the two at alpha .05, power .8.
+    assert mde(200, 0.0) == pytest.approx(2.801585**2 / 200, abs=1e-6)
+    assert mde(200, 0.0, power=0.5) == pytest.approx(6 / 200)  # z = 1.96: z**2 = 3.84 < 6
     assert mde(5, 0.5) is None  # fewer than 6 items: nothing is ever significant
 
 
@@ -140,8 +143,10 @@ def test_weighted_axis_test_pools_items_when_item_weighted():
     assert item["mde"] == pytest.approx(mde(150, float(np.mean(pooled**2))))
     task = weighted_paired_test([(1.0, a), (1.0, b)])
     assert task["delta"] == pytest.approx((a.mean() + b.mean()) / 2)  # -0.03 - 0.03 = -0.06 / 2
-    # MDE of a mean of two task means: z * sqrt(.25 * m2_a / 100 + .25 * m2_b / 50)
-    assert task["mde"] == pytest.approx(2.801585 * math.sqrt(0.25 * 0.06 / 100 + 0.25 * 0.1 / 50), abs=1e-5)
+    # MDE of a mean of two task means: z * sqrt(.25 * m2_a / 100 + .25 * m2_b / 50) = .0714, but not
+    # below z**2 flips of the heaviest item (weight .5 / 50 = .01 each): 7.849 * .01 = .0785.
+    assert 2.801585 * math.sqrt(0.25 * 0.06 / 100 + 0.25 * 0.1 / 50) == pytest.approx(0.07143, abs=1e-5)
+    assert task["mde"] == pytest.approx(2.801585**2 * 0.5 / 50, abs=1e-5)
 
 
 # --- Benjamini-Hochberg --------------------------------------------------------------------------
@@ -263,8 +268,11 @@ def test_planned_size_inverts_the_mde():
     n = planned_size(0.05, 0.5)  # (2.8016 / .05)^2 * .25 = 784.9
     assert n == 785
     assert mde(n, 0.25) <= 0.05 < mde(n - 1, 0.25)
-    assert planned_size(0.10, 0.9) == math.ceil((2.801585 / 0.1) ** 2 * 0.09)
-    assert planned_size(0.5, 0.5) == 12  # the floor: 6 one-way flips must be 50 points
+    assert planned_size(0.05, 0.8) == math.ceil((2.801585 / 0.05) ** 2 * 0.16)  # p(1-p) = .16
+    # A rare outcome (6% refusals): p(1-p) = .056 < .10, but a 10-point change flips >= 10% of items.
+    assert planned_size(0.10, 0.06) == math.ceil((2.801585 / 0.1) ** 2 * 0.10)
+    assert mde(planned_size(0.10, 0.06), 0.10) <= 0.10
+    assert planned_size(0.6, 0.5) == 14  # (2.8 / .6)^2 * .6 = 13.1; the exact test's floor is 10
     with pytest.raises(ValueError):
         planned_size(3.0)
 

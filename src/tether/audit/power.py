@@ -144,7 +144,7 @@ def weighted_paired_test(
     Interval: bootstrap within each stratum, combined with the weights. p-value: the sign-flip test
     of sum_i c_i * d_i with c_i = w_s / n_s (exact McNemar when every c_i * d_i has the same size,
     as on an item-weighted axis of right/wrong items). MDE: (z_{1-a/2} + z_power) *
-    sqrt(sum_s w_s^2 * m2_s / n_s), floored at ``min_testable_n`` flips of the heaviest item."""
+    sqrt(sum_s w_s^2 * m2_s / n_s), floored as ``stats.mde`` is, in units of the heaviest item."""
     strata = [(w, np.asarray(d, dtype=np.float64)) for w, d in strata if len(d) and w > 0]
     if not strata:
         return {
@@ -171,7 +171,7 @@ def weighted_paired_test(
     detectable = None
     if n >= k_min:
         z = _z(alpha, power)
-        detectable = max(z * math.sqrt(variance), k_min * heaviest)
+        detectable = max(z * math.sqrt(variance), max(z * z, k_min) * heaviest)
     pooled = np.concatenate([d for _, d in strata])
     return {
         "delta": delta,
@@ -543,15 +543,16 @@ LOAD_SECONDS = 10.0
 def planned_size(
     target: float, score: float | None = None, *, alpha: float = ALPHA, power: float = POWER
 ) -> int:
-    """Items needed for a paired MDE of ``target``: n = ((z_{1-a/2} + z_power) / target)^2 * m2,
-    with the planned discordance m2 = p(1-p) at the default model's score p (0.25, the most, when
-    unknown)."""
+    """Items needed for a paired MDE of ``target``: n = ((z_{1-a/2} + z_power) / target)^2 * m2, with
+    the planned discordance m2 = max(p(1-p), target) at the default model's score p (0.5 when
+    unknown): a change of ``target`` flips at least that share of the items. At least
+    ``min_testable_n / target`` items, the exact test's floor."""
     if not 0.0 < target < 1.0:
         raise ValueError(f"the target effect must be in (0, 1), got {target}")
     p = 0.5 if score is None else score
-    m2 = max(planned_discordance(p * (1 - p), ASSUMED_CORRELATION), 1e-6)
-    n = math.ceil((_z(alpha, power) / target) ** 2 * m2)
-    return max(n, math.ceil(min_testable_n(alpha) / target))
+    m2 = max(planned_discordance(p * (1 - p), ASSUMED_CORRELATION), target)
+    n = math.ceil((_z(alpha, power) / target) ** 2 * m2 - 1e-9)
+    return max(n, math.ceil(min_testable_n(alpha) / target - 1e-9))
 
 
 def estimate_seconds(sizes: Mapping[str, int], n_models: int) -> float:

@@ -9,9 +9,10 @@ d_i = new_i - base_i. Under "no change" the sign-flip null gives the mean differ
 m2/n with m2 = mean(d_i**2) -- for right/wrong items m2 is the discordance, the share of items that
 flipped. The minimum detectable effect at power 1 - beta and two-sided level alpha is then
 (z_{1-alpha/2} + z_{1-beta}) * sqrt(m2 / n): a true change that large is detected 80% of the time
-(alpha = 0.05, beta = 0.2: 2.80 * sqrt(m2 / n)). It never goes below k/n, where k = 6 is the fewest
-one-way flips the exact test can call significant (2 * 0.5**6 = 0.031 <= 0.05 < 2 * 0.5**5); with
-fewer than k paired items a comparison is untestable and is never flagged.
+(alpha = 0.05, beta = 0.2: 2.80 * sqrt(m2 / n)). Two floors: a true change of delta moves at least
+delta of the items, so m2 >= delta and delta >= z**2 / n (7.85 / n); and the exact test needs at
+least k = 6 one-way flips (2 * 0.5**6 = 0.031 <= 0.05 < 2 * 0.5**5). With fewer than k paired items
+a comparison is untestable and is never flagged.
 """
 
 from __future__ import annotations
@@ -144,19 +145,20 @@ def min_testable_n(alpha: float = 0.05) -> int:
 
 
 def mde(n: int, discordance: float, alpha: float = 0.05, power: float = 0.8) -> float | None:
-    """Minimum detectable paired effect: (z_{1-alpha/2} + z_{power}) * sqrt(discordance / n),
-    floored at ``min_testable_n(alpha) / n``; None when ``n < min_testable_n(alpha)``.
+    """Minimum detectable paired effect: z * sqrt(discordance / n) with z = z_{1-alpha/2} + z_{power},
+    but at least max(z**2, k) / n, k = ``min_testable_n(alpha)``; None when ``n < k``.
 
     ``discordance`` is mean(d**2) of the paired differences (right/wrong items: the share that
-    flipped). With none observed the floor applies: the test cannot see fewer flips than that."""
+    flipped). The floors: a change of delta flips at least delta of the items (so delta >= z**2 / n),
+    and the exact test cannot see fewer than k one-way flips."""
     if not 0.0 < power < 1.0:
         raise ValueError(f"power must be in (0, 1), got {power}")
     _check(1, alpha)
     k = min_testable_n(alpha)
     if n < k:
         return None
-    z = _scipy_stats.norm.ppf(1 - alpha / 2) + _scipy_stats.norm.ppf(power)
-    return max(float(z * math.sqrt(max(discordance, 0.0) / n)), k / n)
+    z = float(_scipy_stats.norm.ppf(1 - alpha / 2) + _scipy_stats.norm.ppf(power))
+    return max(z * math.sqrt(max(discordance, 0.0) / n), max(z * z, k) / n)
 
 
 def planned_discordance(variance: float, correlation: float = 0.5) -> float:
