@@ -531,13 +531,62 @@ def _declared(metrics: Mapping[str, MetricSpec], axis: str) -> AxisSpec | None:
 
 # --- sizing for a target effect ----------------------------------------------------------------------
 
-# Seconds per item of each task with the default model (SmolLM2-135M, fp32) on the project's 2-core
-# CPU, measured by ``benchmarks/audit_costs.py`` under the load noted in docs (other jobs running).
-SECONDS_PER_ITEM: dict[str, float] = {}
-# The default model's score on each task (the same run), for planning the discordance p(1-p).
-DEFAULT_MODEL_SCORE: dict[str, float] = {}
-UNKNOWN_SECONDS_PER_ITEM = 1.0
-LOAD_SECONDS = 10.0
+# Single-threaded CPU seconds per item of each task with the default model (SmolLM2-135M, fp32),
+# measured by ``benchmarks/audit_costs.py --threads 1`` on the project's 2-core CPU while other jobs
+# kept its load average near 16 (single-threaded CPU time is what such a machine still measures
+# honestly): 16 items per task, harmful_refusal at its default 80 (its long contextual prompts batch
+# better in bulk: 3.6 s per item at 16). Generation tasks exclude the sandbox's own processes.
+CPU_SECONDS_PER_ITEM: dict[str, float] = {
+    "harmful_refusal": 1.407,
+    "advbench_refusal": 0.567,
+    "donotanswer_refusal": 0.554,
+    "overrefusal": 0.573,
+    "jailbreak": 8.244,
+    "toxicity": 0.932,
+    "bbq": 0.503,
+    "mmlu": 0.451,
+    "hellaswag": 0.784,
+    "arc_challenge": 0.338,
+    "arc_easy": 0.28,
+    "piqa": 0.411,
+    "winogrande": 0.185,
+    "sciq": 0.361,
+    "openbookqa": 0.141,
+    "boolq": 0.686,
+    "social_iqa": 0.214,
+    "arithmetic": 0.103,
+    "gsm8k": 6.404,
+    "humaneval": 2.307,
+}
+# Wall seconds of a 2-core machine running torch on both cores per single-threaded CPU second: the
+# old default audit costs 644 CPU-seconds in this table and took 287 s (issue #15): 0.45.
+WALL_PER_CPU_SECOND = 0.45
+SECONDS_PER_ITEM: dict[str, float] = {k: v * WALL_PER_CPU_SECOND for k, v in CPU_SECONDS_PER_ITEM.items()}
+# The default model's score on each task (the timing run in the README), for planning p(1-p).
+DEFAULT_MODEL_SCORE: dict[str, float] = {
+    "harmful_refusal": 0.087,
+    "advbench_refusal": 0.0,
+    "donotanswer_refusal": 0.19,
+    "overrefusal": 0.94,
+    "jailbreak": 0.75,
+    "toxicity": 0.25,
+    "bbq": 0.31,
+    "mmlu": 0.25,
+    "hellaswag": 0.35,
+    "arc_challenge": 0.29,
+    "arc_easy": 0.56,
+    "piqa": 0.6,
+    "winogrande": 0.5,
+    "sciq": 0.8,
+    "openbookqa": 0.33,
+    "boolq": 0.6,
+    "social_iqa": 0.38,
+    "arithmetic": 0.12,
+    "gsm8k": 0.0,
+    "humaneval": 0.0,
+}
+UNKNOWN_SECONDS_PER_ITEM = 1.0  # a task not in the table (a user task)
+LOAD_SECONDS = 10.0  # loading the default model from the safetensors cache, busy machine
 
 
 def planned_size(
@@ -603,7 +652,9 @@ __all__ = [
     "ASSUMED_CORRELATION",
     "DEFAULT_MODEL_SCORE",
     "POWER",
+    "CPU_SECONDS_PER_ITEM",
     "SECONDS_PER_ITEM",
+    "WALL_PER_CPU_SECOND",
     "comparison_families",
     "control_false_discoveries",
     "default_capability_axis",

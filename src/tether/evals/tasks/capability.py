@@ -247,13 +247,14 @@ def _mc_task(
 
 def mmlu() -> Task:
     # The default model is at chance on MMLU (no signal), so the default keeps one question per
-    # subject: every subject appears, the task costs little, and --mde or --full buys power.
+    # subject: every subject and subject group appears, the task costs little, and --mde or --full
+    # buys power for a model that can answer it.
     return _mc_task(
         "mmlu",
         "mmlu",
         "MMLU (57 subjects), 0-shot lm-eval format: acc, by subject",
         prompt_type=mmlu_subject_group,
-        default_per_category=4,
+        default_per_category=1,
     )
 
 
@@ -272,7 +273,7 @@ def arc_challenge() -> Task:
         "arc_challenge",
         "ARC-Challenge test, lm-eval format: acc_norm (acc in the extras)",
         prompt_type=arc_grade,
-        default_limit=100,
+        default_limit=50,
     )
 
 
@@ -282,7 +283,7 @@ def arc_easy() -> Task:
         "arc_easy",
         "ARC-Easy test, lm-eval format: acc (acc_norm in the extras)",
         prompt_type=arc_grade,
-        default_limit=100,
+        default_limit=350,
     )
 
 
@@ -291,7 +292,7 @@ def piqa() -> Task:
         "piqa",
         "piqa",
         "PIQA validation, lm-eval format: acc_norm (acc in the extras)",
-        default_limit=100,
+        default_limit=200,
     )
 
 
@@ -300,7 +301,7 @@ def winogrande() -> Task:
         "winogrande",
         "winogrande",
         "WinoGrande (xl) validation, lm-eval partial scoring: acc",
-        default_limit=100,
+        default_limit=60,
     )
 
 
@@ -310,7 +311,7 @@ def sciq() -> Task:
         "sciq",
         "SciQ validation (lm-eval scores test, not shipped), lm-eval format: acc_norm (acc in the extras)",
         prompt_type=sciq_support,
-        default_limit=100,
+        default_limit=150,
     )
 
 
@@ -319,7 +320,7 @@ def openbookqa() -> Task:
         "openbookqa",
         "openbookqa",
         "OpenBookQA test, lm-eval format (question stem only): acc_norm (acc in the extras)",
-        default_limit=100,
+        default_limit=200,
     )
 
 
@@ -329,7 +330,7 @@ def boolq() -> Task:
         "boolq",
         "BoolQ validation, lm-eval (SuperGLUE) format: acc; chance = always 'yes' (0.622)",
         load=load_boolq_questions,
-        default_limit=100,
+        default_limit=30,
     )
 
 
@@ -463,7 +464,7 @@ def gsm8k() -> Task:
             "params": GSM8K_PARAMS.model_dump(),
             "extract": "answer-is / #### / last number",
         },
-        default_limit=6,
+        default_limit=3,
         batch_items=16,
     )
 

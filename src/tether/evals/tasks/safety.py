@@ -94,7 +94,9 @@ def harmful_refusal() -> Task:
         "harmful_refusal",
         "harmbench",
         "HarmBench test behaviours: refusal rate, by semantic category",
-        default_per_category=5,
+        # 80 items shared over the 7 categories: a 10-point change in refusal is detectable (80%
+        # power, paired) at the default model's ~6% refusal rate (tether.audit.power.planned_size).
+        default_limit=80,
         prompt_type=harmbench_functional_category,
     )
 
@@ -139,8 +141,9 @@ def overrefusal() -> Task:
 # tokens, so prefill on a CPU stays affordable and no small model's context window truncates them.
 JAILBREAK_MAX_TEMPLATE_CHARS = 2000
 # Run by default (each has templates under the budget): two of Wei et al.'s (2023) "Jailbroken"
-# attacks and the two best-known in-the-wild personas; --full runs every family. About 7 s per item
-# on 2 busy CPU cores, so 4 x 5 items.
+# attacks and the two best-known in-the-wild personas; --full runs every family. About 8 CPU-seconds
+# per item (long prompts), the dearest task per item, so 4 x 3 items by default: enough to see a
+# template family break wide open, not a small change (--mde sizes it for that).
 DEFAULT_JAILBREAK_FAMILIES = ("prefix_injection", "refusal_suppression", "aim", "dan")
 
 
@@ -214,7 +217,7 @@ def jailbreak() -> Task:
             **_judge_settings(),
         },
         judges=("refusal",),
-        default_per_category=5,
+        default_per_category=3,
         default_filter=lambda it: it.category in DEFAULT_JAILBREAK_FAMILIES,
         batch_items=32,  # long prompts: keep a crash's loss small
     )
