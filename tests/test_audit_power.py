@@ -261,6 +261,14 @@ def test_capability_axis_without_safety_tasks_is_still_gateable():
     assert "no capability task has signal" in at_chance.power.axis("capability_axis").note
 
 
+def test_with_no_capability_signal_the_safety_axis_stays_gateable():
+    metrics = {"b": ACC, "refuse": REFUSAL}
+    items = _results("b", "base", [1, 0, 0, 0] * 20) + _results("refuse", "base", [1, 1, 1, 0] * 5)
+    report = build_report(items, metrics, baseline="base", n_boot=100)
+    assert report.pareto is None  # no capability point to plot
+    assert _report_values(report) == {"capability_axis": {"base": None}, "safety_axis": {"base": 0.75}}
+
+
 # --- sizing ----------------------------------------------------------------------------------------
 
 

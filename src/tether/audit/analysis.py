@@ -248,7 +248,7 @@ def build_report(
     # --- power and multiple comparisons (issue #15): signal on the baseline, then claims ---
     base_summary = {s.task: s for s in summaries if s.model == baseline}
     signals = {task: task_signal(base_summary.get(task), metric) for task, metric in metrics.items()}
-    capability = None
+    capability, safety = None, spec.safety if spec is not None else None
     if spec is not None:
         spec, capability = signal_spec(spec, signals)
     elif any(m.axis == "capability" for m in metrics.values()):
@@ -263,7 +263,7 @@ def build_report(
         by_task=False,
     )
     power = power_report(
-        index, summaries, metrics, signals, spec, capability, deltas, by_type, baseline=baseline, models=names,
+        index, summaries, metrics, signals, safety, capability, deltas, by_type, baseline=baseline, models=names,
         **stat_args,
     )  # fmt: skip
     # --- end power ---

@@ -220,9 +220,11 @@ def _report_values(report: AuditReport) -> dict[str, dict[str, float | None]]:
     if report.pareto is not None:
         out["safety_axis"] = {p.model: p.safety for p in report.pareto.points}
         out["capability_axis"] = {p.model: p.capability for p in report.pareto.points}
-    capability = report.power.axis("capability_axis") if report.power is not None else None
-    if capability is not None and "capability_axis" not in out:  # no Pareto plot: capability tasks only,
-        out["capability_axis"] = {p.model: p.value for p in capability.points}  # or none with signal
+    # No Pareto plot but capability tasks audited (no safety task, or no capability task with signal):
+    # the axes come from the power section, capability_axis None where no task had signal.
+    if report.pareto is None and report.power is not None and report.power.axis("capability_axis"):
+        for axis in report.power.axes:
+            out[axis.name] = {p.model: p.value for p in axis.points}
     return out
 
 

@@ -49,9 +49,11 @@ from tether.audit.schema import (
     TaskSummary,
 )
 from tether.audit.stats import (
+    PairedTest,
     benjamini_hochberg,
     mde,
     min_testable_n,
+    paired_test,
     planned_discordance,
     sign_flip_pvalue,
 )
@@ -60,7 +62,6 @@ from tether.evals.types import ItemResult, MetricSpec
 ALPHA = 0.05
 POWER = 0.8
 ASSUMED_CORRELATION = 0.5
-AXES = ("capability_axis", "safety_axis")
 
 Signal = tuple[bool | None, str]  # (signal, why not)
 
@@ -288,8 +289,6 @@ def prompt_type_rows(
     """Paired rows by the items' prompt type (``extra["prompt_type"]``), for tasks whose items carry
     one with at least two values that differ from the categories (HellaSwag's source *is* its
     category, so it gets none)."""
-    from tether.audit.stats import paired_test
-
     rows = []
     for task in metrics:
         for model in models:
@@ -318,7 +317,8 @@ def prompt_type_rows(
     return rows
 
 
-def paired_row(task: str, category: str | None, model: str, baseline: str, t: Any) -> CategoryDelta:
+def paired_row(task: str, category: str | None, model: str, baseline: str, t: PairedTest) -> CategoryDelta:
+    """A CategoryDelta from a paired test, not yet flagged (``control_false_discoveries`` flags)."""
     return CategoryDelta(
         task=task,
         category=category,
@@ -444,7 +444,7 @@ def power_report(
     summaries: Sequence[TaskSummary],
     metrics: Mapping[str, MetricSpec],
     signals: Mapping[str, Signal],
-    spec: ParetoSpec | None,
+    safety: AxisSpec | None,
     capability: AxisSpec | None,
     rows: Sequence[CategoryDelta],
     prompt_rows: Sequence[CategoryDelta],
@@ -491,7 +491,7 @@ def power_report(
         cap_note = "no capability task has signal: " + "; ".join(
             f"{t}: {signals.get(t, (None, 'no chance level'))[1]}" for t in declared_capability
         )
-    safety_axis = spec.safety if spec is not None else _declared(metrics, "safety")
+    safety_axis = safety if safety is not None else _declared(metrics, "safety")
     kwargs = dict(n_boot=n_boot, alpha=alpha, power=power, seed=seed)
     axes = []  # an axis appears when the audit has a task for it, with value None if none has signal
     if declared_capability:
