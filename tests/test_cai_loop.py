@@ -220,7 +220,7 @@ def test_off_topic_deflection_is_not_kept_as_a_refusal(tmp_path):
         judge=default_refusal_judge(),
         config=LoopConfig(passes=1),
     )
-    assert finals[0].refusal_label == "refusal"  # the default judge counts a non-sequitur as refusal
+    assert finals[0].refusal_label == "compliance"  # no refusal phrase: the judge sees no refusal
     assert not finals[0].keep and finals[0].reason == "off-topic deflection, not a refusal"
     assert stats.dropped_harmful_deflection == 1 and stats.kept == 0
 
@@ -232,4 +232,5 @@ def test_off_topic_deflection_is_not_kept_as_a_refusal(tmp_path):
         judge=default_refusal_judge(),
         config=LoopConfig(passes=1, keep_deflections=True),
     )
-    assert finals[0].keep
+    # keep_deflections lifts only the deflection rule: the judge still sees no refusal to keep.
+    assert not finals[0].keep and finals[0].reason == "still complies with the harmful request"

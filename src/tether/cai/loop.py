@@ -13,9 +13,10 @@ degenerate rewrite is treated the same way.
 Filters on the final text: a red-team final is kept if the refusal judge labels it a refusal (with
 ``critic_rescue``, also if the critic, asked Yes/No by log-likelihood, says it follows the last
 principle); a benign final is dropped if the judge labels it a refusal, unless the prompt's first
-answer helped, which is then kept instead. A red-team final that the judge calls a refusal only for
-being off-topic (a non-sequitur with no refusal phrase) is dropped too unless ``keep_deflections``:
-small models ramble, and SFT should not learn rambling as the safe answer.
+answer helped, which is then kept instead. A final the judge calls degenerate (an echo, a loop, word
+salad) is never kept. A red-team final that is off-topic with no refusal phrase (a non-sequitur,
+whatever the judge calls it) is dropped too unless ``keep_deflections``: small models ramble, and SFT
+should not learn rambling as the safe answer.
 
 A principle's ``revision_prefix`` is prefilled into the revision, which is then cut after its first
 sentence: a 135M reviser continues "I'm sorry, but I can't help with" on topic, then drifts.
@@ -119,8 +120,8 @@ class LoopConfig(StrictModel):
     )
     keep_deflections: bool = Field(
         False,
-        description="Keep a red-team final the judge calls a refusal only because it is off-topic "
-        "(a non-sequitur, no refusal phrase). Off by default: SFT should imitate refusals, not rambling.",
+        description="Keep a red-team final that is off-topic with no refusal phrase (a non-sequitur) when "
+        "the judge or the critic would keep it. Off by default: SFT should imitate refusals, not rambling.",
     )
     min_distinct2: float = Field(
         0.3, ge=0.0, le=1.0, description="Critiques/rewrites below this distinct-2 are degenerate."
@@ -354,6 +355,7 @@ class LoopStats:
     dropped_harmful_deflection: int = 0
     dropped_benign_refused: int = 0
     dropped_empty: int = 0
+    dropped_degenerate: int = 0  # the judge called the final degenerate (echo, loop, word salad)
     kept_by_critic_only: int = 0
     answer_refusal_rate_harmful: float | None = None
     answer_refusal_rate_benign: float | None = None
@@ -532,7 +534,7 @@ def run_loop(
             ask = [
                 i
                 for i, (p, v) in enumerate(zip(todo, verdicts, strict=True))
-                if config.critic_rescue and p.kind == "harmful" and v.label != "refusal" and texts[i].strip()
+                if config.critic_rescue and p.kind == "harmful" and v.label == "compliance"
             ]
             complies: dict[int, bool] = {}
             if ask:
@@ -550,7 +552,11 @@ def run_loop(
                     complies[i] = result.logprobs[0] > result.logprobs[1]
             # A benign prompt whose revision went wrong (a refusal, or a borrowed example's text) keeps
             # its first answer when that one helped: SFT needs the helpful answers to benign prompts.
-            failed = [i for i, p in enumerate(todo) if p.kind == "benign" and verdicts[i].label == "refusal"]
+            failed = [
+                i
+                for i, p in enumerate(todo)
+                if p.kind == "benign" and verdicts[i].label in ("refusal", "degenerate")
+            ]
             firsts = [state.answers[todo[i].id].text for i in failed]
             first_verdicts = judge_many(
                 judge, [(todo[i].text, t) for i, t in zip(failed, firsts, strict=True)]
@@ -564,7 +570,7 @@ def run_loop(
                 deflection = (
                     not config.keep_deflections
                     and p.kind == "harmful"
-                    and verdict.label == "refusal"
+                    and verdict.label != "degenerate"
                     and is_deflection(p.text, text)
                 )
                 keep, reason = _decide(p, text, verdict.label, complies.get(i), deflection=deflection)
@@ -590,14 +596,11 @@ def run_loop(
 
 
 def is_deflection(prompt: str, text: str) -> bool:
-    """Off-topic with no refusal phrase: the default judge calls it a refusal (PyRIT labels
+    """Off-topic with no refusal phrase: a trained or LLM judge may call it a refusal (PyRIT labels
     non-sequiturs so), but it is no refusal to imitate."""
     from tether.judges import RuleRefusalJudge, is_off_topic
 
-    return (
-        is_off_topic(prompt, text)
-        and RuleRefusalJudge(off_topic=False).judge(prompt, text).label != "refusal"
-    )
+    return is_off_topic(prompt, text) and RuleRefusalJudge().judge(prompt, text).label != "refusal"
 
 
 def _decide(
@@ -605,6 +608,8 @@ def _decide(
 ) -> tuple[bool, str]:
     if not text.strip():
         return False, "empty"
+    if label == "degenerate":
+        return False, "degenerate (an echo, loop or word salad): neither a refusal nor an answer to imitate"
     if prompt.kind == "harmful":
         if deflection:
             return False, "off-topic deflection, not a refusal"
@@ -638,6 +643,8 @@ def _stats(prompts, state: LoopState, finals: list[Final], judge: Any, passes: i
             stats.kept_by_critic_only += f.reason == "critic says it complies"
         elif f.reason == "empty":
             stats.dropped_empty += 1
+        elif f.reason.startswith("degenerate"):
+            stats.dropped_degenerate += 1
         elif f.reason.startswith("off-topic"):
             stats.dropped_harmful_deflection += 1
         elif f.prompt_kind == "harmful":

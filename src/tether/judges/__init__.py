@@ -1,9 +1,31 @@
-"""Judges turn model text into labels: refusal, toxicity, and pass/fail of sandboxed code.
+"""Judges turn model text into labels: refusal, harmful content, degenerate output, toxicity, and
+pass/fail of sandboxed code.
 
-Each judge is validated against labelled data (``validate_refusal_judge``) so reports can print
-how far to trust it.
+Refusal and harmful-content judges come as rules, a trained head and an LLM yes/no question; every one
+asks ``detect_degenerate`` first, so broken text is ``degenerate``, never a refusal or a compliance.
+Each is validated on labelled data it was not built from (``calibration``: the team's labelled
+outputs in ``data/judges/`` and PyRIT's human-scored sets), and reports print those figures.
 """
 
+from tether.judges.calibration import (
+    EVAL_SETS,
+    Example,
+    Figures,
+    cached_validate,
+    format_row,
+    validate,
+    wilson_interval,
+)
+from tether.judges.degenerate import DEGENERATE_KINDS, DegenerateFinding, DegenerateKind, detect_degenerate
+from tether.judges.harmful import (
+    HarmJudge,
+    HarmVerdict,
+    LLMHarmfulJudge,
+    RuleHarmfulJudge,
+    default_harmful_judge,
+    judge_harm_many,
+)
+from tether.judges.labelled import LabelledItem, composition, read_labelled, split_of
 from tether.judges.refusal import (
     LLM_JUDGE_TEMPLATE,
     LLMRefusalJudge,
@@ -37,7 +59,28 @@ from tether.judges.validation import (
 )
 
 __all__ = [
+    "DEGENERATE_KINDS",
+    "EVAL_SETS",
     "LLM_JUDGE_TEMPLATE",
+    "DegenerateFinding",
+    "DegenerateKind",
+    "Example",
+    "Figures",
+    "HarmJudge",
+    "HarmVerdict",
+    "LLMHarmfulJudge",
+    "LabelledItem",
+    "RuleHarmfulJudge",
+    "cached_validate",
+    "composition",
+    "default_harmful_judge",
+    "detect_degenerate",
+    "format_row",
+    "judge_harm_many",
+    "read_labelled",
+    "split_of",
+    "validate",
+    "wilson_interval",
     "PYRIT_REFUSAL_SETS",
     "JudgeValidation",
     "LLMRefusalJudge",

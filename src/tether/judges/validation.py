@@ -178,7 +178,8 @@ def validate_refusal_judge(
         items = load_pyrit_refusals("refusal.csv")
         dataset = dataset or "pyrit:refusal.csv"
     verdicts = judge_many(judge, [(e.prompt, e.response) for e in items])
-    predicted = [None if v.label == "unparsed" else v.label == "refusal" for v in verdicts]
+    # A degenerate verdict is neither a refusal nor a compliance: like unparsed, it is wrong either way.
+    predicted = [None if v.label in ("unparsed", "degenerate") else v.label == "refusal" for v in verdicts]
     return binary_metrics(
         [e.refusal for e in items],
         predicted,
