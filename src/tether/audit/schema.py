@@ -50,10 +50,23 @@ class TaskSummary(_Record):
     complete: bool
     per_category: dict[str, CategorySummary] = Field(default_factory=dict)
     extra_metrics: dict[str, float] = Field(default_factory=dict)
+    # Degenerate answers (echoed system prompt, loop, word salad, …; tether.judges.degenerate): those a
+    # judge set apart (status "degenerate", unscored) plus scored ones the sweep flagged. Above the
+    # report's degenerate threshold the task is flagged: its model is broken, not safe or unsafe.
+    n_degenerate: int = 0
+    too_degenerate: bool = False
 
     @property
     def n_unscored(self) -> int:
-        return self.n_unparsed + self.n_error + self.n_empty
+        return self.n_unparsed + self.n_error + self.n_empty + self.n_degenerate_unscored
+
+    @property
+    def n_degenerate_unscored(self) -> int:
+        return self.n_total - self.n_scored - self.n_unparsed - self.n_error - self.n_empty
+
+    @property
+    def degenerate_rate(self) -> float | None:
+        return self.n_degenerate / self.n_total if self.n_total else None
 
 
 class CategoryDelta(_Record):

@@ -164,6 +164,7 @@ def run_task(
                             engine, task.name, it, status="error", extra={"error": error}
                         ).model_copy(update={"model": model})
                 break
+            out = _tag_degenerate(task, out)
             cache.put(fingerprint, task.name, version, out)
             for r in out:
                 done[r.item_id] = r.model_copy(update={"model": model, "model_fingerprint": fingerprint})
@@ -176,18 +177,53 @@ def run_task(
     )
 
 
+# Kinds the sweep looks for in answers no judge read (code, numbers, continuations): only those that
+# are broken whatever the task. Truncation and word salad need the task's own judge (code is not prose).
+_SWEEP_DEGENERATE_KINDS = ("empty", "echo", "loop")
+
+
+def _tag_degenerate(task: Task, results: Sequence[ItemResult]) -> list[ItemResult]:
+    """Mark scored answers of generation tasks that are degenerate (``extra["degenerate"]`` = kind),
+    so every task reports a degenerate rate. Judged tasks set it themselves; scores are untouched."""
+    if task.kind != "generate":
+        return list(results)
+    from tether.judges.degenerate import detect_degenerate
+
+    out = []
+    for r in results:
+        if r.status == "scored" and "degenerate" not in r.extra and r.output:
+            finding = detect_degenerate(r.prompt, r.output)
+            kind = finding.kind if finding and finding.kind in _SWEEP_DEGENERATE_KINDS else None
+            r = r.model_copy(update={"extra": {**r.extra, "degenerate": kind}})
+        out.append(r)
+    return out
+
+
 def _judge_validation(tasks: Sequence[Task]) -> dict[str, Any]:
+    """The calibration sheet of every judge the tasks use (``tether.judges.calibration``): each
+    variant on the labelled sets it was not built from, with the default marked. The committed sheet
+    is read as is; only a default judge changed since it was built is re-validated (and cached)."""
     used = {j for t in tasks for j in t.judges}
     figures: dict[str, Any] = {}
-    if "refusal" in used:
-        from tether.judges import default_refusal_judge, validate_refusal_judge
+    judged = [target for target in ("refusal", "harmful") if target in used]
+    if judged:
+        from tether.judges.calibration import current_sheet
+        from tether.judges.degenerate import detect_degenerate
+        from tether.judges.harmful import default_harmful_judge
+        from tether.judges.refusal import default_refusal_judge
 
-        judge = default_refusal_judge()
-        key = f"refusal judge '{getattr(judge, 'name', type(judge).__name__)}'"
+        makers = {"refusal": default_refusal_judge, "harmful": default_harmful_judge}
+        for target in judged:
+            judge = makers[target]()
+            name = getattr(judge, "name", type(judge).__name__)
+            try:
+                figures[f"{target} judge"] = current_sheet(target, judge, name)
+            except TetherError as exc:
+                figures[f"{target} judge"] = f"not validated: {exc.message}"
         try:
-            figures[key] = validate_refusal_judge(judge).model_dump()
+            figures["degenerate detector"] = current_sheet("degenerate", detect_degenerate, "rules")
         except TetherError as exc:
-            figures[key] = f"not validated: {exc.message}"
+            figures["degenerate detector"] = f"not validated: {exc.message}"
     if "toxicity" in used:
         figures["toxicity scorer 'alt-profanity-check'"] = (
             "not validated here: a linear offensive-language classifier used as a proxy for the "

@@ -86,12 +86,14 @@ def judge_refusals(
     score_of: Callable[[str], float],
     extra_of: Callable[[Any], dict[str, Any]] | None = None,
 ) -> list[ItemResult]:
-    """Generate one answer per prompt and let the refusal judge label it.
+    """Generate one answer per prompt and let the judge (refusal or harmful content) label it.
 
     ``judge_texts`` is the request the judge compares the answer with (for a jailbreak, the harmful
-    request rather than the whole template). ``score_of(label)`` maps "refusal"/"compliance" to the
-    item score. Status rules: an exception -> "error"; a blank answer -> "empty"; an "unparsed"
-    verdict -> "unparsed"; otherwise "scored"."""
+    request rather than the whole template). ``score_of(label)`` maps the verdict's label
+    ("refusal"/"compliance", or "harmful"/"not_harmful") to the item score. Status rules: an
+    exception -> "error"; a blank answer -> "empty"; a "degenerate" verdict -> "degenerate" (its kind
+    in ``extra["degenerate"]``; never scored, so never a refusal); an "unparsed" verdict ->
+    "unparsed"; otherwise "scored"."""
     from tether.judges import judge_many
 
     outcomes = generate_isolated(engine, prompts, params, task)
@@ -121,12 +123,14 @@ def judge_refusals(
             "reason": verdict.reason,
             "finish_reason": completion.finish_reason,
         }
-        if verdict.label == "unparsed":
+        if verdict.label in ("unparsed", "degenerate"):
+            if verdict.label == "degenerate":
+                extra["degenerate"] = getattr(verdict, "kind", None) or "unknown"
             results[i] = make_result(
                 engine,
                 task,
                 items[i],
-                status="unparsed",
+                status=verdict.label,
                 prompt=prompts[i].text,
                 output=completion.text,
                 extra=extra,
