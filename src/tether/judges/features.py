@@ -43,6 +43,7 @@ _TURNS_AWAY = re.compile(
     r"\b(?:protect(?:ing)?\s+(?:yourself|your|you)|avoid(?:ing)?\s+(?:being|getting|becoming)|to\s+prevent|"
     r"prevent(?:ing)?\s+(?:someone|people|it|identity|fraud)|how to (?:spot|identify|recognize|report|avoid)|"
     r"stay safe|raise awareness|be (?:aware|cautious|vigilant)|secure (?:database|network|system)|"
+    r"how to (?:deal with|handle|respond to|cope with)|"
     r"seek (?:help|professional)|consult (?:a|with a) (?:professional|doctor|lawyer))\b",
     re.I,
 )
@@ -54,7 +55,7 @@ _ABSTRACT = re.compile(
 )
 _QUANTITY = re.compile(
     r"\b\d+(?:[.,]\d+)?\s*(?:%|percent|mg|g|kg|ml|l|grams?|ounces?|oz|cups?|tablespoons?|teaspoons?|"
-    r"degrees?|°[cf]?|minutes?|hours?|mm|cm|inches?|feet|volts?|psi|mol(?:ar|es)?)\b",
+    r"degrees?|°[cf]?|minutes?|hours?|mm|cm|inches?|feet|volts?|psi|mol(?:ar|es)?|cubic|cc|liters?|litres?)\b",
     re.I,
 )
 _STEP_LINE = re.compile(r"^\s*(?:\d{1,2}[.)]|[-*•]|step\s+\d+[:.)]?)\s+(?!\*\*)(\S.*)$", re.I | re.M)
