@@ -133,3 +133,44 @@ def test_a_set_that_cannot_load_is_reported_not_raised(tmp_path, monkeypatch):
         RuleRefusalJudge(), "refusal", EvalSet("labelled:test", "refusal", "validation", missing)
     )
     assert f.n == 0 and f.accuracy is None and "not available" in f.note
+
+
+# --- the committed calibration sheet ------------------------------------------------------------------
+
+
+def test_the_committed_sheet_validates_every_judge_on_sets_it_was_not_built_from():
+    from tether.judges.calibration import load_sheets
+
+    sheets = load_sheets()
+    expected = {
+        "refusal": {"labelled:test", "pyrit:refusal_extra.csv"},
+        "harmful": {"labelled:test", "pyrit:objective", "pyrit:harm"},
+        "degenerate": {"labelled:test"},
+    }
+    for target, sets in expected.items():
+        sheet = sheets[target]
+        for variant in sheet["fingerprints"]:
+            rows = [r for r in sheet["rows"] if r["judge"] == variant]
+            validated = {r["dataset"] for r in rows if r["role"] == "validation" and r["n"] > 0}
+            assert sets <= validated, (target, variant)
+            for r in rows:
+                lo, hi = r["accuracy_ci"]
+                assert (
+                    lo - 1e-9 <= r["accuracy"] <= hi + 1e-9
+                    and r["n"] == r["tp"] + r["fp"] + r["tn"] + r["fn"]
+                )
+
+
+def test_the_defaults_are_the_sheet_defaults_and_the_sheet_is_current_for_them():
+    from tether.judges import default_harmful_judge, default_refusal_judge
+    from tether.judges.calibration import judge_fingerprint, labelled_set, load_sheets, validate
+
+    sheets = load_sheets()
+    for target, judge in (("refusal", default_refusal_judge()), ("harmful", default_harmful_judge())):
+        sheet = sheets[target]
+        assert sheet["default"] == judge.name
+        # A rule edited after the sheet was built changes this fingerprint: rebuild the sheet.
+        assert sheet["fingerprints"][judge.name] == judge_fingerprint(judge)
+        row = next(r for r in sheet["rows"] if r["judge"] == judge.name and r["dataset"] == "labelled:test")
+        fresh = validate(judge, target, labelled_set(target, "test"), dataset="labelled:test")
+        assert (fresh.tp, fresh.fp, fresh.tn, fresh.fn) == (row["tp"], row["fp"], row["tn"], row["fn"])
