@@ -47,6 +47,7 @@ from tether.judges.sandbox import (
     run_untrusted,
 )
 from tether.judges.toxicity import ToxicityScorer, expected_max_toxicity, toxic_rate, toxicity_probability
+from tether.judges.trained import TrainedJudge
 from tether.judges.validation import (
     PYRIT_REFUSAL_SETS,
     JudgeValidation,
@@ -93,6 +94,7 @@ __all__ = [
     "SandboxResult",
     "SandboxStatus",
     "ToxicityScorer",
+    "TrainedJudge",
     "TrainedRefusalJudge",
     "binary_metrics",
     "check_humaneval",
