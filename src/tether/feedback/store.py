@@ -160,7 +160,9 @@ class LabelStore:
                 conn.executescript(_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.OperationalError as exc:  # locked, unreadable, no room: the file may be fine
-            raise DataError(f"cannot open the label database ({exc})", where=str(self.path), hint=hint) from None
+            raise DataError(
+                f"cannot open the label database ({exc})", where=str(self.path), hint=hint
+            ) from None
         except sqlite3.DatabaseError as exc:  # "file is not a database", a damaged file
             if not existed:
                 self.path.unlink(missing_ok=True)
