@@ -38,6 +38,21 @@ def _from_tether(record: logging.LogRecord) -> bool:
     return record.name == "tether" or record.name.startswith("tether.")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (a test runner swaps it per command)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 class _ToUser(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return _state["debug"] or _from_tether(record)
@@ -75,7 +90,7 @@ def setup_cli_logging(*, debug: bool = False) -> None:
         if getattr(handler, "_tether", False) and not isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    user = logging.StreamHandler(sys.stderr)
+    user = _CurrentStderr()
     user._tether = True  # type: ignore[attr-defined]
     user.setLevel(logging.DEBUG if debug else logging.WARNING)
     user.addFilter(_ToUser())
