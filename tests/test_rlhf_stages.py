@@ -61,6 +61,8 @@ def test_standalone_ppo_is_the_pipeline_stage(tmp_path, monkeypatch):
     calls = _spy(monkeypatch)
     reward_dir = tmp_path / "rm"
     reward_dir.mkdir()
+    (reward_dir / "reward_model.json").write_text("{}")  # what `tether rlhf ppo` checks before loading it
+    monkeypatch.setattr("tether.models.spec.check_spec", lambda spec, **kw: None)  # "some-policy" is a fake
 
     # The pipeline's PPO stage, given a trained reward model.
     config = RLHFConfig.model_validate(

@@ -141,8 +141,13 @@ def audit_command(
         if not models:
             raise ConfigError("no models given", hint="e.g. `tether audit default runs/sft` (baseline first)")
         from tether.audit.sweep import run_audit
+        from tether.inputs import check_output_dir, check_output_file
 
         out_dir = out or Path("runs") / f"audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        # Paths first; run_audit checks the models and tasks before the first model loads.
+        check_output_dir(out_dir, flag="--out")
+        if cache is not None and not no_cache:
+            check_output_file(cache, flag="--cache")
         report = run_audit(
             models,
             tasks,
