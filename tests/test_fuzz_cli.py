@@ -211,6 +211,14 @@ def test_one_damaged_manifest_does_not_hide_the_others(in_inputs):
         assert f"runs-mixed/{name}/manifest.json" in result.stderr
 
 
+def test_debug_adds_the_traceback(in_inputs):
+    args = ["runs", "show", "broken", "--root", str(in_inputs / "runs-mixed")]
+    plain, debug = invoke(args), invoke(["--debug", *args])
+    assert plain.exit_code == debug.exit_code == 1
+    assert "Traceback" not in plain.output and "Traceback" in debug.output
+    assert "manifest.json:1: the run's manifest is not valid JSON" in debug.output
+
+
 def test_label_serve_on_a_busy_port(in_inputs, tmp_path):
     from tether.feedback.store import LabelStore
 
@@ -247,3 +255,17 @@ def test_library_warnings_go_to_the_run_log(tmp_path, capsys):
         detach_run_log()
     assert "FutureWarning: a library speaks" in (tmp_path / "log.txt").read_text()
     assert "a library speaks" not in capsys.readouterr().err
+
+
+def test_runs_list_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["runs", "list"])
+    assert result.exit_code == 0 and result.stdout == "" and "no runs yet" in result.stderr
+
+
+def test_models_show_says_before_it_converts(tmp_path, monkeypatch):
+    from tether.models.spec import conversion_notice
+
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path))
+    assert "not converted yet" in conversion_notice("default")
+    assert conversion_notice(str(tmp_path)) is None  # a directory loads as it is

@@ -542,11 +542,17 @@ def demo(
 
 
 @runs_app.command("list")
-def runs_list(root: Annotated[Path, typer.Option(help="Runs directory.")] = Path("runs")) -> None:
+def runs_list(
+    root: Annotated[Path | None, typer.Option(help="Runs directory (default: runs).")] = None,
+) -> None:
     """List run directories with their job, status and age (a damaged one is named on stderr)."""
     from tether.inputs import check_input_dir
-    from tether.runs import scan_runs
+    from tether.runs import DEFAULT_RUNS_ROOT, scan_runs
 
+    if root is None and not DEFAULT_RUNS_ROOT.exists():
+        _say(f"no runs yet: there is no {DEFAULT_RUNS_ROOT}/ folder here (pass --root to look elsewhere)")
+        return
+    root = root or DEFAULT_RUNS_ROOT
     check_input_dir(
         root, flag="--root", what="runs directory", hint="pass the folder that holds run directories"
     )
