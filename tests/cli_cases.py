@@ -98,6 +98,8 @@ def make_inputs(root: Path) -> Path:
         "gate-latin1.yaml": "rules:\n  - metric: caf\xe9\n".encode("latin-1"),
         "task-latin1.yaml": "name: caf\xe9\n".encode("latin-1"),
         "term.yaml": "lr: 0.001\n",
+        "twice.yaml": "model: default\nseed: 1\nmodel: gemma3-270m\n",
+        "empty_cont.jsonl": '{"id": "1", "context": "a", "continuations": [" b", ""]}\n',
         "empty.yaml": "{}\n",
     }
     for name, content in files.items():
@@ -183,6 +185,9 @@ CASES: list[Case] = [
     case("gen-prompts-no-out", f"generate {T} --prompts {P}", "--out"),
     case("gen-unknown-flag", f"generate {T} -p hi --bogus", "--bogus"),
     case("gen-n-text", f"generate {T} -p hi -n abc", "-n"),
+    case("gen-out-is-input", f"generate {T} --prompts {P} --out {P}", "--prompts", "overwrite"),
+    case("gen-temp-inf", f"generate {T} -p hi --temperature inf", "--temperature"),
+    case("gen-top-p-nan", f"generate {T} -p hi --top-p nan", "--top-p"),
     case("gen-bad-json-hint", f"generate {T} --prompts {{d}}/bad.jsonl --out {{d}}/o.jsonl", "bad.jsonl:2", "--on-error skip"),
     # --- score
     case("score-latin1", f"score {T} --items {{d}}/latin1.jsonl", "latin1.jsonl:1", "UTF-8"),
@@ -192,6 +197,8 @@ CASES: list[Case] = [
     case("score-dup", f"score {T} --items {{d}}/items_dup.jsonl", "items_dup.jsonl:2", "'1'"),
     case("score-out-dir", f"score {T} --items {{d}}/items.jsonl --out {{d}}/adir", "--out", "directory"),
     case("score-on-error", f"score {T} --items {{d}}/items.jsonl --on-error bogus", "--on-error"),
+    case("score-out-is-input", f"score {T} --items {{d}}/items.jsonl --out {{d}}/items.jsonl", "--items", "overwrite"),
+    case("score-empty-continuation", f"score {T} --items {{d}}/empty_cont.jsonl", "empty_cont.jsonl:1", "continuation"),
     case("score-no-items", f"score {T}", "--items"),
     case("score-model-typo", "score defualt --items {d}/items.jsonl", "default"),
     # --- demo
@@ -230,6 +237,7 @@ CASES: list[Case] = [
     case("config-validate-rlhf-policy", "config validate {d}/rlhf-typo.yaml", "rlhf-typo.yaml:1", "default"),
     case("config-validate-rlhf-docs", "config validate {d}/rlhf-docs.yaml", "no-such-docs.jsonl"),
     case("config-validate-rlhf-pairs", "config validate {d}/rlhf-pairs.yaml", "no-such-pairs.jsonl"),
+    case("config-validate-twice", "config validate {d}/twice.yaml --kind demo", "twice.yaml:3", "'model' appears twice"),
     case("config-validate-set", "config validate {d}/rlhf-typo.yaml --set seed=x", "--set", "seed"),
     # --- audit
     case("audit-no-models", "audit --tasks mmlu", "model"),
@@ -256,6 +264,7 @@ CASES: list[Case] = [
     case("cai-run-sources", "cai run {d}/cai-sources.yaml --root {d}/runs", "harmbenchh"),
     case("cai-run-root-file", f"cai run {{d}}/empty.yaml --root {P}", "--root"),
     case("cai-run-rounds", "cai run {d}/cai-typo.yaml --root {d}/runs --set rounds=-1", "--set", "rounds"),
+    case("cai-run-name", "cai run {d}/empty.yaml --root {d}/runs --name ../escape", "'../escape'"),
     case("cai-validate-missing", "cai validate {d}/no-such.yaml", "no-such.yaml"),
     case("cai-validate-dir", "cai validate {d}/adir", "adir", "directory"),
     case("cai-validate-latin1", "cai validate {d}/const-latin1.yaml", "const-latin1.yaml:2", "UTF-8"),
@@ -280,6 +289,7 @@ CASES: list[Case] = [
     case("rlhf-label-out-dir", "rlhf label-ai {d}/cands.jsonl --out {d}/adir", "--out", "directory"),
     case("rlhf-label-db", "rlhf label-ai {d}/cands.jsonl --out {d}/pairs-out.jsonl --db {d}/notdb.db", "notdb.db"),
     case("rlhf-label-db-missing", "rlhf label-ai {d}/cands.jsonl --out {d}/pairs-out.jsonl --db {d}/no.db", "no.db"),
+    case("rlhf-label-out-is-input", "rlhf label-ai {d}/cands.jsonl --out {d}/cands.jsonl", "CANDIDATES", "overwrite"),
     case("rlhf-label-margin", "rlhf label-ai {d}/cands.jsonl --out {d}/pairs-out.jsonl --margin -1", "--margin"),
     case("rlhf-label-judge", "rlhf label-ai {d}/cands.jsonl --out {d}/pairs-out.jsonl --llm-judge --judge-model defualt", "default"),
     case("rlhf-reward-latin1", f"rlhf reward --policy {T} --pairs {{d}}/latin1.jsonl --out {{d}}/rm", "latin1.jsonl:1", "UTF-8"),
@@ -320,12 +330,14 @@ CASES: list[Case] = [
     case("label-serve-port", "label serve --db {d}/notdb.db --port 99999", "--port"),
     case("label-serve-port-neg", "label serve --db {d}/notdb.db --port -1", "--port"),
     case("label-serve-notdb", "label serve --db {d}/notdb.db", "notdb.db", "label database"),
+    case("label-serve-host", "label serve --db {d}/no.db --host no-such-host.invalid", "--host"),
     case("label-serve-missing", "label serve --db {d}/no.db", "no.db"),
     case("label-serve-votes", "label serve --db {d}/no.db --votes-per-item 0", "--votes-per-item"),
     case("label-stats-notdb", "label stats --db {d}/notdb.db", "notdb.db", "label database"),
     case("label-stats-other", "label stats --db {d}/other.sqlite", "other.sqlite", "label database"),
     case("label-stats-missing", "label stats --db {d}/no.db", "no.db"),
     case("label-export-notdb", "label export --db {d}/notdb.db --out {d}/x.jsonl", "notdb.db"),
+    case("label-export-out-is-db", "label export --db {d}/notdb.db --out {d}/notdb.db", "--db", "overwrite"),
     case("label-export-aggregate", "label export --db {d}/notdb.db --out {d}/x.jsonl --aggregate bogus", "--aggregate"),
     # --- gate
     case("gate-latin1", "gate {d}/report-latin1.json --min mmlu=0.5", "report-latin1.json", "UTF-8"),

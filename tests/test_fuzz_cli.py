@@ -269,3 +269,13 @@ def test_models_show_says_before_it_converts(tmp_path, monkeypatch):
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path))
     assert "not converted yet" in conversion_notice("default")
     assert conversion_notice(str(tmp_path)) is None  # a directory loads as it is
+
+
+def test_a_byte_order_mark_is_not_an_error(tmp_path):
+    from tether.config import EngineConfig, load_config
+    from tether.data import read_jsonl
+
+    (tmp_path / "p.jsonl").write_bytes(b'\xef\xbb\xbf{"id": "a", "text": "x"}\n')
+    (tmp_path / "engine.yaml").write_bytes(b"\xef\xbb\xbfbatch_size: 2\n")
+    assert read_jsonl(tmp_path / "p.jsonl")[0]["id"] == "a"
+    assert load_config(EngineConfig, tmp_path / "engine.yaml").batch_size == 2

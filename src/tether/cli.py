@@ -416,7 +416,7 @@ def generate(
     if prompts is not None and out is None:
         raise ConfigError("--prompts needs --out FILE.jsonl for the completions", where="--out")
     if out is not None:
-        check_output_file(out, flag="--out")
+        check_output_file(out, flag="--out", inputs={"--prompts": prompts})
     if any(not s for s in stop or []):
         raise ConfigError(
             "an empty stop string would end every completion before it starts",
@@ -484,6 +484,13 @@ def score(
         model_config = ConfigDict(frozen=True, extra="allow")
         answer: int | None = None
 
+        @field_validator("continuations")
+        @classmethod
+        def _not_empty(cls, continuations: list[str]) -> list[str]:
+            if any(not c for c in continuations):
+                raise ValueError("a continuation is empty; each must be some text to score")
+            return continuations
+
         @field_validator("answer")
         @classmethod
         def _an_index(cls, answer: int | None, info: ValidationInfo) -> int | None:
@@ -495,7 +502,7 @@ def score(
             return answer
 
     if out is not None:
-        check_output_file(out, flag="--out")
+        check_output_file(out, flag="--out", inputs={"--items": items})
     records = read_jsonl(items, _Item, on_error=on_error.value, unique="id", hint=_SKIP_HINT)
     config = _engine_config(set_)
     _check_model(model)

@@ -70,7 +70,15 @@ def _load_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key = key_node.value
-                lines[path + (key,)] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if path + (key,) in lines:  # YAML would silently keep the last one
+                    dotted = ".".join(str(p) for p in path + (key,))
+                    raise ConfigError(
+                        f"key '{dotted}' appears twice (first on line {lines[path + (key,)]})",
+                        where=f"{source}:{line}",
+                        hint="keep one of them",
+                    )
+                lines[path + (key,)] = line
                 walk(value_node, path + (key,))
         elif isinstance(node, yaml.SequenceNode):
             for index, child in enumerate(node.value):

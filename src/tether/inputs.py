@@ -67,7 +67,7 @@ def decode_utf8(
     """``data`` as UTF-8 text; a bad byte is ``error`` at ``where:line`` (the line counted in ``data``
     when ``line`` is not given) with the byte and its column."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark (Windows editors)
     except UnicodeDecodeError as exc:
         before = data[: exc.start]
         lineno = line if line is not None else before.count(b"\n") + 1
@@ -119,9 +119,19 @@ def _check_creatable(path: Path, flag: str, what: str) -> None:
         )
 
 
-def check_output_file(path: str | Path, *, flag: str = "--out") -> Path:
-    """``path`` can be written as a file: not a directory, its folder creatable and writable."""
+def check_output_file(
+    path: str | Path, *, flag: str = "--out", inputs: dict[str, str | Path | None] | None = None
+) -> Path:
+    """``path`` can be written as a file: not a directory, its folder creatable and writable, and
+    not one of the command's ``inputs`` ({flag: path}), which writing it would destroy."""
     path = Path(path)
+    for input_flag, source in (inputs or {}).items():
+        if source is not None and path.exists() and Path(source).exists() and path.samefile(source):
+            raise TetherError(
+                f"{path} is also the input {input_flag}; writing it would overwrite that input",
+                where=flag,
+                hint=f"write to another file, e.g. {flag} {path.with_name(path.stem + '-out' + path.suffix)}",
+            )
     if path.is_dir():
         raise TetherError(
             f"{path} is a directory; {flag} takes a file path",

@@ -138,6 +138,11 @@ class Run:
     ) -> Run:
         """Open ``root/name`` (resuming it if it exists and ``resume``), or create it."""
         name = name or f"{job or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        if name in (".", "..") or "/" in name or "\\" in name:
+            raise ConfigError(
+                f"run name '{name}' is not one folder name",
+                hint="pass a plain name such as cai-try-2 (the folder that holds runs is set apart, e.g. --root)",
+            )
         path = Path(root) / name
         if path.exists() and (path / "manifest.json").exists() and not resume:
             raise TetherError(

@@ -93,8 +93,8 @@ def serve(
 
     from tether.feedback.app import create_app
 
-    store = LabelStore(db)
     _check_port(host, port)
+    store = LabelStore(db)
     if store.count_items() == 0:
         _note(f"warning: {db} has no items yet: run tether label import CANDIDATES --db {db}")
     if not store.annotators():
@@ -138,7 +138,7 @@ def _check_port(host: str, port: int) -> None:
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {host}:{port} ({exc.strerror or exc})",
-                where="--port",
+                where="--host/--port",
                 hint="another server may be using it; pass a free --port",
             ) from None
 
@@ -200,7 +200,7 @@ def export(
     ),
 ) -> None:
     """Write preference pairs (TRL prompt/chosen/rejected). Rankings expand to all pairs; ties give none."""
-    check_output_file(out_path, flag="--out")
+    check_output_file(out_path, flag="--out", inputs={"--db": db})
     store = LabelStore(db)
     records = {item.record.doc_id: item.record for item in store.items()}
     summary = export_pairs(records, store.votes(), out_path, aggregate=aggregate.value)

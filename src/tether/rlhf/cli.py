@@ -135,7 +135,7 @@ def generate(
     """Sample K candidate summaries per document at spread temperatures (input for `tether label import`).
 
     Runs the pipeline's documents and candidates stages; the run's manifest and split go to OUT.run/."""
-    check_output_file(out_path, flag="--out")
+    check_output_file(out_path, flag="--out", inputs={"--docs": None if docs == "boolq" else docs})
     config = _config(
         {
             "policy": policy,
@@ -181,7 +181,7 @@ def label_ai(
     from tether.feedback.records import load_candidate_sets
     from tether.rlhf.labeler import AILabeler, LabelerConfig, LLMJudge, agreement_with_humans
 
-    check_output_file(out_path, flag="--out")
+    check_output_file(out_path, flag="--out", inputs={"CANDIDATES": candidates})
     try:
         labeler_config = LabelerConfig(margin=margin, llm_judge=llm_judge, judge_model=judge_model)
     except ValidationError as exc:
