@@ -660,7 +660,8 @@ def config_show(
     table = Table("field", "type", "default", "description")
     for row in describe_fields(_config_class(name)[0]):
         table.add_row(*(escape(cell) for cell in row))
-    Console().print(table)
+    console = Console()
+    (console if console.is_terminal else Console(width=1000)).print(table)  # whole lines in a pipe
 
 
 @config_app.command("validate")

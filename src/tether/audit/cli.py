@@ -134,6 +134,8 @@ def audit_command(
     """
     err = Console(stderr=True)
     out_console = Console()
+    if not out_console.is_terminal:  # a pipe or a log: never squeeze the table (and cut names) to 80 columns
+        out_console = Console(width=1000)
     try:
         if list_tasks:
             out_console.print(_task_table())

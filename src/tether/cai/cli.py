@@ -41,7 +41,8 @@ def run_command(
         run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
         raise
     run.finish("complete", models=summary.get("models"), audit=summary.get("audit"))
-    _print_summary(summary, Console())
+    console = Console()
+    _print_summary(summary, console if console.is_terminal else Console(width=1000))  # no squeezing in pipes
 
 
 @app.command("validate")

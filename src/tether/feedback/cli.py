@@ -29,6 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 out = Console(soft_wrap=True)
+if not out.is_terminal:  # a pipe or a log: tables as wide as they need, not squeezed to 80 columns
+    out = Console(soft_wrap=True, width=1000)
 err = Console(stderr=True, soft_wrap=True)
 
 DbOption = typer.Option(DEFAULT_DB, "--db", help="SQLite label database.")
