@@ -75,6 +75,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         ours = Path(filename).resolve().is_relative_to(_PACKAGE_DIR)
     except (OSError, ValueError):
         ours = False
+    # A library's deprecation notice may point at Tether's call site (stacklevel): still the library's.
+    ours = ours and not issubclass(category, DeprecationWarning | PendingDeprecationWarning | FutureWarning)
     if ours:
         logging.getLogger("tether.warnings").warning("%s", message)
     else:
