@@ -111,8 +111,13 @@ def make_inputs(root: Path) -> Path:
     (root / "adir").mkdir(exist_ok=True)
     (root / "model").mkdir(exist_ok=True)  # passes for an HF model directory until something loads it
     (root / "model" / "config.json").write_text("{}", encoding="utf-8")
-    (root / "rm").mkdir(exist_ok=True)  # looks like a reward model directory from outside
-    (root / "rm" / "reward_model.json").write_text("{}", encoding="utf-8")
+    # A directory that looks like a reward model from outside, and one whose config is incomplete.
+    (root / "rm").mkdir(exist_ok=True)
+    meta = {"base": "default", "max_length": 8, "mean": 0.0, "std": 1.0}
+    (root / "rm" / "reward_model.json").write_text(json.dumps(meta), encoding="utf-8")
+    (root / "rm" / "reward_head.safetensors").write_bytes(b"")
+    (root / "rm-broken").mkdir(exist_ok=True)
+    (root / "rm-broken" / "reward_model.json").write_text("{}", encoding="utf-8")
     other = sqlite3.connect(root / "other.sqlite")
     other.execute("CREATE TABLE IF NOT EXISTS results (x TEXT)")
     other.commit()
@@ -302,6 +307,7 @@ CASES: list[Case] = [
     case("rlhf-reward-set", f"rlhf reward --policy {T} --pairs {{d}}/pairs.jsonl --out {{d}}/rm --set lr=-1", "--set", "lr"),
     case("rlhf-ppo-rm-missing", f"rlhf ppo --policy {T} --reward-model {{d}}/no-rm --out {{d}}/ppo", "--reward-model", "no-rm"),
     case("rlhf-ppo-rm-empty", f"rlhf ppo --policy {T} --reward-model {{d}}/adir --out {{d}}/ppo", "--reward-model", "adir"),
+    case("rlhf-ppo-rm-broken", f"rlhf ppo --policy {T} --reward-model {{d}}/rm-broken --out {{d}}/ppo", "reward_model.json", "lacks base"),
     case("rlhf-ppo-out-file", f"rlhf ppo --policy {T} --reward-model {{d}}/rm --out {P}", "--out"),
     case("rlhf-ppo-config-latin1", f"rlhf ppo --policy {T} --reward-model {{d}}/rm --out {{d}}/ppo --config {{d}}/latin1.yaml", "latin1.yaml:1"),
     case("rlhf-ppo-term", f"rlhf ppo --policy {T} --reward-model {{d}}/rm --out {{d}}/ppo --term bogus=2", "--term", "bogus"),

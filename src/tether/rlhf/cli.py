@@ -19,7 +19,7 @@ from rich.table import Table
 
 from tether.data.jsonl import read_completed
 from tether.errors import TetherError
-from tether.inputs import check_input_dir, check_input_file, check_output_dir, check_output_file
+from tether.inputs import check_input_dir, check_input_file, check_output_dir, check_output_file, read_text
 
 app = typer.Typer(
     help="RLHF for summarization: candidates, AI or human preference labels, reward model, PPO, DPO, comparison.",
@@ -317,18 +317,7 @@ def ppo(
     from tether.config import load_config
     from tether.train.ppo.trainer import PPOTrainConfig
 
-    check_input_dir(
-        reward_model,
-        flag="--reward-model",
-        what="reward model directory",
-        hint="train one with: tether rlhf reward --pairs PAIRS.jsonl --out DIR",
-    )
-    if not (reward_model / "reward_model.json").is_file():
-        raise TetherError(
-            f"{reward_model} is not a reward model directory (no reward_model.json)",
-            where="--reward-model",
-            hint="train one with: tether rlhf reward --pairs PAIRS.jsonl --out DIR",
-        )
+    _check_reward_dir(reward_model)
     check_output_dir(out_path, flag="--out")
     engine_sets = [o for o in overrides or [] if o.startswith("engine.")]
     ppo_config = load_config(
@@ -369,6 +358,36 @@ def ppo(
         _line(f"validation: {kept} step {result.best_step}, quality {result.best_quality:.3f}")
     for alert in result.alerts:
         _line(f"  step {alert.step} [{alert.kind}/{alert.severity}] {alert.message}")
+
+
+def _check_reward_dir(directory: Path) -> None:
+    """--reward-model is what `tether rlhf reward` wrote: its reward_model.json readable and complete,
+    its head saved, its base a model spec that resolves. Checked before documents or models load."""
+    from tether.models.spec import check_spec
+    from tether.train.reward import REWARD_CONFIG, REWARD_HEAD
+
+    hint = "train one with: tether rlhf reward --pairs PAIRS.jsonl --out DIR"
+    check_input_dir(directory, flag="--reward-model", what="reward model directory", hint=hint)
+    meta_path = directory / REWARD_CONFIG
+    if not meta_path.is_file():
+        raise TetherError(
+            f"{directory} is not a reward model directory (no {REWARD_CONFIG})",
+            where="--reward-model",
+            hint=hint,
+        )
+    try:
+        meta = json.loads(read_text(meta_path, what="reward model config"))
+    except json.JSONDecodeError as exc:
+        raise TetherError(
+            f"not valid JSON ({exc.msg} at line {exc.lineno})", where=f"{meta_path}:{exc.lineno}", hint=hint
+        ) from None
+    missing = [
+        k for k in ("base", "max_length", "mean", "std") if not isinstance(meta, dict) or k not in meta
+    ]
+    if missing or not (directory / REWARD_HEAD).is_file():
+        what = f"lacks {', '.join(missing)}" if missing else f"has no {REWARD_HEAD} beside it"
+        raise TetherError(f"the reward model config {what}", where=str(meta_path), hint=hint)
+    check_spec(str(meta["base"]), where=f"{meta_path} (base)")
 
 
 def _parse_terms(specs: list[str]) -> dict[str, float]:
