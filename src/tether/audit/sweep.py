@@ -13,7 +13,6 @@ loads at all the load error is raised, naming the model.
 from __future__ import annotations
 
 import gc
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ from tether.evals.registry import EngineLike, Task, resolve_tasks
 from tether.evals.tasks._common import error_text, make_result
 from tether.evals.types import ItemResult
 from tether.progress import progress_bar
-from tether.runs import Run, Tracer
+from tether.runs import Run, Tracer, read_manifest
 
 LoadEngine = Callable[[str, EngineConfig, Tracer], EngineLike]
 
@@ -229,8 +228,10 @@ class _Sweep:
 def _open_run(out_dir: Path, config: dict[str, Any], seed: int) -> Run:
     """The audit's run directory; refuses to write into another job's run directory."""
     manifest = out_dir / "manifest.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; the audit writes a directory", where="--out")
     if manifest.exists():
-        job = json.loads(manifest.read_text(encoding="utf-8")).get("job")
+        job = read_manifest(manifest).get("job")
         if job != "audit":
             raise ConfigError(
                 f"{out_dir} is the run directory of a '{job}' job, not an audit",
@@ -349,13 +350,19 @@ def run_audit(
 
     ``limit`` caps the items per task (on top of each task's default sample unless ``full``).
     ``cache``: True = the default cache file (see ``default_cache_path``), False = none, or a path.
-    ``load_engine(spec, config, tracer)`` replaces ``Engine.from_spec`` (tests, preloaded models).
+    ``load_engine(spec, config, tracer)`` replaces ``Engine.from_spec`` (tests, preloaded models);
+    without it every model spec is checked (``tether.models.spec.check_spec``) before any work.
     """
     out_dir = Path(out_dir)
     engine_config = engine_config or EngineConfig()
-    load_engine = load_engine or _default_load_engine
     task_list = resolve_tasks(tasks)
     targets = expand_models(models, names)
+    if load_engine is None:  # a typo or a missing path fails now, not after the first model's tasks
+        from tether.models.spec import check_spec as check_model_spec
+
+        for target in targets:
+            check_model_spec(target.spec, where="MODELS")
+        load_engine = _default_load_engine
     metrics = {t.name: t.metric for t in task_list}
     if pareto is not None:
         check_spec(pareto, metrics)  # before hours of compute, not after
@@ -369,12 +376,17 @@ def run_audit(
         "seed": seed,
         "engine": engine_config.model_dump(mode="json"),
     }
-    run = _open_run(out_dir, config, seed)
+    # The cache is opened (and refused, if it is not one) before the run directory says "running".
     store = (
         NullCache()
         if cache is False
         else ResultCache(default_cache_path(out_dir) if cache is True else Path(cache))
     )
+    try:
+        run = _open_run(out_dir, config, seed)
+    except BaseException:
+        store.close()
+        raise
     try:
         began = time.perf_counter()
         judge_validation = _judge_validation(task_list)
