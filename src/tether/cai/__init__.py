@@ -5,7 +5,7 @@ Entry points: ``run_cai(config, run)`` (the whole job) and ``tether cai run CONF
 """
 
 from tether.cai.constitution import Constitution, Principle, PrincipleExample, load_constitution
-from tether.cai.loop import LoopConfig, LoopStats, degenerate_reason, distinct_2, run_loop
+from tether.cai.loop import LoopConfig, LoopStats, degenerate_reason, run_loop
 from tether.cai.pipeline import CAIConfig, load_cai_config, run_cai
 from tether.cai.prompts import CAIPrompt, PromptSplit, load_benign, load_harmful, make_split, split_side
 from tether.cai.records import Answer, Critique, Final, LabeledPair, Revision
@@ -28,7 +28,6 @@ __all__ = [
     "Revision",
     "debiased_preference",
     "degenerate_reason",
-    "distinct_2",
     "label_pairs",
     "load_benign",
     "load_cai_config",

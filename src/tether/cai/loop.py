@@ -39,6 +39,7 @@ from tether.config import StrictModel
 from tether.data.jsonl import JsonlAppender, read_completed
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.errors import ConfigError
+from tether.text import distinct_n
 
 # Two prompt styles. "chat" wraps the request in the critic's chat template (an instruct model);
 # "completion" is the few-shot transcript of Bai et al. 2022 (Appendix C) fed raw, for a base model,
@@ -133,24 +134,19 @@ class LoopConfig(StrictModel):
 # --- text checks -------------------------------------------------------------------------------
 
 
-def distinct_2(text: str) -> float:
-    """Distinct word bigrams / all word bigrams (1.0 for fewer than two words)."""
-    words = text.split()
-    bigrams = list(zip(words, words[1:], strict=False))
-    return len(set(bigrams)) / len(bigrams) if bigrams else 1.0
-
-
 def degenerate_reason(text: str, *, min_distinct2: float = 0.3, max_repeated_line: int = 3) -> str | None:
     """Why ``text`` is unusable as a critique or rewrite, or None: empty, mostly symbols (emoji or
-    punctuation runs), a low distinct-2, or one line repeated. Distinct-2 needs 8+ words: over a
-    handful of words it says nothing."""
+    punctuation runs), a low distinct-2, or one line repeated. Distinct-2 counts the bigrams of
+    whitespace-separated chunks, case and punctuation kept ("help." and "help" differ); it needs 8+
+    chunks: over a handful of words it says nothing."""
     stripped = text.strip()
     if not stripped:
         return "empty"
     visible = [ch for ch in stripped if not ch.isspace()]
     if len(visible) >= 12 and sum(ch.isalpha() for ch in visible) / len(visible) < 0.4:
         return "mostly symbols, not text"
-    if len(stripped.split()) >= 8 and (d2 := distinct_2(stripped)) < min_distinct2:
+    chunks = stripped.split()
+    if len(chunks) >= 8 and (d2 := distinct_n([chunks], 2)) < min_distinct2:
         return f"repetitive (distinct-2 {d2:.2f} < {min_distinct2})"
     lines = [ln.strip() for ln in stripped.splitlines() if ln.strip()]
     if lines:
