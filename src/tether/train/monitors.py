@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether.data.packages import package_dir
+from tether.packages import package_dir
 from tether.text import distinct_n, tokens
 
 # ---------------------------------------------------------------------------------------------------
