@@ -34,9 +34,10 @@ from typing import Protocol
 from pydantic import Field
 
 from tether.config import StrictModel
+from tether.data.records import PreferencePair
 from tether.engine.types import ScoreRequest, ScoreResult
 from tether.feedback.agreement import best_label, cohen_kappa
-from tether.feedback.records import CandidateSet, PreferencePair, Vote
+from tether.feedback.records import CandidateSet, Vote
 from tether.text import FUNCTION_WORDS, distinct_n, ngrams, stem, words
 
 # A compact English stopword list: function words that say nothing about content.
