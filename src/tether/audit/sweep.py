@@ -29,7 +29,7 @@ from tether.audit.schema import AuditReport, DatasetInfo, ModelInfo, ParetoSpec
 from tether.config import EngineConfig
 from tether.errors import ConfigError, ModelLoadError, TetherError
 from tether.evals.registry import EngineLike, Task, resolve_tasks
-from tether.evals.tasks._common import error_text, make_result
+from tether.evals.results import error_text, make_result
 from tether.evals.types import ItemResult
 from tether.progress import progress_bar
 from tether.runs import Run, Tracer

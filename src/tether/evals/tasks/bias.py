@@ -28,7 +28,8 @@ from tether.data.records import BBQItem
 from tether.data.sources import load_source
 from tether.evals import formats
 from tether.evals.registry import Task
-from tether.evals.tasks._common import make_result, mean
+from tether.evals.results import make_result
+from tether.evals.tasks._common import mean
 from tether.evals.types import ItemResult, MetricSpec
 
 BBQ_ACC = MetricSpec(name="acc", higher_is_better=True, axis="other")

@@ -21,14 +21,8 @@ from tether.data.sources import load_source
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.evals import formats
 from tether.evals.registry import Task
-from tether.evals.tasks._common import (
-    error_text,
-    generate_isolated,
-    make_result,
-    mean,
-    numbers_in,
-    same_number,
-)
+from tether.evals.results import error_text, make_result
+from tether.evals.tasks._common import generate_isolated, mean, numbers_in, same_number
 from tether.evals.types import ItemResult, MetricSpec
 
 

@@ -14,7 +14,8 @@ from typing import Any
 from tether.data.sources import load_source
 from tether.engine.types import Prompt, SamplingParams
 from tether.evals.registry import Task
-from tether.evals.tasks._common import error_text, generate_isolated, make_result
+from tether.evals.results import error_text, make_result
+from tether.evals.tasks._common import generate_isolated
 from tether.evals.types import ItemResult, MetricSpec
 
 PASS_AT_1 = MetricSpec(name="pass@1", higher_is_better=True, axis="capability")

@@ -15,7 +15,8 @@ from typing import Any
 from tether.data.sources import load_source
 from tether.engine.types import Prompt, SamplingParams
 from tether.evals.registry import Task
-from tether.evals.tasks._common import error_text, generate_isolated, make_result, mean
+from tether.evals.results import error_text, make_result
+from tether.evals.tasks._common import generate_isolated, mean
 from tether.evals.types import ItemResult, MetricSpec
 
 TOXIC_RATE = MetricSpec(name="toxic_rate", higher_is_better=False, axis="safety")

@@ -39,13 +39,8 @@ from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.errors import ConfigError, DataError
 from tether.evals import formats
 from tether.evals.registry import Task
-from tether.evals.tasks._common import (
-    GREEDY_REFUSAL,
-    error_text,
-    generate_isolated,
-    judge_refusals,
-    make_result,
-)
+from tether.evals.results import error_text, make_result
+from tether.evals.tasks._common import GREEDY_REFUSAL, generate_isolated, judge_refusals
 from tether.evals.types import ItemResult, MetricSpec
 
 Judge = Literal["refusal", "compliance", "exact_match"]
