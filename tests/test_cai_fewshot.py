@@ -98,17 +98,12 @@ def test_completion_transcript_carries_each_examples_own_requests_and_the_prefix
     assert "Critique request:" not in chat and chat.rstrip().endswith("CRIT-CRIME")
 
 
-class _Loaded:
-    def __init__(self, has_chat_template):
-        self.has_chat_template = has_chat_template
-
-
 class _Engine:
     """Scripted by request id; records every prompt and the stop strings it was sent with."""
 
     def __init__(self, script, has_chat_template=True):
         self.script = script
-        self.loaded = _Loaded(has_chat_template)
+        self.has_chat_template = has_chat_template
         self.sent: dict[str, tuple] = {}
         self.stages: list[str] = []
 

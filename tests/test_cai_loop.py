@@ -9,6 +9,7 @@ import pytest
 
 from tether.cai import CAIPrompt, Constitution, LoopConfig, degenerate_reason, run_loop
 from tether.cai.loop import clean_revision
+from tether.cai.records import FinalReason
 from tether.engine.types import Completion, ScoreResult
 from tether.judges import default_refusal_judge
 
@@ -75,6 +76,8 @@ SCRIPT = {
 class ScriptedEngine:
     """generate() answers from SCRIPT by request id; score() says "Yes" (complies) only for h3.
     Every call is logged; ``fail_on`` makes the n-th generate call raise (a simulated crash)."""
+
+    has_chat_template = True
 
     def __init__(self, script=None, fail_on: int | None = None):
         self.script = script or SCRIPT
@@ -188,6 +191,9 @@ def test_loop_records_chain_passes_and_filter_counts(tmp_path):
     # b2's rewrite refuses; its helpful first answer goes to SFT instead.
     assert by_id["b2"].keep and by_id["b2"].reason == "helpful first answer (its revision refused)"
     assert by_id["b2"].text == "Red is a primary colour." and by_id["b2"].refusal_label == "compliance"
+    # loop.jsonl stores each reason as its plain string.
+    final_reasons = {r["prompt_id"]: r["reason"] for r in records if r["kind"] == "final"}
+    assert final_reasons["h3"] == "critic says it complies" == FinalReason.CRITIC_COMPLIES
 
     assert stats.degenerate_critiques == 2 and stats.degenerate_revisions == 1
     assert stats.revised == 10 - 3

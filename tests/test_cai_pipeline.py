@@ -24,6 +24,7 @@ class FakeEngine:
     samples per prompt for RLAIF; the critic's score always prefers the first continuation."""
 
     questions: dict[str, str] = {}  # prompt id -> question, so benign answers stay on topic
+    has_chat_template = True
 
     def __init__(self, spec: str, log: list):
         self.spec, self.log = spec, log

@@ -36,6 +36,8 @@ class BiasedScorer:
     an answer that contains "sorry" and 0 otherwise: a labeler that likes refusals but likes the
     first slot more."""
 
+    has_chat_template = True
+
     def __init__(self, bias: float):
         self.bias = bias
         self.contexts: list[str] = []
@@ -154,8 +156,7 @@ def test_sample_answer_pairs_asks_two_samples_in_one_call():
 class _BaseModelScorer(BiasedScorer):
     """The same labeler as a base model: no chat template, so it gets the CAI paper's transcript."""
 
-    class loaded:  # noqa: N801 - mimics Engine.loaded
-        has_chat_template = False
+    has_chat_template = False
 
     def render(self, prompt):
         assert not prompt.chat  # a base model is fed the raw transcript

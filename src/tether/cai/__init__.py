@@ -8,7 +8,7 @@ from tether.cai.constitution import Constitution, Principle, PrincipleExample, l
 from tether.cai.loop import LoopConfig, LoopStats, degenerate_reason, run_loop
 from tether.cai.pipeline import CAIConfig, load_cai_config, run_cai
 from tether.cai.prompts import CAIPrompt, PromptSplit, load_benign, load_harmful, make_split, split_side
-from tether.cai.records import Answer, Critique, Final, LabeledPair, Revision
+from tether.cai.records import Answer, Critique, Final, FinalReason, LabeledPair, Revision
 from tether.cai.rlaif import RLAIFConfig, debiased_preference, label_pairs, sample_answer_pairs
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Constitution",
     "Critique",
     "Final",
+    "FinalReason",
     "LabeledPair",
     "LoopConfig",
     "LoopStats",
