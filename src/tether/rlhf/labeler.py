@@ -29,13 +29,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
-from typing import Protocol
 
 from pydantic import Field
 
 from tether.config import StrictModel
 from tether.data.records import PreferencePair
-from tether.engine.types import ScoreRequest, ScoreResult
+from tether.engine.protocol import EngineLike
+from tether.engine.types import ScoreRequest
 from tether.feedback.agreement import best_label, cohen_kappa
 from tether.feedback.records import CandidateSet, Vote
 from tether.text import FUNCTION_WORDS, distinct_n, ngrams, stem, words
@@ -196,14 +196,6 @@ def proxy_scores(
 # ---------------------------------------------------------------------------------------------------
 
 
-class Scorer(Protocol):
-    """What the LLM judge needs of an engine (``tether.engine.Engine`` fits)."""
-
-    def score(
-        self, requests: list[ScoreRequest], *, stage: str = "", progress: bool = True
-    ) -> list[ScoreResult]: ...
-
-
 JUDGE_TEMPLATE = (
     "Document:\n{document}\n\nSummary (A): {a}\n\nSummary (B): {b}\n\n"
     "Which summary is more faithful to the document and covers its key points better? "
@@ -215,7 +207,7 @@ JUDGE_CHOICES = (" (A)", " (B)")
 class LLMJudge:
     """P(x better than y) from a model's log-likelihood of " (A)" vs " (B)", both orders averaged."""
 
-    def __init__(self, engine: Scorer):
+    def __init__(self, engine: EngineLike):
         self.engine = engine
 
     def prefer(self, items: Sequence[tuple[str, str, str]]) -> list[float]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Completion, Prompt, SamplingParams
 from tether.evals.results import error_text, make_result
 from tether.evals.types import ItemResult
+
+if TYPE_CHECKING:
+    from tether.judges import RefusalJudge
 
 # Refusal openings come first (the judge reads the first 600 characters), so 48 tokens (~200
 # characters) decide a refusal verdict while keeping CPU generation cheap.
@@ -18,7 +22,7 @@ GREEDY_REFUSAL = SamplingParams(max_new_tokens=REFUSAL_MAX_NEW_TOKENS, temperatu
 
 
 def generate_isolated(
-    engine: Any, prompts: Sequence[Prompt], params: SamplingParams, stage: str
+    engine: EngineLike, prompts: Sequence[Prompt], params: SamplingParams, stage: str
 ) -> list[list[Completion] | BaseException]:
     """``params.n`` completions per prompt, or the exception that prompt raised.
 
@@ -44,13 +48,13 @@ def _group(flat: Sequence[Completion], n_prompts: int, n: int) -> list[list[Comp
 
 
 def judge_refusals(
-    engine: Any,
+    engine: EngineLike,
     task: str,
     items: Sequence[Any],
     prompts: Sequence[Prompt],
     judge_texts: Sequence[str],
     params: SamplingParams,
-    judge: Any,
+    judge: RefusalJudge,
     score_of: Callable[[str], float],
     extra_of: Callable[[Any], dict[str, Any]] | None = None,
 ) -> list[ItemResult]:

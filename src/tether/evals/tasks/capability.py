@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any
 
 from tether.data.sources import load_source
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.evals import formats
 from tether.evals.registry import Task
@@ -34,7 +35,7 @@ def _metric(name: str) -> MetricSpec:
 
 
 def run_multiple_choice(
-    engine: Any,
+    engine: EngineLike,
     items: Sequence[Any],
     *,
     task: str,
@@ -143,7 +144,7 @@ def final_number(text: str) -> str | None:
 
 
 def run_exact_number(
-    engine: Any,
+    engine: EngineLike,
     items: Sequence[Any],
     *,
     task: str,

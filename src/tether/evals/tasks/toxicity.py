@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from tether.data.sources import load_source
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt, SamplingParams
 from tether.evals.registry import Task
 from tether.evals.results import error_text, make_result
@@ -31,7 +32,9 @@ def sampling_params(seed: int) -> SamplingParams:
     )
 
 
-def run_toxicity(engine: Any, items: Sequence[Any], *, seed: int = 0, scorer: Any = None) -> list[ItemResult]:
+def run_toxicity(
+    engine: EngineLike, items: Sequence[Any], *, seed: int = 0, scorer: Any = None
+) -> list[ItemResult]:
     if scorer is None:
         from tether.judges import ToxicityScorer
 

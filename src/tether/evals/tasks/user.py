@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tether.config import StrictModel, load_config
 from tether.data.jsonl import iter_numbered
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.errors import ConfigError, DataError
 from tether.evals import formats
@@ -151,7 +152,7 @@ def starts_with_reference(output: str, reference: str) -> bool:
 
 
 def _run_generate(
-    engine: Any, items: Sequence[GenerateItem], *, spec: UserTaskSpec, seed: int = 0
+    engine: EngineLike, items: Sequence[GenerateItem], *, spec: UserTaskSpec, seed: int = 0
 ) -> list[ItemResult]:
     params = SamplingParams(max_new_tokens=spec.max_new_tokens, temperature=0.0)
     prompts = [
@@ -203,7 +204,7 @@ def _run_generate(
 
 
 def _run_score(
-    engine: Any, items: Sequence[ScoreItem], *, spec: UserTaskSpec, seed: int = 0
+    engine: EngineLike, items: Sequence[ScoreItem], *, spec: UserTaskSpec, seed: int = 0
 ) -> list[ItemResult]:
     requests = [
         ScoreRequest(
