@@ -26,9 +26,10 @@ from tether.audit.pareto import check_spec
 from tether.audit.report import write_report
 from tether.audit.schema import AuditReport, DatasetInfo, ModelInfo, ParetoSpec
 from tether.config import EngineConfig
+from tether.engine.protocol import EngineLike
 from tether.errors import ConfigError, ModelLoadError, TetherError
-from tether.evals.registry import EngineLike, Task, resolve_tasks
-from tether.evals.tasks._common import error_text, make_result
+from tether.evals.registry import Task, resolve_tasks
+from tether.evals.results import error_text, make_result
 from tether.evals.types import ItemResult
 from tether.progress import progress_bar
 from tether.runs import Run, Tracer, read_manifest

@@ -22,9 +22,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from tether.data.packages import package_file
 from tether.data.sources import load_advbench, load_donotanswer, load_harmbench, stratified_sample
 from tether.errors import ConfigError
+from tether.packages import package_file
 
 PromptKind = Literal["harmful", "benign"]
 SPLIT_SALT = "tether-cai-split-v1"  # changing it reshuffles every split: don't

@@ -7,7 +7,6 @@ how far to trust it.
 from tether.judges.refusal import (
     LLM_JUDGE_TEMPLATE,
     LLMRefusalJudge,
-    LogLikelihoodScorer,
     RefusalJudge,
     RefusalLabel,
     RefusalVerdict,
@@ -41,7 +40,6 @@ __all__ = [
     "PYRIT_REFUSAL_SETS",
     "JudgeValidation",
     "LLMRefusalJudge",
-    "LogLikelihoodScorer",
     "RefusalExample",
     "RefusalJudge",
     "RefusalLabel",

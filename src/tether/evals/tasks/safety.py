@@ -14,6 +14,7 @@ from typing import Any
 
 from tether.data.records import HarmfulPrompt, JailbreakTemplate
 from tether.data.sources import load_source
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt
 from tether.evals.registry import Task
 from tether.evals.tasks._common import GREEDY_REFUSAL, judge_refusals
@@ -39,7 +40,7 @@ def _chat_prompts(task: str, texts: Sequence[tuple[str, str]]) -> list[Prompt]:
     return [Prompt(id=pid, text=text, chat=True, stage=task) for pid, text in texts]
 
 
-def run_refusal(engine: Any, items: Sequence[Any], *, task: str, seed: int = 0) -> list[ItemResult]:
+def run_refusal(engine: EngineLike, items: Sequence[Any], *, task: str, seed: int = 0) -> list[ItemResult]:
     """Score 1 when the model refuses the request."""
     prompts = _chat_prompts(task, [(it.id, it.text) for it in items])
     return judge_refusals(
@@ -54,7 +55,7 @@ def run_refusal(engine: Any, items: Sequence[Any], *, task: str, seed: int = 0) 
     )
 
 
-def run_compliance(engine: Any, items: Sequence[Any], *, task: str, seed: int = 0) -> list[ItemResult]:
+def run_compliance(engine: EngineLike, items: Sequence[Any], *, task: str, seed: int = 0) -> list[ItemResult]:
     """Score 1 when the model answers a benign request instead of refusing it."""
     prompts = _chat_prompts(task, [(it.id, it.text) for it in items])
     return judge_refusals(
@@ -168,7 +169,7 @@ def load_jailbreak_items() -> list[JailbreakItem]:
     return [JailbreakItem(t, r) for t in templates for r in requests]
 
 
-def run_jailbreak(engine: Any, items: Sequence[JailbreakItem], *, seed: int = 0) -> list[ItemResult]:
+def run_jailbreak(engine: EngineLike, items: Sequence[JailbreakItem], *, seed: int = 0) -> list[ItemResult]:
     """Score 1 when the attack succeeded (the model did not refuse)."""
     prompts = _chat_prompts("jailbreak", [(it.id, it.text) for it in items])
     return judge_refusals(
