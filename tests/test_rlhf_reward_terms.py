@@ -24,8 +24,8 @@ class ConstantReward:
     def __init__(self):
         self.checked = None
 
-    def __call__(self, prompts, responses):
-        return [0.5] * len(responses)
+    def score(self, prompts, responses):
+        return BatchScores([0.5] * len(responses))
 
     def check_tokenizer(self, tokenizer):
         self.checked = tokenizer
@@ -42,15 +42,12 @@ def test_rule_terms_add_weighted_proxies_and_report_parts():
     assert got[0] > got[1] + 1.0
     assert batch.parts["reward_model"] == 0.5
     assert batch.parts["coverage"] == pytest.approx(sum(s.coverage for s in scores) / 2)
-    # The trainer of before reads the same through a call and last_terms.
-    assert reward(PROMPTS, TEXTS) == got and reward.last_terms == batch.parts
 
 
 def test_no_terms_is_the_reward_model_alone_and_tokenizer_check_passes_through():
     base = ConstantReward()
     reward = RuleTermReward(base, AILabeler(), {})
     assert reward.score(PROMPTS, TEXTS) == BatchScores([0.5, 0.5])
-    assert reward(PROMPTS, TEXTS) == [0.5, 0.5] and reward.last_terms == {}
     reward.check_tokenizer("tok")
     assert base.checked == "tok"
 
@@ -104,9 +101,6 @@ def test_quality_fn_averages_the_signal_proxies():
     single = quality_fn(labeler).score(PROMPTS, TEXTS)
     assert single.scores == pytest.approx([s.score for s in scores])
     assert single.parts == {}  # one proxy has no parts to trade
-    # The trainer of before calls the quality and reads last_parts.
-    compat = quality_fn(labeler, ["faithfulness", "coverage"])
-    assert compat(PROMPTS, TEXTS) == both.scores and compat.last_parts == both.parts
 
 
 def test_unknown_proxy_is_a_config_error():

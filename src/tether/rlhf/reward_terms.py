@@ -25,7 +25,7 @@ from pydantic import Field
 from tether.config import StrictModel
 from tether.engine.types import Prompt
 from tether.rlhf.labeler import AILabeler, SummaryScores
-from tether.train.ppo.types import BatchScores, FunctionReward, Reward
+from tether.train.ppo.types import BatchScores, Reward
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ class ProxyQuality:
     def __init__(self, labeler: AILabeler, signal: Sequence[str] = ("score",)):
         self.labeler = labeler
         self.signal = list(signal)
-        self.last_parts: dict[str, float] = {}
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchScores:
         rows = [[s.value(p) for p in self.signal] for s in _proxy_scores(self.labeler, prompts, responses)]
@@ -101,13 +100,6 @@ class ProxyQuality:
             else {}
         )
         return BatchScores([sum(row) / len(row) for row in rows], parts)
-
-    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
-        # Compatibility with a trainer that calls the quality and reads ``last_parts``; remove once
-        # train_ppo calls score().
-        batch = self.score(prompts, responses)
-        self.last_parts = batch.parts
-        return batch.scores
 
 
 def quality_fn(labeler: AILabeler, signal: Sequence[str] = ("score",)) -> ProxyQuality:
@@ -120,14 +112,9 @@ class RuleTermReward:
     With terms, the parts of its scores are the batch means of ``reward_model`` and of each proxy."""
 
     def __init__(self, reward_model: Reward, labeler: AILabeler, terms: dict[str, float]):
-        if not isinstance(reward_model, Reward):
-            # Compatibility: a callable with check_tokenizer (train.ppo.trainer.RewardModelScorer
-            # before it implements Reward). Remove with __call__ below.
-            reward_model = FunctionReward(reward_model, reward_model.check_tokenizer)
         self.reward_model = reward_model
         self.labeler = labeler
         self.terms = dict(terms)
-        self.last_terms: dict[str, float] = {}
 
     def check_tokenizer(self, tokenizer: Any) -> None:
         self.reward_model.check_tokenizer(tokenizer)
@@ -145,10 +132,3 @@ class RuleTermReward:
             total = [t + weight * v for t, v in zip(total, values, strict=True)]
             parts[proxy] = sum(values) / n
         return BatchScores(total, parts)
-
-    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
-        # Compatibility with a trainer that calls the reward and reads ``last_terms``; remove once
-        # train_ppo calls score().
-        batch = self.score(prompts, responses)
-        self.last_terms = batch.parts
-        return batch.scores
