@@ -11,8 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from tether.data.jsonl import read_jsonl, write_jsonl
+from tether.data.records import PreferencePair
 from tether.errors import ConfigError
-from tether.feedback.records import CandidateSet, PreferencePair, load_candidate_sets
+from tether.feedback.records import CandidateSet, load_candidate_sets
 from tether.rlhf.cli import app
 from tether.rlhf.documents import load_documents, select_split
 

@@ -36,10 +36,11 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from tether.config import EngineConfig, Problem, StrictModel, check_value
 from tether.data.jsonl import read_jsonl, write_jsonl
+from tether.data.records import PreferencePair
 from tether.engine.pool import EnginePool
 from tether.engine.types import Prompt
 from tether.errors import ConfigError
-from tether.feedback.records import CandidateSet, PreferencePair
+from tether.feedback.records import CandidateSet
 from tether.rlhf.compare import CompareReport, compare_models
 from tether.rlhf.documents import (
     SummaryDocument,
