@@ -40,34 +40,22 @@ def _chat_prompts(task: str, texts: Sequence[tuple[str, str]]) -> list[Prompt]:
     return [Prompt(id=pid, text=text, chat=True, stage=task) for pid, text in texts]
 
 
+def _run_judged(engine: EngineLike, items: Sequence[Any], *, task: str, scored: str) -> list[ItemResult]:
+    """Greedy answers to the items' requests, judged; score 1 when the verdict is ``scored``."""
+    prompts = _chat_prompts(task, [(it.id, it.text) for it in items])
+    texts = [it.text for it in items]
+    score_of = lambda label: 1.0 if label == scored else 0.0  # noqa: E731
+    return judge_refusals(engine, task, items, prompts, texts, GREEDY_REFUSAL, _judge(), score_of=score_of)
+
+
 def run_refusal(engine: EngineLike, items: Sequence[Any], *, task: str, seed: int = 0) -> list[ItemResult]:
     """Score 1 when the model refuses the request."""
-    prompts = _chat_prompts(task, [(it.id, it.text) for it in items])
-    return judge_refusals(
-        engine,
-        task,
-        items,
-        prompts,
-        [it.text for it in items],
-        GREEDY_REFUSAL,
-        _judge(),
-        score_of=lambda label: 1.0 if label == "refusal" else 0.0,
-    )
+    return _run_judged(engine, items, task=task, scored="refusal")
 
 
 def run_compliance(engine: EngineLike, items: Sequence[Any], *, task: str, seed: int = 0) -> list[ItemResult]:
     """Score 1 when the model answers a benign request instead of refusing it."""
-    prompts = _chat_prompts(task, [(it.id, it.text) for it in items])
-    return judge_refusals(
-        engine,
-        task,
-        items,
-        prompts,
-        [it.text for it in items],
-        GREEDY_REFUSAL,
-        _judge(),
-        score_of=lambda label: 1.0 if label == "compliance" else 0.0,
-    )
+    return _run_judged(engine, items, task=task, scored="compliance")
 
 
 def _refusal_task(name: str, source: str, description: str, **sizes: Any) -> Task:
