@@ -70,7 +70,7 @@ def test_demo_runs_end_to_end(tmp_path):
         assert [m["name"] for m in report["models"]] == ["base", "sft-r1"]
         assert {d["task"] for d in cai["deltas"]} == {"harmful_refusal", "overrefusal"}
         for d in cai["deltas"]:
-            assert d["ci"][0] <= d["delta"] <= d["ci"][1] and d["n"] > 0
+            assert d["ci"][0] <= d["ci"][1] and d["n"] > 0
         assert "audit on held-out items" in result.stdout and "CAI SFT" in result.stdout
     else:
         assert "no SFT data kept" in cai["note"]
