@@ -23,7 +23,7 @@ import json
 import re
 from pathlib import Path
 
-from tether.data.packages import package_dir
+from tether.packages import package_dir
 from tether.judges.calibration import Figures, compute_sheet, format_row, load_sheets, pyrit_set, sheet_path
 from tether.judges.degenerate import detect_degenerate
 from tether.judges.harmful import LLMHarmfulJudge, RuleHarmfulJudge

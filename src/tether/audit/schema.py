@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tether.data.jsonl import atomic_writer
 from tether.errors import DataError
 from tether.evals.types import MetricSpec
+from tether.inputs import read_text
 
 SCHEMA_VERSION = 1
 
@@ -193,12 +194,9 @@ class AuditReport(_Record):
     @classmethod
     def load(cls, path: str | Path) -> AuditReport:
         path = Path(path)
-        if not path.exists():
-            raise DataError(
-                "report not found", where=str(path), hint="run `tether audit` to write report.json"
-            )
+        text = read_text(path, what="report", hint="run `tether audit` to write report.json")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"not valid JSON ({exc.msg} at line {exc.lineno})",

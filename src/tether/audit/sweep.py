@@ -13,11 +13,10 @@ loads at all the load error is raised, naming the model.
 from __future__ import annotations
 
 import gc
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,13 @@ from tether.audit.pareto import check_spec
 from tether.audit.report import write_report
 from tether.audit.schema import AuditReport, DatasetInfo, ModelInfo, ParetoSpec
 from tether.config import EngineConfig
+from tether.engine.protocol import EngineLike
 from tether.errors import ConfigError, ModelLoadError, TetherError
-from tether.evals.registry import EngineLike, Task, resolve_tasks
-from tether.evals.tasks._common import error_text, make_result
+from tether.evals.registry import Task, resolve_tasks
+from tether.evals.results import error_text, make_result
 from tether.evals.types import ItemResult
 from tether.progress import progress_bar
-from tether.runs import Run, Tracer
+from tether.runs import Run, Tracer, read_manifest
 
 LoadEngine = Callable[[str, EngineConfig, Tracer], EngineLike]
 
@@ -249,6 +249,124 @@ def _datasets(task: Task, n_items: int) -> list[DatasetInfo]:
     return out
 
 
+@dataclass
+class _Sweep:
+    """What the sweep gathers model by model, for the report."""
+
+    results: list[ItemResult] = field(default_factory=list)
+    infos: list[ModelInfo] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    task_errors: dict[str, str] = field(default_factory=dict)
+    extra: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    cached_counts: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _open_run(out_dir: Path, config: dict[str, Any], seed: int) -> Run:
+    """The audit's run directory; refuses to write into another job's run directory."""
+    manifest = out_dir / "manifest.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; the audit writes a directory", where="--out")
+    if manifest.exists():
+        job = read_manifest(manifest).get("job")
+        if job != "audit":
+            raise ConfigError(
+                f"{out_dir} is the run directory of a '{job}' job, not an audit",
+                where="--out",
+                hint="write the audit elsewhere, e.g. --out runs/audit-1 (the run's checkpoints are read, not written)",
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return Run.create(out_dir.name, root=out_dir.parent, job="audit", config=config, seed=seed)
+
+
+def _select(task_list: Sequence[Task], sweep: _Sweep, *, limit, full, seed) -> dict[str, list[Any]]:
+    """The same items for every model: sampling depends on the data and the seed only."""
+    samples: dict[str, list[Any]] = {}
+    for task in task_list:
+        try:
+            samples[task.name] = task.select(limit=limit, full=full, seed=seed)
+        except TetherError as exc:
+            sweep.task_errors[task.name] = exc.render()
+            samples[task.name] = []
+    return samples
+
+
+def _audit_model(
+    target: ModelTarget,
+    engine: EngineLike,
+    task_list: Sequence[Task],
+    samples: dict[str, list[Any]],
+    sweep: _Sweep,
+    *,
+    run: Run,
+    store: ResultCache | NullCache,
+    seed: int,
+    progress: bool,
+) -> None:
+    """Every task on one loaded model, one run stage each; results and errors go into ``sweep``."""
+    for task in task_list:
+        with run.stage(f"{target.name}/{task.name}") as stage:
+            done = run_task(
+                engine, task, samples[task.name], model=target.name, cache=store, seed=seed, progress=progress
+            )
+            stage.update(items=len(done.results), cached=done.n_cached, error=done.error)
+        key = f"{target.name} / {task.name}"
+        sweep.timings[key] = done.seconds
+        sweep.cached_counts[key] = done.n_cached
+        if done.error:
+            sweep.task_errors[key] = done.error
+        sweep.results += done.results
+        if task.aggregate is None:
+            continue
+        try:
+            numbers = task.aggregate(done.results)
+        except Exception as exc:  # a bad aggregate must not cost the whole audit
+            sweep.task_errors[f"{key} (extra metrics)"] = error_text(exc)
+        else:
+            if numbers:
+                sweep.extra[(target.name, task.name)] = numbers
+
+
+def _load(
+    target: ModelTarget, load_engine: LoadEngine, config: EngineConfig, run: Run, sweep: _Sweep, alone: bool
+):
+    """Load one model; a failure is recorded (the others still run) unless it is the only model."""
+    began = time.perf_counter()
+    try:
+        engine = load_engine(target.spec, config, run.tracer)
+    except Exception as exc:
+        if alone:
+            if isinstance(exc, TetherError):
+                raise
+            raise ModelLoadError(f"could not load model '{target.name}': {exc}", where=target.spec) from exc
+        sweep.failed[target.name] = exc.render() if isinstance(exc, TetherError) else error_text(exc)
+        sweep.infos.append(ModelInfo(name=target.name, spec=target.spec))
+        return None
+    sweep.timings[f"load {target.name}"] = time.perf_counter() - began
+    sweep.infos.append(ModelInfo(name=target.name, spec=target.spec, fingerprint=engine.fingerprint))
+    return engine
+
+
+def _settings(task_list, samples, sweep: _Sweep, store, *, limit, full, seed) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "tasks": ", ".join(t.name for t in task_list),
+        "limit": limit,
+        "full": full,
+        "cache": str(store.path) if store.path else "off",
+        **{
+            f"task {t.name}": f"{t.description} — {len(samples[t.name])} items, version {t.version(seed)}"
+            for t in task_list
+        },
+    }
+    if sweep.failed:
+        settings["failed models"] = sweep.failed
+    if sweep.task_errors:
+        settings["task errors"] = sweep.task_errors
+    if any(sweep.cached_counts.values()):
+        settings["items from cache"] = {k: v for k, v in sweep.cached_counts.items() if v}
+    return settings
+
+
 def run_audit(
     models: Sequence[str],
     tasks: str | Sequence[str],
@@ -269,27 +387,24 @@ def run_audit(
 
     ``limit`` caps the items per task (on top of each task's default sample unless ``full``).
     ``cache``: True = the default cache file (see ``default_cache_path``), False = none, or a path.
-    ``load_engine(spec, config, tracer)`` replaces ``Engine.from_spec`` (tests, preloaded models).
+    ``load_engine(spec, config, tracer)`` replaces ``Engine.from_spec`` (tests, preloaded models);
+    without it every model spec is checked (``tether.models.spec.check_spec``) before any work.
     """
     out_dir = Path(out_dir)
     engine_config = engine_config or EngineConfig()
-    load_engine = load_engine or _default_load_engine
     task_list = resolve_tasks(tasks)
     targets = expand_models(models, names)
+    if load_engine is None:  # a typo or a missing path fails now, not after the first model's tasks
+        from tether.models.spec import check_spec as check_model_spec
+
+        for target in targets:
+            check_model_spec(target.spec, where="MODELS")
+        load_engine = _default_load_engine
     metrics = {t.name: t.metric for t in task_list}
     if pareto is not None:
         check_spec(pareto, metrics)  # before hours of compute, not after
-
-    # The same items for every model: sampling depends on the data and the seed only.
-    samples: dict[str, list[Any]] = {}
-    task_errors: dict[str, str] = {}
-    for task in task_list:
-        try:
-            samples[task.name] = task.select(limit=limit, full=full, seed=seed)
-        except TetherError as exc:
-            task_errors[task.name] = exc.render()
-            samples[task.name] = []
-
+    sweep = _Sweep()
+    samples = _select(task_list, sweep, limit=limit, full=full, seed=seed)
     config = {
         "models": [{"name": t.name, "spec": t.spec} for t in targets],
         "tasks": [t.name for t in task_list],
@@ -298,109 +413,54 @@ def run_audit(
         "seed": seed,
         "engine": engine_config.model_dump(mode="json"),
     }
-    manifest = out_dir / "manifest.json"
-    if manifest.exists():
-        job = json.loads(manifest.read_text(encoding="utf-8")).get("job")
-        if job != "audit":
-            raise ConfigError(
-                f"{out_dir} is the run directory of a '{job}' job, not an audit",
-                where="--out",
-                hint="write the audit elsewhere, e.g. --out runs/audit-1 (the run's checkpoints are read, not written)",
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = Run.create(out_dir.name, root=out_dir.parent, job="audit", config=config, seed=seed)
-    store: ResultCache | NullCache
-    if cache is False:
-        store = NullCache()
-    else:
-        store = ResultCache(default_cache_path(out_dir) if cache is True else Path(cache))
-
-    timings: dict[str, float] = {}
-    results: list[ItemResult] = []
-    infos: list[ModelInfo] = []
-    failed: dict[str, str] = {}
-    extra: dict[tuple[str, str], dict[str, float]] = {}
-    cached_counts: dict[str, int] = {}
+    # The cache is opened (and refused, if it is not one) before the run directory says "running".
+    store = (
+        NullCache()
+        if cache is False
+        else ResultCache(default_cache_path(out_dir) if cache is True else Path(cache))
+    )
+    try:
+        run = _open_run(out_dir, config, seed)
+    except BaseException:
+        store.close()
+        raise
     try:
         began = time.perf_counter()
         judge_validation = _judge_validation(task_list)
-        timings["judge validation"] = time.perf_counter() - began
+        sweep.timings["judge validation"] = time.perf_counter() - began
         with store:
             for target in targets:
-                began = time.perf_counter()
-                try:
-                    engine = load_engine(target.spec, engine_config, run.tracer)
-                except Exception as exc:
-                    if len(targets) == 1:
-                        if isinstance(exc, TetherError):
-                            raise
-                        raise ModelLoadError(
-                            f"could not load model '{target.name}': {exc}", where=target.spec
-                        ) from exc
-                    failed[target.name] = exc.render() if isinstance(exc, TetherError) else error_text(exc)
-                    infos.append(ModelInfo(name=target.name, spec=target.spec))
+                engine = _load(target, load_engine, engine_config, run, sweep, alone=len(targets) == 1)
+                if engine is None:
                     continue
-                timings[f"load {target.name}"] = time.perf_counter() - began
-                infos.append(ModelInfo(name=target.name, spec=target.spec, fingerprint=engine.fingerprint))
-                for task in task_list:
-                    with run.stage(f"{target.name}/{task.name}") as stage:
-                        done = run_task(
-                            engine,
-                            task,
-                            samples[task.name],
-                            model=target.name,
-                            cache=store,
-                            seed=seed,
-                            progress=progress,
-                        )
-                        stage.update(items=len(done.results), cached=done.n_cached, error=done.error)
-                    timings[f"{target.name} / {task.name}"] = done.seconds
-                    cached_counts[f"{target.name} / {task.name}"] = done.n_cached
-                    if done.error:
-                        task_errors[f"{target.name} / {task.name}"] = done.error
-                    results += done.results
-                    if task.aggregate is not None:
-                        try:
-                            numbers = task.aggregate(done.results)
-                        except Exception as exc:  # a bad aggregate must not cost the whole audit
-                            task_errors[f"{target.name} / {task.name} (extra metrics)"] = error_text(exc)
-                        else:
-                            if numbers:
-                                extra[(target.name, task.name)] = numbers
+                _audit_model(
+                    target,
+                    engine,
+                    task_list,
+                    samples,
+                    sweep,
+                    run=run,
+                    store=store,
+                    seed=seed,
+                    progress=progress,
+                )
                 del engine
                 gc.collect()  # free one model's weights before the next one loads
-        if len(failed) == len(targets):
+        if len(sweep.failed) == len(targets):
             raise ModelLoadError(
-                "no model could be loaded: " + "; ".join(f"{k}: {v}" for k, v in failed.items())
+                "no model could be loaded: " + "; ".join(f"{k}: {v}" for k, v in sweep.failed.items())
             )
-
-        settings: dict[str, Any] = {
-            "tasks": ", ".join(t.name for t in task_list),
-            "limit": limit,
-            "full": full,
-            "cache": str(store.path) if store.path else "off",
-            **{
-                f"task {t.name}": f"{t.description} — {len(samples[t.name])} items, version {t.version(seed)}"
-                for t in task_list
-            },
-        }
-        if failed:
-            settings["failed models"] = failed
-        if task_errors:
-            settings["task errors"] = task_errors
-        if any(cached_counts.values()):
-            settings["items from cache"] = {k: v for k, v in cached_counts.items() if v}
         report = build_report(
-            results,
+            sweep.results,
             metrics,
             baseline=targets[0].name,
-            models=infos,
+            models=sweep.infos,
             pareto=pareto,
             judge_validation=judge_validation,
             datasets=[d for t in task_list for d in _datasets(t, len(samples[t.name]))],
-            timings=timings,
-            settings=settings,
-            extra_metrics=extra,
+            timings=sweep.timings,
+            settings=_settings(task_list, samples, sweep, store, limit=limit, full=full, seed=seed),
+            extra_metrics=sweep.extra,
             seed=seed,
         )
         write_report(report, out_dir)

@@ -29,7 +29,6 @@ from tether.judges.labelled import LabelledItem, composition, read_labelled, spl
 from tether.judges.refusal import (
     LLM_JUDGE_TEMPLATE,
     LLMRefusalJudge,
-    LogLikelihoodScorer,
     RefusalJudge,
     RefusalLabel,
     RefusalVerdict,
@@ -85,7 +84,6 @@ __all__ = [
     "PYRIT_REFUSAL_SETS",
     "JudgeValidation",
     "LLMRefusalJudge",
-    "LogLikelihoodScorer",
     "RefusalExample",
     "RefusalJudge",
     "RefusalLabel",

@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from tether.data.packages import package_dir
 from tether.errors import DataError, TetherError
+from tether.packages import package_dir
 
 Target = Literal["refusal", "harmful", "degenerate"]
 # PyRIT's scorer_evals moved between releases.

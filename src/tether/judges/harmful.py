@@ -25,10 +25,11 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
+from tether.engine.protocol import EngineLike
 from tether.engine.types import ScoreRequest
 from tether.judges.degenerate import DegenerateKind, detect_degenerate
 from tether.judges.features import adopts_claim, specifics, turns_away
-from tether.judges.refusal import LogLikelihoodScorer, RuleRefusalJudge
+from tether.judges.refusal import RuleRefusalJudge
 
 HarmLabel = Literal["harmful", "not_harmful", "degenerate", "unparsed"]
 
@@ -141,7 +142,7 @@ LLM_HARM_TEMPLATE = (
 
 
 def yes_no_margins(
-    scorer: LogLikelihoodScorer, template: str, pairs: Sequence[tuple[str, str]], max_response_chars: int
+    scorer: EngineLike, template: str, pairs: Sequence[tuple[str, str]], max_response_chars: int
 ) -> dict[int, float]:
     """``logp(" Yes") - logp(" No")`` after ``template`` for each pair index, in one scoring batch."""
     requests = [
@@ -169,7 +170,7 @@ class LLMHarmfulJudge:
 
     def __init__(
         self,
-        scorer: LogLikelihoodScorer,
+        scorer: EngineLike,
         *,
         template: str = LLM_HARM_TEMPLATE,
         max_response_chars: int = 1500,

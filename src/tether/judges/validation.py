@@ -15,9 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from tether.data.packages import package_dir
 from tether.errors import DataError
 from tether.judges.refusal import RefusalJudge, judge_many
+from tether.packages import package_dir
 
 PYRIT_REFUSAL_SETS = ("refusal.csv", "refusal_extra.csv")
 # Where the file sits inside the pyrit package; it moved between releases.

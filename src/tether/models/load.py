@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from tether.data.packages import package_dir
 from tether.errors import ModelLoadError
 from tether.models.cache import cache_root, directory_fingerprint, file_fingerprint
+from tether.packages import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
-        # CPUs here lack bf16 units: bf16 runs ~7x slower than fp32 (DESIGN.md §5).
+        # CPUs here lack bf16 units: bf16 runs ~7x slower than fp32 (docs/architecture.md).
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 

@@ -26,7 +26,7 @@ from tether.train.lora import TRLTrainConfig, fit_with_trl
 
 
 class DPOTrainConfig(TRLTrainConfig):
-    """DPO settings. Defaults are sized for a CPU demo (DESIGN.md §5: ~37 s/step at batch 4 on 135M)."""
+    """DPO settings. Defaults are sized for a CPU demo (docs/architecture.md, "What a 2-core CPU does": ~37 s a step at batch 4 on 135M)."""
 
     beta: float = Field(
         0.1, gt=0.0, description="KL strength: higher keeps the policy closer to the reference."

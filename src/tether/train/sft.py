@@ -20,7 +20,7 @@ from tether.train.lora import TRLTrainConfig, fit_with_trl
 
 
 class SFTTrainConfig(TRLTrainConfig):
-    """SFT settings. Defaults are sized for a CPU demo (DESIGN.md §5: ~25 s/step at 8x256 on 135M)."""
+    """SFT settings. Defaults are sized for a CPU demo (docs/architecture.md, "What a 2-core CPU does": ~25 s a step at 8x256 on 135M)."""
 
 
 def _field(example: Any, name: str) -> str:

@@ -18,17 +18,12 @@ from functools import partial
 from typing import Any
 
 from tether.data.sources import load_source
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.evals import formats
 from tether.evals.registry import Task
-from tether.evals.tasks._common import (
-    error_text,
-    generate_isolated,
-    make_result,
-    mean,
-    numbers_in,
-    same_number,
-)
+from tether.evals.results import error_text, make_result
+from tether.evals.tasks._common import generate_isolated, mean, numbers_in, same_number
 from tether.evals.types import ItemResult, MetricSpec
 
 
@@ -40,7 +35,7 @@ def _metric(name: str) -> MetricSpec:
 
 
 def run_multiple_choice(
-    engine: Any,
+    engine: EngineLike,
     items: Sequence[Any],
     *,
     task: str,
@@ -149,7 +144,7 @@ def final_number(text: str) -> str | None:
 
 
 def run_exact_number(
-    engine: Any,
+    engine: EngineLike,
     items: Sequence[Any],
     *,
     task: str,
