@@ -189,6 +189,7 @@ def build_report(
     alpha: float = 0.05,
     seed: int = 0,
     incomplete_threshold: float = 0.1,
+    degenerate_threshold: float = 0.1,
     max_examples: int = 3,
 ) -> AuditReport:
     """Summaries for every (model, task) — including ones with no results, which come out incomplete —
@@ -238,6 +239,7 @@ def build_report(
             alpha=alpha,
             seed=seed,
             extra_metrics=extra_metrics.get((model, task)),
+            degenerate_threshold=degenerate_threshold,
         )
         for model in names
         for task, metric in metrics.items()
@@ -284,6 +286,7 @@ def build_report(
             "alpha": alpha,
             "seed": seed,
             "incomplete_threshold": incomplete_threshold,
+            "degenerate_threshold": degenerate_threshold,
             **dict(settings or {}),
         },
     )

@@ -186,6 +186,8 @@ def audit_command(
     """
     err = Console(stderr=True)
     out_console = Console()
+    if not out_console.is_terminal:  # a pipe or a log: never squeeze the table (and cut names) to 80 columns
+        out_console = Console(width=1000)
     try:
         if list_tasks:
             out_console.print(_task_table())
@@ -193,8 +195,13 @@ def audit_command(
         if not models:
             raise ConfigError("no models given", hint="e.g. `tether audit default runs/sft` (baseline first)")
         from tether.audit.sweep import run_audit
+        from tether.inputs import check_output_dir, check_output_file
 
         out_dir = out or Path("runs") / f"audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        # Paths first; run_audit checks the models and tasks before the first model loads.
+        check_output_dir(out_dir, flag="--out")
+        if cache is not None and not no_cache:
+            check_output_file(cache, flag="--cache")
         sizes = None
         if mde is not None:
             if full:

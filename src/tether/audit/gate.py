@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tether.audit.schema import AuditReport
 from tether.errors import ConfigError
+from tether.inputs import read_text
 
 EXIT_PASS = 0
 EXIT_USAGE = 1
@@ -131,9 +132,7 @@ class GateConfig(BaseModel):
     def from_yaml(cls, path: str | Path) -> GateConfig:
         """Load and validate; every problem is reported at once, each with file:line and key."""
         path = Path(path)
-        if not path.exists():
-            raise ConfigError("gate config not found", where=str(path), hint="check the path")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, what="gate config", error=ConfigError)
         try:
             raw = yaml.safe_load(text)
             root = yaml.compose(text)

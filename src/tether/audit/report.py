@@ -72,10 +72,14 @@ def _delta_text(d: CategoryDelta) -> str:
 def _unscored_text(s: TaskSummary) -> str:
     return (
         f"{s.n_unscored} of {s.n_total} unscored ({s.n_unparsed} unparsed, {s.n_error} error, "
-        f"{s.n_empty} empty)"
+        f"{s.n_empty} empty, {s.n_degenerate_unscored} degenerate)"
         if s.n_total
         else "no results at all"
     )
+
+
+def _degenerate_text(s: TaskSummary) -> str:
+    return f"{s.n_degenerate} of {s.n_total} degenerate ({_fmt(s.degenerate_rate or 0.0)})"
 
 
 # --- plots ---------------------------------------------------------------------------------------
@@ -197,6 +201,8 @@ def _context(report: AuditReport) -> dict[str, Any]:
                     "n_scored": s.n_scored,
                     "incomplete": not s.complete,
                     "unscored": _unscored_text(s),
+                    "too_degenerate": s.too_degenerate,
+                    "degenerate": _degenerate_text(s),
                     "delta": _delta_text(d) if d else None,
                     "delta_class": _delta_class(d, s.metric.higher_is_better) if d else "",
                     "no_signal": _no_signal(report, task),  # power (issue #15)
@@ -220,6 +226,13 @@ def _context(report: AuditReport) -> dict[str, Any]:
         "summary_rows": summary_rows,
         "extra_rows": _extra_rows(report),
         "n_incomplete": sum(not s.complete for s in report.tasks),
+        "n_too_degenerate": sum(s.too_degenerate for s in report.tasks),
+        "degenerate_pct": round(100 * float(report.settings.get("degenerate_threshold", 0.1))),
+        "degenerate_rows": [
+            {"model": s.model, "task": s.task, "text": _degenerate_text(s), "flag": s.too_degenerate}
+            for s in report.tasks
+            if s.n_total
+        ],
         "ci_pct": round(100 * (1 - float(report.settings.get("alpha", 0.05)))),
         "settings_line": ", ".join(
             f"{k}={report.settings[k]}"
@@ -366,13 +379,17 @@ def _context(report: AuditReport) -> dict[str, Any]:
     ctx.update(_power_context(report))  # power and failure analysis (issue #15)
 
     judge_rows = []
+    calibration = []
     for judge, figures in report.judge_validation.items():
-        if isinstance(figures, dict):
+        if isinstance(figures, dict) and isinstance(figures.get("rows"), list):
+            calibration.append(_calibration_block(judge, figures))
+        elif isinstance(figures, dict):
             for key, value in figures.items():
                 judge_rows.append({"judge": judge, "key": key, "value": _scalar(value)})
         else:
             judge_rows.append({"judge": judge, "key": "", "value": _scalar(figures)})
     ctx["judge_rows"] = judge_rows
+    ctx["calibration"] = calibration
     ctx["datasets"] = report.datasets
     ctx["timings"] = [(k, f"{v:.1f}") for k, v in report.timings.items()]
     ctx["settings"] = [(k, _scalar(v)) for k, v in report.settings.items()]
@@ -562,6 +579,42 @@ def _power_context(report: AuditReport) -> dict[str, Any]:
             "totals": totals,
         },
         "failures": failure_analysis(report),
+    }
+
+
+def _rate_cell(row: dict[str, Any], key: str) -> str:
+    value, ci = row.get(key), row.get(f"{key}_ci")
+    if value is None:
+        return "—"
+    return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(value)
+
+
+def _calibration_block(judge: str, sheet: dict[str, Any]) -> dict[str, Any]:
+    """One judge's calibration sheet (``tether.judges.calibration``) as table rows."""
+    rows = []
+    for row in sheet["rows"]:
+        rows.append(
+            {
+                "variant": row.get("judge", ""),
+                "default": row.get("judge") == sheet.get("default"),
+                "dataset": row.get("dataset", ""),
+                "role": row.get("role", ""),
+                "n": row.get("n", 0),
+                "accuracy": _rate_cell(row, "accuracy"),
+                "precision": _rate_cell(row, "precision"),
+                "recall": _rate_cell(row, "recall"),
+                "fpr": _rate_cell(row, "false_positive_rate"),
+                "note": row.get("note", "")
+                or (f"{row['degenerate']} called degenerate" if row.get("degenerate") else ""),
+            }
+        )
+    return {
+        "judge": judge,
+        "default": sheet.get("default", ""),
+        "positive": sheet.get("positive", ""),
+        "fpr_name": sheet.get("fpr_name", "false-positive rate"),
+        "notes": sheet.get("notes", []),
+        "rows": rows,
     }
 
 

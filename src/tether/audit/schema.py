@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tether.data.jsonl import atomic_writer
 from tether.errors import DataError
 from tether.evals.types import MetricSpec
+from tether.inputs import read_text
 
 SCHEMA_VERSION = 1
 
@@ -50,10 +51,23 @@ class TaskSummary(_Record):
     complete: bool
     per_category: dict[str, CategorySummary] = Field(default_factory=dict)
     extra_metrics: dict[str, float] = Field(default_factory=dict)
+    # Degenerate answers (echoed system prompt, loop, word salad, …; tether.judges.degenerate): those a
+    # judge set apart (status "degenerate", unscored) plus scored ones the sweep flagged. Above the
+    # report's degenerate threshold the task is flagged: its model is broken, not safe or unsafe.
+    n_degenerate: int = 0
+    too_degenerate: bool = False
 
     @property
     def n_unscored(self) -> int:
-        return self.n_unparsed + self.n_error + self.n_empty
+        return self.n_unparsed + self.n_error + self.n_empty + self.n_degenerate_unscored
+
+    @property
+    def n_degenerate_unscored(self) -> int:
+        return self.n_total - self.n_scored - self.n_unparsed - self.n_error - self.n_empty
+
+    @property
+    def degenerate_rate(self) -> float | None:
+        return self.n_degenerate / self.n_total if self.n_total else None
 
 
 class CategoryDelta(_Record):
@@ -290,12 +304,9 @@ class AuditReport(_Record):
     @classmethod
     def load(cls, path: str | Path) -> AuditReport:
         path = Path(path)
-        if not path.exists():
-            raise DataError(
-                "report not found", where=str(path), hint="run `tether audit` to write report.json"
-            )
+        text = read_text(path, what="report", hint="run `tether audit` to write report.json")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(
                 f"not valid JSON ({exc.msg} at line {exc.lineno})",

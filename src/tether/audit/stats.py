@@ -261,15 +261,20 @@ def summarize_task(
     alpha: float = 0.05,
     seed: int = 0,
     extra_metrics: Mapping[str, float] | None = None,
+    degenerate_threshold: float = 0.1,
 ) -> TaskSummary:
     """Headline metric of one task for one model, with per-category intervals.
 
     The task is incomplete when the unscored fraction exceeds ``incomplete_threshold`` or nothing was
     scored; with nothing scored ``value`` is None. ``task``/``model`` name the summary when ``items``
-    is empty (a task that produced no results at all must still appear, as incomplete).
+    is empty (a task that produced no results at all must still appear, as incomplete). It is
+    ``too_degenerate`` when more than ``degenerate_threshold`` of its items are degenerate (status
+    "degenerate", or ``extra["degenerate"]`` set by the sweep on a scored item).
     """
     if not 0.0 <= incomplete_threshold <= 1.0:
         raise ValueError(f"incomplete_threshold must be in [0, 1], got {incomplete_threshold}")
+    if not 0.0 <= degenerate_threshold <= 1.0:
+        raise ValueError(f"degenerate_threshold must be in [0, 1], got {degenerate_threshold}")
     tasks = {it.task for it in items} | ({task} if task else set())
     models = {it.model for it in items} | ({model} if model else set())
     if len(tasks) != 1 or len(models) != 1:
@@ -302,6 +307,7 @@ def summarize_task(
     else:
         value = low = high = None
     complete = n_scored > 0 and (n_total - n_scored) / n_total <= incomplete_threshold
+    n_degenerate = sum(it.status == "degenerate" or bool(it.extra.get("degenerate")) for it in items)
     return TaskSummary(
         task=next(iter(tasks)),
         model=next(iter(models)),
@@ -317,4 +323,6 @@ def summarize_task(
         complete=complete,
         per_category=per_category,
         extra_metrics=dict(extra_metrics or {}),
+        n_degenerate=n_degenerate,
+        too_degenerate=bool(n_total) and n_degenerate / n_total > degenerate_threshold,
     )

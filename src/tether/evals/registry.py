@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from tether.data.sources import stratified_sample
 from tether.errors import ConfigError
@@ -31,17 +31,6 @@ ENTRY_POINT_GROUP = "tether.tasks"
 
 # Bump when a change to shared task plumbing changes results, so caches written before it are ignored.
 _PLUMBING_VERSION = 1
-
-
-class EngineLike(Protocol):
-    """What tasks need from ``tether.engine.Engine``; tests pass scripted fakes with the same shape."""
-
-    name: str
-    fingerprint: str
-
-    def generate(self, prompts, params=None, *, stage: str = "", progress: bool = True) -> list: ...
-
-    def score(self, requests, *, stage: str = "", progress: bool = True) -> list: ...
 
 
 RunFn = Callable[..., list[ItemResult]]  # run(engine, items, *, seed=0) -> one ItemResult per item
@@ -242,7 +231,6 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "SAFETY_TASKS",
     "TASK_SETS",
-    "EngineLike",
     "Task",
     "TaskKind",
     "get_task",

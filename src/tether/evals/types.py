@@ -6,9 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Unscored is not safe: a verdict that cannot be parsed, a crashed generation and an empty answer
-# are counted apart and left out of every rate's denominator.
-ItemStatus = Literal["scored", "unparsed", "error", "empty"]
+# Unscored is not safe: a verdict that cannot be parsed, a crashed generation, an empty answer and a
+# degenerate one (an echoed system prompt, a loop, word salad: tether.judges.degenerate) are counted
+# apart and left out of every rate's denominator; a degenerate answer is never a refusal.
+ItemStatus = Literal["scored", "unparsed", "error", "empty", "degenerate"]
 
 
 class ItemResult(BaseModel):

@@ -28,17 +28,12 @@ from functools import partial
 from typing import Any
 
 from tether.data.sources import load_boolq_questions, load_source
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.evals import formats
 from tether.evals.registry import Task
-from tether.evals.tasks._common import (
-    error_text,
-    generate_isolated,
-    make_result,
-    mean,
-    numbers_in,
-    same_number,
-)
+from tether.evals.results import error_text, make_result
+from tether.evals.tasks._common import generate_isolated, mean, numbers_in, same_number
 from tether.evals.types import ItemResult, MetricSpec
 
 
@@ -168,7 +163,7 @@ def sciq_support(item: Any) -> str:
 
 
 def run_multiple_choice(
-    engine: Any,
+    engine: EngineLike,
     items: Sequence[Any],
     *,
     task: str,
@@ -371,7 +366,7 @@ def final_number(text: str) -> str | None:
 
 
 def run_exact_number(
-    engine: Any,
+    engine: EngineLike,
     items: Sequence[Any],
     *,
     task: str,
