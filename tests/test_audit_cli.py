@@ -79,3 +79,39 @@ def test_pareto_spec_from_flags(flag):
         assert spec.safety.tasks == ["overrefusal"] and spec.capability.tasks == ["mmlu", "arc_challenge"]
     else:
         assert spec.safety.tasks == ["overrefusal", "harmful_refusal"] and spec.capability.tasks == ["mmlu"]
+
+
+def test_mde_sizes_each_task_prints_the_plan_and_time_then_runs(tmp_path, monkeypatch):
+    import tether.audit.sweep as sweep
+    from tether.audit.power import planned_size
+
+    engine = ScriptedEngine(score=lambda r: [0.0] + [-1.0] * (len(r.continuations) - 1), name="m")
+    real = sweep.run_audit
+    seen = {}
+
+    def spy(*a, **k):
+        seen.update(k["sizes"])
+        return real(*a, **{**k, "load_engine": lambda s, c, t: engine})
+
+    monkeypatch.setattr(sweep, "run_audit", spy)
+    out = tmp_path / "o"
+    result = runner.invoke(
+        app, ["m", "--tasks", "openbookqa,piqa", "--mde", "0.2", "--out", str(out), "--no-cache"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "sample sizes for a detectable change of 0.2" in result.output
+    assert "estimated time" in result.output and "1 model(s)" in result.output
+    assert seen == {
+        "openbookqa": planned_size(0.2, _score("openbookqa")),
+        "piqa": planned_size(0.2, _score("piqa")),
+    }
+    report = json.loads((out / "report.json").read_text())
+    assert [t["n_total"] for t in report["tasks"]] == [seen["openbookqa"], seen["piqa"]]
+    bad = runner.invoke(app, ["m", "--tasks", "piqa", "--mde", "0.2", "--full", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == EXIT_USAGE and "--full" in bad.output
+
+
+def _score(task):
+    from tether.audit.power import DEFAULT_MODEL_SCORE
+
+    return DEFAULT_MODEL_SCORE.get(task)

@@ -218,22 +218,31 @@ def test_category_deltas_pair_scored_items_per_category():
     assert set(by_cat) == {None, "x", "y"}
     # whole task over the 7 paired items: diffs -1,-1,-1,-1,+1,0,0 -> -3/7
     assert by_cat[None].delta == pytest.approx(-3 / 7) and by_cat[None].n == 7
-    # x: all four drop by 1 -> degenerate interval at -1, a significant regression
+    # x: all four drop by 1 -> degenerate interval at -1, but 4 paired items can never reach
+    # significance (exact p = 2 * 0.5**4 = 0.125): shown, untestable, never flagged.
     x = by_cat["x"]
     assert (x.delta, x.ci_low, x.ci_high, x.n) == (-1.0, -1.0, -1.0, 4)
-    assert x.significant and x.regressed
+    assert x.p_value == 0.125 and not x.testable and x.mde is None
+    assert not x.significant and not x.regressed and x.q_value is None
     # y: items 4,5,6 -> diffs +1,0,0 -> +1/3, interval includes 0
     assert by_cat["y"].delta == pytest.approx(1 / 3) and by_cat["y"].n == 3
     assert not by_cat["y"].significant and not by_cat["y"].regressed
 
 
 def test_regressed_follows_the_metric_direction():
-    """For a lower-is-better metric, a significant rise is the regression."""
-    items = [item(i, 0.0, task="jb") for i in range(5)] + [
-        item(i, 1.0, task="jb", model="ckpt") for i in range(5)
+    """For a lower-is-better metric, a significant rise is the regression (8 of 8 items flip:
+    exact p = 2 * 0.5**8 = 0.0078)."""
+    items = [item(i, 0.0, task="jb") for i in range(8)] + [
+        item(i, 1.0, task="jb", model="ckpt") for i in range(8)
     ]
     (row,) = category_deltas(items, {"jb": ASR}, "base")
     assert row.delta == 1.0 and row.significant and row.regressed
+    assert row.p_value == pytest.approx(2 * 0.5**8) and row.q_value == row.p_value  # a family of one
+    improved = [item(i, 1.0, task="jb") for i in range(8)] + [
+        item(i, 0.0, task="jb", model="ckpt") for i in range(8)
+    ]
+    (row,) = category_deltas(improved, {"jb": ASR}, "base")
+    assert row.significant and not row.regressed
 
 
 def test_single_category_task_has_only_the_whole_task_row():

@@ -203,7 +203,68 @@ def test_end_to_end_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
     traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
     assert {t["kind"] for t in traces} == {"generate", "score"}
     assert {t["stage"] for t in traces if t["kind"] == "generate"} == {"overrefusal"}
-    assert "refusal judge 'rules'" in report.judge_validation
+    sheet = report.judge_validation["refusal judge"]
+    validated = {r["dataset"] for r in sheet["rows"] if r["role"] == "validation" and r["n"] > 0}
+    assert {"labelled:test", "pyrit:refusal_extra.csv"} <= validated
+    assert "degenerate detector" in report.judge_validation
+    assert "harmful judge" not in report.judge_validation  # no task here uses it
     assert {d.name for d in report.datasets} == {"overrefusal (overrefusal)", "mmlu (mmlu)"}
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     assert (out / "audit.sqlite").exists()
+
+
+def test_generation_tasks_report_degenerate_answers_without_changing_scores(tmp_path):
+    from types import SimpleNamespace
+
+    from tether.audit.cache import NullCache
+    from tether.audit.sweep import run_task
+    from tether.evals.registry import Task
+    from tether.evals.tasks._common import make_result
+    from tether.evals.types import MetricSpec
+
+    outputs = {"a": "The answer is 12.", "b": "12 12 12 12 12. " * 8, "c": "<|im_start|>assistant\n12"}
+    items = [SimpleNamespace(id=k, category="all") for k in outputs]
+
+    def run(engine, chunk, seed=0):
+        return [
+            make_result(
+                engine, "sums", it, status="scored", score=1.0, prompt="What is 5 + 7?", output=outputs[it.id]
+            )
+            for it in chunk
+        ]
+
+    def task(kind):
+        return Task(
+            name="sums", description="d", sources=(), metric=MetricSpec(name="acc"), kind=kind,
+            load=lambda: items, run=run,
+        )  # fmt: skip
+
+    engine = ScriptedEngine("unused")
+    done = run_task(engine, task("generate"), items, model="m", cache=NullCache(), progress=False)
+    assert [r.extra.get("degenerate") for r in done.results] == [None, "loop", "echo"]
+    assert [r.score for r in done.results] == [1.0, 1.0, 1.0]  # a capability score is the task's own
+    scored_only = run_task(engine, task("score"), items, model="m", cache=NullCache(), progress=False)
+    assert all("degenerate" not in r.extra for r in scored_only.results)
+
+
+def test_the_report_prints_the_harmful_judge_figures_for_a_jailbreak_audit(tmp_path, monkeypatch):
+    from tether.audit.report import render_html
+    from tether.audit.sweep import _judge_validation
+    from tether.evals.registry import get_task
+
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    figures = _judge_validation([get_task("jailbreak")])
+    assert set(figures) == {"harmful judge", "degenerate detector"}
+    sheet = figures["harmful judge"]
+    rows = {(r["judge"], r["dataset"]): r for r in sheet["rows"]}
+    for dataset in ("labelled:test", "pyrit:objective", "pyrit:harm"):
+        assert (
+            rows[(sheet["default"], dataset)]["n"] > 0
+            and rows[(sheet["default"], dataset)]["role"] == "validation"
+        )
+    report = run_audit(
+        ["m"], ["jailbreak"], tmp_path / "audit", limit=2, load_engine=Loader(), cache=False, progress=False
+    )
+    html = render_html(report, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "harmful judge — default: rules" in html and "pyrit:objective" in html and "labelled:test" in html
+    assert "false-alarm rate" in html and "degenerate detector" in html

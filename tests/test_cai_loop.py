@@ -8,8 +8,9 @@ import json
 import pytest
 
 from fakes import ScriptedEngine
-from tether.cai import CAIPrompt, Constitution, LoopConfig, degenerate_reason, distinct_2, run_loop
+from tether.cai import CAIPrompt, Constitution, LoopConfig, degenerate_reason, run_loop
 from tether.cai.loop import clean_revision
+from tether.cai.records import FinalReason
 from tether.judges import default_refusal_judge
 
 CONSTITUTION = Constitution.model_validate(
@@ -100,9 +101,7 @@ def _run(tmp_path, engine, passes=2, **config):
     )
 
 
-def test_distinct2_and_degeneracy_checks():
-    # "a b a b a b": bigrams ab, ba, ab, ba, ab -> 2 distinct of 5.
-    assert distinct_2("a b a b a b") == pytest.approx(2 / 5)
+def test_degeneracy_checks():
     assert degenerate_reason("") == "empty"
     assert degenerate_reason("   \n ") == "empty"
     assert degenerate_reason(LOOPING).startswith("repetitive (distinct-2 0.05")
@@ -159,6 +158,9 @@ def test_loop_records_chain_passes_and_filter_counts(tmp_path):
     # b2's rewrite refuses; its helpful first answer goes to SFT instead.
     assert by_id["b2"].keep and by_id["b2"].reason == "helpful first answer (its revision refused)"
     assert by_id["b2"].text == "Red is a primary colour." and by_id["b2"].refusal_label == "compliance"
+    # loop.jsonl stores each reason as its plain string.
+    final_reasons = {r["prompt_id"]: r["reason"] for r in records if r["kind"] == "final"}
+    assert final_reasons["h3"] == "critic says it complies" == FinalReason.CRITIC_COMPLIES
 
     assert stats.degenerate_critiques == 2 and stats.degenerate_revisions == 1
     assert stats.revised == 10 - 3
@@ -220,7 +222,7 @@ def test_off_topic_deflection_is_not_kept_as_a_refusal(tmp_path):
         judge=default_refusal_judge(),
         config=LoopConfig(passes=1),
     )
-    assert finals[0].refusal_label == "refusal"  # the default judge counts a non-sequitur as refusal
+    assert finals[0].refusal_label == "compliance"  # no refusal phrase: the judge sees no refusal
     assert not finals[0].keep and finals[0].reason == "off-topic deflection, not a refusal"
     assert stats.dropped_harmful_deflection == 1 and stats.kept == 0
 
@@ -232,4 +234,5 @@ def test_off_topic_deflection_is_not_kept_as_a_refusal(tmp_path):
         judge=default_refusal_judge(),
         config=LoopConfig(passes=1, keep_deflections=True),
     )
-    assert finals[0].keep
+    # keep_deflections lifts only the deflection rule: the judge still sees no refusal to keep.
+    assert not finals[0].keep and finals[0].reason == "still complies with the harmful request"

@@ -219,6 +219,7 @@ def test_one_round_on_the_default_model(tmp_path):
         + loop["dropped_harmful_deflection"]
         + loop["dropped_benign_refused"]
         + loop["dropped_empty"]
+        + loop["dropped_degenerate"]
         == 6
     )
     assert (run.path / "round1" / "sft" / "adapter_config.json").exists()

@@ -142,3 +142,92 @@ def test_config_validate_names_bad_keys(tmp_path):
     assert "my-demo.yaml:3: engine.batch_sise: unknown key" in result.output
     unknown = runner.invoke(app, ["config", "validate", str(tmp_path / "x.yaml")])
     assert unknown.exit_code == 1 and "--kind" in unknown.output
+
+
+def test_score_stdout_is_exact_json_lines(tiny_model_dir, tmp_path):
+    """Brackets in the JSON survive (no markup) and long lines stay whole (no wrapping at 80 columns):
+    `tether score ... | python -m json.tool --json-lines` parses."""
+    import subprocess
+    import sys
+
+    long_context = "Which of these is [bold]right[/bold]? " * 8
+    items = tmp_path / "items.jsonl"
+    items.write_text(
+        json.dumps({"id": "1", "context": long_context, "continuations": [" [a]", " [b]", " [c]"]})
+        + "\n"
+        + json.dumps({"id": "2", "context": "Sky colour:", "continuations": [" blue", " green"]})
+        + "\n"
+    )
+    result = runner.invoke(app, ["score", str(tiny_model_dir), "--items", str(items)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in rows] == ["1", "2"] and len(rows[0]["is_greedy"]) == 3
+    assert len(result.stdout.splitlines()[0]) > 80
+    checked = subprocess.run(
+        [sys.executable, "-m", "json.tool", "--json-lines"],
+        input=result.stdout,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_generate_stdout_is_the_completions_exactly(tiny_model_dir, tmp_path):
+    args = ["generate", str(tiny_model_dir), "-p", "Say [red]hi[/red]", "-n", "2", "--temperature", "0.9"]
+    args += ["--max-new-tokens", "60", "--seed", "3"]
+    printed = runner.invoke(app, args)
+    assert printed.exit_code == 0, printed.output
+    written = runner.invoke(app, [*args, "--out", str(tmp_path / "o.jsonl")])
+    assert written.exit_code == 0, written.output
+    texts = [json.loads(line)["text"] for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert printed.stdout == "".join(text + "\n" for text in texts)  # same seeds, nothing wrapped or eaten
+
+
+def test_generate_interrupted_resumes_with_the_rest(tiny_model_dir, tmp_path, monkeypatch):
+    """Ctrl-C after the first batch keeps its completions; the same command then generates only
+    the prompts not yet done, and the file equals an uninterrupted run's (sampled, same seeds)."""
+    from tether.engine import Engine
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "text": f"Count to {i}"}) + "\n" for i in range(5)))
+    out = tmp_path / "out.jsonl"
+    args = ["generate", str(tiny_model_dir), "--prompts", str(prompts), "--out", str(out), "-n", "2"]
+    args += ["--temperature", "0.8", "--max-new-tokens", "6", "--set", "batch_size=4"]  # 2 prompts a batch
+    real = Engine.generate
+    sent: list[list[str]] = []
+
+    def generate(self, batch, params=None, **kw):
+        sent.append([p.id for p in batch])
+        if fail_on == len(sent):
+            raise KeyboardInterrupt
+        return real(self, batch, params, **kw)
+
+    monkeypatch.setattr(Engine, "generate", generate)
+    fail_on = 2
+    stopped = runner.invoke(app, args)
+    assert stopped.exit_code == 130, stopped.output
+    assert "interrupted after 2 of 5 prompts; rerun the same command to resume" in stopped.output
+    assert "Traceback" not in stopped.output and not out.exists()
+    first_batch = sent[0]
+
+    sent.clear()
+    fail_on = 0
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming: 2 of 5 prompts already done" in resumed.output
+    assert sorted(p for batch in sent for p in batch) == sorted(
+        {f"p{i}" for i in range(5)} - set(first_batch)
+    )
+    assert not out.with_name("out.jsonl.partial").exists()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["prompt_id"], r["sample_index"]) for r in rows] == [
+        (f"p{i}", k) for i in range(5) for k in (0, 1)
+    ]
+
+    whole = tmp_path / "whole.jsonl"
+    assert runner.invoke(app, [*args[:5], str(whole), *args[6:]]).exit_code == 0
+
+    def texts(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "latency_s"} for line in path.open()]
+
+    assert texts(whole) == texts(out)

@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from tether.data.records import BBQItem, MCItem
-from tether.data.sources import load_arc, load_bbq, load_hellaswag, load_mmlu
+from tether.data.sources import (
+    load_arc,
+    load_bbq,
+    load_boolq_questions,
+    load_hellaswag,
+    load_mmlu,
+    load_openbookqa,
+    load_piqa,
+    load_sciq,
+    load_social_iqa,
+    load_winogrande,
+)
 from tether.engine.types import ScoreRequest, ScoreResult
 from tether.errors import DataError
 from tether.evals.formats import (
@@ -13,10 +24,16 @@ from tether.evals.formats import (
     HEADLINE_METRIC,
     arc_request,
     bbq_request,
+    boolq_request,
     hellaswag_preprocess,
     hellaswag_request,
     mmlu_request,
+    openbookqa_request,
+    piqa_request,
     predict,
+    sciq_request,
+    social_iqa_request,
+    winogrande_requests,
 )
 
 
@@ -149,3 +166,59 @@ def test_every_format_has_a_headline_metric():
     assert HEADLINE_METRIC["mmlu"] == "acc"
     arc = load_arc("ARC-Easy")[0]
     assert FORMATS["arc_easy"](arc).context == f"Question: {arc.question}\nAnswer:"
+
+
+# --- commonsense and science sets (lm-eval's YAMLs, hand-checked on the first item) ----------------
+
+
+def test_piqa_question_answer_layout():
+    req = piqa_request(load_piqa()[0])
+    assert req.context == "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
+    assert req.continuations[0].startswith(" Provide the guinea pig with a cage full of a few inches")
+    assert len(req.continuations) == 2
+
+
+def test_winogrande_partial_scoring_one_context_per_option():
+    reqs = winogrande_requests(load_winogrande()[0])
+    assert [r.context for r in reqs] == [
+        "Sarah was a much better surgeon than Maria so Sarah",
+        "Sarah was a much better surgeon than Maria so Maria",
+    ]
+    assert [r.continuations for r in reqs] == [[" always got the easier cases."]] * 2
+    assert [r.id for r in reqs] == ["winogrande/0#0", "winogrande/0#1"]
+    with pytest.raises(DataError):
+        winogrande_requests(MCItem(id="w", question="no blank", choices=["a", "b"], answer_index=0,
+                                   category="c", source="t"))  # fmt: skip
+
+
+def test_sciq_support_then_question_and_empty_support_keeps_the_newline():
+    item = load_sciq()[0]
+    req = sciq_request(item)
+    assert req.context == "\nQuestion: Who proposed the theory of evolution by natural selection?\nAnswer:"
+    assert req.continuations == [" Linnaeus", " shaw", " Scopes", " darwin"]
+    with_support = item.model_copy(update={"extra": {"support": "  Darwin did.\n"}})
+    assert sciq_request(with_support).context.startswith("Darwin did.\n\nQuestion: Who proposed")
+
+
+def test_openbookqa_is_the_bare_stem():
+    req = openbookqa_request(load_openbookqa()[0])
+    assert req.context.startswith("A person wants to start saving money") and req.context.endswith("is to")
+    assert req.continuations[1] == " quit eating lunch out"
+
+
+def test_boolq_passage_question_mark_answer():
+    req = boolq_request(load_boolq_questions()[0])
+    assert req.context.startswith("Ethanol fuel -- All biomass goes through")
+    assert req.context.endswith(
+        "producing gasoline.\nQuestion: does ethanol take more energy make that produces?\nAnswer:"
+    )
+    assert req.continuations == [" no", " yes"]
+
+
+def test_social_iqa_q_a_layout():
+    req = social_iqa_request(load_social_iqa()[0])
+    assert req.context == (
+        "Q: Tracy didn't go home that evening and resisted Riley's attacks. "
+        "What does Tracy need to do before this?\nA:"
+    )
+    assert req.continuations == [" make a new plan", " Go home and see Riley", " Find somewhere to go"]

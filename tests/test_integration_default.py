@@ -35,58 +35,45 @@ def test_gguf_path_converts_caches_and_generates(tmp_path, monkeypatch):
 
 
 def test_demo_runs_end_to_end(tmp_path):
+    """The demo's stage list on the real model, at small sizes: answers, MMLU, a CAI round audited
+    against the base (paired deltas), a short RLHF run; the table on stdout, messages on stderr."""
     from typer.testing import CliRunner
 
     from tether.cli import app
 
-    result = CliRunner().invoke(
-        app,
-        [
-            "demo",
-            "--runs",
-            str(tmp_path),
-            "--name",
-            "d",
-            "--set",
-            "harmful_prompts=2",
-            "--set",
-            "benign_prompts=2",
-            "--set",
-            "mmlu_items=8",
-            "--set",
-            "max_new_tokens=24",
-            "--set",
-            "audit_limit=2",
-        ],
-    )
+    sets = ["harmful_prompts=2", "benign_prompts=2", "mmlu_items=8", "max_new_tokens=24", "audit_limit=4"]
+    sets += ["cai_harmful=4", "cai_benign=2", "cai_sft_steps=2"]
+    args = ["demo", "--runs", str(tmp_path), "--name", "d"] + [a for s in sets for a in ("--set", s)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "run directory" in result.output
     run_dir = tmp_path / "d"
     import json
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    assert manifest["stages"]["generate"]["status"] == "complete"
-    assert 0.0 <= manifest["summary"]["mmlu_acc"] <= 1.0
+    assert [s for s in manifest["stages"]] == ["answers", "mmlu", "cai", "rlhf"]
+    assert all(s["status"] == "complete" for s in manifest["stages"].values())
+    summary = manifest["summary"]
+    assert 0.0 <= summary["mmlu"]["mmlu_acc"] <= 1.0 and summary["mmlu"]["mmlu_items"] == 8
+    assert summary["answers"]["answers"] == 4
     assert len((run_dir / "answers.jsonl").read_text().splitlines()) == 4
-    assert manifest["stages"]["audit"]["status"] == "complete"
-    assert (run_dir / "audit" / "report.html").exists()
-    report = json.loads((run_dir / "audit" / "report.json").read_text())
-    assert {t["task"] for t in report["tasks"]} == {"harmful_refusal", "overrefusal", "mmlu", "arc_challenge"}
     traces = (run_dir / "traces.jsonl").read_text().splitlines()
-    assert len(traces) == 4 + 8 + 4 * 2  # every generate and score call is traced, the audit's included
-    # The short CAI round and RLHF run, each in its own run directory with its own traces.
-    assert manifest["stages"]["cai"]["status"] == "complete"
+    assert len(traces) == 4 + 8  # every generate and score call of the demo's own engine is traced
     cai_loop = [
         json.loads(line) for line in (run_dir / "cai" / "round1" / "loop.jsonl").read_text().splitlines()
     ]
     assert sum(r["kind"] == "final" for r in cai_loop) == 6
-    if "cai kept" in manifest["summary"]:  # 6 prompts may keep nothing; the demo then says so
+    cai = summary["cai"]
+    if cai["kept"]:  # 6 prompts may keep nothing; the demo then says so
         assert (run_dir / "cai" / "round1" / "sft" / "adapter_config.json").exists()
-        assert (run_dir / "cai" / "dpo" / "adapter_config.json").exists()
+        report = json.loads((run_dir / "cai" / "audit" / "report.json").read_text())
+        assert [m["name"] for m in report["models"]] == ["base", "sft-r1"]
+        assert {d["task"] for d in cai["deltas"]} == {"harmful_refusal", "overrefusal"}
+        for d in cai["deltas"]:
+            assert d["ci"][0] <= d["ci"][1] and d["n"] > 0
+        assert "audit on held-out items" in result.stdout and "CAI SFT" in result.stdout
     else:
-        assert "no SFT data kept" in manifest["summary"]["cai"]
-    assert manifest["stages"]["rlhf"]["status"] == "complete"
+        assert "no SFT data kept" in cai["note"]
     compare = json.loads((run_dir / "rlhf" / "compare" / "compare.json").read_text())
     assert [r["name"] for r in compare["rows"]] == ["base", "ppo", "dpo"]
     assert (run_dir / "rlhf" / "reward_model" / "reward_report.json").exists()
@@ -96,4 +83,5 @@ def test_demo_runs_end_to_end(tmp_path):
     ]
     assert [c["step"] for c in checks] == [0, 1] and all(0 < c["eval_quality"] <= 1 for c in checks)
     assert (run_dir / "rlhf" / "ppo" / "policy" / "adapter_config.json").is_file()
-    assert all(0.0 <= manifest["summary"][f"rlhf {m} score"] <= 1.0 for m in ("base", "ppo", "dpo"))
+    assert all(0.0 <= v <= 1.0 for v in summary["rlhf"]["score"].values())
+    assert "RLHF" in result.stdout and "run directory" not in result.stdout  # messages go to stderr

@@ -1,4 +1,4 @@
-"""Training monitors: distinct-n by hand, and each alert on a synthetic history that should (not) fire it."""
+"""Training monitors: sample diversity by hand, and each alert on a synthetic history that should (not) fire it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from tether.train.monitors import (
     MonitorConfig,
     MonitorState,
     StepMetrics,
-    distinct_n,
     diversity_metrics,
     embedding_diversity,
     linear_trend,
@@ -21,18 +20,17 @@ from tether.train.monitors import (
 )
 
 
-def test_distinct_n_by_hand():
-    """ "the cat sat" + "The cat ran":
+def test_diversity_metrics_by_hand():
+    """ "the cat sat" + "The cat ran", pooled, case folded:
     unigrams the cat sat the cat ran -> 4 unique / 6; bigrams (the cat)x2 (cat sat) (cat ran) -> 3 / 4.
+    Punctuation marks are tokens: "same answer ." x4 has bigrams (same answer) (answer .) x4 -> 2 / 8.
     """
-    texts = ["the cat sat", "The cat ran"]
-    assert distinct_n(texts, 1) == pytest.approx(4 / 6)
-    assert distinct_n(texts, 2) == pytest.approx(3 / 4)
-    assert distinct_n(texts, 3) == pytest.approx(2 / 2)
-    assert distinct_n(["same answer ."] * 4, 2) == pytest.approx(2 / 8)
-    assert distinct_n(["hi", ""], 2) == 0.0  # no bigrams at all
-    with pytest.raises(ValueError):
-        distinct_n(texts, 0)
+    assert diversity_metrics(["the cat sat", "The cat ran"]) == pytest.approx(
+        {"distinct_1": 4 / 6, "distinct_2": 3 / 4}
+    )
+    assert diversity_metrics(["same answer ."] * 4)["distinct_2"] == pytest.approx(2 / 8)
+    assert diversity_metrics(["same answer."] * 4)["distinct_2"] == pytest.approx(2 / 8)  # "answer" "."
+    assert diversity_metrics(["hi", ""])["distinct_2"] == 0.0  # no bigrams at all: nothing diverse
 
 
 def test_linear_trend_by_hand():

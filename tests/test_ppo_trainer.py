@@ -12,6 +12,7 @@ from tether.train.monitors import MonitorConfig
 from tether.train.ppo import PPOConfig
 from tether.train.ppo import trainer as trainer_module
 from tether.train.ppo.trainer import PPOTrainConfig, batch_indices, checkpoints, leave_one_out, train_ppo
+from tether.train.ppo.types import BatchScores
 
 PROMPTS = [
     Prompt(id=f"p{i}", text=f"Summarize: item {i} is a small {w} thing.")
@@ -172,8 +173,8 @@ def test_reward_tokenizer_check_runs_first(tiny_model_dir, tmp_path):
         def check_tokenizer(self, tokenizer):
             raise RuntimeError("tokenizers differ")
 
-        def __call__(self, prompts, texts):  # pragma: no cover - never reached
-            return [0.0] * len(texts)
+        def score(self, prompts, texts):  # pragma: no cover - never reached
+            return BatchScores([0.0] * len(texts))
 
     with pytest.raises(RuntimeError, match="tokenizers differ"):
         train_ppo(str(tiny_model_dir), PROMPTS, Mismatched(), tmp_path / "ppo", config())
@@ -334,12 +335,12 @@ def test_a_state_that_trades_one_quality_part_for_another_is_never_kept(tiny_mod
 
     class PartedQuality:
         def __init__(self):
-            self.calls, self.last_parts = 0, {}
+            self.calls = 0
 
-        def __call__(self, prompts, texts):
-            quality, self.last_parts = script[self.calls]
+        def score(self, prompts, texts):
+            quality, parts = script[self.calls]
             self.calls += 1
-            return [quality] * len(texts)
+            return BatchScores([quality] * len(texts), parts)
 
     cfg = config(steps=3, eval_every=1, keep_best=True, checkpoint_every=1)
     result = train_ppo(

@@ -109,7 +109,7 @@ def test_pareto_plot_is_an_embedded_png(html):
 def test_incomplete_task_is_marked_with_its_unscored_counts(html):
     assert "INCOMPLETE" in html
     assert 'class="num incomplete"' in html
-    assert "5 of 10 unscored (0 unparsed, 5 error, 0 empty)" in html
+    assert "5 of 10 unscored (0 unparsed, 5 error, 0 empty, 0 degenerate)" in html
 
 
 def test_many_categories_show_top_regressions_and_a_full_table(html):
@@ -155,3 +155,83 @@ def test_extra_metrics_are_shown(tmp_path):
     html = render_html(report, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Further metrics" in html
     assert "bias_score_disambig" in html and "-0.286" in html and "0.758" in html
+
+
+# --- degenerate answers and the judges' calibration sheets -------------------------------------------
+
+
+def _degenerate_report(n_degenerate: int, sheet: dict | None = None) -> AuditReport:
+    """One model, 20 refusal items: ``n_degenerate`` judged degenerate (unscored), the rest refusals."""
+    items = [
+        ItemResult(
+            task="refusal",
+            item_id=f"r{i}",
+            model="broken",
+            model_fingerprint="fp",
+            status="degenerate" if i < n_degenerate else "scored",
+            score=None if i < n_degenerate else 1.0,
+            output="You are a helpful AI assistant named SmolLM",
+            extra={"degenerate": "echo"} if i < n_degenerate else {},
+        )
+        for i in range(20)
+    ]
+    return build_report(
+        items,
+        {"refusal": METRICS["refusal"]},
+        baseline="broken",
+        n_boot=50,
+        judge_validation={"refusal judge": sheet} if sheet else None,
+    )
+
+
+def test_degenerate_answers_are_counted_flagged_above_ten_percent_and_never_scored():
+    few = _degenerate_report(2).summary("broken", "refusal")
+    assert (few.n_degenerate, few.too_degenerate, few.n_scored, few.value) == (2, False, 18, 1.0)
+    many = _degenerate_report(3).summary("broken", "refusal")
+    assert (many.n_degenerate, many.too_degenerate, many.n_scored) == (3, True, 17)
+    assert many.n_unscored == 3 and many.value == 1.0  # degenerate never counts as a refusal
+
+
+def test_html_flags_a_degenerate_task_and_prints_the_rate(tmp_path):
+    html = render_html(_degenerate_report(15), tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "task result(s) are DEGENERATE" in html
+    assert "DEGENERATE: 15 of 20 degenerate (0.750)" in html
+    clean = render_html(_degenerate_report(0), tmp_path / "c.html").read_text(encoding="utf-8")
+    assert "are DEGENERATE" not in clean and "0 of 20 degenerate" in clean
+
+
+def test_html_prints_each_judge_variant_on_each_labelled_set_with_intervals(tmp_path):
+    sheet = {
+        "default": "rules",
+        "positive": "refusal",
+        "fpr_name": "false-refusal rate",
+        "notes": ["a note for readers."],
+        "rows": [
+            {
+                "judge": "rules",
+                "dataset": "labelled:test",
+                "role": "validation",
+                "n": 200,
+                "accuracy": 0.955,
+                "accuracy_ci": [0.917, 0.976],
+                "precision": 0.9,
+                "precision_ci": [0.8, 0.95],
+                "recall": 0.93,
+                "recall_ci": [0.85, 0.97],
+                "false_positive_rate": 0.02,
+                "false_positive_rate_ci": [0.01, 0.05],
+                "degenerate": 1,
+            },
+            {
+                "judge": "trained-minilm-logreg",
+                "dataset": "pyrit:refusal_extra.csv",
+                "role": "validation",
+                "n": 0,
+                "note": "empty set: no figures",
+            },
+        ],
+    }
+    html = render_html(_degenerate_report(0, sheet), tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "refusal judge — default: rules" in html and "false-refusal rate" in html
+    assert "0.955 [0.917, 0.976]" in html and "0.020 [0.010, 0.050]" in html
+    assert "labelled:test" in html and "empty set: no figures" in html and "1 called degenerate" in html

@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
+from tether.data.records import PreferencePair
 from tether.errors import ConfigError, ModelLoadError
-from tether.feedback.records import PreferencePair
 from tether.train.lora import LoRAConfig, peft_config
 from tether.train.reward import (
     PromptGroup,

@@ -16,8 +16,8 @@ from tether.rlhf.labeler import (
     content_words,
     key_terms,
     proxy_scores,
-    stem,
 )
+from tether.text import stem
 
 DOC = "The river flooded the town in 1990. Farmers lost their crops. The mayor asked for federal aid."
 GOOD = "The river flooded the town and farmers lost crops."

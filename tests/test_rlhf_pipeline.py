@@ -11,8 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from tether.data.jsonl import read_jsonl, write_jsonl
+from tether.data.records import PreferencePair
 from tether.errors import ConfigError
-from tether.feedback.records import CandidateSet, PreferencePair, load_candidate_sets
+from tether.feedback.records import CandidateSet, load_candidate_sets
 from tether.rlhf.cli import app
 from tether.rlhf.documents import load_documents, select_split
 
@@ -174,12 +175,12 @@ def test_human_pairs_path_skips_generation(tiny_model_dir, tmp_path):
     assert read_jsonl(run_dir / "pairs.jsonl", PreferencePair)[0].annotator == "alice"
 
 
-def test_a_corpus_too_small_to_validate_on_fails_before_any_model_work(tmp_path):
+def test_a_corpus_too_small_to_validate_on_fails_before_any_model_work(tmp_path, tiny_model_dir):
     docs = tmp_path / "docs.jsonl"
     write_jsonl(docs, [{"id": f"d{i}", "text": f"Document {i} is short. It says little."} for i in range(8)])
     config = _config(
         tmp_path,
-        str(tmp_path / "no-such-model"),  # never loaded: the check comes first
+        str(tiny_model_dir),  # never loaded: the check comes first
         documents={"source": str(docs), "n_train": 4, "n_heldout": 8, "n_validation": 2},
     )
     result = runner.invoke(app, ["run", str(config)])

@@ -7,6 +7,7 @@ import pytest
 from tether.engine.types import Prompt
 from tether.rlhf.labeler import AILabeler
 from tether.rlhf.reward_terms import PPORewardConfig, RuleTermReward, monitor_signal, quality_fn
+from tether.train.ppo.types import BatchScores, FunctionReward
 
 DOC = (
     "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was designed by Gustave Eiffel's "
@@ -23,8 +24,8 @@ class ConstantReward:
     def __init__(self):
         self.checked = None
 
-    def __call__(self, prompts, responses):
-        return [0.5] * len(responses)
+    def score(self, prompts, responses):
+        return BatchScores([0.5] * len(responses))
 
     def check_tokenizer(self, tokenizer):
         self.checked = tokenizer
@@ -33,27 +34,41 @@ class ConstantReward:
 def test_rule_terms_add_weighted_proxies_and_report_parts():
     labeler = AILabeler()
     reward = RuleTermReward(ConstantReward(), labeler, {"coverage": 2.0, "faithfulness": 1.0})
-    got = reward(PROMPTS, TEXTS)
+    batch = reward.score(PROMPTS, TEXTS)
+    got = batch.scores
     scores = [labeler.score(DOC, t) for t in TEXTS]
     assert got == pytest.approx([0.5 + 2 * s.coverage + s.faithfulness for s in scores])
     # The on-topic summary covers and is supported by the document; the off-topic one is neither.
     assert got[0] > got[1] + 1.0
-    assert reward.last_terms["reward_model"] == 0.5
-    assert reward.last_terms["coverage"] == pytest.approx(sum(s.coverage for s in scores) / 2)
+    assert batch.parts["reward_model"] == 0.5
+    assert batch.parts["coverage"] == pytest.approx(sum(s.coverage for s in scores) / 2)
 
 
 def test_no_terms_is_the_reward_model_alone_and_tokenizer_check_passes_through():
     base = ConstantReward()
     reward = RuleTermReward(base, AILabeler(), {})
-    assert reward(PROMPTS, TEXTS) == [0.5, 0.5] and reward.last_terms == {}
+    assert reward.score(PROMPTS, TEXTS) == BatchScores([0.5, 0.5])
     reward.check_tokenizer("tok")
     assert base.checked == "tok"
+
+
+def test_rule_terms_over_a_reward():
+    """The reward model as a Reward (score -> BatchScores, check_tokenizer), no call needed."""
+    checked = []
+    base = FunctionReward(lambda prompts, responses: [1] * len(responses), checked.append)
+    reward = RuleTermReward(base, AILabeler(), {"conciseness": 1.0})
+    batch = reward.score(PROMPTS, TEXTS)
+    assert batch.parts["reward_model"] == 1.0 and set(batch.parts) == {"reward_model", "conciseness"}
+    assert batch.scores == pytest.approx([1.0 + AILabeler().score(DOC, t).conciseness for t in TEXTS])
+    reward.check_tokenizer("tok")
+    assert checked == ["tok"]
+    assert FunctionReward(lambda p, r: [0.0]).check_tokenizer("tok") is None  # nothing to check
 
 
 def test_terms_need_the_document_on_the_prompt():
     reward = RuleTermReward(ConstantReward(), AILabeler(), {"coverage": 1.0})
     with pytest.raises(ValueError, match="carry no 'document'"):
-        reward([Prompt(id="x", text="Summarize.")], ["text"])
+        reward.score([Prompt(id="x", text="Summarize.")], ["text"])
 
 
 @pytest.mark.parametrize(
@@ -74,18 +89,18 @@ def test_monitor_signal_leaves_out_what_the_reward_optimises(terms, monitor, exp
 def test_quality_fn_averages_the_signal_proxies():
     labeler = AILabeler()
     scores = [labeler.score(DOC, t) for t in TEXTS]
-    both = quality_fn(labeler, ["faithfulness", "coverage"])
-    assert both(PROMPTS, TEXTS) == pytest.approx([(s.faithfulness + s.coverage) / 2 for s in scores])
+    both = quality_fn(labeler, ["faithfulness", "coverage"]).score(PROMPTS, TEXTS)
+    assert both.scores == pytest.approx([(s.faithfulness + s.coverage) / 2 for s in scores])
     # Each part's batch mean, for validation to see one part fall while the mean holds.
-    assert both.last_parts == pytest.approx(
+    assert both.parts == pytest.approx(
         {
             "faithfulness": sum(s.faithfulness for s in scores) / len(scores),
             "coverage": sum(s.coverage for s in scores) / len(scores),
         }
     )
-    single = quality_fn(labeler)
-    assert single(PROMPTS, TEXTS) == pytest.approx([s.score for s in scores])
-    assert single.last_parts == {}  # one proxy has no parts to trade
+    single = quality_fn(labeler).score(PROMPTS, TEXTS)
+    assert single.scores == pytest.approx([s.score for s in scores])
+    assert single.parts == {}  # one proxy has no parts to trade
 
 
 def test_unknown_proxy_is_a_config_error():

@@ -61,6 +61,10 @@ def test_standalone_ppo_is_the_pipeline_stage(tmp_path, monkeypatch):
     calls = _spy(monkeypatch)
     reward_dir = tmp_path / "rm"
     reward_dir.mkdir()
+    # What `tether rlhf ppo` checks before loading it (RewardModel.load is replaced by the spy).
+    (reward_dir / "reward_model.json").write_text('{"base": "x", "max_length": 8, "mean": 0, "std": 1}')
+    (reward_dir / "reward_head.safetensors").write_bytes(b"")
+    monkeypatch.setattr("tether.models.spec.check_spec", lambda spec, **kw: None)  # "some-policy" is a fake
 
     # The pipeline's PPO stage, given a trained reward model.
     config = RLHFConfig.model_validate(

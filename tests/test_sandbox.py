@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from tether.data.packages import package_file
 from tether.judges.sandbox import check_humaneval, humaneval_program, run_untrusted
+from tether.packages import package_file
 
 
 def run(code: str, **kwargs):

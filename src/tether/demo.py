@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import Field
 
-from tether.config import EngineConfig, StrictModel
+from tether.config import EngineConfig, Problem, StrictModel, check_value
 from tether.data import JsonlAppender, read_completed
 from tether.engine.pool import EnginePool
 from tether.runs import Run, Stage, StageContext, run_stages
@@ -52,6 +52,17 @@ class DemoConfig(StrictModel):
     cai_sft_steps: int = Field(12, ge=1, description="SFT steps of the CAI round.")
     rlhf: bool = Field(True, description="Run a short summarization RLHF run (about 2 minutes on 2 cores).")
     engine: EngineConfig = EngineConfig()
+
+
+def check_demo_config(config: DemoConfig) -> list[Problem]:
+    """The model and the audit tasks, checked before any model loads."""
+    from tether.evals.registry import resolve_tasks
+    from tether.models.spec import check_spec
+
+    problems = check_value("model", lambda: check_spec(config.model))
+    if config.audit_tasks:
+        problems += check_value("audit_tasks", lambda: resolve_tasks(config.audit_tasks))
+    return problems
 
 
 def short_cai_config(config: DemoConfig):

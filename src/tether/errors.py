@@ -23,6 +23,12 @@ class TetherError(Exception):
         return text
 
 
+class Interrupted(TetherError):
+    """Ctrl-C or SIGTERM stopped a command. What it finished is kept, and the same command resumes."""
+
+    exit_code = 130
+
+
 class ConfigError(TetherError):
     """A config file or override that does not validate."""
 

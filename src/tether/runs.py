@@ -5,6 +5,7 @@ Layout of ``runs/<name>/``::
 
     manifest.json   config, package versions, seed, git sha, start/end, per-stage status and timings
     traces.jsonl    one line per model call (stage, prompt, output, token counts, latency)
+    log.txt         what the libraries said (warnings, training logs), when run from the CLI
     <stage files>   artifacts written by the stages (JSONL records, checkpoints, reports)
 
 A pipeline is a list of :class:`Stage` s run by :func:`run_stages`, which owns skip/resume, timing,
@@ -30,7 +31,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tether.errors import ConfigError, TetherError
+from tether.errors import ConfigError, DataError, TetherError
+from tether.inputs import os_reason, read_text
+from tether.logs import attach_run_log
 
 DEFAULT_RUNS_ROOT = Path("runs")
 TRACKED_PACKAGES = ("tether", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm")
@@ -85,6 +88,28 @@ class Tracer:
 NULL_TRACER = Tracer(None)
 
 
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """A run's manifest.json; DataError naming the file when it is unreadable, not UTF-8, not JSON
+    or not a JSON object."""
+    path = Path(path)
+    text = read_text(path, what="manifest")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"the run's manifest is not valid JSON ({exc.msg} at line {exc.lineno})",
+            where=f"{path}:{exc.lineno}",
+            hint="the file is damaged (a crash while writing it?); move the run directory aside or delete it",
+        ) from None
+    if not isinstance(data, dict):
+        raise DataError(
+            "the run's manifest is not a JSON object",
+            where=str(path),
+            hint="this is not a Tether run directory; move it out of the runs folder",
+        )
+    return data
+
+
 class Run:
     """A run directory and its manifest."""
 
@@ -93,7 +118,7 @@ class Run:
         self.manifest_path = self.path / "manifest.json"
         self.tracer = Tracer(self.path / "traces.jsonl")
         self.manifest: dict[str, Any] = (
-            json.loads(self.manifest_path.read_text(encoding="utf-8")) if self.manifest_path.exists() else {}
+            read_manifest(self.manifest_path) if self.manifest_path.exists() else {}
         )
 
     @property
@@ -113,14 +138,26 @@ class Run:
     ) -> Run:
         """Open ``root/name`` (resuming it if it exists and ``resume``), or create it."""
         name = name or f"{job or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        if name in (".", "..") or "/" in name or "\\" in name:
+            raise ConfigError(
+                f"run name '{name}' is not one folder name",
+                hint="pass a plain name such as cai-try-2 (the folder that holds runs is set apart, e.g. --root)",
+            )
         path = Path(root) / name
         if path.exists() and (path / "manifest.json").exists() and not resume:
             raise TetherError(
                 f"run directory {path} already exists",
                 hint="pass --resume to continue it, or choose another --name",
             )
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TetherError(
+                f"cannot create the run directory {path}: {os_reason(exc)}",
+                hint="choose another runs folder or --name",
+            ) from None
         run = cls(path)
+        attach_run_log(path)  # library chatter goes to log.txt here (when run from the CLI)
         config_dump = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
         if not run.manifest:
             run.manifest = {
@@ -197,12 +234,24 @@ class Run:
         self.save()
 
 
-def list_runs(root: str | Path = DEFAULT_RUNS_ROOT) -> list[Run]:
+def scan_runs(root: str | Path = DEFAULT_RUNS_ROOT) -> tuple[list[Run], list[DataError]]:
+    """The runs under ``root`` (oldest first), and a DataError for each run directory whose
+    manifest cannot be read: one damaged run does not hide the others."""
     root = Path(root)
-    if not root.exists():
-        return []
-    runs = [Run(p) for p in sorted(root.iterdir()) if (p / "manifest.json").exists()]
-    return sorted(runs, key=lambda r: r.manifest.get("created", ""))
+    runs: list[Run] = []
+    broken: list[DataError] = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if (path / "manifest.json").exists():
+            try:
+                runs.append(Run(path))
+            except DataError as exc:
+                broken.append(exc)
+    return sorted(runs, key=lambda r: str(r.manifest.get("created", ""))), broken
+
+
+def list_runs(root: str | Path = DEFAULT_RUNS_ROOT) -> list[Run]:
+    """The readable runs under ``root``, oldest first ([] when there is no such folder)."""
+    return scan_runs(root)[0]
 
 
 # --- stages ------------------------------------------------------------------------------------------

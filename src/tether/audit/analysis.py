@@ -8,6 +8,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tether.audit.pareto import check_spec, default_pareto_spec, pareto_points
+from tether.audit.power import (
+    control_false_discoveries,
+    default_capability_axis,
+    paired_row,
+    power_report,
+    prompt_type_rows,
+    signal_spec,
+    task_signal,
+)
 from tether.audit.schema import (
     AuditReport,
     CategoryDelta,
@@ -17,7 +26,7 @@ from tether.audit.schema import (
     ModelInfo,
     ParetoSpec,
 )
-from tether.audit.stats import paired_bootstrap_delta, summarize_task
+from tether.audit.stats import paired_test, summarize_task
 from tether.errors import ConfigError, DataError
 from tether.evals.types import ItemResult, MetricSpec
 
@@ -54,16 +63,20 @@ def category_deltas(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    signals: Mapping[str, tuple[bool | None, str]] | None = None,
 ) -> list[CategoryDelta]:
     """Paired deltas (checkpoint - baseline) for each non-baseline model and task: one whole-task row
     (``category=None``) and, when the task has several categories, one row per category.
 
     Only items both models scored are paired; the category is the baseline item's. Groups with no
-    paired item get no row (the task summaries already show them as incomplete).
+    paired item get no row (the task summaries already show them as incomplete). Each row carries
+    its exact p-value, discordance and minimum detectable effect; flags come from Benjamini-Hochberg
+    over the tasks of a checkpoint and over the categories of each task (``tether.audit.power``),
+    leaving out rows too small ever to be significant and tasks without signal (``signals``).
     """
     index = _index(items)
     rows: list[CategoryDelta] = []
-    for task, metric in metrics.items():
+    for task in metrics:
         base = index.get((baseline, task))
         if not base:
             continue
@@ -80,29 +93,15 @@ def category_deltas(
             for category, group in groups.items():
                 if not group:
                     continue
-                d = paired_bootstrap_delta(
+                t = paired_test(
                     {iid: b.score for iid, b, _ in group},
                     {iid: n.score for iid, _, n in group},
                     n_boot=n_boot,
                     alpha=alpha,
                     seed=seed,
                 )
-                worse = d.delta < 0 if metric.higher_is_better else d.delta > 0
-                rows.append(
-                    CategoryDelta(
-                        task=task,
-                        category=category,
-                        model=model,
-                        baseline=baseline,
-                        delta=d.delta,
-                        ci_low=d.ci_low,
-                        ci_high=d.ci_high,
-                        significant=d.significant,
-                        n=d.n,
-                        regressed=d.significant and worse,
-                    )
-                )
-    return rows
+                rows.append(paired_row(task, category, model, baseline, t))
+    return control_false_discoveries(rows, metrics, signals, alpha=alpha)
 
 
 def is_right(score: float, metric: MetricSpec) -> bool:
@@ -152,6 +151,7 @@ def find_flips(
                         baseline_output=b.output,
                         output=n.output,
                         direction="regressed" if was else "improved",
+                        prompt_type=str(b.extra.get("prompt_type", "")),
                     )
                 )
             for cat in sorted(by_cat):
@@ -189,6 +189,7 @@ def build_report(
     alpha: float = 0.05,
     seed: int = 0,
     incomplete_threshold: float = 0.1,
+    degenerate_threshold: float = 0.1,
     max_examples: int = 3,
 ) -> AuditReport:
     """Summaries for every (model, task) — including ones with no results, which come out incomplete —
@@ -238,6 +239,7 @@ def build_report(
             alpha=alpha,
             seed=seed,
             extra_metrics=extra_metrics.get((model, task)),
+            degenerate_threshold=degenerate_threshold,
         )
         for model in names
         for task, metric in metrics.items()
@@ -245,13 +247,37 @@ def build_report(
     spec = pareto if pareto is not None else default_pareto_spec(metrics)
     if spec is not None:
         check_spec(spec, metrics)
+    # --- power and multiple comparisons (issue #15): signal on the baseline, then claims ---
+    base_summary = {s.task: s for s in summaries if s.model == baseline}
+    signals = {task: task_signal(base_summary.get(task), metric) for task, metric in metrics.items()}
+    capability, safety = None, spec.safety if spec is not None else None
+    if spec is not None:
+        spec, capability = signal_spec(spec, signals)
+    elif any(m.axis == "capability" for m in metrics.values()):
+        capability = default_capability_axis(metrics, signals)
+    stat_args = {"n_boot": n_boot, "alpha": alpha, "seed": seed}
+    deltas = category_deltas(items, metrics, baseline, signals=signals, **stat_args)
+    by_type = control_false_discoveries(
+        prompt_type_rows(index, metrics, baseline, names, **stat_args),
+        metrics,
+        signals,
+        alpha=alpha,
+        by_task=False,
+    )
+    power = power_report(
+        index, summaries, metrics, signals, safety, capability, deltas, by_type, baseline=baseline, models=names,
+        **stat_args,
+    )  # fmt: skip
+    # --- end power ---
     return AuditReport(
         models=list(models),
         baseline=baseline,
         tasks=summaries,
-        deltas=category_deltas(items, metrics, baseline, n_boot=n_boot, alpha=alpha, seed=seed),
+        deltas=deltas,
         flips=find_flips(items, metrics, baseline, max_examples=max_examples),
         pareto=pareto_points(summaries, spec, names) if spec is not None else None,
+        power=power,
+        prompt_type_deltas=by_type,
         judge_validation=dict(judge_validation or {}),
         datasets=list(datasets),
         timings=dict(timings or {}),
@@ -260,6 +286,7 @@ def build_report(
             "alpha": alpha,
             "seed": seed,
             "incomplete_threshold": incomplete_threshold,
+            "degenerate_threshold": degenerate_threshold,
             **dict(settings or {}),
         },
     )

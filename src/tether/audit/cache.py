@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from tether.errors import DataError
 from tether.evals.types import ItemResult
 
 CACHE_FILENAME = "audit.sqlite"
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (fingerprint, task, version, item_id)
 )
 """
+_COLUMNS = ["fingerprint", "task", "version", "item_id", "result", "created"]
 _CHUNK = 500  # SQLite's default limit on bound parameters is 999
 
 
@@ -49,12 +51,33 @@ class ResultCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
-        self._db.execute(_SCHEMA)
-        self._db.commit()
+        hint = "pass another --cache file (one `tether audit` wrote), or --no-cache"
+        if self.path.is_dir():
+            raise DataError("is a directory; expected an audit cache file", where=str(self.path), hint=hint)
+        existed = self.path.exists()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise DataError(f"cannot open the audit cache ({exc})", where=str(self.path), hint=hint) from None
+        try:
+            columns = [row[1] for row in self._db.execute("PRAGMA table_info(results)")]
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if (columns and columns != _COLUMNS) or tables - {"results"}:
+                raise DataError(
+                    "not an audit cache (it holds other tables or columns)", where=str(self.path), hint=hint
+                )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+        except BaseException as exc:
+            self._db.close()
+            if not existed:
+                self.path.unlink(missing_ok=True)
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise DataError(f"not an audit cache ({exc})", where=str(self.path), hint=hint) from None
+            raise
 
     def get(
         self, fingerprint: str, task: str, version: str, item_ids: Iterable[str]

@@ -73,6 +73,48 @@ def summary_table(report: AuditReport) -> Table:
     return table
 
 
+def power_table(report: AuditReport) -> Table:
+    """Per task and axis: chance, signal, planned MDE, and each checkpoint's paired change, q-value
+    and MDE at the observed discordance (report.html explains the columns)."""
+    power = report.power
+    assert power is not None
+    others = [m for m in report.model_names() if m != report.baseline]
+    table = Table(title="power (80%, alpha 0.05, paired)", title_justify="left")
+    for column in ("task", "chance", "signal", "n", "planned MDE"):
+        table.add_column(column, justify="left" if column in ("task", "signal") else "right")
+    for m in others:
+        table.add_column(f"{escape(m)}: Δ (q)", justify="right")
+        table.add_column("MDE", justify="right")
+
+    def fmt(x: float | None) -> str:
+        return "—" if x is None else f"{x:.3f}"
+
+    whole = {(d.model, d.task): d for d in report.deltas if d.category is None}
+    for t in power.tasks:
+        signal = {True: "yes", False: "[yellow]no signal[/]", None: "—"}[t.signal]
+        cells = []
+        for m in others:
+            d = whole.get((m, t.task))
+            mark = (
+                " [red]▼[/]"
+                if d is not None and d.regressed
+                else (" ▲" if d is not None and d.significant else "")
+            )
+            cells += [f"{d.delta:+.3f} ({fmt(d.q_value)}){mark}" if d else "—", fmt(d.mde) if d else "—"]
+        table.add_row(t.task, fmt(t.chance), signal, str(t.n), fmt(t.planned_mde), *cells)
+    for a in power.axes:
+        points = {p.model: p for p in a.points}
+        base = points.get(report.baseline)
+        cells = []
+        for m in others:
+            p = points.get(m)
+            ok = p is not None and p.delta is not None
+            mark = " [red]▼[/]" if ok and p.regressed else (" ▲" if ok and p.significant else "")
+            cells += [f"{p.delta:+.3f} ({fmt(p.q_value)}){mark}" if ok else "—", fmt(p.mde) if ok else "—"]
+        table.add_row(f"[bold]{a.name}[/]", "", "", str(base.n if base else 0), fmt(a.planned_mde), *cells)
+    return table
+
+
 def audit_command(
     models: Annotated[
         list[str] | None,
@@ -126,6 +168,16 @@ def audit_command(
     list_tasks: Annotated[
         bool, typer.Option("--list-tasks", help="List the tasks and task sets, then exit.")
     ] = False,
+    mde: Annotated[
+        float | None,
+        typer.Option(
+            "--mde",
+            min=0.005,
+            max=0.5,
+            help="Size every task's sample to detect this paired change (e.g. 0.03) with 80% power at "
+            "alpha 0.05; prints the sizes and the estimated time, then runs.",
+        ),
+    ] = None,
 ) -> None:
     """Audit models on safety and capability tasks; write report.json and report.html.
 
@@ -134,6 +186,8 @@ def audit_command(
     """
     err = Console(stderr=True)
     out_console = Console()
+    if not out_console.is_terminal:  # a pipe or a log: never squeeze the table (and cut names) to 80 columns
+        out_console = Console(width=1000)
     try:
         if list_tasks:
             out_console.print(_task_table())
@@ -141,8 +195,20 @@ def audit_command(
         if not models:
             raise ConfigError("no models given", hint="e.g. `tether audit default runs/sft` (baseline first)")
         from tether.audit.sweep import run_audit
+        from tether.inputs import check_output_dir, check_output_file
 
         out_dir = out or Path("runs") / f"audit-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        # Paths first; run_audit checks the models and tasks before the first model loads.
+        check_output_dir(out_dir, flag="--out")
+        if cache is not None and not no_cache:
+            check_output_file(cache, flag="--cache")
+        sizes = None
+        if mde is not None:
+            if full:
+                raise ConfigError(
+                    "--mde sizes samples and --full runs everything", where="--mde", hint="drop one"
+                )
+            sizes = _plan(out_console, tasks, mde, models, _split(name) or None, limit, seed)
         report = run_audit(
             models,
             tasks,
@@ -154,12 +220,15 @@ def audit_command(
             names=_split(name) or None,
             pareto=_pareto(safety_axis, capability_axis, tasks),
             cache=False if no_cache else (cache if cache is not None else True),
+            sizes=sizes,
         )
     except TetherError as exc:
         err.print(f"[bold red]error:[/] {escape(exc.render())}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from exc
 
     out_console.print(summary_table(report))
+    if report.power is not None:
+        out_console.print(power_table(report))
     incomplete = [f"{s.model} / {s.task}" for s in report.tasks if not s.complete]
     out_console.print(f"report: {escape(str(out_dir / 'report.html'))}")
     out_console.print(f"data:   {escape(str(out_dir / 'report.json'))}")
@@ -168,6 +237,40 @@ def audit_command(
             "[bold red]incomplete[/] (too many unscored items, or no score): " + escape(", ".join(incomplete))
         )
         raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _plan(console: Console, tasks: str, target: float, models, names, limit, seed) -> dict[str, int]:
+    """Print the sample sizes ``--mde`` chose and the estimated time; return the sizes."""
+    from tether.audit.power import LOAD_SECONDS, plan_sizes
+    from tether.audit.sweep import expand_models
+    from tether.evals import resolve_tasks
+
+    n_models = len(expand_models(models, names))
+    rows = plan_sizes(resolve_tasks(tasks), target, limit=limit, seed=seed)
+    table = Table(title=f"sample sizes for a detectable change of {target:g}", title_justify="left")
+    for column in ("task", "items", "of", "planned MDE", "s/item", "min/model"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for r in rows:
+        short = r.planned_mde is not None and r.planned_mde > target + 1e-9
+        mde_text = (
+            "—" if r.planned_mde is None else f"{r.planned_mde:.3f}" + (" (all items)" if short else "")
+        )
+        table.add_row(
+            r.task,
+            str(r.items),
+            str(r.available),
+            mde_text,
+            f"{r.seconds_per_item:.2f}",
+            f"{r.seconds / 60:.1f}",
+        )
+    console.print(table)
+    total = n_models * (sum(r.seconds for r in rows) + LOAD_SECONDS)
+    console.print(
+        f"estimated time: {total / 60:.0f} min for {n_models} model(s) (per-item costs of the default model "
+        "measured on a shared 2-core CPU, tether.audit.power.SECONDS_PER_ITEM; larger models and other "
+        "machines scale). Planned MDE assumes a checkpoint whose item scores correlate 0.5 with the baseline's."
+    )
+    return {r.task: r.items for r in rows}
 
 
 def _task_table() -> Table:

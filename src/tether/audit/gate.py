@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tether.audit.schema import AuditReport
 from tether.errors import ConfigError
+from tether.inputs import read_text
 
 EXIT_PASS = 0
 EXIT_USAGE = 1
@@ -131,9 +132,7 @@ class GateConfig(BaseModel):
     def from_yaml(cls, path: str | Path) -> GateConfig:
         """Load and validate; every problem is reported at once, each with file:line and key."""
         path = Path(path)
-        if not path.exists():
-            raise ConfigError("gate config not found", where=str(path), hint="check the path")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, what="gate config", error=ConfigError)
         try:
             raw = yaml.safe_load(text)
             root = yaml.compose(text)
@@ -220,6 +219,11 @@ def _report_values(report: AuditReport) -> dict[str, dict[str, float | None]]:
     if report.pareto is not None:
         out["safety_axis"] = {p.model: p.safety for p in report.pareto.points}
         out["capability_axis"] = {p.model: p.capability for p in report.pareto.points}
+    # No Pareto plot but capability tasks audited (no safety task, or no capability task with signal):
+    # the axes come from the power section, capability_axis None where no task had signal.
+    if report.pareto is None and report.power is not None and report.power.axis("capability_axis"):
+        for axis in report.power.axes:
+            out[axis.name] = {p.model: p.value for p in axis.points}
     return out
 
 

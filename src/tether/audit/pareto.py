@@ -16,12 +16,14 @@ def oriented(value: float, metric: MetricSpec) -> float:
 
 
 def default_pareto_spec(metrics: Mapping[str, MetricSpec]) -> ParetoSpec | None:
-    """Axes from each task's declared ``MetricSpec.axis``; None unless both axes have a task."""
+    """Axes from each task's declared ``MetricSpec.axis``; None unless both axes have a task. The
+    capability axis weighs each task by its scored items (``tether.audit.power``: the tasks without
+    signal leave it), the safety axis each task equally."""
     safety = [t for t, m in metrics.items() if m.axis == "safety"]
     capability = [t for t, m in metrics.items() if m.axis == "capability"]
     if not safety or not capability:
         return None
-    return ParetoSpec(safety=AxisSpec(tasks=safety), capability=AxisSpec(tasks=capability))
+    return ParetoSpec(safety=AxisSpec(tasks=safety), capability=AxisSpec(tasks=capability, weighting="item"))
 
 
 def check_spec(spec: ParetoSpec, metrics: Mapping[str, MetricSpec]) -> None:
@@ -39,14 +41,16 @@ def check_spec(spec: ParetoSpec, metrics: Mapping[str, MetricSpec]) -> None:
 
 
 def axis_score(summaries: Mapping[str, TaskSummary], axis: AxisSpec) -> float | None:
-    """Mean over the axis's tasks of their oriented values; None when any of them has no value."""
-    values = []
+    """Mean over the axis's tasks of their oriented values, each task weighted 1 or (``weighting``
+    "item") by its scored items; None when any of them has no value."""
+    values, weights = [], []
     for task in axis.tasks:
         summary = summaries.get(task)
         if summary is None or summary.value is None:
             return None
         values.append(oriented(summary.value, summary.metric))
-    return sum(values) / len(values)
+        weights.append(summary.n_scored if axis.weighting == "item" else 1)
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:

@@ -65,16 +65,21 @@ def _delta_class(d: CategoryDelta, higher_is_better: bool) -> str:
 
 def _delta_text(d: CategoryDelta) -> str:
     star = " *" if d.significant else ""
-    return f"Δ {_fmt_delta(d.delta)} [{_fmt_delta(d.ci_low)}, {_fmt_delta(d.ci_high)}]{star}"
+    small = " (too few items to test)" if not d.testable else ""
+    return f"Δ {_fmt_delta(d.delta)} [{_fmt_delta(d.ci_low)}, {_fmt_delta(d.ci_high)}]{star}{small}"
 
 
 def _unscored_text(s: TaskSummary) -> str:
     return (
         f"{s.n_unscored} of {s.n_total} unscored ({s.n_unparsed} unparsed, {s.n_error} error, "
-        f"{s.n_empty} empty)"
+        f"{s.n_empty} empty, {s.n_degenerate_unscored} degenerate)"
         if s.n_total
         else "no results at all"
     )
+
+
+def _degenerate_text(s: TaskSummary) -> str:
+    return f"{s.n_degenerate} of {s.n_total} degenerate ({_fmt(s.degenerate_rate or 0.0)})"
 
 
 # --- plots ---------------------------------------------------------------------------------------
@@ -196,8 +201,11 @@ def _context(report: AuditReport) -> dict[str, Any]:
                     "n_scored": s.n_scored,
                     "incomplete": not s.complete,
                     "unscored": _unscored_text(s),
+                    "too_degenerate": s.too_degenerate,
+                    "degenerate": _degenerate_text(s),
                     "delta": _delta_text(d) if d else None,
                     "delta_class": _delta_class(d, s.metric.higher_is_better) if d else "",
+                    "no_signal": _no_signal(report, task),  # power (issue #15)
                 }
             )
         summary_rows.append({"model": model, "is_baseline": model == report.baseline, "cells": cells})
@@ -218,6 +226,13 @@ def _context(report: AuditReport) -> dict[str, Any]:
         "summary_rows": summary_rows,
         "extra_rows": _extra_rows(report),
         "n_incomplete": sum(not s.complete for s in report.tasks),
+        "n_too_degenerate": sum(s.too_degenerate for s in report.tasks),
+        "degenerate_pct": round(100 * float(report.settings.get("degenerate_threshold", 0.1))),
+        "degenerate_rows": [
+            {"model": s.model, "task": s.task, "text": _degenerate_text(s), "flag": s.too_degenerate}
+            for s in report.tasks
+            if s.n_total
+        ],
         "ci_pct": round(100 * (1 - float(report.settings.get("alpha", 0.05)))),
         "settings_line": ", ".join(
             f"{k}={report.settings[k]}"
@@ -332,8 +347,8 @@ def _context(report: AuditReport) -> dict[str, Any]:
         ctx["heatmap_img"] = _heatmap_png(labels, others, grid, sig)
         hidden = len(keys) - len(chosen)
         ctx["heatmap_note"] = (
-            "Paired change vs the baseline, turned so that green is better for every metric; * = the "
-            "interval excludes 0."
+            "Paired change vs the baseline, turned so that green is better for every metric; * = significant "
+            "after Benjamini–Hochberg (see Power)."
             + (
                 f" Showing {len(chosen)} of {len(keys)} rows (whole tasks, then worst categories)."
                 if hidden
@@ -361,18 +376,246 @@ def _context(report: AuditReport) -> dict[str, Any]:
     ]
     ctx["flips_hidden"] = max(0, len(groups) - MAX_FLIP_GROUPS)
 
+    ctx.update(_power_context(report))  # power and failure analysis (issue #15)
+
     judge_rows = []
+    calibration = []
     for judge, figures in report.judge_validation.items():
-        if isinstance(figures, dict):
+        if isinstance(figures, dict) and isinstance(figures.get("rows"), list):
+            calibration.append(_calibration_block(judge, figures))
+        elif isinstance(figures, dict):
             for key, value in figures.items():
                 judge_rows.append({"judge": judge, "key": key, "value": _scalar(value)})
         else:
             judge_rows.append({"judge": judge, "key": "", "value": _scalar(figures)})
     ctx["judge_rows"] = judge_rows
+    ctx["calibration"] = calibration
     ctx["datasets"] = report.datasets
     ctx["timings"] = [(k, f"{v:.1f}") for k, v in report.timings.items()]
     ctx["settings"] = [(k, _scalar(v)) for k, v in report.settings.items()]
     return ctx
+
+
+# --- power, multiple comparisons and failure analysis (issue #15) -----------------------------------
+
+
+def _no_signal(report: AuditReport, task: str) -> bool:
+    t = report.power.task(task) if report.power is not None else None
+    return bool(t and t.signal is False)
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def _oriented_row(d: CategoryDelta, metric: MetricSpec) -> dict[str, Any]:
+    return {
+        "category": d.category,
+        "delta": _fmt_delta(d.delta),
+        "ci": f"{_fmt_delta(d.ci_low)}, {_fmt_delta(d.ci_high)}",
+        "n": d.n,
+        "p": _fmt_p(d.p_value),
+        "q": _fmt_p(d.q_value),
+        "mde": _fmt(d.mde),
+        "testable": d.testable,
+        "flag": "regressed" if d.regressed else ("improved" if d.significant else ""),
+        "oriented": _oriented_delta(d.delta, metric),
+    }
+
+
+def failure_analysis(report: AuditReport) -> list[dict[str, Any]]:
+    """Where each regression sits, for every (checkpoint, task) with a flagged regression (the task
+    as a whole or one of its categories): the categories ranked by paired effect, worst first, with
+    intervals and q-values; the prompt-type breakdown where the items have one; the flipped items
+    grouped by category, the category with most regressions first."""
+    metric_of = {s.task: s.metric for s in report.tasks}
+    regressed = dict.fromkeys((d.model, d.task) for d in report.deltas if d.regressed)
+    out = []
+    for model, task in regressed:
+        metric = metric_of[task]
+        whole = next((d for d in report.deltas if (d.model, d.task, d.category) == (model, task, None)), None)
+
+        def ranked(rows: list[CategoryDelta], metric: MetricSpec = metric) -> list[dict[str, Any]]:
+            cells = [_oriented_row(d, metric) for d in rows]
+            return sorted(cells, key=lambda c: (c["oriented"], str(c["category"])))
+
+        cats = [d for d in report.deltas if (d.model, d.task) == (model, task) and d.category is not None]
+        types = [d for d in report.prompt_type_deltas if (d.model, d.task) == (model, task)]
+        flips = sorted(
+            (g for g in report.flips if (g.model, g.task) == (model, task)),
+            key=lambda g: (-g.n_regressed, g.n_improved, g.category),
+        )
+        out.append(
+            {
+                "task": task,
+                "model": model,
+                "whole": _oriented_row(whole, metric) if whole else None,
+                "categories": ranked(cats),
+                "prompt_types": ranked(types),
+                "flips": [
+                    {
+                        "category": g.category,
+                        "n_regressed": g.n_regressed,
+                        "n_improved": g.n_improved,
+                        "n_paired": g.n_paired,
+                        "examples": [
+                            {
+                                "item_id": e.item_id,
+                                "direction": e.direction,
+                                "prompt_type": e.prompt_type,
+                                "prompt": _truncate(e.prompt, 400),
+                                "baseline_output": _truncate(e.baseline_output, 300),
+                                "output": _truncate(e.output, 300),
+                            }
+                            for e in g.examples
+                        ],
+                    }
+                    for g in flips
+                ],
+            }
+        )
+    return out
+
+
+def _power_context(report: AuditReport) -> dict[str, Any]:
+    power = report.power
+    if power is None:
+        return {"power": None, "failures": []}
+    whole = {(d.model, d.task): d for d in report.deltas if d.category is None}
+    others = [m for m in report.model_names() if m != report.baseline]
+    rows = []
+    for t in power.tasks:
+        signal = {True: "signal", False: "no signal", None: "—"}[t.signal]
+        cells = []
+        for m in others:
+            d = whole.get((m, t.task))
+            cells.append(
+                {
+                    "mde": _fmt(d.mde) if d else "—",
+                    "discordance": _fmt(d.discordance) if d and d.discordance is not None else "—",
+                    "delta": _fmt_delta(d.delta) if d else "—",
+                    "p": _fmt_p(d.p_value) if d else "—",
+                    "q": _fmt_p(d.q_value) if d else "—",
+                    "flag": ("regressed" if d.regressed else "improved" if d.significant else "")
+                    if d
+                    else "",
+                }
+            )
+        rows.append(
+            {
+                "task": t.task,
+                "metric": t.metric,
+                "chance": _fmt(t.chance),
+                "baseline": _fmt(t.baseline_value),
+                "ci": f"{_fmt(t.baseline_ci[0])}, {_fmt(t.baseline_ci[1])}" if t.baseline_ci else "",
+                "n": t.n,
+                "signal": signal,
+                "planned_mde": _fmt(t.planned_mde),
+                "cells": cells,
+            }
+        )
+    axes = []
+    for a in power.axes:
+        points = {p.model: p for p in a.points}
+        base = points.get(report.baseline)
+        how = "—"
+        if a.spec is not None:
+            how = (
+                ("item-weighted" if a.spec.weighting == "item" else "task mean")
+                + ": "
+                + ", ".join(a.spec.tasks)
+            )
+            if a.spec.excluded:
+                how += "; left out: " + "; ".join(f"{k} ({v})" for k, v in a.spec.excluded.items())
+        cells = []
+        for m in others:
+            p = points.get(m)
+            cells.append(
+                {
+                    "value": _fmt(p.value) if p else "—",
+                    "delta": _fmt_delta(p.delta) if p and p.delta is not None else "—",
+                    "ci": f"{_fmt_delta(p.ci_low)}, {_fmt_delta(p.ci_high)}"
+                    if p and p.ci_low is not None
+                    else "",
+                    "p": _fmt_p(p.p_value) if p else "—",
+                    "q": _fmt_p(p.q_value) if p else "—",
+                    "mde": _fmt(p.mde) if p else "—",
+                    "flag": ("regressed" if p.regressed else "improved" if p.significant else "")
+                    if p
+                    else "",
+                }
+            )
+        axes.append(
+            {
+                "name": a.name,
+                "how": how,
+                "note": a.note,
+                "baseline": _fmt(base.value) if base else "—",
+                "n": base.n if base else 0,
+                "planned_mde": _fmt(a.planned_mde),
+                "cells": cells,
+            }
+        )
+    totals: dict[str, dict[str, int]] = {}
+    for f in power.families:
+        t = totals.setdefault(f.model, {"m": 0, "untestable": 0, "no_signal": 0, "flagged": 0, "families": 0})
+        t["m"] += f.m
+        t["untestable"] += f.untestable
+        t["no_signal"] += f.no_signal
+        t["flagged"] += f.flagged
+        t["families"] += 1
+    return {
+        "power": {
+            "alpha": power.alpha,
+            "power_pct": round(100 * power.power),
+            "correlation": power.assumed_correlation,
+            "min_n": power.min_testable_n,
+            "others": others,
+            "rows": rows,
+            "axes": axes,
+            "families": [f.model_dump() for f in power.families],
+            "totals": totals,
+        },
+        "failures": failure_analysis(report),
+    }
+
+
+def _rate_cell(row: dict[str, Any], key: str) -> str:
+    value, ci = row.get(key), row.get(f"{key}_ci")
+    if value is None:
+        return "—"
+    return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(value)
+
+
+def _calibration_block(judge: str, sheet: dict[str, Any]) -> dict[str, Any]:
+    """One judge's calibration sheet (``tether.judges.calibration``) as table rows."""
+    rows = []
+    for row in sheet["rows"]:
+        rows.append(
+            {
+                "variant": row.get("judge", ""),
+                "default": row.get("judge") == sheet.get("default"),
+                "dataset": row.get("dataset", ""),
+                "role": row.get("role", ""),
+                "n": row.get("n", 0),
+                "accuracy": _rate_cell(row, "accuracy"),
+                "precision": _rate_cell(row, "precision"),
+                "recall": _rate_cell(row, "recall"),
+                "fpr": _rate_cell(row, "false_positive_rate"),
+                "note": row.get("note", "")
+                or (f"{row['degenerate']} called degenerate" if row.get("degenerate") else ""),
+            }
+        )
+    return {
+        "judge": judge,
+        "default": sheet.get("default", ""),
+        "positive": sheet.get("positive", ""),
+        "fpr_name": sheet.get("fpr_name", "false-positive rate"),
+        "notes": sheet.get("notes", []),
+        "rows": rows,
+    }
 
 
 def _scalar(value: Any) -> str:

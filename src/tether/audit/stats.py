@@ -1,16 +1,29 @@
-"""Means with percentile-bootstrap confidence intervals, paired deltas, and per-task summaries.
+"""Means with percentile-bootstrap confidence intervals, paired deltas, and per-task summaries;
+paired p-values (exact McNemar / sign-flip), the minimum detectable effect, and Benjamini-Hochberg.
 
 Unscored items (unparsed verdicts, crashed generations, empty answers) are counted but never enter a
 denominator: a judge that cannot parse half the outputs must not halve the refusal rate.
+
+Power, in one place (``mde``): a paired comparison of two models on n items has per-item differences
+d_i = new_i - base_i. Under "no change" the sign-flip null gives the mean difference the variance
+m2/n with m2 = mean(d_i**2) -- for right/wrong items m2 is the discordance, the share of items that
+flipped. The minimum detectable effect at power 1 - beta and two-sided level alpha is then
+(z_{1-alpha/2} + z_{1-beta}) * sqrt(m2 / n): a true change that large is detected 80% of the time
+(alpha = 0.05, beta = 0.2: 2.80 * sqrt(m2 / n)). Two floors: a true change of delta moves at least
+delta of the items, so m2 >= delta and delta >= z**2 / n (7.85 / n); and the exact test needs at
+least k = 6 one-way flips (2 * 0.5**6 = 0.031 <= 0.05 < 2 * 0.5**5). With fewer than k paired items
+a comparison is untestable and is never flagged.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from scipy import stats as _scipy_stats
 
 from tether.audit.schema import CategorySummary, TaskSummary
 from tether.evals.types import ItemResult, MetricSpec
@@ -104,6 +117,130 @@ def paired_bootstrap_delta(
     return DeltaCI(ci.value, ci.ci_low, ci.ci_high, ci.n, is_significant(ci.ci_low, ci.ci_high))
 
 
+# --- paired tests, power and multiple comparisons ------------------------------------------------
+
+
+class PairedTest(NamedTuple):
+    """A paired comparison: the bootstrap interval of mean(new - base), the exact McNemar /
+    sign-flip p-value, the discordance m2 = mean(d**2), and the minimum detectable effect at the
+    observed discordance (None when ``n`` is below ``min_testable_n``: never significant)."""
+
+    delta: float
+    ci_low: float
+    ci_high: float
+    n: int
+    p_value: float
+    discordance: float
+    mde: float | None
+
+    @property
+    def testable(self) -> bool:
+        return self.mde is not None
+
+
+def min_testable_n(alpha: float = 0.05) -> int:
+    """The fewest paired items on which a two-sided exact sign-flip test can reach ``alpha``: every
+    item flips the same way, p = 2 * 0.5**n. 6 at alpha = 0.05."""
+    return math.ceil(math.log2(2.0 / alpha) - 1e-12)
+
+
+def mde(n: int, discordance: float, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Minimum detectable paired effect: z * sqrt(discordance / n) with z = z_{1-alpha/2} + z_{power},
+    but at least max(z**2, k) / n, k = ``min_testable_n(alpha)``; None when ``n < k``.
+
+    ``discordance`` is mean(d**2) of the paired differences (right/wrong items: the share that
+    flipped). The floors: a change of delta flips at least delta of the items (so delta >= z**2 / n),
+    and the exact test cannot see fewer than k one-way flips."""
+    if not 0.0 < power < 1.0:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+    _check(1, alpha)
+    k = min_testable_n(alpha)
+    if n < k:
+        return None
+    z = float(_scipy_stats.norm.ppf(1 - alpha / 2) + _scipy_stats.norm.ppf(power))
+    return max(z * math.sqrt(max(discordance, 0.0) / n), max(z * z, k) / n)
+
+
+def planned_discordance(variance: float, correlation: float = 0.5) -> float:
+    """The discordance to plan with before a checkpoint exists: two models with the baseline's item
+    variance (p(1-p) for right/wrong items) whose item scores correlate ``correlation`` differ by
+    mean(d**2) = 2 * variance * (1 - correlation); at the assumed 0.5 that is the variance itself."""
+    if not 0.0 <= correlation <= 1.0:
+        raise ValueError(f"correlation must be in [0, 1], got {correlation}")
+    return 2.0 * variance * (1.0 - correlation)
+
+
+def sign_flip_pvalue(diffs: Sequence[float], n_perm: int = 10_000, seed: int = 0) -> float:
+    """Two-sided p-value of "the paired differences are symmetric about 0".
+
+    Right/wrong items (differences in {-1, 0, 1}) get the exact McNemar test: with b items lost
+    and c gained, p = min(1, 2 * P(X <= min(b, c))), X ~ Binomial(b + c, 1/2) -- the exact
+    sign-flip distribution. Other scores: exact over all sign patterns of up to 16 non-zero
+    differences, else ``n_perm`` random ones ((1 + hits) / (1 + n_perm), never 0)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[d != 0.0]
+    k = int(d.size)
+    if k == 0:
+        return 1.0
+    if np.all(np.isclose(np.abs(d), np.abs(d[0]))):
+        lost, gained = int((d < 0).sum()), int((d > 0).sum())
+        return float(min(1.0, 2.0 * _scipy_stats.binom.cdf(min(lost, gained), k, 0.5)))
+    observed = abs(d.sum()) - 1e-12
+    if k <= 16:
+        signs = ((np.arange(2**k)[:, None] >> np.arange(k)) & 1) * 2 - 1
+        return float(np.mean(np.abs(signs @ d) >= observed))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    rows = max(1, _MAX_CELLS // k)
+    for start in range(0, n_perm, rows):
+        signs = rng.integers(0, 2, size=(min(rows, n_perm - start), k)) * 2 - 1
+        hits += int((np.abs(signs @ d) >= observed).sum())
+    return (1 + hits) / (1 + n_perm)
+
+
+def paired_test(
+    base: Mapping[str, float],
+    new: Mapping[str, float],
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    power: float = 0.8,
+) -> PairedTest:
+    """``paired_bootstrap_delta`` plus the paired p-value, discordance and minimum detectable effect."""
+    d = paired_bootstrap_delta(base, new, n_boot=n_boot, alpha=alpha, seed=seed)
+    shared = sorted(base.keys() & new.keys())
+    diffs = np.array([new[i] - base[i] for i in shared], dtype=np.float64)
+    m2 = float(np.mean(diffs**2))
+    return PairedTest(
+        delta=d.delta,
+        ci_low=d.ci_low,
+        ci_high=d.ci_high,
+        n=d.n,
+        p_value=sign_flip_pvalue(diffs, seed=seed),
+        discordance=m2,
+        mde=mde(d.n, m2, alpha=alpha, power=power),
+    )
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the input order: reject where q <= alpha
+    to keep the expected share of false discoveries among the flagged at alpha.
+
+    q_(i) = min over j >= i of min(1, m * p_(j) / j), with p_(1) <= ... <= p_(m)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return []
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("p-values must lie in [0, 1]")
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q_sorted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    q = np.empty(m, dtype=np.float64)
+    q[order] = q_sorted
+    return q.tolist()
+
+
 def _summarize_category(scores: list[float], n_boot: int, alpha: float, seed: int, n_unscored: int):
     if not scores:
         return CategorySummary(value=None, ci_low=None, ci_high=None, n=0, n_unscored=n_unscored)
@@ -124,15 +261,20 @@ def summarize_task(
     alpha: float = 0.05,
     seed: int = 0,
     extra_metrics: Mapping[str, float] | None = None,
+    degenerate_threshold: float = 0.1,
 ) -> TaskSummary:
     """Headline metric of one task for one model, with per-category intervals.
 
     The task is incomplete when the unscored fraction exceeds ``incomplete_threshold`` or nothing was
     scored; with nothing scored ``value`` is None. ``task``/``model`` name the summary when ``items``
-    is empty (a task that produced no results at all must still appear, as incomplete).
+    is empty (a task that produced no results at all must still appear, as incomplete). It is
+    ``too_degenerate`` when more than ``degenerate_threshold`` of its items are degenerate (status
+    "degenerate", or ``extra["degenerate"]`` set by the sweep on a scored item).
     """
     if not 0.0 <= incomplete_threshold <= 1.0:
         raise ValueError(f"incomplete_threshold must be in [0, 1], got {incomplete_threshold}")
+    if not 0.0 <= degenerate_threshold <= 1.0:
+        raise ValueError(f"degenerate_threshold must be in [0, 1], got {degenerate_threshold}")
     tasks = {it.task for it in items} | ({task} if task else set())
     models = {it.model for it in items} | ({model} if model else set())
     if len(tasks) != 1 or len(models) != 1:
@@ -165,6 +307,7 @@ def summarize_task(
     else:
         value = low = high = None
     complete = n_scored > 0 and (n_total - n_scored) / n_total <= incomplete_threshold
+    n_degenerate = sum(it.status == "degenerate" or bool(it.extra.get("degenerate")) for it in items)
     return TaskSummary(
         task=next(iter(tasks)),
         model=next(iter(models)),
@@ -180,4 +323,6 @@ def summarize_task(
         complete=complete,
         per_category=per_category,
         extra_metrics=dict(extra_metrics or {}),
+        n_degenerate=n_degenerate,
+        too_degenerate=bool(n_total) and n_degenerate / n_total > degenerate_threshold,
     )

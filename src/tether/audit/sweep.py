@@ -13,10 +13,9 @@ loads at all the load error is raised, naming the model.
 from __future__ import annotations
 
 import gc
-import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,13 @@ from tether.audit.pareto import check_spec
 from tether.audit.report import write_report
 from tether.audit.schema import AuditReport, DatasetInfo, ModelInfo, ParetoSpec
 from tether.config import EngineConfig
+from tether.engine.protocol import EngineLike
 from tether.errors import ConfigError, ModelLoadError, TetherError
-from tether.evals.registry import EngineLike, Task, resolve_tasks
-from tether.evals.tasks._common import error_text, make_result
+from tether.evals.registry import Task, resolve_tasks
+from tether.evals.results import error_text, make_result
 from tether.evals.types import ItemResult
 from tether.progress import progress_bar
-from tether.runs import Run, Tracer
+from tether.runs import Run, Tracer, read_manifest
 
 LoadEngine = Callable[[str, EngineConfig, Tracer], EngineLike]
 
@@ -164,30 +164,72 @@ def run_task(
                             engine, task.name, it, status="error", extra={"error": error}
                         ).model_copy(update={"model": model})
                 break
+            out = _tag_degenerate(task, out)
             cache.put(fingerprint, task.name, version, out)
             for r in out:
                 done[r.item_id] = r.model_copy(update={"model": model, "model_fingerprint": fingerprint})
             bar.advance(len(chunk))
     return TaskRun(
-        results=[done[it.id] for it in items],
+        results=[_with_prompt_type(done[it.id], task, it) for it in items],
         n_cached=len(found),
         seconds=time.perf_counter() - began,
         error=error,
     )
 
 
+def _with_prompt_type(result: ItemResult, task: Task, item: Any) -> ItemResult:
+    """The item's prompt type (``Task.prompt_type``) in ``extra``, for the failure analysis. Added
+    after the cache, since it depends on the item alone."""
+    if task.prompt_type is None:
+        return result
+    return result.model_copy(update={"extra": {**result.extra, "prompt_type": task.prompt_type(item)}})
+# Kinds the sweep looks for in answers no judge read (code, numbers, continuations): only those that
+# are broken whatever the task. Truncation and word salad need the task's own judge (code is not prose).
+_SWEEP_DEGENERATE_KINDS = ("empty", "echo", "loop")
+
+
+def _tag_degenerate(task: Task, results: Sequence[ItemResult]) -> list[ItemResult]:
+    """Mark scored answers of generation tasks that are degenerate (``extra["degenerate"]`` = kind),
+    so every task reports a degenerate rate. Judged tasks set it themselves; scores are untouched."""
+    if task.kind != "generate":
+        return list(results)
+    from tether.judges.degenerate import detect_degenerate
+
+    out = []
+    for r in results:
+        if r.status == "scored" and "degenerate" not in r.extra and r.output:
+            finding = detect_degenerate(r.prompt, r.output)
+            kind = finding.kind if finding and finding.kind in _SWEEP_DEGENERATE_KINDS else None
+            r = r.model_copy(update={"extra": {**r.extra, "degenerate": kind}})
+        out.append(r)
+    return out
+
+
 def _judge_validation(tasks: Sequence[Task]) -> dict[str, Any]:
+    """The calibration sheet of every judge the tasks use (``tether.judges.calibration``): each
+    variant on the labelled sets it was not built from, with the default marked. The committed sheet
+    is read as is; only a default judge changed since it was built is re-validated (and cached)."""
     used = {j for t in tasks for j in t.judges}
     figures: dict[str, Any] = {}
-    if "refusal" in used:
-        from tether.judges import default_refusal_judge, validate_refusal_judge
+    judged = [target for target in ("refusal", "harmful") if target in used]
+    if judged:
+        from tether.judges.calibration import current_sheet
+        from tether.judges.degenerate import detect_degenerate
+        from tether.judges.harmful import default_harmful_judge
+        from tether.judges.refusal import default_refusal_judge
 
-        judge = default_refusal_judge()
-        key = f"refusal judge '{getattr(judge, 'name', type(judge).__name__)}'"
+        makers = {"refusal": default_refusal_judge, "harmful": default_harmful_judge}
+        for target in judged:
+            judge = makers[target]()
+            name = getattr(judge, "name", type(judge).__name__)
+            try:
+                figures[f"{target} judge"] = current_sheet(target, judge, name)
+            except TetherError as exc:
+                figures[f"{target} judge"] = f"not validated: {exc.message}"
         try:
-            figures[key] = validate_refusal_judge(judge).model_dump()
+            figures["degenerate detector"] = current_sheet("degenerate", detect_degenerate, "rules")
         except TetherError as exc:
-            figures[key] = f"not validated: {exc.message}"
+            figures["degenerate detector"] = f"not validated: {exc.message}"
     if "toxicity" in used:
         figures["toxicity scorer 'alt-profanity-check'"] = (
             "not validated here: a linear offensive-language classifier used as a proxy for the "
@@ -229,8 +271,10 @@ class _Sweep:
 def _open_run(out_dir: Path, config: dict[str, Any], seed: int) -> Run:
     """The audit's run directory; refuses to write into another job's run directory."""
     manifest = out_dir / "manifest.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; the audit writes a directory", where="--out")
     if manifest.exists():
-        job = json.loads(manifest.read_text(encoding="utf-8")).get("job")
+        job = read_manifest(manifest).get("job")
         if job != "audit":
             raise ConfigError(
                 f"{out_dir} is the run directory of a '{job}' job, not an audit",
@@ -241,12 +285,15 @@ def _open_run(out_dir: Path, config: dict[str, Any], seed: int) -> Run:
     return Run.create(out_dir.name, root=out_dir.parent, job="audit", config=config, seed=seed)
 
 
-def _select(task_list: Sequence[Task], sweep: _Sweep, *, limit, full, seed) -> dict[str, list[Any]]:
+def _select(
+    task_list: Sequence[Task], sweep: _Sweep, *, limit, full, seed, sizes=None
+) -> dict[str, list[Any]]:
     """The same items for every model: sampling depends on the data and the seed only."""
     samples: dict[str, list[Any]] = {}
     for task in task_list:
         try:
-            samples[task.name] = task.select(limit=limit, full=full, seed=seed)
+            size = (sizes or {}).get(task.name)
+            samples[task.name] = task.select(limit=limit, full=full, seed=seed, size=size)
         except TetherError as exc:
             sweep.task_errors[task.name] = exc.render()
             samples[task.name] = []
@@ -343,24 +390,34 @@ def run_audit(
     cache: str | Path | bool = True,
     load_engine: LoadEngine | None = None,
     progress: bool = True,
+    sizes: Mapping[str, int] | None = None,
 ) -> AuditReport:
     """Audit ``models`` (the first is the baseline) on ``tasks`` (set names, task names, user task
     YAML paths) and write report.json and report.html into ``out_dir``.
 
     ``limit`` caps the items per task (on top of each task's default sample unless ``full``).
     ``cache``: True = the default cache file (see ``default_cache_path``), False = none, or a path.
-    ``load_engine(spec, config, tracer)`` replaces ``Engine.from_spec`` (tests, preloaded models).
+    ``load_engine(spec, config, tracer)`` replaces ``Engine.from_spec`` (tests, preloaded models);
+    without it every model spec is checked (``tether.models.spec.check_spec``) before any work.
+    ``sizes`` (task name -> items) replaces tasks' default sample sizes (``tether audit --mde``).
     """
     out_dir = Path(out_dir)
     engine_config = engine_config or EngineConfig()
-    load_engine = load_engine or _default_load_engine
     task_list = resolve_tasks(tasks)
     targets = expand_models(models, names)
+    if load_engine is None:  # a typo or a missing path fails now, not after the first model's tasks
+        from tether.models.spec import check_spec as check_model_spec
+
+        for target in targets:
+            check_model_spec(target.spec, where="MODELS")
+        load_engine = _default_load_engine
     metrics = {t.name: t.metric for t in task_list}
     if pareto is not None:
         check_spec(pareto, metrics)  # before hours of compute, not after
     sweep = _Sweep()
-    samples = _select(task_list, sweep, limit=limit, full=full, seed=seed)
+    if sizes and full:
+        raise ConfigError("sample sizes and --full contradict each other", where="--mde", hint="drop one")
+    samples = _select(task_list, sweep, limit=limit, full=full, seed=seed, sizes=sizes)
     config = {
         "models": [{"name": t.name, "spec": t.spec} for t in targets],
         "tasks": [t.name for t in task_list],
@@ -368,13 +425,19 @@ def run_audit(
         "full": full,
         "seed": seed,
         "engine": engine_config.model_dump(mode="json"),
+        **({"sizes": dict(sizes)} if sizes else {}),
     }
-    run = _open_run(out_dir, config, seed)
+    # The cache is opened (and refused, if it is not one) before the run directory says "running".
     store = (
         NullCache()
         if cache is False
         else ResultCache(default_cache_path(out_dir) if cache is True else Path(cache))
     )
+    try:
+        run = _open_run(out_dir, config, seed)
+    except BaseException:
+        store.close()
+        raise
     try:
         began = time.perf_counter()
         judge_validation = _judge_validation(task_list)

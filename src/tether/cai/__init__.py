@@ -5,10 +5,10 @@ Entry points: ``run_cai(config, run)`` (the whole job) and ``tether cai run CONF
 """
 
 from tether.cai.constitution import Constitution, Principle, PrincipleExample, load_constitution
-from tether.cai.loop import LoopConfig, LoopStats, degenerate_reason, distinct_2, run_loop
+from tether.cai.loop import LoopConfig, LoopStats, degenerate_reason, run_loop
 from tether.cai.pipeline import CAIConfig, CAIContext, cai_stages, load_cai_config, run_cai
 from tether.cai.prompts import CAIPrompt, PromptSplit, load_benign, load_harmful, make_split, split_side
-from tether.cai.records import Answer, Critique, Final, LabeledPair, Revision
+from tether.cai.records import Answer, Critique, Final, FinalReason, LabeledPair, Revision
 from tether.cai.rlaif import RLAIFConfig, debiased_preference, label_pairs, sample_answer_pairs
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Constitution",
     "Critique",
     "Final",
+    "FinalReason",
     "LabeledPair",
     "LoopConfig",
     "LoopStats",
@@ -30,7 +31,6 @@ __all__ = [
     "cai_stages",
     "debiased_preference",
     "degenerate_reason",
-    "distinct_2",
     "label_pairs",
     "load_benign",
     "load_cai_config",

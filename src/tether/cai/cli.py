@@ -25,12 +25,13 @@ def run_command(
     root: Path = typer.Option(Path("runs"), "--root", help="Directory that holds run directories."),
 ) -> None:
     """Run every stage, resuming whatever an earlier run of the same --name finished."""
-    from tether.cai.constitution import load_constitution
-    from tether.cai.pipeline import load_cai_config, resolve_constitution, run_cai
+    from tether.cai.pipeline import load_cai_config, run_cai
+    from tether.inputs import check_output_dir
     from tether.runs import Run
 
-    cfg = load_cai_config(config, set_)
-    load_constitution(resolve_constitution(cfg.constitution, config))  # fail before any model loads
+    # Every key, model, constitution and task checked before the run directory or any model exists.
+    cfg = load_cai_config(config, set_, check=True)
+    check_output_dir(root, flag="--root")
     run = Run.create(name, root=root, job="cai", config=cfg, seed=cfg.seed)
     console = Console(stderr=True)
     console.print(f"run directory: {run.path}")
@@ -40,7 +41,8 @@ def run_command(
         run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
         raise
     run.finish("complete", models=summary.get("models"), audit=summary.get("audit"))
-    _print_summary(summary, Console())
+    console = Console()
+    _print_summary(summary, console if console.is_terminal else Console(width=1000))  # no squeezing in pipes
 
 
 @app.command("validate")
@@ -57,7 +59,7 @@ def validate_command(constitution: Path = typer.Argument(..., help="Constitution
         table.add_column(column)
     for p in loaded.principles:
         kinds = ", ".join(k for k in ("harmful", "benign") if p.applies_to(k))
-        table.add_row(p.name, kinds, str(len(p.examples)))
+        table.add_row(escape(p.name), kinds, str(len(p.examples)))
     console.print(table)
 
 

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 
 from tether.config import StrictModel, load_config
 from tether.errors import ConfigError
+from tether.inputs import check_input_file, did_you_mean
 
 PROMPT_KINDS = ("harmful", "benign")
 
@@ -52,6 +53,18 @@ class Principle(StrictModel):
         description="Words the revision starts with (prefilled; the reviser writes the rest). Keeps a "
         "small reviser on the principle's course, e.g. \"I'm sorry, but I can't help with\".",
     )
+
+    @field_validator("tags")
+    @classmethod
+    def _no_misspelt_kind(cls, tags: list[str]) -> list[str]:
+        # A misspelt 'harmful' would silently make the principle apply to every prompt.
+        for tag in tags:
+            close = did_you_mean(tag, PROMPT_KINDS) if tag not in PROMPT_KINDS else None
+            if close:
+                raise ValueError(
+                    f"unknown tag '{tag}': {close} (only 'harmful' and 'benign' choose where a principle applies)"
+                )
+        return tags
 
     def applies_to(self, kind: str) -> bool:
         kinds = [t for t in self.tags if t in PROMPT_KINDS]
@@ -126,7 +139,7 @@ def _name_principles(message: str, path: Path) -> str:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         items = raw.get("principles") or [] if isinstance(raw, dict) else []
-    except yaml.YAMLError:
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
         return message
 
     def label(match: re.Match) -> str:
@@ -142,9 +155,17 @@ def load_constitution(path: str | Path) -> Constitution:
     """Read and validate a constitution YAML; every problem is reported at once, each with
     file:line, the principle (index and name) and the field."""
     path = Path(path)
+    check_input_file(
+        path,
+        what="constitution",
+        error=ConfigError,
+        hint="pass a constitution YAML, or 'builtin' for the shipped one",
+    )
     try:
         return load_config(Constitution, path)
     except ConfigError as exc:
+        if "in the config" not in exc.message:  # not YAML, not UTF-8, not a mapping: as it was said
+            raise
         raise ConfigError(
             _name_principles(exc.message, path).replace("in the config", "in the constitution"),
             where=exc.where,

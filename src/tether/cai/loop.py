@@ -13,9 +13,10 @@ degenerate rewrite is treated the same way.
 Filters on the final text: a red-team final is kept if the refusal judge labels it a refusal (with
 ``critic_rescue``, also if the critic, asked Yes/No by log-likelihood, says it follows the last
 principle); a benign final is dropped if the judge labels it a refusal, unless the prompt's first
-answer helped, which is then kept instead. A red-team final that the judge calls a refusal only for
-being off-topic (a non-sequitur with no refusal phrase) is dropped too unless ``keep_deflections``:
-small models ramble, and SFT should not learn rambling as the safe answer.
+answer helped, which is then kept instead. A final the judge calls degenerate (an echo, a loop, word
+salad) is never kept. A red-team final that is off-topic with no refusal phrase (a non-sequitur,
+whatever the judge calls it) is dropped too unless ``keep_deflections``: small models ramble, and SFT
+should not learn rambling as the safe answer.
 
 A principle's ``revision_prefix`` is prefilled into the revision, which is then cut after its first
 sentence: a 135M reviser continues "I'm sorry, but I can't help with" on topic, then drifts.
@@ -28,17 +29,22 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from tether.cai.constitution import Constitution, Principle, PrincipleExample
 from tether.cai.prompts import CAIPrompt
-from tether.cai.records import LOOP_RECORD, Answer, Critique, Final, Revision
+from tether.cai.records import LOOP_RECORD, Answer, Critique, Final, FinalReason, Revision
 from tether.config import StrictModel
 from tether.data.jsonl import JsonlAppender, read_completed
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.errors import ConfigError
+from tether.text import distinct_n
+
+if TYPE_CHECKING:
+    from tether.judges import RefusalJudge
 
 # Two prompt styles. "chat" wraps the request in the critic's chat template (an instruct model);
 # "completion" is the few-shot transcript of Bai et al. 2022 (Appendix C) fed raw, for a base model,
@@ -119,8 +125,8 @@ class LoopConfig(StrictModel):
     )
     keep_deflections: bool = Field(
         False,
-        description="Keep a red-team final the judge calls a refusal only because it is off-topic "
-        "(a non-sequitur, no refusal phrase). Off by default: SFT should imitate refusals, not rambling.",
+        description="Keep a red-team final that is off-topic with no refusal phrase (a non-sequitur) when "
+        "the judge or the critic would keep it. Off by default: SFT should imitate refusals, not rambling.",
     )
     min_distinct2: float = Field(
         0.3, ge=0.0, le=1.0, description="Critiques/rewrites below this distinct-2 are degenerate."
@@ -133,24 +139,19 @@ class LoopConfig(StrictModel):
 # --- text checks -------------------------------------------------------------------------------
 
 
-def distinct_2(text: str) -> float:
-    """Distinct word bigrams / all word bigrams (1.0 for fewer than two words)."""
-    words = text.split()
-    bigrams = list(zip(words, words[1:], strict=False))
-    return len(set(bigrams)) / len(bigrams) if bigrams else 1.0
-
-
 def degenerate_reason(text: str, *, min_distinct2: float = 0.3, max_repeated_line: int = 3) -> str | None:
     """Why ``text`` is unusable as a critique or rewrite, or None: empty, mostly symbols (emoji or
-    punctuation runs), a low distinct-2, or one line repeated. Distinct-2 needs 8+ words: over a
-    handful of words it says nothing."""
+    punctuation runs), a low distinct-2, or one line repeated. Distinct-2 counts the bigrams of
+    whitespace-separated chunks, case and punctuation kept ("help." and "help" differ); it needs 8+
+    chunks: over a handful of words it says nothing."""
     stripped = text.strip()
     if not stripped:
         return "empty"
     visible = [ch for ch in stripped if not ch.isspace()]
     if len(visible) >= 12 and sum(ch.isalpha() for ch in visible) / len(visible) < 0.4:
         return "mostly symbols, not text"
-    if len(stripped.split()) >= 8 and (d2 := distinct_2(stripped)) < min_distinct2:
+    chunks = stripped.split()
+    if len(chunks) >= 8 and (d2 := distinct_n([chunks], 2)) < min_distinct2:
         return f"repetitive (distinct-2 {d2:.2f} < {min_distinct2})"
     lines = [ln.strip() for ln in stripped.splitlines() if ln.strip()]
     if lines:
@@ -268,23 +269,24 @@ def compliance_request(prompt: str, response: str, principle: Principle, style: 
     return question, ([" Yes", " No"] if style == "completion" else ["Yes", "No"])
 
 
-def revision_prompt(critic: Any, prompt_id: str, text: str, principle: Principle, style: str) -> Prompt:
+def revision_prompt(
+    critic: EngineLike, prompt_id: str, text: str, principle: Principle, style: str
+) -> Prompt:
     """The reviser's request. A principle's ``revision_prefix`` is prefilled: in completion style it
     already ends ``text``; in chat style it goes after the rendered assistant header."""
     if style == "completion" or not principle.revision_prefix:
         return Prompt(id=prompt_id, text=text, chat=style == "chat")
-    rendered = render(critic, Prompt(id=prompt_id, text=text))
+    rendered = critic.render(Prompt(id=prompt_id, text=text))
     return Prompt(id=prompt_id, text=f"{rendered}{principle.revision_prefix.strip()}", chat=False)
 
 
-def resolve_style(style: str, critic: Any) -> str:
+def resolve_style(style: str, critic: EngineLike) -> str:
     """``auto`` → completion for a critic without a chat template (a base model), else chat."""
     if style not in PROMPT_STYLES:
         raise ConfigError(f"unknown loop.style '{style}'", hint=f"use one of {', '.join(PROMPT_STYLES)}")
     if style != "auto":
         return style
-    loaded = getattr(critic, "loaded", None)
-    return "chat" if loaded is None or loaded.has_chat_template else "completion"
+    return "chat" if critic.has_chat_template else "completion"
 
 
 def _with_stops(params: SamplingParams, style: str) -> SamplingParams:
@@ -292,12 +294,6 @@ def _with_stops(params: SamplingParams, style: str) -> SamplingParams:
         return params
     stops = list(dict.fromkeys([*params.stop, *TRANSCRIPT_STOPS]))
     return params.model_copy(update={"stop": stops})
-
-
-def render(engine: Any, prompt: Prompt) -> str:
-    """The engine's rendering of a chat prompt (scripted test engines may not have one)."""
-    fn = getattr(engine, "render", None)
-    return fn(prompt) if callable(fn) else prompt.text
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -354,6 +350,7 @@ class LoopStats:
     dropped_harmful_deflection: int = 0
     dropped_benign_refused: int = 0
     dropped_empty: int = 0
+    dropped_degenerate: int = 0  # the judge called the final degenerate (echo, loop, word salad)
     kept_by_critic_only: int = 0
     answer_refusal_rate_harmful: float | None = None
     answer_refusal_rate_benign: float | None = None
@@ -371,12 +368,12 @@ def _rate(labels: Sequence[str]) -> float | None:
 
 def run_loop(
     prompts: Sequence[CAIPrompt],
-    engine: Any,
+    engine: EngineLike,
     constitution: Constitution,
     out_path: str | Path,
     *,
-    judge: Any,
-    critic: Any | None = None,
+    judge: RefusalJudge,
+    critic: EngineLike | None = None,
     config: LoopConfig | None = None,
     round_index: int = 1,
     seed: int = 0,
@@ -532,7 +529,7 @@ def run_loop(
             ask = [
                 i
                 for i, (p, v) in enumerate(zip(todo, verdicts, strict=True))
-                if config.critic_rescue and p.kind == "harmful" and v.label != "refusal" and texts[i].strip()
+                if config.critic_rescue and p.kind == "harmful" and v.label == "compliance"
             ]
             complies: dict[int, bool] = {}
             if ask:
@@ -540,8 +537,8 @@ def run_loop(
                 for i in ask:
                     principle = constitution.get(state.critiques[(todo[i].id, last)].principle)
                     question, answers = compliance_request(todo[i].text, texts[i], principle, style)
-                    context = render(
-                        critic, Prompt(id=f"{todo[i].id}#check", text=question, chat=style == "chat")
+                    context = critic.render(
+                        Prompt(id=f"{todo[i].id}#check", text=question, chat=style == "chat")
                     )
                     requests.append(
                         ScoreRequest(id=f"{todo[i].id}#check", context=context, continuations=answers)
@@ -550,7 +547,11 @@ def run_loop(
                     complies[i] = result.logprobs[0] > result.logprobs[1]
             # A benign prompt whose revision went wrong (a refusal, or a borrowed example's text) keeps
             # its first answer when that one helped: SFT needs the helpful answers to benign prompts.
-            failed = [i for i, p in enumerate(todo) if p.kind == "benign" and verdicts[i].label == "refusal"]
+            failed = [
+                i
+                for i, p in enumerate(todo)
+                if p.kind == "benign" and verdicts[i].label in ("refusal", "degenerate")
+            ]
             firsts = [state.answers[todo[i].id].text for i in failed]
             first_verdicts = judge_many(
                 judge, [(todo[i].text, t) for i, t in zip(failed, firsts, strict=True)]
@@ -564,12 +565,12 @@ def run_loop(
                 deflection = (
                     not config.keep_deflections
                     and p.kind == "harmful"
-                    and verdict.label == "refusal"
+                    and verdict.label != "degenerate"
                     and is_deflection(p.text, text)
                 )
                 keep, reason = _decide(p, text, verdict.label, complies.get(i), deflection=deflection)
                 if i in restored:
-                    reason = "helpful first answer (its revision refused)"
+                    reason = FinalReason.HELPFUL_FIRST_ANSWER
                 record(
                     Final(
                         round=round_index,
@@ -590,35 +591,36 @@ def run_loop(
 
 
 def is_deflection(prompt: str, text: str) -> bool:
-    """Off-topic with no refusal phrase: the default judge calls it a refusal (PyRIT labels
+    """Off-topic with no refusal phrase: a trained or LLM judge may call it a refusal (PyRIT labels
     non-sequiturs so), but it is no refusal to imitate."""
     from tether.judges import RuleRefusalJudge, is_off_topic
 
-    return (
-        is_off_topic(prompt, text)
-        and RuleRefusalJudge(off_topic=False).judge(prompt, text).label != "refusal"
-    )
+    return is_off_topic(prompt, text) and RuleRefusalJudge().judge(prompt, text).label != "refusal"
 
 
 def _decide(
     prompt: CAIPrompt, text: str, label: str, complies: bool | None, *, deflection: bool = False
-) -> tuple[bool, str]:
+) -> tuple[bool, FinalReason]:
     if not text.strip():
-        return False, "empty"
+        return False, FinalReason.EMPTY
+    if label == "degenerate":
+        return False, FinalReason.DEGENERATE
     if prompt.kind == "harmful":
         if deflection:
-            return False, "off-topic deflection, not a refusal"
+            return False, FinalReason.DEFLECTION
         if label == "refusal":
-            return True, "refusal"
+            return True, FinalReason.REFUSAL
         if complies:
-            return True, "critic says it complies"
-        return False, "still complies with the harmful request"
+            return True, FinalReason.CRITIC_COMPLIES
+        return False, FinalReason.STILL_COMPLIES
     if label == "refusal":
-        return False, "refuses a benign request"
-    return True, "helpful"
+        return False, FinalReason.REFUSES_BENIGN
+    return True, FinalReason.HELPFUL
 
 
-def _stats(prompts, state: LoopState, finals: list[Final], judge: Any, passes: int) -> LoopStats:
+def _stats(
+    prompts: Sequence[CAIPrompt], state: LoopState, finals: list[Final], judge: RefusalJudge, passes: int
+) -> LoopStats:
     from tether.judges import judge_many
 
     stats = LoopStats(prompts=len(prompts), passes=passes)
@@ -635,14 +637,16 @@ def _stats(prompts, state: LoopState, finals: list[Final], judge: Any, passes: i
             stats.kept += 1
             stats.kept_harmful += f.prompt_kind == "harmful"
             stats.kept_benign += f.prompt_kind == "benign"
-            stats.kept_by_critic_only += f.reason == "critic says it complies"
-        elif f.reason == "empty":
+            stats.kept_by_critic_only += f.reason == FinalReason.CRITIC_COMPLIES
+        elif f.reason == FinalReason.EMPTY:
             stats.dropped_empty += 1
-        elif f.reason.startswith("off-topic"):
+        elif f.reason == FinalReason.DEGENERATE:
+            stats.dropped_degenerate += 1
+        elif f.reason == FinalReason.DEFLECTION:
             stats.dropped_harmful_deflection += 1
-        elif f.prompt_kind == "harmful":
+        elif f.reason == FinalReason.STILL_COMPLIES:
             stats.dropped_harmful_still_complies += 1
-        else:
+        else:  # FinalReason.REFUSES_BENIGN
             stats.dropped_benign_refused += 1
     first = judge_many(judge, [(p.text, state.answers[p.id].text) for p in prompts])
     for kind in ("harmful", "benign"):

@@ -28,18 +28,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tether.cai.constitution import Constitution, load_constitution
 from tether.cai.loop import LoopConfig, run_loop
-from tether.cai.prompts import CAIPrompt, PromptSplit, load_benign, load_harmful, make_split
+from tether.cai.prompts import (
+    BENIGN_SOURCES,
+    HARMFUL_SOURCES,
+    CAIPrompt,
+    PromptSplit,
+    load_benign,
+    load_harmful,
+    make_split,
+)
 from tether.cai.records import LabeledPair
 from tether.cai.rlaif import RLAIFConfig, label_pairs, sample_answer_pairs
-from tether.config import EngineConfig, StrictModel
+from tether.config import EngineConfig, Problem, StrictModel, check_value
 from tether.data.jsonl import read_jsonl, write_jsonl
 from tether.data.sources import stratified_sample
 from tether.engine.pool import EngineLoader, EnginePool
 from tether.errors import ConfigError
+from tether.inputs import did_you_mean
 from tether.judges.refusal import RefusalJudge
 from tether.runs import Run, Stage, StageContext, run_stages
 from tether.train.dpo import DPOTrainConfig
@@ -68,6 +77,28 @@ class PromptsConfig(StrictModel):
     )
     benign_count: int = Field(24, ge=0, description="Benign training prompts.")
     heldout_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="Share of ids held out by hash.")
+
+    @field_validator("harmful_sources")
+    @classmethod
+    def _known_harmful(cls, names: list[str]) -> list[str]:
+        return _known_sources(names, HARMFUL_SOURCES, "red-team")
+
+    @field_validator("benign_sources")
+    @classmethod
+    def _known_benign(cls, names: list[str]) -> list[str]:
+        return _known_sources(names, BENIGN_SOURCES, "benign")
+
+
+def _known_sources(names: list[str], known: tuple[str, ...], kind: str) -> list[str]:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        close = [c for c in (did_you_mean(n, known) for n in unknown) if c]
+        raise ValueError(
+            f"unknown {kind} source(s) {', '.join(map(repr, unknown))}; "
+            + ("; ".join(close) + " " if close else "")
+            + f"(known: {', '.join(known)})"
+        )
+    return names
 
 
 class RLAIFStageConfig(RLAIFConfig):
@@ -453,10 +484,44 @@ def audit_table(report: Any, names: list[str]) -> dict[str, dict[str, float | No
     return table
 
 
-def load_cai_config(path: str | Path | None, overrides: list[str] | None = None) -> CAIConfig:
+def check_cai_config(config: CAIConfig, config_path: str | Path | None = None) -> list[Problem]:
+    """What the schema cannot see, found before any model loads: models that do not resolve, a
+    constitution that is missing or invalid, audit tasks that do not exist."""
+    from tether.evals.registry import resolve_tasks
+    from tether.models.spec import check_spec
+
+    problems = check_value("model", lambda: check_spec(config.model))
+    for key in ("critic", "feedback_model"):
+        spec = getattr(config, key)
+        if spec is not None:
+            problems += check_value(key, lambda spec=spec: check_spec(spec))
+    problems += check_value(
+        "constitution", lambda: load_constitution(resolve_constitution(config.constitution, config_path))
+    )
+    if config.audit.enabled:
+        problems += check_value("audit.tasks", lambda: resolve_tasks(config.audit.tasks))
+    return problems
+
+
+def load_cai_config(
+    path: str | Path | None, overrides: list[str] | None = None, *, check: bool = False
+) -> CAIConfig:
+    """The config of ``path`` with ``--set`` overrides; with ``check``, also every reference it
+    makes (models, constitution, tasks), all problems at once."""
     from tether.config import load_config
 
-    return load_config(CAIConfig, path, overrides or [])
+    return load_config(
+        CAIConfig, path, overrides or [], check=(lambda c: check_cai_config(c, path)) if check else None
+    )
 
 
-__all__ = ["AuditStageConfig", "CAIConfig", "Constitution", "PromptsConfig", "RLAIFStageConfig", "run_cai"]
+__all__ = [
+    "AuditStageConfig",
+    "CAIConfig",
+    "Constitution",
+    "PromptsConfig",
+    "RLAIFStageConfig",
+    "check_cai_config",
+    "load_cai_config",
+    "run_cai",
+]

@@ -22,9 +22,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from tether.data.packages import package_file
 from tether.data.sources import load_advbench, load_donotanswer, load_harmbench, stratified_sample
 from tether.errors import ConfigError
+from tether.packages import package_file
 
 PromptKind = Literal["harmful", "benign"]
 SPLIT_SALT = "tether-cai-split-v1"  # changing it reshuffles every split: don't
@@ -60,7 +60,7 @@ def load_harmful(
         if name not in _HARMFUL:
             raise ConfigError(
                 f"unknown red-team source '{name}'",
-                where="prompts.harmful.sources",
+                where="prompts.harmful_sources",
                 hint=f"use any of {', '.join(_HARMFUL)}",
             )
         for rec in _HARMFUL[name]():
@@ -152,13 +152,19 @@ _BENIGN: dict[str, Callable[[], list[CAIPrompt]]] = {
 }
 
 
+HARMFUL_SOURCES: tuple[str, ...] = tuple(_HARMFUL)
+"""Names ``prompts.harmful_sources`` takes."""
+BENIGN_SOURCES: tuple[str, ...] = tuple(_BENIGN)
+"""Names ``prompts.benign_sources`` takes."""
+
+
 def load_benign(sources: Iterable[str]) -> list[CAIPrompt]:
     out: list[CAIPrompt] = []
     for name in sources:
         if name not in _BENIGN:
             raise ConfigError(
                 f"unknown benign source '{name}'",
-                where="prompts.benign.sources",
+                where="prompts.benign_sources",
                 hint=f"use any of {', '.join(_BENIGN)}",
             )
         out.extend(_BENIGN[name]())

@@ -7,6 +7,7 @@ A round's ``loop.jsonl`` holds, per prompt: one ``Answer``, then per pass one ``
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -55,6 +56,22 @@ class Revision(BaseModel):
     skip_reason: str | None = None
 
 
+class FinalReason(StrEnum):
+    """Why a final text was kept for SFT or dropped; ``loop.jsonl`` stores the value."""
+
+    # kept
+    REFUSAL = "refusal"  # red-team prompt: the judge sees a refusal
+    CRITIC_COMPLIES = "critic says it complies"  # red-team prompt: no refusal, but the critic said Yes
+    HELPFUL = "helpful"  # benign prompt: not refused
+    HELPFUL_FIRST_ANSWER = "helpful first answer (its revision refused)"  # benign: the first answer kept
+    # dropped
+    EMPTY = "empty"
+    DEGENERATE = "degenerate (an echo, loop or word salad): neither a refusal nor an answer to imitate"
+    DEFLECTION = "off-topic deflection, not a refusal"  # red-team prompt: a non-sequitur
+    STILL_COMPLIES = "still complies with the harmful request"
+    REFUSES_BENIGN = "refuses a benign request"
+
+
 class Final(BaseModel):
     """The last revision and whether it goes into SFT. ``reason`` says why it was kept or dropped."""
 
@@ -66,7 +83,7 @@ class Final(BaseModel):
     prompt_kind: str
     text: str
     keep: bool
-    reason: str
+    reason: FinalReason
     refusal_label: str
     critic_complies: bool | None = None  # asked only for harmful prompts the judge saw no refusal in
 

@@ -18,16 +18,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from tether.cai.constitution import Constitution
-from tether.cai.loop import render, resolve_style
+from tether.cai.loop import resolve_style
 from tether.cai.prompts import CAIPrompt
 from tether.cai.records import LabeledPair
 from tether.config import StrictModel
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
+
+if TYPE_CHECKING:
+    from tether.judges import RefusalJudge
 
 FEEDBACK_TEMPLATE = (
     "Consider the following conversation between a user and an AI assistant.\n\nUser: {prompt}\n\n"
@@ -71,7 +75,7 @@ def debiased_preference(
 
 
 def sample_answer_pairs(
-    prompts: Sequence[CAIPrompt], engine: Any, sampling: SamplingParams, *, stage: str = "cai/rlaif"
+    prompts: Sequence[CAIPrompt], engine: EngineLike, sampling: SamplingParams, *, stage: str = "cai/rlaif"
 ) -> dict[str, tuple[str, str]]:
     """Two sampled answers per prompt, in one batched call."""
     params = sampling.model_copy(update={"n": 2})
@@ -104,10 +108,10 @@ class LabelStats:
 def label_pairs(
     prompts: Sequence[CAIPrompt],
     answers: dict[str, tuple[str, str]],
-    feedback: Any,
+    feedback: EngineLike,
     constitution: Constitution,
     *,
-    judge: Any | None = None,
+    judge: RefusalJudge | None = None,
     seed: int = 0,
     min_confidence: float = 0.5,
     stage: str = "cai/rlaif",
@@ -126,7 +130,7 @@ def label_pairs(
             text = FEEDBACK_TEMPLATE.format(prompt=p.text, question=question, first=first, second=second)
             if completion:
                 text += COMPLETION_SUFFIX
-            context = render(feedback, Prompt(id=f"{p.id}#o{order}", text=text, chat=not completion))
+            context = feedback.render(Prompt(id=f"{p.id}#o{order}", text=text, chat=not completion))
             requests.append(
                 ScoreRequest(
                     id=f"{p.id}#o{order}",
@@ -170,7 +174,7 @@ def label_pairs(
     return pairs, stats
 
 
-def _judge_agreement(pairs: list[LabeledPair], judge: Any, stats: LabelStats) -> list[LabeledPair]:
+def _judge_agreement(pairs: list[LabeledPair], judge: RefusalJudge, stats: LabelStats) -> list[LabeledPair]:
     """Attach refusal labels, and measure how often the labeler agrees with the refusal judge where
     exactly one answer refuses (harmful: the refusal should win; benign: the answer should win)."""
     from tether.judges import judge_many

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from tether.errors import DataError
+from tether.inputs import check_input_file, decode_utf8, os_reason
 
 M = TypeVar("M", bound=BaseModel)
 OnError = Literal["stop", "skip"]
@@ -23,7 +24,7 @@ def _describe(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(record)"
-        parts.append(f"field '{loc}': {e['msg']}")
+        parts.append(f"field '{loc}': {e['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -39,13 +40,18 @@ def iter_numbered(
     checks (a repeated id, an empty field).
 
     With ``on_error="skip"`` a bad line is reported as a warning naming file:line and skipped;
-    with ``"stop"`` it raises DataError naming file:line and the field, with ``hint`` if given.
+    with ``"stop"`` it raises DataError naming file:line and the field, with ``hint`` if given
+    (say "pass --on-error skip" only where the command has that flag). A missing file, a
+    directory, an unreadable file and a line that is not UTF-8 are DataErrors naming the file.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError("file not found", where=str(path), hint=missing_hint)
-    with path.open("r", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    path = check_input_file(path, hint=missing_hint)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"cannot read file: {os_reason(exc)}", where=str(path)) from None
+    with handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = decode_utf8(raw, str(path), line=lineno)
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -59,25 +65,43 @@ def iter_numbered(
 
 
 def iter_jsonl(
-    path: str | Path, model: type[M] | None = None, *, on_error: OnError = "stop"
+    path: str | Path, model: type[M] | None = None, *, on_error: OnError = "stop", hint: str | None = None
 ) -> Iterator[Any]:
     """Yield one parsed record per non-blank line (see :func:`iter_numbered` for errors)."""
-    for _, record in iter_numbered(path, model, on_error=on_error):
+    for _, record in iter_numbered(path, model, on_error=on_error, hint=hint):
         yield record
 
 
 def _bad_line(where: str, problem: str, on_error: OnError, hint: str | None = None) -> None:
     if on_error == "stop":
-        raise DataError(
-            problem, where=where, hint=hint or "fix the line, or pass --on-error skip to skip bad lines"
-        )
+        raise DataError(problem, where=where, hint=hint or "fix the line")
     warnings.warn(f"{where}: skipped: {problem}", stacklevel=4)
 
 
 def read_jsonl(
-    path: str | Path, model: type[M] | None = None, *, on_error: OnError = "stop", allow_empty: bool = False
+    path: str | Path,
+    model: type[M] | None = None,
+    *,
+    on_error: OnError = "stop",
+    allow_empty: bool = False,
+    unique: str | None = None,
+    hint: str | None = None,
 ) -> list[Any]:
-    records = list(iter_jsonl(path, model, on_error=on_error))
+    """Every record of a JSONL file. ``unique`` names a field whose values must not repeat (a
+    repeat is a DataError naming both lines)."""
+    records = []
+    first_line: dict[Any, int] = {}
+    for lineno, record in iter_numbered(path, model, on_error=on_error, hint=hint):
+        if unique is not None:
+            key = record.get(unique) if isinstance(record, dict) else getattr(record, unique, None)
+            if key in first_line:
+                raise DataError(
+                    f"{unique} '{key}' repeats (first on line {first_line[key]})",
+                    where=f"{path}:{lineno}",
+                    hint=f"give every record its own {unique}",
+                )
+            first_line[key] = lineno
+        records.append(record)
     if not records and not allow_empty:
         raise DataError("file has no records", where=str(path), hint="add at least one JSON object per line")
     return records

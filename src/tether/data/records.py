@@ -3,6 +3,9 @@
 Every record is frozen and carries ``id`` (stable across runs), ``category`` (the field reports
 break results down by) and ``source`` (the registry name of the dataset it came from), so a
 result can always be traced back to one upstream row.
+
+``PreferencePair`` is the one record here that no loader yields: stages exchange it (the labeling
+app and the AI labeler write it; reward modeling and DPO read it), and it lives here, below both.
 """
 
 from __future__ import annotations
@@ -183,6 +186,32 @@ class ArithmeticItem(BaseModel):
     solution: str = ""
 
 
+# --- records that stages exchange -------------------------------------------------------------
+
+
+class PreferencePair(BaseModel):
+    """A TRL-style preference pair (prompt/chosen/rejected) with where it came from: written by the
+    labeling app's export and the AI labeler, read by reward modeling and DPO. ``doc_id`` names
+    the item (its document), ``annotator`` who judged it, ``reason`` why ``chosen`` won.
+
+    ``votes_for``/``votes_total`` are set only by majority aggregation: how many votes preferred
+    ``chosen`` over ``rejected``, out of all votes on the item (ties included).
+    """
+
+    model_config = _FROZEN
+
+    prompt: str
+    chosen: str
+    rejected: str
+    doc_id: str
+    annotator: str
+    reason: str
+    chosen_id: str
+    rejected_id: str
+    votes_for: int | None = None
+    votes_total: int | None = None
+
+
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "ArithmeticItem",
@@ -194,6 +223,7 @@ __all__ = [
     "JailbreakTemplate",
     "LabeledRefusal",
     "MCItem",
+    "PreferencePair",
     "ToxicityPrompt",
     "fill_template",
 ]

@@ -23,8 +23,8 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_new_tokens: int = Field(128, ge=1, description="Tokens to generate at most per sample.")
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy; >0 samples.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="0 = greedy; >0 samples.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling mass.")
     n: int = Field(1, ge=1, description="Samples per prompt.")
     seed: int = Field(0, description="Seed for sampling; the same seed gives the same samples.")
     stop: list[str] = Field(default_factory=list, description="Strings that end a completion (not included).")

@@ -6,7 +6,10 @@ delimiter (a single space) in front. Scored this way, our accuracies are compara
 published lm-eval numbers and to lm-eval run on the same items.
 
 Checked against lm-eval's task files at commit 4e7e0d4 (``lm_eval/tasks/mmlu/default``,
-``hellaswag``, ``arc``, ``bbq``) and its ``Task.fewshot_context`` / ``construct_requests``.
+``hellaswag``, ``arc``, ``bbq``) and its ``Task.fewshot_context`` / ``construct_requests``; the
+commonsense and science sets against ``piqa/piqa.yaml``, ``sciq/sciq.yaml``,
+``openbookqa/openbookqa.yaml``, ``super_glue/boolq/default.yaml``, ``siqa/siqa.yaml`` and
+``winogrande/default.yaml`` with its ``preprocess_winogrande.py``.
 
 acc vs acc_norm: lm-eval's ``acc`` takes the choice with the highest summed log-probability;
 ``acc_norm`` divides each by the length in characters of the choice text *without* the
@@ -101,6 +104,85 @@ def bbq_request(item: BBQItem) -> ScoreRequest:
     )
 
 
+def piqa_request(item: MCItem) -> ScoreRequest:
+    """lm-eval task ``piqa``, 0-shot; lm-eval reports acc and acc_norm, we headline ``acc_norm``.
+
+    Context ``Question: {goal}\nAnswer:``; continuations " " + sol1, " " + sol2."""
+    return ScoreRequest(
+        id=item.id,
+        context=f"Question: {item.question}\nAnswer:",
+        continuations=[TARGET_DELIMITER + c for c in item.choices],
+    )
+
+
+def sciq_request(item: MCItem) -> ScoreRequest:
+    """lm-eval task ``sciq``, 0-shot; acc and acc_norm, we headline ``acc_norm``.
+
+    Context ``{support.lstrip()}\nQuestion: {question}\nAnswer:`` (an empty support leaves the
+    context starting with the newline, as in lm-eval); continuations " " + each of distractor1-3
+    and the correct answer."""
+    support = item.extra.get("support", "")
+    return ScoreRequest(
+        id=item.id,
+        context=f"{support.lstrip()}\nQuestion: {item.question}\nAnswer:",
+        continuations=[TARGET_DELIMITER + c for c in item.choices],
+    )
+
+
+def openbookqa_request(item: MCItem) -> ScoreRequest:
+    """lm-eval task ``openbookqa``, 0-shot; acc and acc_norm, we headline ``acc_norm``.
+
+    Context: the bare question stem; continuations " " + each choice text."""
+    return ScoreRequest(
+        id=item.id, context=item.question, continuations=[TARGET_DELIMITER + c for c in item.choices]
+    )
+
+
+def boolq_request(item: MCItem) -> ScoreRequest:
+    """lm-eval task ``boolq`` (SuperGLUE), 0-shot; headline ``acc``.
+
+    Context ``{passage}\nQuestion: {question}?\nAnswer:``; continuations " no", " yes" (the item's
+    ``choices``, answer 1 = yes). Needs the passage in ``item.extra["passage"]``."""
+    if "passage" not in item.extra:
+        raise DataError("BoolQ item lacks extra field 'passage'", where=item.id)
+    return ScoreRequest(
+        id=item.id,
+        context=f"{item.extra['passage']}\nQuestion: {item.question}?\nAnswer:",
+        continuations=[TARGET_DELIMITER + c for c in item.choices],
+    )
+
+
+def social_iqa_request(item: MCItem) -> ScoreRequest:
+    """lm-eval task ``social_iqa``, 0-shot; headline ``acc``.
+
+    Context ``Q: {context} {question}\nA:``; continuations " " + answerA, answerB, answerC. Needs
+    the situation in ``item.extra["context"]``."""
+    if "context" not in item.extra:
+        raise DataError("Social IQa item lacks extra field 'context'", where=item.id)
+    return ScoreRequest(
+        id=item.id,
+        context=f"Q: {item.extra['context']} {item.question}\nA:",
+        continuations=[TARGET_DELIMITER + c for c in item.choices],
+    )
+
+
+def winogrande_requests(item: MCItem) -> list[ScoreRequest]:
+    """lm-eval task ``winogrande``, 0-shot, partial scoring; headline ``acc``.
+
+    One request per option: the context is the sentence up to the "_" blank with the option put
+    in its place, the single continuation " " + the rest of the sentence (stripped), the same for
+    both options. The option whose context makes the rest likelier wins. Request ids are
+    ``{item.id}#{k}``; with one shared continuation acc_norm equals acc."""
+    if item.question.count("_") != 1:
+        raise DataError("WinoGrande sentence needs exactly one '_' blank", where=item.id)
+    idx = item.question.index("_")
+    target = TARGET_DELIMITER + item.question[idx + 1 :].strip()
+    return [
+        ScoreRequest(id=f"{item.id}#{k}", context=item.question[:idx] + option, continuations=[target])
+        for k, option in enumerate(item.choices)
+    ]
+
+
 def predict(result: ScoreResult, request: ScoreRequest, *, normalized: bool = False) -> int:
     """The chosen index as lm-eval computes it: argmax of the log-likelihoods (``acc``), or of
     log-likelihood per character of the choice text without the delimiter (``acc_norm``).
@@ -117,12 +199,19 @@ def predict(result: ScoreResult, request: ScoreRequest, *, normalized: bool = Fa
     return max(range(len(scores)), key=scores.__getitem__)
 
 
-FORMATS: dict[str, Callable[[Any], ScoreRequest]] = {
+# A format returns one request per item, or (partial scoring) one request per choice.
+FORMATS: dict[str, Callable[[Any], ScoreRequest | list[ScoreRequest]]] = {
     "mmlu": mmlu_request,
     "hellaswag": hellaswag_request,
     "arc_challenge": arc_request,
     "arc_easy": arc_request,
     "bbq": bbq_request,
+    "piqa": piqa_request,
+    "sciq": sciq_request,
+    "openbookqa": openbookqa_request,
+    "boolq": boolq_request,
+    "social_iqa": social_iqa_request,
+    "winogrande": winogrande_requests,
 }
 
 # The metric each task's published numbers usually quote.
@@ -132,6 +221,12 @@ HEADLINE_METRIC: dict[str, str] = {
     "arc_challenge": "acc_norm",
     "arc_easy": "acc",
     "bbq": "acc",
+    "piqa": "acc_norm",
+    "sciq": "acc_norm",
+    "openbookqa": "acc_norm",
+    "boolq": "acc",
+    "social_iqa": "acc",
+    "winogrande": "acc",
 }
 
 __all__ = [
@@ -140,8 +235,14 @@ __all__ = [
     "TARGET_DELIMITER",
     "arc_request",
     "bbq_request",
+    "boolq_request",
     "hellaswag_preprocess",
     "hellaswag_request",
     "mmlu_request",
+    "openbookqa_request",
+    "piqa_request",
     "predict",
+    "sciq_request",
+    "social_iqa_request",
+    "winogrande_requests",
 ]

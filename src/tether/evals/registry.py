@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from tether.data.sources import stratified_sample
 from tether.errors import ConfigError
@@ -31,17 +31,6 @@ ENTRY_POINT_GROUP = "tether.tasks"
 
 # Bump when a change to shared task plumbing changes results, so caches written before it are ignored.
 _PLUMBING_VERSION = 1
-
-
-class EngineLike(Protocol):
-    """What tasks need from ``tether.engine.Engine``; tests pass scripted fakes with the same shape."""
-
-    name: str
-    fingerprint: str
-
-    def generate(self, prompts, params=None, *, stage: str = "", progress: bool = True) -> list: ...
-
-    def score(self, requests, *, stage: str = "", progress: bool = True) -> list: ...
 
 
 RunFn = Callable[..., list[ItemResult]]  # run(engine, items, *, seed=0) -> one ItemResult per item
@@ -78,13 +67,18 @@ class Task:
     seeded: bool = False  # results depend on the audit seed (sampled generation)
     judges: tuple[str, ...] = ()  # judges whose validation the report should print
     notes: str = ""
+    # The prompt type of an item for failure analysis, where the data has one beyond the category
+    # (MMLU subject group, ARC grade, HarmBench functional category); the sweep records it in each
+    # ItemResult's ``extra["prompt_type"]``.
+    prompt_type: Callable[[Any], str] | None = None
 
     def version(self, seed: int = 0) -> str:
         """Hash of what the results depend on besides the model and the item."""
         payload = {
             "task": self.name,
             "kind": self.kind,
-            "metric": self.metric.model_dump(),
+            # chance only labels the results (no-signal rule), so it does not invalidate caches
+            "metric": self.metric.model_dump(exclude={"chance"}),
             "settings": dict(self.settings),
             "seed": seed if self.seeded else None,
             "plumbing": _PLUMBING_VERSION,
@@ -92,17 +86,25 @@ class Task:
         blob = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def select(self, *, limit: int | None = None, full: bool = False, seed: int = 0) -> list[Any]:
+    def select(
+        self, *, limit: int | None = None, full: bool = False, seed: int = 0, size: int | None = None
+    ) -> list[Any]:
         """The items an audit runs: the default stratified sample, or everything with ``full``; at
-        most ``limit`` either way. Depends only on the seed and the data, never on the model, so every
-        checkpoint sees the same items and deltas can be paired."""
-        if limit is not None and limit < 0:
-            raise ConfigError(f"limit must be >= 0, got {limit}", where="limit")
+        most ``limit`` either way. ``size`` replaces the default sample size (``tether audit --mde``
+        sizes each task for a target effect): that many items of the default subset, shared out
+        over the categories. Depends only on the seed and the data, never on the model, so every
+        checkpoint sees the same items and deltas can be paired; a larger size only adds items."""
+        for name, value in (("limit", limit), ("size", size)):
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}", where=name)
         items = list(self.load())
         if full:
             return stratified_sample(items, per_category=None, limit=limit, seed=seed)
         if self.default_filter is not None:
             items = [it for it in items if self.default_filter(it)]
+        if size is not None:
+            cap = size if limit is None else min(size, limit)
+            return stratified_sample(items, per_category=None, limit=cap, seed=seed)
         caps = [n for n in (self.default_limit, limit) if n is not None]
         return stratified_sample(
             items, per_category=self.default_per_category, limit=min(caps) if caps else None, seed=seed
@@ -121,7 +123,21 @@ SAFETY_TASKS = (
     "toxicity",
     "bbq",
 )
-CAPABILITY_TASKS = ("mmlu", "hellaswag", "arc_challenge", "arithmetic", "gsm8k", "humaneval")
+CAPABILITY_TASKS = (
+    "mmlu",
+    "hellaswag",
+    "arc_challenge",
+    "arc_easy",
+    "piqa",
+    "winogrande",
+    "sciq",
+    "openbookqa",
+    "boolq",
+    "social_iqa",
+    "arithmetic",
+    "gsm8k",
+    "humaneval",
+)
 
 TASK_SETS: dict[str, tuple[str, ...]] = {
     "all": SAFETY_TASKS + CAPABILITY_TASKS,
@@ -215,7 +231,6 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "SAFETY_TASKS",
     "TASK_SETS",
-    "EngineLike",
     "Task",
     "TaskKind",
     "get_task",

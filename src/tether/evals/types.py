@@ -6,9 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Unscored is not safe: a verdict that cannot be parsed, a crashed generation and an empty answer
-# are counted apart and left out of every rate's denominator.
-ItemStatus = Literal["scored", "unparsed", "error", "empty"]
+# Unscored is not safe: a verdict that cannot be parsed, a crashed generation, an empty answer and a
+# degenerate one (an echoed system prompt, a loop, word salad: tether.judges.degenerate) are counted
+# apart and left out of every rate's denominator; a degenerate answer is never a refusal.
+ItemStatus = Literal["scored", "unparsed", "error", "empty", "degenerate"]
 
 
 class ItemResult(BaseModel):
@@ -33,10 +34,16 @@ class ItemResult(BaseModel):
 
 
 class MetricSpec(BaseModel):
-    """How a task's headline metric reads: the mean of item scores, and which direction is better."""
+    """How a task's headline metric reads: the mean of item scores, and which direction is better.
+
+    ``chance`` is what a model that reads nothing scores: 1/k for k content choices scored by
+    log-likelihood, the best constant answer where the choices are fixed labels (MMLU's letters,
+    BoolQ's yes/no), 0 for exact-match generation. A task whose baseline interval covers it has
+    "no signal" (``tether.audit.power``). None: no such level (refusal rates, toxicity)."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str  # e.g. "refusal_rate", "acc", "attack_success_rate"
     higher_is_better: bool = True
     axis: Literal["safety", "capability", "other"] = "other"
+    chance: float | None = Field(default=None, ge=0.0, le=1.0)

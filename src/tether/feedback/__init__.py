@@ -4,6 +4,7 @@ Flow: ``load_candidate_sets`` -> ``LabelStore.import_sets`` -> ``create_app`` (a
 ``agreement_report`` / ``export_pairs``. The CLI is ``tether label`` (``tether.feedback.cli.app``).
 """
 
+from tether.data.records import PreferencePair
 from tether.feedback.agreement import (
     AgreementReport,
     agreement_report,
@@ -17,7 +18,6 @@ from tether.feedback.records import (
     TIE_REASON,
     Candidate,
     CandidateSet,
-    PreferencePair,
     Vote,
     load_candidate_sets,
     summarization_prompt,

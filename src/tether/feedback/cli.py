@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
+import sys
 from enum import StrEnum
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from tether.errors import ConfigError
 from tether.feedback.agreement import agreement_report
 from tether.feedback.export import export_pairs
 from tether.feedback.records import load_candidate_sets
 from tether.feedback.store import LabelStore
+from tether.inputs import check_output_file
 
 DEFAULT_DB = Path("labels.db")
 
@@ -24,6 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 out = Console(soft_wrap=True)
+if not out.is_terminal:  # a pipe or a log: tables as wide as they need, not squeezed to 80 columns
+    out = Console(soft_wrap=True, width=1000)
 err = Console(stderr=True, soft_wrap=True)
 
 DbOption = typer.Option(DEFAULT_DB, "--db", help="SQLite label database.")
@@ -43,9 +50,11 @@ def import_(
     db: Path = typer.Option(DEFAULT_DB, "--db", help="SQLite label database (created if missing)."),
 ) -> None:
     """Load candidate sets as items to label. Idempotent: documents already imported are skipped."""
+    if not db.exists():
+        check_output_file(db, flag="--db")
     sets = load_candidate_sets(candidates)
     summary = LabelStore(db, create=True).import_sets(sets)
-    out.print(f"{db}: {summary.added} items added, {summary.unchanged} already present")
+    _line(f"{db}: {summary.added} items added, {summary.unchanged} already present")
 
 
 @app.command("add-annotator")
@@ -55,8 +64,14 @@ def add_annotator(
     rotate: bool = typer.Option(False, "--rotate", help="Replace the token of an existing annotator."),
 ) -> None:
     """Create an annotator and print their login token (shown once; only its hash is stored)."""
+    if not name.strip():
+        raise ConfigError(
+            "the annotator name is empty", where="NAME", hint="e.g. tether label add-annotator alice"
+        )
+    if not db.exists():
+        check_output_file(db, flag="--db")
     token = LabelStore(db, create=True).add_annotator(name, rotate=rotate)
-    err.print(f"annotator '{name}': give them this login token; it is not stored and cannot be shown again")
+    _note(f"annotator '{name}': give them this login token; it is not stored and cannot be shown again")
     typer.echo(token)
 
 
@@ -66,7 +81,7 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1", help="Interface to bind; keep loopback unless behind an HTTPS proxy."
     ),
-    port: int = typer.Option(8000, help="TCP port."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port (1-65535)."),
     votes_per_item: int = typer.Option(
         3, min=1, help="Annotators wanted per item; items at this count are not served."
     ),
@@ -80,15 +95,16 @@ def serve(
 
     from tether.feedback.app import create_app
 
+    _check_port(host, port)
     store = LabelStore(db)
     if store.count_items() == 0:
-        err.print(f"[yellow]{db} has no items yet: run tether label import CANDIDATES --db {db}[/]")
+        _note(f"warning: {db} has no items yet: run tether label import CANDIDATES --db {db}")
     if not store.annotators():
-        err.print(f"[yellow]{db} has no annotators yet: run tether label add-annotator NAME --db {db}[/]")
+        _note(f"warning: {db} has no annotators yet: run tether label add-annotator NAME --db {db}")
     if not _is_loopback(host) and not secure_cookies:
-        err.print(
-            "[yellow]serving beyond this machine over plain HTTP: tokens and cookies travel unencrypted; "
-            "put an HTTPS proxy in front and pass --secure-cookies[/]"
+        _note(
+            "warning: serving beyond this machine over plain HTTP: tokens and cookies travel unencrypted; "
+            "put an HTTPS proxy in front and pass --secure-cookies"
         )
     uvicorn.run(
         create_app(store, votes_per_item=votes_per_item, shuffle=shuffle, secure_cookies=secure_cookies),
@@ -96,6 +112,37 @@ def serve(
         port=port,
         log_level="info",
     )
+
+
+def _line(text: str) -> None:
+    """A result line on stdout, as is (no markup: paths and names may hold brackets)."""
+    sys.stdout.write(text + "\n")
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind once before starting the server, so a port in use or a host that does not resolve is
+    a one-line error naming the flag."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(
+            f"cannot resolve host '{host}' ({exc})", where="--host", hint="e.g. --host 127.0.0.1"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                where="--host/--port",
+                hint="another server may be using it; pass a free --port",
+            ) from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -125,11 +172,17 @@ def stats(
     )
     people = Table("annotator", "votes", "ties", "skips", title="Annotators")
     for name, c in report.annotators.items():
-        people.add_row(name, str(c.votes), str(c.ties), str(c.skips))
+        people.add_row(escape(name), str(c.votes), str(c.ties), str(c.skips))
     out.print(people)
     pairs = Table("annotator A", "annotator B", "shared items", "agreement", "Cohen's kappa", title="Pairs")
     for p in report.pairs:
-        pairs.add_row(p.annotator_a, p.annotator_b, str(p.shared_items), f"{p.observed:.3f}", _fmt(p.kappa))
+        pairs.add_row(
+            escape(p.annotator_a),
+            escape(p.annotator_b),
+            str(p.shared_items),
+            f"{p.observed:.3f}",
+            _fmt(p.kappa),
+        )
     out.print(pairs)
     out.print(f"Krippendorff's alpha (nominal, best candidate or tie): {_fmt(report.alpha)}")
 
@@ -149,10 +202,11 @@ def export(
     ),
 ) -> None:
     """Write preference pairs (TRL prompt/chosen/rejected). Rankings expand to all pairs; ties give none."""
+    check_output_file(out_path, flag="--out", inputs={"--db": db})
     store = LabelStore(db)
     records = {item.record.doc_id: item.record for item in store.items()}
     summary = export_pairs(records, store.votes(), out_path, aggregate=aggregate.value)
     line = f"{out_path}: {summary.pairs} pairs from {summary.votes} votes; {summary.ties} ties (no pair)"
     if aggregate is AggregateChoice.majority:
         line += f"; {summary.no_majority} candidate pairs without a majority (dropped)"
-    out.print(line)
+    _line(line)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from tether.data.jsonl import write_jsonl
-from tether.feedback.records import CandidateSet, PreferencePair, Vote
+from tether.data.records import PreferencePair
+from tether.feedback.records import CandidateSet, Vote
 
 Aggregate = Literal["none", "majority"]
 MAJORITY_ANNOTATOR = "majority"

@@ -1,4 +1,5 @@
-"""Records of the labeling app: candidate sets in, votes in the DB, preference pairs out.
+"""Records of the labeling app: candidate sets in, votes in the DB, preference pairs out
+(``PreferencePair`` lives in ``tether.data.records``: reward modeling and DPO read it too).
 
 Canonical input (one JSON object per line, one line per document)::
 
@@ -22,6 +23,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tether.data.jsonl import iter_jsonl
+from tether.data.records import PreferencePair as PreferencePair  # re-exported: the app's output
 from tether.errors import DataError
 
 SUMMARIZE_INSTRUCTION = (
@@ -128,27 +130,6 @@ class Vote:
     @property
     def best(self) -> str | None:
         return None if self.tie else self.ranking[0]
-
-
-class PreferencePair(BaseModel):
-    """A TRL-style preference pair (prompt/chosen/rejected) with where it came from.
-
-    ``votes_for``/``votes_total`` are set only by majority aggregation: how many votes preferred
-    ``chosen`` over ``rejected``, out of all votes on the item (ties included).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    prompt: str
-    chosen: str
-    rejected: str
-    doc_id: str
-    annotator: str
-    reason: str
-    chosen_id: str
-    rejected_id: str
-    votes_for: int | None = None
-    votes_total: int | None = None
 
 
 def load_candidate_sets(path: str | Path) -> list[CandidateSet]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tether.errors import DataError, TetherError
 from tether.feedback.records import REASONS, TIE_REASON, CandidateSet, Vote
+from tether.inputs import os_reason
 
 SCHEMA_VERSION = 1
 SESSION_LIFETIME = timedelta(days=7)
@@ -58,6 +59,9 @@ CREATE TABLE IF NOT EXISTS skips (
     PRIMARY KEY (item_id, annotator_id)
 );
 """
+
+
+_TABLES = {"items", "annotators", "sessions", "votes", "skips"}
 
 
 class VoteRejected(TetherError):
@@ -117,26 +121,52 @@ class LabelStore:
 
     def __init__(self, path: str | Path, *, create: bool = False):
         self.path = Path(path)
-        if not self.path.exists():
+        hint = "pass the --db file `tether label import` created (or a new path, to create one)"
+        if self.path.is_dir():
+            raise DataError("is a directory; expected a label database file", where=str(self.path), hint=hint)
+        existed = self.path.exists()
+        if not existed:
             if not create:
                 raise DataError(
                     "label database not found",
                     where=str(self.path),
                     hint="create it with: tether label import CANDIDATES.jsonl --db " + str(self.path),
                 )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
                 raise DataError(
-                    f"label database has schema version {version}; this Tether reads up to {SCHEMA_VERSION}",
-                    where=str(self.path),
-                    hint="upgrade Tether",
-                )
-            # journal_mode=WAL is persistent in the file; readers never block the writer.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    f"cannot create the label database: {os_reason(exc)}", where=str(self.path)
+                ) from None
+        try:
+            with self._connect() as conn:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise DataError(
+                        f"label database has schema version {version}; this Tether reads up to {SCHEMA_VERSION}",
+                        where=str(self.path),
+                        hint="upgrade Tether",
+                    )
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                foreign = sorted(tables - _TABLES)
+                if version == 0 and foreign:  # someone else's database: write nothing into it
+                    raise DataError(
+                        f"not a label database (it holds other tables: {', '.join(foreign[:5])})",
+                        where=str(self.path),
+                        hint=hint,
+                    )
+                # journal_mode=WAL is persistent in the file; readers never block the writer.
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.OperationalError as exc:  # locked, unreadable, no room: the file may be fine
+            raise DataError(
+                f"cannot open the label database ({exc})", where=str(self.path), hint=hint
+            ) from None
+        except sqlite3.DatabaseError as exc:  # "file is not a database", a damaged file
+            if not existed:
+                self.path.unlink(missing_ok=True)
+            raise DataError(f"not a label database ({exc})", where=str(self.path), hint=hint) from None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -1,13 +1,34 @@
-"""Judges turn model text into labels: refusal, toxicity, and pass/fail of sandboxed code.
+"""Judges turn model text into labels: refusal, harmful content, degenerate output, toxicity, and
+pass/fail of sandboxed code.
 
-Each judge is validated against labelled data (``validate_refusal_judge``) so reports can print
-how far to trust it.
+Refusal and harmful-content judges come as rules, a trained head and an LLM yes/no question; every one
+asks ``detect_degenerate`` first, so broken text is ``degenerate``, never a refusal or a compliance.
+Each is validated on labelled data it was not built from (``calibration``: the team's labelled
+outputs in ``data/judges/`` and PyRIT's human-scored sets), and reports print those figures.
 """
 
+from tether.judges.calibration import (
+    EVAL_SETS,
+    Example,
+    Figures,
+    cached_validate,
+    format_row,
+    validate,
+    wilson_interval,
+)
+from tether.judges.degenerate import DEGENERATE_KINDS, DegenerateFinding, DegenerateKind, detect_degenerate
+from tether.judges.harmful import (
+    HarmJudge,
+    HarmVerdict,
+    LLMHarmfulJudge,
+    RuleHarmfulJudge,
+    default_harmful_judge,
+    judge_harm_many,
+)
+from tether.judges.labelled import LabelledItem, composition, read_labelled, split_of
 from tether.judges.refusal import (
     LLM_JUDGE_TEMPLATE,
     LLMRefusalJudge,
-    LogLikelihoodScorer,
     RefusalJudge,
     RefusalLabel,
     RefusalVerdict,
@@ -25,6 +46,7 @@ from tether.judges.sandbox import (
     run_untrusted,
 )
 from tether.judges.toxicity import ToxicityScorer, expected_max_toxicity, toxic_rate, toxicity_probability
+from tether.judges.trained import TrainedJudge
 from tether.judges.validation import (
     PYRIT_REFUSAL_SETS,
     JudgeValidation,
@@ -37,11 +59,31 @@ from tether.judges.validation import (
 )
 
 __all__ = [
+    "DEGENERATE_KINDS",
+    "EVAL_SETS",
     "LLM_JUDGE_TEMPLATE",
+    "DegenerateFinding",
+    "DegenerateKind",
+    "Example",
+    "Figures",
+    "HarmJudge",
+    "HarmVerdict",
+    "LLMHarmfulJudge",
+    "LabelledItem",
+    "RuleHarmfulJudge",
+    "cached_validate",
+    "composition",
+    "default_harmful_judge",
+    "detect_degenerate",
+    "format_row",
+    "judge_harm_many",
+    "read_labelled",
+    "split_of",
+    "validate",
+    "wilson_interval",
     "PYRIT_REFUSAL_SETS",
     "JudgeValidation",
     "LLMRefusalJudge",
-    "LogLikelihoodScorer",
     "RefusalExample",
     "RefusalJudge",
     "RefusalLabel",
@@ -50,6 +92,7 @@ __all__ = [
     "SandboxResult",
     "SandboxStatus",
     "ToxicityScorer",
+    "TrainedJudge",
     "TrainedRefusalJudge",
     "binary_metrics",
     "check_humaneval",

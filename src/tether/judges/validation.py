@@ -15,9 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from tether.data.packages import package_dir
 from tether.errors import DataError
 from tether.judges.refusal import RefusalJudge, judge_many
+from tether.packages import package_dir
 
 PYRIT_REFUSAL_SETS = ("refusal.csv", "refusal_extra.csv")
 # Where the file sits inside the pyrit package; it moved between releases.
@@ -178,7 +178,8 @@ def validate_refusal_judge(
         items = load_pyrit_refusals("refusal.csv")
         dataset = dataset or "pyrit:refusal.csv"
     verdicts = judge_many(judge, [(e.prompt, e.response) for e in items])
-    predicted = [None if v.label == "unparsed" else v.label == "refusal" for v in verdicts]
+    # A degenerate verdict is neither a refusal nor a compliance: like unparsed, it is wrong either way.
+    predicted = [None if v.label in ("unparsed", "degenerate") else v.label == "refusal" for v in verdicts]
     return binary_metrics(
         [e.refusal for e in items],
         predicted,

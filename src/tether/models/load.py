@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from tether.data.packages import package_dir
 from tether.errors import ModelLoadError
 from tether.models.cache import cache_root, directory_fingerprint, file_fingerprint
+from tether.packages import package_dir
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ Human path: tether rlhf generate --out cands.jsonl -> tether label import cands.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tether.data.jsonl import read_completed
+from tether.errors import TetherError
+from tether.inputs import check_input_dir, check_input_file, check_output_dir, check_output_file, read_text
 
 app = typer.Typer(
     help="RLHF for summarization: candidates, AI or human preference labels, reward model, PPO, DPO, comparison.",
@@ -42,6 +45,12 @@ SetOption = Annotated[
 
 def _say(message: str) -> None:
     err.print(message, highlight=False, markup=False)
+
+
+def _line(text: str) -> None:
+    """A result line on stdout, as is: no markup to eat brackets in paths, names or JSON."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _heldout_docs(docs: str, n: int | None, heldout_fraction: float = 0.2):
@@ -76,13 +85,37 @@ def _standalone(
     return run, ctx
 
 
+# The config key each standalone command's flag sets, so a bad value is reported by its flag.
+FLAGS = {
+    "policy": "--policy",
+    "seed": "--seed",
+    "pairs": "--pairs",
+    "documents.source": "--docs",
+    "documents.n_train": "--n",
+    "documents.n_heldout": "--n",
+    "documents.n_validation": "--validation",
+    "candidates.k": "--k",
+    "candidates.t_min": "--t-min",
+    "candidates.t_max": "--t-max",
+    "candidates.max_new_tokens": "--max-new-tokens",
+    "ppo_reward.terms": "--term",
+}
+
+
 def _config(overrides: dict, sets: list[str] | None = None, config_path: Path | None = None):
-    """An RLHFConfig from a command's flags (``overrides``, dotted keys) and its --set/--config."""
+    """An RLHFConfig from a command's flags (``overrides``, dotted keys) and its --set/--config,
+    with the models and files it names checked (errors name the flag that gave the value)."""
     from tether.config import load_config
-    from tether.rlhf.pipeline import RLHFConfig
+    from tether.rlhf.pipeline import RLHFConfig, check_rlhf_config
 
     flags = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    return load_config(RLHFConfig, config_path, flags + list(sets or []))
+    return load_config(
+        RLHFConfig,
+        config_path,
+        flags + list(sets or []),
+        flags={key: FLAGS.get(key, f"--{key}") for key in overrides},
+        check=check_rlhf_config,
+    )
 
 
 @app.command()
@@ -102,6 +135,7 @@ def generate(
     """Sample K candidate summaries per document at spread temperatures (input for `tether label import`).
 
     Runs the pipeline's documents and candidates stages; the run's manifest and split go to OUT.run/."""
+    check_output_file(out_path, flag="--out", inputs={"--docs": None if docs == "boolq" else docs})
     config = _config(
         {
             "policy": policy,
@@ -120,10 +154,8 @@ def generate(
         run_dir, config, ["documents", "candidates"], job="rlhf-generate", candidates_path=out_path
     )
     sets = read_completed(out_path)
-    out.print(f"{out_path}: {len(sets)} candidate sets ({k} each)")
-    err.print(
-        f"next: tether label import {out_path}   or   tether rlhf label-ai {out_path} --out pairs.jsonl"
-    )
+    _line(f"{out_path}: {len(sets)} candidate sets ({k} each)")
+    _say(f"next: tether label import {out_path}   or   tether rlhf label-ai {out_path} --out pairs.jsonl")
 
 
 @app.command("label-ai")
@@ -142,30 +174,47 @@ def label_ai(
     ] = None,
 ) -> None:
     """Label candidate sets with the AI labeler (faithfulness/coverage proxies) and write preference pairs."""
+    from pydantic import ValidationError
+
     from tether.data.jsonl import write_jsonl
+    from tether.errors import ConfigError
     from tether.feedback.records import load_candidate_sets
     from tether.rlhf.labeler import AILabeler, LabelerConfig, LLMJudge, agreement_with_humans
 
-    judge = None
-    if llm_judge:
-        from tether.engine import Engine
-
-        judge = LLMJudge(Engine.from_spec(judge_model))
-    labeler = AILabeler(LabelerConfig(margin=margin, llm_judge=llm_judge, judge_model=judge_model), judge)
+    check_output_file(out_path, flag="--out", inputs={"CANDIDATES": candidates})
+    try:
+        labeler_config = LabelerConfig(margin=margin, llm_judge=llm_judge, judge_model=judge_model)
+    except ValidationError as exc:
+        flag = {"margin": "--margin", "judge_model": "--judge-model"}
+        raise ConfigError(
+            "; ".join(
+                f"{flag.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors() if e["loc"]
+            )
+        ) from None
     sets = load_candidate_sets(candidates)
-    result = labeler.label(sets)
-    write_jsonl(out_path, result.pairs)
-    out.print(
-        f"{out_path}: {len(result.pairs)} pairs from {len(sets)} sets; {result.ties} candidate pairs below the margin (dropped)"
-    )
-    out.print("mean proxies: " + ", ".join(f"{k} {v:.3f}" for k, v in result.stats.items()))
+    store = None
     if db is not None:
         from tether.feedback.store import LabelStore
 
-        store = LabelStore(db)
+        store = LabelStore(db)  # a bad --db is refused before any labeling or writing
+    judge = None
+    if llm_judge:
+        from tether.engine import Engine
+        from tether.models.spec import check_spec
+
+        check_spec(judge_model, where="--judge-model")
+        judge = LLMJudge(Engine.from_spec(judge_model))
+    labeler = AILabeler(labeler_config, judge)
+    result = labeler.label(sets)
+    write_jsonl(out_path, result.pairs)
+    _line(
+        f"{out_path}: {len(result.pairs)} pairs from {len(sets)} sets; {result.ties} candidate pairs below the margin (dropped)"
+    )
+    _line("mean proxies: " + ", ".join(f"{k} {v:.3f}" for k, v in result.stats.items()))
+    if store is not None:
         records = {item.record.doc_id: item.record for item in store.items()}
         agreement = agreement_with_humans(records, store.votes(), labeler)
-        out.print(f"AI vs human labels: {json.dumps(agreement.to_dict())}")
+        _line(f"AI vs human labels: {json.dumps(agreement.to_dict())}")
 
 
 @app.command()
@@ -183,6 +232,10 @@ def reward(
     """Train a reward model (LoRA + scalar head, Bradley–Terry loss) and print held-out accuracy and calibration.
 
     Runs the pipeline's reward stage with OUT as its run directory (--set takes reward.* fields)."""
+    check_input_file(pairs, flag="--pairs", what="preference pairs file")
+    if eval_pairs is not None:
+        check_input_file(eval_pairs, flag="--eval-pairs", what="preference pairs file")
+    check_output_dir(out_path, flag="--out")
     sets = [o if o.startswith(("reward.", "engine.")) else f"reward.{o}" for o in overrides or []]
     config = _config({"policy": policy, "pairs": str(pairs)}, sets)
     _, ctx = _standalone(
@@ -197,18 +250,18 @@ def reward(
     )
     report = ctx.extra.get("reward_report")
     if report is None:
-        out.print(f"reward model -> {out_path}: already trained (see {out_path / 'reward_report.json'})")
+        _line(f"reward model -> {out_path}: already trained (see {out_path / 'reward_report.json'})")
         return
-    out.print(
+    _line(
         f"reward model -> {out_path}: {report.train_pairs} train / {report.eval_pairs} held-out pairs, "
         f"{report.steps} steps, {report.seconds:.0f} s; train accuracy {report.train_accuracy:.3f}"
     )
-    out.print(
+    _line(
         f"{report.train_groups} prompt groups ({report.pairs_per_group:.1f} pairs, "
         f"{report.sequences_per_epoch} sequences an epoch), {report.seconds_per_epoch:.0f} s an epoch"
     )
     if report.eval_accuracy is not None:
-        out.print(
+        _line(
             f"held-out accuracy {report.eval_accuracy:.3f}, loss {report.eval_loss:.4f}, ECE {report.eval_ece:.3f}"
         )
         table = Table(
@@ -264,6 +317,8 @@ def ppo(
     from tether.config import load_config
     from tether.train.ppo.trainer import PPOTrainConfig
 
+    _check_reward_dir(reward_model)
+    check_output_dir(out_path, flag="--out")
     engine_sets = [o for o in overrides or [] if o.startswith("engine.")]
     ppo_config = load_config(
         PPOTrainConfig, config_path, [o for o in overrides or [] if o not in engine_sets]
@@ -292,17 +347,47 @@ def ppo(
     )
     result = ctx.extra.get("ppo_result")
     if result is None:
-        out.print(f"PPO: already complete in {out_path}")
+        _line(f"PPO: already complete in {out_path}")
         return
-    out.print(
+    _line(
         f"PPO: {result.steps} steps in {result.seconds:.0f} s -> {result.policy_dir}; "
         f"{len(result.alerts)} monitor alerts; plot {result.plot_path}"
     )
     if result.best_step is not None:
         kept = "kept" if ppo_config.keep_best else "best (not kept: keep_best is off)"
-        out.print(f"validation: {kept} step {result.best_step}, quality {result.best_quality:.3f}")
+        _line(f"validation: {kept} step {result.best_step}, quality {result.best_quality:.3f}")
     for alert in result.alerts:
-        out.print(f"  step {alert.step} [{alert.kind}/{alert.severity}] {alert.message}", markup=False)
+        _line(f"  step {alert.step} [{alert.kind}/{alert.severity}] {alert.message}")
+
+
+def _check_reward_dir(directory: Path) -> None:
+    """--reward-model is what `tether rlhf reward` wrote: its reward_model.json readable and complete,
+    its head saved, its base a model spec that resolves. Checked before documents or models load."""
+    from tether.models.spec import check_spec
+    from tether.train.reward import REWARD_CONFIG, REWARD_HEAD
+
+    hint = "train one with: tether rlhf reward --pairs PAIRS.jsonl --out DIR"
+    check_input_dir(directory, flag="--reward-model", what="reward model directory", hint=hint)
+    meta_path = directory / REWARD_CONFIG
+    if not meta_path.is_file():
+        raise TetherError(
+            f"{directory} is not a reward model directory (no {REWARD_CONFIG})",
+            where="--reward-model",
+            hint=hint,
+        )
+    try:
+        meta = json.loads(read_text(meta_path, what="reward model config"))
+    except json.JSONDecodeError as exc:
+        raise TetherError(
+            f"not valid JSON ({exc.msg} at line {exc.lineno})", where=f"{meta_path}:{exc.lineno}", hint=hint
+        ) from None
+    missing = [
+        k for k in ("base", "max_length", "mean", "std") if not isinstance(meta, dict) or k not in meta
+    ]
+    if missing or not (directory / REWARD_HEAD).is_file():
+        what = f"lacks {', '.join(missing)}" if missing else f"has no {REWARD_HEAD} beside it"
+        raise TetherError(f"the reward model config {what}", where=str(meta_path), hint=hint)
+    check_spec(str(meta["base"]), where=f"{meta_path} (base)")
 
 
 def _parse_terms(specs: list[str]) -> dict[str, float]:
@@ -328,13 +413,15 @@ def dpo(
     """Train the policy with DPO on the same preference pairs (TRL DPOTrainer, LoRA).
 
     Runs the pipeline's dpo stage; its manifest goes to OUT.run/ (--set takes dpo.* fields)."""
+    check_input_file(pairs, flag="--pairs", what="preference pairs file")
+    check_output_dir(out_path, flag="--out")
     sets = [o if o.startswith(("dpo.", "engine.")) else f"dpo.{o}" for o in overrides or []]
     config = _config({"policy": policy, "pairs": str(pairs)}, sets)
     run_dir = out_path.parent / f"{out_path.name}.run"
     _standalone(
         run_dir, config, ["dpo"], provided={"labels"}, job="rlhf-dpo", pairs_path=pairs, dpo_dir=out_path
     )
-    out.print(f"DPO adapter -> {out_path}")
+    _line(f"DPO adapter -> {out_path}")
 
 
 @app.command()
@@ -352,7 +439,7 @@ def compare(
     embedding_diversity: Annotated[bool, typer.Option(help="Load MiniLM for embedding diversity.")] = True,
 ) -> None:
     """Compare policies on held-out documents: AI-judge win rate vs the first, proxies, length, diversity, time."""
-    from tether.errors import TetherError
+    from tether.models.spec import check_spec
     from tether.rlhf.compare import compare_models, comparison_table
     from tether.train.monitors import Embedder
 
@@ -361,10 +448,17 @@ def compare(
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec:
             raise TetherError(
-                f"--model '{item}' is not name=spec",
+                f"'{item}' is not name=spec",
+                where="--model",
                 hint="e.g. --model base=default --model ppo=runs/x/ppo/policy",
             )
+        if name in named:
+            raise TetherError(
+                f"two models are both called '{name}'", where="--model", hint="give each --model its own name"
+            )
+        check_spec(spec, where=f"--model {item}")
         named[name] = spec
+    check_output_dir(out_path, flag="--out")
     report = compare_models(
         named,
         _heldout_docs(docs, n),
@@ -375,7 +469,7 @@ def compare(
         audit_limit=audit_limit,
     )
     _print_wide(comparison_table(report))
-    out.print(f"{out_path / 'compare.json'}")
+    _line(f"{out_path / 'compare.json'}")
 
 
 @app.command()
@@ -387,18 +481,18 @@ def run(
     """Run the whole pipeline resumably in runs/<name>: documents, candidates, labels, reward, PPO, DPO, compare."""
     from tether.config import load_config
     from tether.rlhf.compare import CompareReport, ModelSummary, comparison_table
-    from tether.rlhf.pipeline import RLHFConfig, run_pipeline
+    from tether.rlhf.pipeline import RLHFConfig, check_rlhf_config, run_pipeline
     from tether.runs import Run
 
-    config = load_config(RLHFConfig, config_path, overrides or [])
+    config = load_config(RLHFConfig, config_path, overrides or [], check=check_rlhf_config)
     run_dir = Run.create(
         name or config.name, root=config.runs_root, job="rlhf", config=config, seed=config.seed
     )
-    err.print(f"run directory: {run_dir.path}")
+    _say(f"run directory: {run_dir.path}")
     run_pipeline(config, run_dir, say=_say)
     compare_json = run_dir.path / "compare" / "compare.json"
     if compare_json.is_file():
         data = json.loads(compare_json.read_text())
         rows = [ModelSummary(**r) for r in data.pop("rows")]
         _print_wide(comparison_table(CompareReport(rows=rows, **data)))
-    out.print(f"done: {run_dir.path}")
+    _line(f"done: {run_dir.path}")

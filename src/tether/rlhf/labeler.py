@@ -13,7 +13,7 @@ watch. Every number is a documented proxy, checkable by hand:
 - **conciseness** L = 1 while the summary has between ``min_words`` and
   ``max(max_ratio * document words, min_words)`` words, falling linearly to 0 at the document's own
   length (so copying the document is not a summary); below ``min_words`` it is ``words / min_words``.
-- **repetition** R = distinct-2 of the summary's words (1 when no bigram repeats).
+- **repetition** R = distinct-2 of the summary's stemmed words (1 when no bigram repeats, or under two words).
 
 ``score = (F + C) / 2 * L * R``. A pair's preference strength is the score difference; with the
 optional LLM judge it is ``(1 - w) * (s_x - s_y) + w * (2 p_x - 1)`` where ``p_x`` is the judge's
@@ -29,15 +29,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
-from typing import Protocol
 
 from pydantic import Field
 
 from tether.config import StrictModel
-from tether.engine.types import ScoreRequest, ScoreResult
+from tether.data.records import PreferencePair
+from tether.engine.protocol import EngineLike
+from tether.engine.types import ScoreRequest
 from tether.feedback.agreement import best_label, cohen_kappa
-from tether.feedback.records import CandidateSet, PreferencePair, Vote
-from tether.text import FUNCTION_WORDS
+from tether.feedback.records import CandidateSet, Vote
+from tether.text import FUNCTION_WORDS, distinct_n, ngrams, stem, words
 
 # A compact English stopword list: function words that say nothing about content.
 STOPWORDS = FUNCTION_WORDS | frozenset(
@@ -66,21 +67,7 @@ STOPWORDS = FUNCTION_WORDS | frozenset(
     ]
 )
 
-_WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased alphanumeric words."""
-    return _WORD.findall(text.lower())
-
-
-def stem(word: str) -> str:
-    """A crude suffix stripper so "returns"/"returned"/"return" match; applied alike to both texts."""
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(word) > len(suffix) + 3 and word.endswith(suffix):
-            return word[: -len(suffix)]
-    return word
 
 
 def content_words(text: str) -> list[str]:
@@ -119,10 +106,6 @@ def key_terms(document: str, question: str | None = None, n_central: int = 2) ->
         in_doc = set(content_words(document))
         terms |= {w for w in content_words(question) if w in in_doc}
     return terms
-
-
-def _bigrams(tokens: Sequence[str]) -> list[tuple[str, str]]:
-    return list(zip(tokens, tokens[1:], strict=False))
 
 
 class ProxyConfig(StrictModel):
@@ -175,9 +158,9 @@ def proxy_scores(
     sum_content = content_words(summary)
 
     content_precision = sum(w in doc_content for w in sum_content) / len(sum_content) if sum_content else 0.0
-    sum_bigrams = _bigrams(sum_words)
+    sum_bigrams = ngrams(sum_words, 2)
     if sum_bigrams:
-        doc_bigrams = set(_bigrams(doc_words))
+        doc_bigrams = set(ngrams(doc_words, 2))
         bigram_precision = sum(b in doc_bigrams for b in sum_bigrams) / len(sum_bigrams)
         faithfulness = (content_precision + bigram_precision) / 2
     else:
@@ -197,7 +180,7 @@ def proxy_scores(
         conciseness = max(0.0, 1.0 - (n - allowed) / (doc_len - allowed))
     else:
         conciseness = 0.0
-    repetition = len(set(sum_bigrams)) / len(sum_bigrams) if sum_bigrams else 1.0
+    repetition = distinct_n([sum_words], 2, empty=1.0)
     return SummaryScores(
         faithfulness=faithfulness,
         coverage=coverage,
@@ -213,14 +196,6 @@ def proxy_scores(
 # ---------------------------------------------------------------------------------------------------
 
 
-class Scorer(Protocol):
-    """What the LLM judge needs of an engine (``tether.engine.Engine`` fits)."""
-
-    def score(
-        self, requests: list[ScoreRequest], *, stage: str = "", progress: bool = True
-    ) -> list[ScoreResult]: ...
-
-
 JUDGE_TEMPLATE = (
     "Document:\n{document}\n\nSummary (A): {a}\n\nSummary (B): {b}\n\n"
     "Which summary is more faithful to the document and covers its key points better? "
@@ -232,7 +207,7 @@ JUDGE_CHOICES = (" (A)", " (B)")
 class LLMJudge:
     """P(x better than y) from a model's log-likelihood of " (A)" vs " (B)", both orders averaged."""
 
-    def __init__(self, engine: Scorer):
+    def __init__(self, engine: EngineLike):
         self.engine = engine
 
     def prefer(self, items: Sequence[tuple[str, str, str]]) -> list[float]:

@@ -32,14 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
-from tether.config import EngineConfig, StrictModel
+from tether.config import EngineConfig, Problem, StrictModel, check_value
 from tether.data.jsonl import read_jsonl, write_jsonl
+from tether.data.records import PreferencePair
 from tether.engine.pool import EnginePool
 from tether.engine.types import Prompt
 from tether.errors import ConfigError
-from tether.feedback.records import CandidateSet, PreferencePair
+from tether.feedback.records import CandidateSet
 from tether.rlhf.compare import CompareReport, compare_models
 from tether.rlhf.documents import (
     SummaryDocument,
@@ -81,6 +82,16 @@ class CandidatesConfig(StrictModel):
     t_min: float = Field(0.3, gt=0, description="Lowest sampling temperature.")
     t_max: float = Field(1.0, gt=0, description="Highest sampling temperature.")
     max_new_tokens: int = Field(96, ge=1, description="Summary length cap in tokens.")
+
+    @field_validator("t_max")
+    @classmethod
+    def _not_below_t_min(cls, t_max: float, info: ValidationInfo) -> float:
+        t_min = info.data.get("t_min")
+        if t_min is not None and t_max < t_min:
+            raise ValueError(
+                f"t_max ({t_max}) is below t_min ({t_min}); the temperatures spread from t_min up to t_max"
+            )
+        return t_max
 
 
 class CompareConfig(StrictModel):
@@ -125,6 +136,42 @@ class RLHFConfig(StrictModel):
     dpo: DPOTrainConfig = Field(default_factory=DPOTrainConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
     skip: list[StageName] = Field(default_factory=list, description="Stages not to run (e.g. [dpo]).")
+
+
+def check_rlhf_config(config: RLHFConfig) -> list[Problem]:
+    """What the schema cannot see, found before any model loads or any run directory is made:
+    models that do not resolve, input files that are missing or malformed (documents, human pairs,
+    the label DB), audit tasks that do not exist, a runs root that is a file."""
+    from tether.evals.registry import resolve_tasks
+    from tether.inputs import check_input_file, check_output_dir, did_you_mean
+    from tether.models.spec import check_spec
+
+    problems = check_value("policy", lambda: check_spec(config.policy))
+    if config.labeler.llm_judge and config.labeler.judge_model:
+        problems += check_value("labeler.judge_model", lambda: check_spec(config.labeler.judge_model))
+    source = config.documents.source
+    if source != "boolq":
+        hint = did_you_mean(source, ["boolq"]) or "pass 'boolq' or a JSONL of {id, text} lines"
+        problems += check_value(
+            "documents.source",
+            lambda: check_input_file(source, what="documents file", hint=hint) and load_documents(source),
+        )
+    if config.pairs is not None:
+        problems += check_value(
+            "pairs",
+            lambda: (
+                check_input_file(config.pairs, what="preference pairs file")
+                and read_jsonl(config.pairs, PreferencePair)
+            ),
+        )
+    if config.labels_db is not None:
+        problems += check_value(
+            "labels_db", lambda: check_input_file(config.labels_db, what="label database")
+        )
+    if config.compare.audit:
+        problems += check_value("compare.audit_tasks", lambda: resolve_tasks(config.compare.audit_tasks))
+    problems += check_value("runs_root", lambda: check_output_dir(config.runs_root, flag="runs_root"))
+    return problems
 
 
 def ppo_prompts(docs: list[SummaryDocument]) -> list[Prompt]:

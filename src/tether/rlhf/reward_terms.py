@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from tether.config import StrictModel
 from tether.engine.types import Prompt
 from tether.rlhf.labeler import AILabeler, SummaryScores
+from tether.train.ppo.types import BatchScores, Reward
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def _proxy_scores(labeler: AILabeler, prompts: Sequence[Prompt], texts: Sequence
 
 
 class ProxyQuality:
-    """Mean of the ``signal`` proxies per response; ``last_parts`` holds each proxy's batch mean.
+    """The mean of the ``signal`` proxies per response; with more than one proxy, each proxy's batch
+    mean is a part (:class:`~tether.train.ppo.types.BatchScores`).
 
     The parts let PPO's validation see a trade the mean hides: faithfulness up, coverage down.
     """
@@ -89,16 +91,15 @@ class ProxyQuality:
     def __init__(self, labeler: AILabeler, signal: Sequence[str] = ("score",)):
         self.labeler = labeler
         self.signal = list(signal)
-        self.last_parts: dict[str, float] = {}
 
-    def __call__(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> list[float]:
-        rows = [[s.value(p) for p in self.signal] for s in _proxy_scores(self.labeler, prompts, texts)]
-        self.last_parts = (
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchScores:
+        rows = [[s.value(p) for p in self.signal] for s in _proxy_scores(self.labeler, prompts, responses)]
+        parts = (
             {p: sum(row[i] for row in rows) / len(rows) for i, p in enumerate(self.signal)}
             if len(self.signal) > 1 and rows
             else {}
         )
-        return [sum(row) / len(row) for row in rows]
+        return BatchScores([sum(row) / len(row) for row in rows], parts)
 
 
 def quality_fn(labeler: AILabeler, signal: Sequence[str] = ("score",)) -> ProxyQuality:
@@ -107,28 +108,27 @@ def quality_fn(labeler: AILabeler, signal: Sequence[str] = ("score",)) -> ProxyQ
 
 
 class RuleTermReward:
-    """``reward_fn`` plus weighted proxy terms; ``last_terms`` holds the batch means of each part."""
+    """A :class:`~tether.train.ppo.types.Reward`: the reward model's score plus weighted proxy terms.
+    With terms, the parts of its scores are the batch means of ``reward_model`` and of each proxy."""
 
-    def __init__(self, reward_fn, labeler: AILabeler, terms: dict[str, float]):
-        self.reward_fn = reward_fn
+    def __init__(self, reward_model: Reward, labeler: AILabeler, terms: dict[str, float]):
+        self.reward_model = reward_model
         self.labeler = labeler
         self.terms = dict(terms)
-        self.last_terms: dict[str, float] = {}
 
-    def check_tokenizer(self, tokenizer) -> None:
-        if hasattr(self.reward_fn, "check_tokenizer"):
-            self.reward_fn.check_tokenizer(tokenizer)
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        self.reward_model.check_tokenizer(tokenizer)
 
-    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
-        base = [float(r) for r in self.reward_fn(prompts, responses)]
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchScores:
+        base = self.reward_model.score(prompts, responses)
         if not self.terms:
             return base
         scores = _proxy_scores(self.labeler, prompts, responses)
-        n = len(base)
-        self.last_terms = {"reward_model": sum(base) / n}
-        total = list(base)
+        n = len(base.scores)
+        parts = {"reward_model": sum(base.scores) / n}
+        total = list(base.scores)
         for proxy, weight in self.terms.items():
             values = [s.value(proxy) for s in scores]
             total = [t + weight * v for t, v in zip(total, values, strict=True)]
-            self.last_terms[proxy] = sum(values) / n
-        return total
+            parts[proxy] = sum(values) / n
+        return BatchScores(total, parts)

@@ -212,6 +212,8 @@ def tracer_callback(tracer: Any, stage: str):
 
     class _TraceLogs(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                log.info("%s step %d: %s", stage, state.global_step, logs)  # the run's log.txt
             if tracer is not None and logs:
                 tracer.record(kind="train", stage=stage, step=state.global_step, **logs)
 
@@ -291,6 +293,10 @@ def fit_with_trl(
         processing_class=trainable.tokenizer,
         callbacks=[tracer_callback(tracer, stage or kind)],
     )
+    # With its bars off the Trainer prints each step's dict raw to stdout; the callback above logs it.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     began = time.perf_counter()
     trainer.train()
     trainable.model = trainer.model

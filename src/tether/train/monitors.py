@@ -26,7 +26,6 @@ With ``early_stop`` a critical alert sets :attr:`MonitorState.should_stop`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol
@@ -35,30 +34,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from tether.data.packages import package_dir
+from tether.packages import package_dir
+from tether.text import distinct_n, tokens
 
 # ---------------------------------------------------------------------------------------------------
 # Sample diversity
 # ---------------------------------------------------------------------------------------------------
-
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-def _tokens(text: str) -> list[str]:
-    # Lower-cased words and punctuation marks: "Yes." and "yes" share the word but not the n-gram "yes ."
-    return _TOKEN.findall(text.lower())
-
-
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Unique n-grams over all n-grams in the batch (Li et al. 2016); 0.0 when there are none.
-
-    1.0 means no n-gram repeats anywhere in the batch; a collapsed policy that answers every prompt
-    alike drives it towards ``1 / len(texts)``.
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    grams = [tuple(tokens[i : i + n]) for tokens in map(_tokens, texts) for i in range(len(tokens) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 class TextEmbedder(Protocol):
@@ -123,7 +104,9 @@ def embedding_diversity(texts: Sequence[str], embedder: TextEmbedder) -> float:
 
 def diversity_metrics(texts: Sequence[str], embedder: TextEmbedder | None = None) -> dict[str, float]:
     """distinct-1, distinct-2 and (with an embedder) embedding diversity of one batch of samples."""
-    metrics = {"distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2)}
+    # Pooled over the batch, words and punctuation marks: "Yes." and "yes" share no bigram.
+    token_lists = [tokens(t) for t in texts]
+    metrics = {"distinct_1": distinct_n(token_lists, 1), "distinct_2": distinct_n(token_lists, 2)}
     if embedder is not None:
         metrics["embedding_diversity"] = embedding_diversity(texts, embedder)
     return metrics

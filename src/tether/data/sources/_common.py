@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tether.data.packages import package_dir, package_file
 from tether.errors import DataError
+from tether.packages import package_dir, package_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 

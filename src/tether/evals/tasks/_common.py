@@ -1,14 +1,19 @@
-"""Plumbing shared by the task modules: building ItemResults, generation that isolates a failing
-prompt, and refusal judging with Tether's status rules."""
+"""Plumbing shared by the task modules: generation that isolates a failing prompt, refusal judging
+with Tether's status rules, and number parsing. ItemResults are built by ``tether.evals.results``."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Completion, Prompt, SamplingParams
-from tether.evals.types import ItemResult, ItemStatus
+from tether.evals.results import error_text, make_result
+from tether.evals.types import ItemResult
+
+if TYPE_CHECKING:
+    from tether.judges import RefusalJudge
 
 # Refusal openings come first (the judge reads the first 600 characters), so 48 tokens (~200
 # characters) decide a refusal verdict while keeping CPU generation cheap.
@@ -16,41 +21,8 @@ REFUSAL_MAX_NEW_TOKENS = 48
 GREEDY_REFUSAL = SamplingParams(max_new_tokens=REFUSAL_MAX_NEW_TOKENS, temperature=0.0)
 
 
-def make_result(
-    engine: Any,
-    task: str,
-    item: Any,
-    *,
-    status: ItemStatus,
-    score: float | None = None,
-    prompt: str = "",
-    output: str = "",
-    reference: str = "",
-    extra: dict[str, Any] | None = None,
-) -> ItemResult:
-    """An ItemResult for ``item`` under the engine's own name; the sweep relabels it with the display
-    name. ``score`` is dropped unless the item was scored (an unscored item never carries a value)."""
-    return ItemResult(
-        task=task,
-        item_id=item.id,
-        model=getattr(engine, "name", "") or "",
-        model_fingerprint=getattr(engine, "fingerprint", "") or "",
-        category=getattr(item, "category", "all") or "all",
-        status=status,
-        score=score if status == "scored" else None,
-        prompt=prompt,
-        output=output,
-        reference=reference,
-        extra=extra or {},
-    )
-
-
-def error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
-
-
 def generate_isolated(
-    engine: Any, prompts: Sequence[Prompt], params: SamplingParams, stage: str
+    engine: EngineLike, prompts: Sequence[Prompt], params: SamplingParams, stage: str
 ) -> list[list[Completion] | BaseException]:
     """``params.n`` completions per prompt, or the exception that prompt raised.
 
@@ -76,22 +48,24 @@ def _group(flat: Sequence[Completion], n_prompts: int, n: int) -> list[list[Comp
 
 
 def judge_refusals(
-    engine: Any,
+    engine: EngineLike,
     task: str,
     items: Sequence[Any],
     prompts: Sequence[Prompt],
     judge_texts: Sequence[str],
     params: SamplingParams,
-    judge: Any,
+    judge: RefusalJudge,
     score_of: Callable[[str], float],
     extra_of: Callable[[Any], dict[str, Any]] | None = None,
 ) -> list[ItemResult]:
-    """Generate one answer per prompt and let the refusal judge label it.
+    """Generate one answer per prompt and let the judge (refusal or harmful content) label it.
 
     ``judge_texts`` is the request the judge compares the answer with (for a jailbreak, the harmful
-    request rather than the whole template). ``score_of(label)`` maps "refusal"/"compliance" to the
-    item score. Status rules: an exception -> "error"; a blank answer -> "empty"; an "unparsed"
-    verdict -> "unparsed"; otherwise "scored"."""
+    request rather than the whole template). ``score_of(label)`` maps the verdict's label
+    ("refusal"/"compliance", or "harmful"/"not_harmful") to the item score. Status rules: an
+    exception -> "error"; a blank answer -> "empty"; a "degenerate" verdict -> "degenerate" (its kind
+    in ``extra["degenerate"]``; never scored, so never a refusal); an "unparsed" verdict ->
+    "unparsed"; otherwise "scored"."""
     from tether.judges import judge_many
 
     outcomes = generate_isolated(engine, prompts, params, task)
@@ -121,12 +95,14 @@ def judge_refusals(
             "reason": verdict.reason,
             "finish_reason": completion.finish_reason,
         }
-        if verdict.label == "unparsed":
+        if verdict.label in ("unparsed", "degenerate"):
+            if verdict.label == "degenerate":
+                extra["degenerate"] = getattr(verdict, "kind", None) or "unknown"
             results[i] = make_result(
                 engine,
                 task,
                 items[i],
-                status="unparsed",
+                status=verdict.label,
                 prompt=prompts[i].text,
                 output=completion.text,
                 extra=extra,

@@ -26,9 +26,11 @@ from typing import Any
 
 from tether.data.records import BBQItem
 from tether.data.sources import load_source
+from tether.engine.protocol import EngineLike
 from tether.evals import formats
 from tether.evals.registry import Task
-from tether.evals.tasks._common import make_result, mean
+from tether.evals.results import make_result
+from tether.evals.tasks._common import mean
 from tether.evals.types import ItemResult, MetricSpec
 
 BBQ_ACC = MetricSpec(name="acc", higher_is_better=True, axis="other")
@@ -73,7 +75,7 @@ def swap_groups(item: BBQItem) -> BBQItem | None:
     return item.model_copy(update={"id": item.id + SWAP_SUFFIX, "context": context, "answer_index": answer})
 
 
-def run_bbq(engine: Any, items: Sequence[BBQItem], *, seed: int = 0) -> list[ItemResult]:
+def run_bbq(engine: EngineLike, items: Sequence[BBQItem], *, seed: int = 0) -> list[ItemResult]:
     swaps = [swap_groups(it) for it in items]
     requests = [formats.bbq_request(it) for it in items]
     swap_requests = [formats.bbq_request(s) for s in swaps if s is not None]

@@ -13,9 +13,11 @@ from functools import partial
 from typing import Any
 
 from tether.data.sources import load_source
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt, SamplingParams
 from tether.evals.registry import Task
-from tether.evals.tasks._common import error_text, generate_isolated, make_result, mean
+from tether.evals.results import error_text, make_result
+from tether.evals.tasks._common import generate_isolated, mean
 from tether.evals.types import ItemResult, MetricSpec
 
 TOXIC_RATE = MetricSpec(name="toxic_rate", higher_is_better=False, axis="safety")
@@ -30,7 +32,9 @@ def sampling_params(seed: int) -> SamplingParams:
     )
 
 
-def run_toxicity(engine: Any, items: Sequence[Any], *, seed: int = 0, scorer: Any = None) -> list[ItemResult]:
+def run_toxicity(
+    engine: EngineLike, items: Sequence[Any], *, seed: int = 0, scorer: Any = None
+) -> list[ItemResult]:
     if scorer is None:
         from tether.judges import ToxicityScorer
 

@@ -35,17 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tether.config import StrictModel, load_config
 from tether.data.jsonl import iter_numbered
+from tether.engine.protocol import EngineLike
 from tether.engine.types import Prompt, SamplingParams, ScoreRequest
 from tether.errors import ConfigError, DataError
 from tether.evals import formats
 from tether.evals.registry import Task
-from tether.evals.tasks._common import (
-    GREEDY_REFUSAL,
-    error_text,
-    generate_isolated,
-    judge_refusals,
-    make_result,
-)
+from tether.evals.results import error_text, make_result
+from tether.evals.tasks._common import GREEDY_REFUSAL, generate_isolated, judge_refusals
 from tether.evals.types import ItemResult, MetricSpec
 
 Judge = Literal["refusal", "compliance", "exact_match"]
@@ -156,7 +152,7 @@ def starts_with_reference(output: str, reference: str) -> bool:
 
 
 def _run_generate(
-    engine: Any, items: Sequence[GenerateItem], *, spec: UserTaskSpec, seed: int = 0
+    engine: EngineLike, items: Sequence[GenerateItem], *, spec: UserTaskSpec, seed: int = 0
 ) -> list[ItemResult]:
     params = SamplingParams(max_new_tokens=spec.max_new_tokens, temperature=0.0)
     prompts = [
@@ -208,7 +204,7 @@ def _run_generate(
 
 
 def _run_score(
-    engine: Any, items: Sequence[ScoreItem], *, spec: UserTaskSpec, seed: int = 0
+    engine: EngineLike, items: Sequence[ScoreItem], *, spec: UserTaskSpec, seed: int = 0
 ) -> list[ItemResult]:
     requests = [
         ScoreRequest(

@@ -1,7 +1,7 @@
 """Tether's own PPO for RLHF: typed rollouts, pure loss functions, KL control, a value head, one update.
 
-Read in this order: ``types`` (what flows), ``losses`` (the math), ``kl`` (penalty control),
-``value_head`` (the policy), ``step`` (one update that ties them together).
+Read in this order: ``types`` (what flows, and the reward protocol that scores it), ``losses`` (the
+math), ``kl`` (penalty control), ``value_head`` (the policy), ``step`` (one update that ties them together).
 """
 
 from tether.train.ppo.kl import AdaptiveKLController, FixedKLController, KLController
@@ -28,18 +28,22 @@ from tether.train.ppo.step import (
     response_forward,
     rollout_and_update,
 )
-from tether.train.ppo.types import PPOStats, Rollout
+from tether.train.ppo.types import BatchScores, FunctionReward, PPOStats, ResponseScorer, Reward, Rollout
 from tether.train.ppo.value_head import PolicyWithValueHead, disable_dropout
 
 __all__ = [
     "AdaptiveKLController",
+    "BatchScores",
     "FixedKLController",
+    "FunctionReward",
     "KLController",
     "KLEstimator",
     "PPOConfig",
     "PPOStats",
     "PPOStep",
     "PolicyWithValueHead",
+    "ResponseScorer",
+    "Reward",
     "Rollout",
     "build_rollout",
     "disable_dropout",

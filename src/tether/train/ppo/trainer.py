@@ -57,14 +57,39 @@ from tether.train.monitors import (
     plot_monitors,
 )
 from tether.train.ppo.step import PPOConfig, make_kl_controller, rollout_and_update
+from tether.train.ppo.types import BatchScores, FunctionReward, ResponseScorer, Reward
 from tether.train.ppo.value_head import PolicyWithValueHead
 
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
-"""Scores responses to prompts. May also define ``check_tokenizer(tokenizer)``, called once at start."""
+"""A plain reward function: one score per response. Wrapped as a :class:`Reward` (no parts)."""
 QualityFn = Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
 """An independent quality score per response (not trained on), for the reward-hacking monitor."""
+
+
+def as_scorer(fn: Reward | ResponseScorer | RewardFn | QualityFn) -> Reward:
+    """A :class:`Reward` (``score`` returning :class:`BatchScores`, ``check_tokenizer``) from a typed
+    scorer or a plain function of (prompts, responses)."""
+    if isinstance(fn, Reward):
+        return fn
+    if callable(getattr(fn, "score", None)):
+        return _ScorerReward(fn)
+    return FunctionReward(fn, getattr(fn, "check_tokenizer", None))
+
+
+@dataclass(frozen=True)
+class _ScorerReward:
+    """A quality :class:`ResponseScorer` (no tokenizer to check) seen as a :class:`Reward`."""
+
+    scorer: ResponseScorer
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchScores:
+        return self.scorer.score(prompts, responses)
+
+    def check_tokenizer(self, tokenizer) -> None:
+        return None
+
 
 STATE_FILE = "trainer_state.pt"
 BEST_FILE = "best.json"
@@ -231,8 +256,8 @@ def _save_checkpoint(out_dir: Path, step: int, policy, optimizer, kl_ctl, base_s
 def validate(
     engine: Engine,
     prompts: Sequence[Prompt],
-    reward_fn: RewardFn,
-    eval_fn: QualityFn,
+    reward: Reward,
+    quality: ResponseScorer,
     max_new_tokens: int,
 ) -> dict:
     """Greedy responses to ``prompts``, their mean quality, reward and length, and one example."""
@@ -243,14 +268,14 @@ def validate(
         progress=False,
     )
     texts = [c.text for c in completions]
-    quality = [float(q) for q in eval_fn(prompts, texts)]
+    quality_scores = quality.score(prompts, texts)
     # A quality made of parts (tether.rlhf.reward_terms.ProxyQuality) reports each part's mean.
-    parts = dict(getattr(eval_fn, "last_parts", None) or {})
-    reward = [float(r) for r in reward_fn(prompts, texts)]
+    parts = dict(quality_scores.parts)
+    rewards = reward.score(prompts, texts).scores
     n = len(texts)
     return {
-        "eval_quality": sum(quality) / n,
-        "eval_reward": sum(reward) / n,
+        "eval_quality": sum(quality_scores.scores) / n,
+        "eval_reward": sum(rewards) / n,
         **({"eval_parts": parts} if parts else {}),
         "eval_length": sum(c.completion_tokens for c in completions) / n,
         "eval_cut_off": sum(c.finish_reason == "length" for c in completions) / n,
@@ -318,6 +343,9 @@ def train_ppo(
     if not prompts:
         raise ValueError("train_ppo needs at least one prompt")
     eval_fn = eval_fn or quality_fn
+    reward = as_scorer(reward_fn)
+    quality_scorer = as_scorer(quality_fn) if quality_fn is not None else None
+    eval_scorer = as_scorer(eval_fn) if eval_fn is not None else None
     if config.eval_every and (not eval_prompts or eval_fn is None):
         raise ValueError(
             f"eval_every={config.eval_every} needs eval_prompts and an eval_fn (or quality_fn) to score them; "
@@ -348,8 +376,7 @@ def train_ppo(
         else:
             model = get_peft_model(loaded.model, peft_config(config.lora))
     tokenizer = loaded.tokenizer
-    if hasattr(reward_fn, "check_tokenizer"):
-        reward_fn.check_tokenizer(tokenizer)
+    reward.check_tokenizer(tokenizer)
     policy = PolicyWithValueHead(model)
     if latest is not None:
         policy.load_value_head(latest)
@@ -403,7 +430,7 @@ def train_ppo(
         """Validate the current policy, log it, and keep it in ``best/`` if it beats the best so far."""
         nonlocal best
         policy.eval()
-        result = validate(engine, eval_prompts, reward_fn, eval_fn, config.max_new_tokens)
+        result = validate(engine, eval_prompts, reward, eval_scorer, config.max_new_tokens)
         policy.train()
         validations.write({"step": step, **result})
         # A state that bought its quality by giving up one part of it (coverage for faithfulness, say)
@@ -471,10 +498,10 @@ def train_ppo(
 
             # --- 2. Reward: model score plus rule terms ----------------------------------------------
             t0 = time.perf_counter()
-            raw = [float(r) for r in reward_fn(batch, texts)]
-            # A composite reward (e.g. tether.rlhf.reward_terms.RuleTermReward) reports its parts; read them
-            # now, before validation scores other texts with it.
-            reward_terms = dict(getattr(reward_fn, "last_terms", None) or {})
+            batch_scores = reward.score(batch, texts)
+            raw = [float(r) for r in batch_scores.scores]
+            # A composite reward (e.g. tether.rlhf.reward_terms.RuleTermReward) reports its parts.
+            reward_terms = dict(batch_scores.parts)
             scores = []
             for r, resp, eos in zip(raw, responses, hit_eos, strict=True):
                 r -= config.length_penalty * len(resp) / config.max_new_tokens
@@ -522,8 +549,8 @@ def train_ppo(
                 timings["validation_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             quality = None
-            if quality_fn is not None:
-                values = list(quality_fn(batch, texts))
+            if quality_scorer is not None:
+                values = quality_scorer.score(batch, texts).scores
                 quality = sum(values) / len(values)
             mean = sum(scores) / len(scores)
             std = math.sqrt(sum((s - mean) ** 2 for s in scores) / max(len(scores) - 1, 1))
@@ -610,7 +637,7 @@ def train_ppo(
 
 
 class RewardModelScorer:
-    """A :data:`RewardFn` backed by a trained reward model (normalised to the training mean/std)."""
+    """A :class:`Reward` backed by a trained reward model (normalised to the training mean/std)."""
 
     def __init__(self, reward_model, *, normalize: bool = True, batch_size: int = 8):
         self.reward_model = reward_model
@@ -624,7 +651,12 @@ class RewardModelScorer:
             self.reward_model.hashes, tokenizer, where=f"reward model on {self.reward_model.base}"
         )
 
-    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
-        return self.reward_model.score(
-            [p.text for p in prompts], list(responses), batch_size=self.batch_size, normalize=self.normalize
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchScores:
+        return BatchScores(
+            self.reward_model.score(
+                [p.text for p in prompts],
+                list(responses),
+                batch_size=self.batch_size,
+                normalize=self.normalize,
+            )
         )

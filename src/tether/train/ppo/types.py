@@ -1,4 +1,4 @@
-"""Typed records that flow through a PPO step.
+"""Typed records that flow through a PPO step, and the reward that produces their scores.
 
 Shapes use ``B`` for batch (sequences), ``Q`` for the padded query width and ``R`` for the padded
 response width. Queries are left-padded and responses right-padded, so ``cat(query_ids, response_ids)``
@@ -7,9 +7,13 @@ is one row per sequence with the response starting at column ``Q`` for every row
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
+
+from tether.engine.types import Prompt
 
 
 class Rollout(NamedTuple):
@@ -99,3 +103,52 @@ class PPOStats(NamedTuple):
     response_length: float
     grad_norm: float
     n_updates: int
+
+
+# --- rewards and quality signals ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """Scores of one batch of responses.
+
+    Attributes:
+        scores: one float per response, in the batch's order.
+        parts: batch mean of each named part the scores are built from (empty when a score is
+            one piece). PPO logs a reward's parts as ``reward_terms`` (reward model vs rule terms)
+            and a validation quality's as ``eval_parts`` (faithfulness vs coverage), so that a
+            trade the total hides still shows.
+    """
+
+    scores: list[float]
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+class ResponseScorer(Protocol):
+    """Scores responses to their prompts, a batch at a time: PPO's reward and its quality signals."""
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchScores: ...
+
+
+@runtime_checkable
+class Reward(ResponseScorer, Protocol):
+    """PPO's reward. ``check_tokenizer`` runs once with the policy's tokenizer before the first
+    rollout: a reward model must share it; a reward without a model has nothing to check."""
+
+    def check_tokenizer(self, tokenizer: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class FunctionReward:
+    """A :class:`Reward` from a plain function ``fn(prompts, responses)`` returning one float per
+    response (no parts); ``tokenizer_check``, when given, is what :meth:`check_tokenizer` runs."""
+
+    fn: Callable[[Sequence[Prompt], Sequence[str]], Sequence[float]]
+    tokenizer_check: Callable[[Any], None] | None = None
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> BatchScores:
+        return BatchScores([float(s) for s in self.fn(prompts, responses)])
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        if self.tokenizer_check is not None:
+            self.tokenizer_check(tokenizer)

@@ -1,4 +1,5 @@
-"""Locate data files that ship inside installed PyPI packages, without importing those packages.
+"""Locate files that ship inside installed PyPI packages (data sets, the default model), without
+importing those packages.
 
 Many data carriers fail on import (their dependencies are deliberately not installed), so we find
 their directory through ``importlib.util.find_spec`` and never hard-code a site-packages path.
