@@ -5,22 +5,31 @@ number of completions per iteration (``--batch-size``) capped at the same length
 temperature, score them with the same reward (the AI labeler's proxy score of each summary against
 its document: cheap, so the comparison is of the training machinery), compute reference log-probs
 (TRL: ``beta > 0``), and take one optimizer step per iteration (Tether: ``epochs=1``,
-``minibatch_size=batch``; TRL: ``num_iterations=1``). Gradient checkpointing is off on both sides.
-TRL's GRPO needs groups, and Tether samples the same ones (``samples_per_prompt``): ``batch / num_generations``
+``minibatch_size=batch``; TRL: ``num_iterations=1``), ``--micro-batch-size`` sequences a
+forward/backward on both sides (Tether: ``micro_batch_size``; TRL: ``per_device_train_batch_size``
+with gradient accumulation over the batch). Gradient checkpointing is off on both sides. TRL's GRPO
+needs groups, and Tether samples the same ones (``samples_per_prompt``): ``batch / num_generations``
 prompts, ``num_generations`` samples each.
 
-Each side runs ``--steps`` iterations; the last one is timed (the first pays one-off warm-up).
-Prints where the time goes and ``ppo_iteration_vs_trl: <TRL time / Tether time>x`` (above 1: Tether
-is faster), also per generated token since sampled lengths differ.
+Each side runs in its own process, so their memory does not mix, ``--steps`` iterations; the last
+one is timed (the first pays one-off warm-up). The sides run A-B-B-A (Tether, TRL, TRL, Tether) so
+load from other processes falls on both; ``--rounds 1`` runs each once. Prints the load average
+before and after, where each side's time goes, each side's peak RSS, and
+``tether_time_over_trl: X`` (Tether's iteration time / TRL's: below 1 means Tether is faster), also
+per generated token since sampled lengths differ.
 
-    python benchmarks/ppo.py                       # default model, batch 8, 32 new tokens, CPU
-    python benchmarks/ppo.py --batch-size 4 --max-new-tokens 16 --steps 2
+    python benchmarks/ppo.py                                                   # 8 completions x 32 tokens
+    python benchmarks/ppo.py --batch-size 32 --num-generations 4 --max-new-tokens 48
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,10 +59,15 @@ def tether_iteration(args, docs) -> dict:
         max_new_tokens=args.max_new_tokens,
         lr=args.lr,
         lora=LoRAConfig(r=16, alpha=32, dropout=0.0),
-        ppo=PPOConfig(epochs=1, minibatch_size=args.batch_size, temperature=args.temperature),
+        ppo=PPOConfig(
+            epochs=1,
+            minibatch_size=args.batch_size,
+            micro_batch_size=args.micro_batch_size,
+            temperature=args.temperature,
+        ),
         monitor=MonitorConfig(),
         checkpoint_every=10_000,
-        forward_batch_size=args.batch_size,
+        forward_batch_size=args.micro_batch_size,
     )
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
@@ -129,7 +143,10 @@ def trl_iteration(args, docs) -> dict:
         config = GRPOConfig(
             output_dir=out,
             max_steps=args.steps,
-            per_device_train_batch_size=args.batch_size,
+            # Micro-batches of --micro-batch-size, gradients accumulated over the batch: one
+            # generation of --batch-size completions and one optimizer step per iteration.
+            per_device_train_batch_size=args.micro_batch_size,
+            gradient_accumulation_steps=args.batch_size // args.micro_batch_size,
             num_generations=args.num_generations,
             max_completion_length=args.max_new_tokens,
             temperature=args.temperature,
@@ -172,6 +189,31 @@ def trl_iteration(args, docs) -> dict:
     }
 
 
+SIDES = {"tether": ("tether PPO", tether_iteration), "trl": ("TRL GRPO", trl_iteration)}
+
+
+def run_side(side: str, args) -> dict:
+    """One side in a child process of its own; its result, or why it failed (an OOM kill, say)."""
+    command = [sys.executable, __file__, "--side", side]
+    for name in ("model", "batch_size", "num_generations", "max_new_tokens", "micro_batch_size", "steps"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    command += ["--temperature", str(args.temperature), "--lr", str(args.lr)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    began = time.perf_counter()
+    child = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+    if child.returncode != 0 or not lines:
+        tail = (child.stderr or child.stdout).strip().splitlines()[-3:]
+        return {"failed": f"exit code {child.returncode} after {time.perf_counter() - began:.0f}s: {tail}"}
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -180,32 +222,68 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="Completions per iteration.")
     parser.add_argument("--num-generations", type=int, default=2, help="GRPO group size (TRL side).")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=8, help="Sequences per forward/backward, both sides."
+    )
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--steps", type=int, default=2, help="Iterations per side; the last is timed.")
+    parser.add_argument("--rounds", type=int, choices=(1, 2), default=2, help="2: A-B-B-A; 1: A-B.")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
     if args.batch_size % args.num_generations:
         parser.error("--batch-size must be a multiple of --num-generations")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.micro_batch_size = min(args.micro_batch_size, args.batch_size)
+    if args.batch_size % args.micro_batch_size:
+        parser.error("--batch-size must be a multiple of --micro-batch-size")
 
-    from tether.rlhf.documents import load_boolq_documents, select_split
+    if args.side:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        from tether.rlhf.documents import load_boolq_documents, select_split
 
-    docs, _ = select_split(load_boolq_documents(), n_train=args.batch_size * args.steps, n_heldout=1)
-    tether = tether_iteration(args, docs)
-    trl = trl_iteration(args, docs)
-    for name, t in (("tether PPO", tether), ("TRL GRPO", trl)):
+        docs, _ = select_split(load_boolq_documents(), n_train=args.batch_size * args.steps, n_heldout=1)
+        result = SIDES[args.side][1](args, docs)
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    print(f"before: {load()}", flush=True)
+    order = ["tether", "trl"] if args.rounds == 1 else ["tether", "trl", "trl", "tether"]
+    runs: dict[str, list[dict]] = {"tether": [], "trl": []}
+    for side in order:
+        runs[side].append(run_side(side, args))
+        print(f"  {SIDES[side][0]} run {len(runs[side])}: {json.dumps(runs[side][-1])}", flush=True)
+    print(f"after: {load()}")
+    shape = f"{args.batch_size} completions x {args.max_new_tokens} max new tokens, micro-batch {args.micro_batch_size}"
+    means = {}
+    for side, results in runs.items():
+        name = SIDES[side][0]
+        failed = [r["failed"] for r in results if "failed" in r]
+        if failed:
+            print(f"{name}: FAILED ({shape}): {failed[0]}")
+            continue
+        t = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
+        t["peak_rss_gb"] = max(r["peak_rss_gb"] for r in results)
+        means[side] = t
         print(
             f"{name}: iteration {t['iteration_s']:.2f}s = rollout {t['rollout_s']:.2f}s + reward {t['reward_s']:.3f}s "
-            f"+ update {t['update_s']:.2f}s; {t['tokens_per_completion']:.1f} tokens/completion "
-            f"({args.batch_size} completions, {args.max_new_tokens} max new tokens); whole run {t['total_s']:.1f}s"
+            f"+ update {t['update_s']:.2f}s; {t['tokens_per_completion']:.1f} tokens/completion ({shape}); "
+            f"peak RSS {t['peak_rss_gb']:.2f} GB; whole run {t['total_s']:.1f}s (mean of {len(results)})"
         )
-    print(f"ppo_iteration_vs_trl: {trl['iteration_s'] / tether['iteration_s']:.2f}x")
-    per_token = (trl["iteration_s"] / trl["tokens_per_completion"]) / (
-        tether["iteration_s"] / tether["tokens_per_completion"]
+    if len(means) < 2:
+        print("tether_time_over_trl: n/a (a side failed)")
+        return
+    tether, trl = means["tether"], means["trl"]
+    print(
+        f"tether_time_over_trl: {tether['iteration_s'] / trl['iteration_s']:.2f} (below 1: Tether is faster)"
     )
-    print(f"ppo_iteration_per_token_vs_trl: {per_token:.2f}x")
+    per_token = (tether["iteration_s"] / tether["tokens_per_completion"]) / (
+        trl["iteration_s"] / trl["tokens_per_completion"]
+    )
+    print(f"tether_time_per_token_over_trl: {per_token:.2f} (below 1: Tether is faster)")
+    print(f"peak_rss_gb: tether {tether['peak_rss_gb']:.2f}, trl {trl['peak_rss_gb']:.2f}")
 
 
 if __name__ == "__main__":
