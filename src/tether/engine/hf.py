@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 from tether.engine.backend import EncodedScore, Sample, TokenScores
+from tether.engine.packing import pack
 from tether.engine.types import SamplingParams
-from tether.models.padding import left_pad, positions_from_mask
+from tether.errors import TetherError
+from tether.models.padding import left_pad
 
 
 def _unwrap(model):
@@ -36,8 +38,12 @@ class StopOnStrings:
 
 
 class HFBackend:
-    def __init__(self, model, tokenizer, device: torch.device):
+    def __init__(
+        self, model, tokenizer, device: torch.device, *, max_row_tokens: int = 512, head_chunk: int = 64
+    ):
         self.model = model
+        self.max_row_tokens = max_row_tokens  # scoring: prefix-tree nodes per packed row
+        self.head_chunk = head_chunk  # scoring: LM-head rows per chunk (chunk x vocab logits at once)
         self.tokenizer = tokenizer
         self.device = device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -109,74 +115,97 @@ class HFBackend:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
+    def _attention_masks(self, ancestors: torch.Tensor, positions: torch.Tensor):
+        """The packed rows' 4-D mask (rows, 1, width, width) in the form the model's attention
+        takes: boolean for SDPA, additive for eager; per layer type for models that mix full and
+        sliding-window layers (a sliding layer also drops ancestors ``window`` or more positions back)."""
+        config = self._decoder.config
+        implementation = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
+        if implementation not in ("sdpa", "eager"):
+            raise TetherError(
+                f"packed scoring needs 'sdpa' or 'eager' attention; this model uses '{implementation}'",
+                hint="load the model with attn_implementation='sdpa'",
+            )
+
+        def form(allowed: torch.Tensor) -> torch.Tensor:
+            allowed = allowed[:, None, :, :]
+            if implementation == "sdpa":
+                return allowed
+            dtype = self._head.weight.dtype
+            zero = torch.zeros((), dtype=dtype, device=allowed.device)
+            return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+        layer_types = getattr(config, "layer_types", None)
+        if not layer_types:
+            return form(ancestors)
+        masks = {}
+        for kind in set(layer_types):
+            if kind == "full_attention":
+                masks[kind] = form(ancestors)
+            elif kind == "sliding_attention":
+                window = getattr(config, "sliding_window", None)
+                if window is None or int(positions.max()) < window:
+                    masks[kind] = form(ancestors)
+                else:
+                    near = positions[:, :, None] - positions[:, None, :] < window
+                    masks[kind] = form(ancestors & near)
+            else:
+                raise TetherError(
+                    f"packed scoring does not support '{kind}' attention layers",
+                    hint="score this model with a backend that supports it",
+                )
+        return masks
+
     @torch.inference_mode()
     def score(self, requests: list[EncodedScore]) -> list[TokenScores]:
-        """Run all contexts once (left-padded batch), keep their KV cache, then run every
-        continuation of every item in one right-padded batch on top of the shared cache.
-        The LM head runs only where a continuation token is predicted, never over the whole
-        sequence: on a 49k vocabulary that head and its log_softmax dominate naive scoring."""
-        ctx_ids, ctx_mask = left_pad([r.context_ids for r in requests], self.pad_id, self.device)
-        ctx_positions = positions_from_mask(ctx_mask)
-        ctx_out = self._decoder(
-            input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_positions, use_cache=True
+        """Pack the requests into prefix-tree rows (``tether.engine.packing``): each context runs once
+        for all its continuations, shared prefixes once per row, in one forward with a 4-D mask and
+        no KV-cache copies. The LM head runs only on the nodes that predict a continuation token,
+        each once, in chunks, and the full-vocabulary log-softmax is never materialised: a token's
+        log-prob is its logit minus its predictor's logsumexp."""
+        batch = pack(requests, self.max_row_tokens, self.pad_id)
+        device = self.device
+        ids = torch.from_numpy(batch.input_ids).to(device)
+        positions = torch.from_numpy(batch.position_ids).to(device)
+        ancestors = torch.from_numpy(batch.ancestors).to(device)
+        out = self._decoder(
+            input_ids=ids,
+            attention_mask=self._attention_masks(ancestors, positions),
+            position_ids=positions,
+            use_cache=False,
         )
-        last_hidden = ctx_out.last_hidden_state[:, -1, :]  # left padding: the last column is real
-        single_token = all(len(c) == 1 for r in requests for c in r.continuation_ids)
-        if single_token:
-            # Every continuation is one token (MMLU-style " A"/" B"): one head row per item suffices.
-            logprobs = torch.log_softmax(self._logits(last_hidden), dim=-1)
-            greedy = logprobs.argmax(-1)
-            results = []
-            for i, r in enumerate(requests):
-                ids = [c[0] for c in r.continuation_ids]
-                results.append(
-                    TokenScores(
-                        logprobs=logprobs[i, ids].tolist(), is_greedy=[bool(greedy[i] == t) for t in ids]
-                    )
-                )
-            return results
+        hidden = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
+        hidden = hidden[torch.from_numpy(batch.predictors).to(device)]
 
-        owner = [i for i, r in enumerate(requests) for _ in r.continuation_ids]
-        conts = [c for r in requests for c in r.continuation_ids]
-        width = max(len(c) for c in conts)
-        cont_ids = torch.full((len(conts), width), self.pad_id, dtype=torch.long)
-        cont_mask = torch.zeros((len(conts), width), dtype=torch.long)
-        for j, c in enumerate(conts):
-            cont_ids[j, : len(c)] = torch.tensor(c)
-            cont_mask[j, : len(c)] = 1
-        cont_ids, cont_mask = cont_ids.to(self.device), cont_mask.to(self.device)
-        index = torch.tensor(owner, device=self.device)
-        cache = ctx_out.cache
-        cache.batch_select_indices(index)
-        full_mask = torch.cat([ctx_mask[index], cont_mask], dim=1)
-        ctx_lengths = ctx_mask.sum(-1)[index]
-        positions = ctx_lengths[:, None] + torch.arange(width, device=self.device)[None, :]
-        cont_out = self._decoder(
-            input_ids=cont_ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=False
-        )
-        # Token t of a continuation is predicted by the hidden state just before it: the context's
-        # last state for t=0, else the continuation's own state at t-1.
-        predictors = torch.cat([last_hidden[index][:, None, :], cont_out.last_hidden_state[:, :-1, :]], dim=1)
-        flat_mask = cont_mask.bool()
-        logits = self._logits(predictors[flat_mask])
-        logprobs = torch.log_softmax(logits, dim=-1)
-        targets = cont_ids[flat_mask]
-        token_lp = logprobs.gather(-1, targets[:, None]).squeeze(-1)
-        token_greedy = logprobs.argmax(-1) == targets
-        row_of = torch.arange(len(conts), device=self.device)[:, None].expand_as(cont_mask)[flat_mask]
-        sums = torch.zeros(len(conts), dtype=torch.float64, device=self.device).index_add_(
-            0, row_of, token_lp.double()
-        )
-        misses = torch.zeros(len(conts), dtype=torch.long, device=self.device).index_add_(
-            0, row_of, (~token_greedy).long()
-        )
+        token_predictor = torch.from_numpy(batch.token_predictor).to(device)
+        token_target = torch.from_numpy(batch.token_target).to(device)
+        n_pred = hidden.shape[0]
+        lse = torch.empty(n_pred, dtype=torch.float32, device=device)
+        greedy = torch.empty(n_pred, dtype=torch.long, device=device)
+        target_logit = torch.empty(token_target.shape[0], dtype=torch.float32, device=device)
+        # Tokens grouped by predictor, so each head chunk finds its tokens as one slice.
+        by_pred = torch.argsort(token_predictor, stable=True)
+        sorted_pred = token_predictor[by_pred]
+        step = self.head_chunk
+        for a in range(0, n_pred, step):
+            b = min(a + step, n_pred)
+            logits = self._logits(hidden[a:b])
+            lse[a:b] = torch.logsumexp(logits, dim=-1)
+            greedy[a:b] = logits.argmax(dim=-1)
+            lo, hi = torch.searchsorted(sorted_pred, torch.tensor([a, b], device=device)).tolist()
+            tokens = by_pred[lo:hi]
+            target_logit[tokens] = logits[token_predictor[tokens] - a, token_target[tokens]]
+        token_lp = (target_logit - lse[token_predictor]).double()
+        token_miss = (greedy[token_predictor] != token_target).long()
+        owner = torch.from_numpy(batch.token_owner).to(device)
+        n = batch.num_continuations
+        sums = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, owner, token_lp).tolist()
+        misses = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, owner, token_miss).tolist()
         results, j = [], 0
         for r in requests:
             k = len(r.continuation_ids)
             results.append(
-                TokenScores(
-                    logprobs=sums[j : j + k].tolist(), is_greedy=[bool(m == 0) for m in misses[j : j + k]]
-                )
+                TokenScores(logprobs=sums[j : j + k], is_greedy=[m == 0 for m in misses[j : j + k]])
             )
             j += k
         return results
