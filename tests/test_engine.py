@@ -183,15 +183,19 @@ def _ids(tok, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False)
 
 
+@pytest.mark.parametrize("llama_forward", [True, False], ids=["llama-forward", "hf-decoder"])
 @pytest.mark.parametrize("row_tokens", [1, 16, 512])
-def test_packed_scoring_matches_naive_forward(tiny, row_tokens):
+def test_packed_scoring_matches_naive_forward(tiny, row_tokens, llama_forward):
     """Single- and multi-token continuations, a context far longer than the others (so rows are
     padded), continuations sharing first tokens, and a greedy continuation (is_greedy True), with
-    rows of one item each, a few items, or all items in one prefix tree."""
+    rows of one item each, a few items, or all items in one prefix tree; through the backend's own
+    Llama forward and through transformers' decoder with the 4-D mask."""
     from tether.engine.hf import HFBackend
 
     model, tok = tiny
     backend = HFBackend(model, tok, torch.device("cpu"), max_row_tokens=row_tokens, head_chunk=3)
+    assert backend._llama_layers  # the tiny model is a plain Llama
+    backend._llama_layers = llama_forward
     long_ctx = _ids(tok, "A much longer context that goes on and on about many different things " * 4)
     short_ctx = _ids(tok, "Question: which is a colour?\nAnswer:")
     requests = [
@@ -231,6 +235,7 @@ def test_packed_scoring_eager_attention(tiny_model_dir):
     assert loaded.model.config._attn_implementation == "eager"
     tok = loaded.tokenizer
     backend = HFBackend(loaded.model, tok, torch.device("cpu"), max_row_tokens=40)
+    backend._llama_layers = False  # through transformers' eager attention, not the backend's forward
     requests = [
         (_ids(tok, "Question: which is a colour?\nAnswer:"), [_ids(tok, " red"), _ids(tok, " seven days")]),
         (_ids(tok, "Question: which is a shape?\nAnswer:"), [_ids(tok, " A"), _ids(tok, " B")]),

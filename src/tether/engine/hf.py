@@ -16,6 +16,74 @@ def _unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _is_plain_llama(decoder) -> bool:
+    """Whether ``_llama_forward`` reproduces this decoder: transformers' own Llama classes, every
+    layer one attention with rotary embeddings and one gated MLP (PEFT adapters inside the linear
+    layers are fine: they are called as modules)."""
+    try:
+        from transformers.models.llama import modeling_llama as llama
+    except ImportError:  # pragma: no cover - transformers always ships Llama
+        return False
+    return (
+        type(decoder) is llama.LlamaModel
+        and all(type(layer) is llama.LlamaDecoderLayer for layer in decoder.layers)
+        and all(type(layer.self_attn) is llama.LlamaAttention for layer in decoder.layers)
+        and all(type(layer.mlp) is llama.LlamaMLP for layer in decoder.layers)
+        and type(decoder.norm) is llama.LlamaRMSNorm
+    )
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm.forward, step for step (same rounding)."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama's rotary embedding, ``x * cos + rotate_half(x) * sin``, on each half directly
+    (``cos``/``sin`` hold the half-width frequencies; their two halves are equal): the same
+    products and sums as transformers' version without its ``cat``/``neg`` copies."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    out = torch.empty_like(x)
+    torch.sub(x1 * cos, x2 * sin, out=out[..., :half])
+    torch.add(x2 * cos, x1 * sin, out=out[..., half:])
+    return out
+
+
+def _llama_forward(decoder, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The final hidden states of transformers' ``LlamaModel`` for packed rows, through its own
+    modules, with three savings on CPU: SDPA gets the additive 4-D mask prepared once and the
+    grouped key/value heads as they are (``enable_gqa``; transformers copies them per query head
+    when there is a mask), rotary embeddings skip the half-rotation copies, and the residual adds
+    are in place."""
+    x = decoder.embed_tokens(ids)
+    cos, sin = decoder.rotary_emb(x, positions)
+    half = cos.shape[-1] // 2
+    cos, sin = cos[:, None, :, :half], sin[:, None, :, :half]
+    rows, width = ids.shape
+    for layer in decoder.layers:
+        attn = layer.self_attn
+        h = _rms_norm(layer.input_layernorm, x)
+        q = attn.q_proj(h).view(rows, width, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(rows, width, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(rows, width, -1, attn.head_dim).transpose(1, 2)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            _rotate(q, cos, sin),
+            _rotate(k, cos, sin),
+            v,
+            attn_mask=mask,
+            scale=attn.scaling,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
+        h = _rms_norm(layer.post_attention_layernorm, x)
+        mlp = layer.mlp
+        x += mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+    return _rms_norm(decoder.norm, x)
+
+
 class StopOnStrings:
     """Stops a row once its *generated* text contains a stop string. (transformers' own
     ``stop_strings`` also matches across the prompt's tail, e.g. a chat template's final newline
@@ -52,6 +120,7 @@ class HFBackend:
         self._decoder = causal_lm.get_decoder()
         self._head = causal_lm.get_output_embeddings()
         self._softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+        self._llama_layers = _is_plain_llama(self._decoder)
 
     def _eos_ids(self) -> list[int]:
         ids = set()
@@ -116,9 +185,10 @@ class HFBackend:
         return logits
 
     def _attention_masks(self, ancestors: torch.Tensor, positions: torch.Tensor):
-        """The packed rows' 4-D mask (rows, 1, width, width) in the form the model's attention
-        takes: boolean for SDPA, additive for eager; per layer type for models that mix full and
-        sliding-window layers (a sliding layer also drops ancestors ``window`` or more positions back)."""
+        """The packed rows' 4-D additive mask (rows, 1, width, width): 0 where a node may attend,
+        the dtype's minimum elsewhere (SDPA takes it as it is; a boolean mask it would convert in
+        every layer). Per layer type for models that mix full and sliding-window layers (a sliding
+        layer also drops ancestors ``window`` or more positions back)."""
         config = self._decoder.config
         implementation = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
         if implementation not in ("sdpa", "eager"):
@@ -129,8 +199,6 @@ class HFBackend:
 
         def form(allowed: torch.Tensor) -> torch.Tensor:
             allowed = allowed[:, None, :, :]
-            if implementation == "sdpa":
-                return allowed
             dtype = self._head.weight.dtype
             zero = torch.zeros((), dtype=dtype, device=allowed.device)
             return torch.where(allowed, zero, torch.finfo(dtype).min)
@@ -168,13 +236,14 @@ class HFBackend:
         ids = torch.from_numpy(batch.input_ids).to(device)
         positions = torch.from_numpy(batch.position_ids).to(device)
         ancestors = torch.from_numpy(batch.ancestors).to(device)
-        out = self._decoder(
-            input_ids=ids,
-            attention_mask=self._attention_masks(ancestors, positions),
-            position_ids=positions,
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
+        masks = self._attention_masks(ancestors, positions)
+        if self._llama_layers:
+            mask = masks["full_attention"] if isinstance(masks, dict) else masks
+            hidden = _llama_forward(self._decoder, ids, positions, mask)
+        else:
+            out = self._decoder(input_ids=ids, attention_mask=masks, position_ids=positions, use_cache=False)
+            hidden = out.last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])
         hidden = hidden[torch.from_numpy(batch.predictors).to(device)]
 
         token_predictor = torch.from_numpy(batch.token_predictor).to(device)
