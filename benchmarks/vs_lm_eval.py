@@ -13,7 +13,8 @@ context into an int.)
 Both sides run the same model directory (the cached safetensors of ``default``) in fp32 on CPU with
 the same thread count. Each pass of a side is its own process (so each side's peak RSS is its own):
 Tether, lm-eval, lm-eval, Tether (A-B-B-A, because the machine is shared); the means are reported.
-Model loading and lm-eval's task index are outside the timings. Tether's time is ``Engine.score``
+Model loading (with one short warm-up forward that pages the memory-mapped weights in) and
+lm-eval's task index are outside the timings. Tether's time is ``Engine.score``
 (tokenizing included); lm-eval's is ``simple_evaluate`` (reading the JSON task, building requests,
 ``loglikelihood``, metrics), and its ``loglikelihood`` alone (tokenizing included) is reported beside it.
 
@@ -196,6 +197,13 @@ def current_rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def warm_up(model) -> None:
+    """One short forward, part of loading: the safetensors weights are memory-mapped, so the first
+    forward pages them in (over a minute on a busy machine), on either side alike."""
+    with torch.inference_mode():
+        model(input_ids=torch.ones((1, 8), dtype=torch.long))
+
+
 def side_tether(args, datasets: list[Dataset]) -> dict:
     from tether.config import EngineConfig
     from tether.engine import Engine
@@ -218,6 +226,7 @@ def side_tether(args, datasets: list[Dataset]) -> dict:
     config = EngineConfig(device="cpu", dtype="float32", threads=args.threads, **overrides)
     engine = Engine(loaded, config)
     torch.set_num_threads(args.threads)
+    warm_up(loaded.model)
     out = {
         "load_s": time.perf_counter() - began,
         "rss_after_load_mb": current_rss_mb(),
@@ -253,6 +262,7 @@ def side_lm_eval(args, datasets: list[Dataset]) -> dict:
     lm = HFLM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=args.lm_eval_batch_size)
     manager = TaskManager(include_path=str(work), include_defaults=False)
     torch.set_num_threads(args.threads)
+    warm_up(lm.model)
     out = {
         "load_s": time.perf_counter() - began,
         "rss_after_load_mb": current_rss_mb(),
