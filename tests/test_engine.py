@@ -281,3 +281,179 @@ def test_static_cache_too_short_errors_or_truncates(tiny_model_dir):
     ):
         out = lenient.generate([prompt], SamplingParams(max_new_tokens=4), progress=False)[0]
     assert out.truncated_prompt and out.prompt_tokens == 28
+
+
+# ------------------------------------------------------------------ packed scoring
+
+
+def _naive_scores(model, context_ids: list[int], continuations: list[list[int]]):
+    """One plain forward per (context, continuation): summed log-probs and lm-eval's is_greedy."""
+    logprobs, greedy = [], []
+    with torch.inference_mode():
+        for cont in continuations:
+            ids = torch.tensor([context_ids + cont])
+            lp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)[0]
+            start = len(context_ids)
+            predicted = lp[start - 1 : -1]
+            logprobs.append(float(predicted.gather(-1, ids[0, start:, None]).sum()))
+            greedy.append(bool((predicted.argmax(-1) == ids[0, start:]).all()))
+    return logprobs, greedy
+
+
+def _check_backend(backend, model, requests, *, force_greedy_hit: bool = False):
+    from tether.engine.backend import EncodedScore
+
+    requests = [EncodedScore(context_ids=c, continuation_ids=k) for c, k in requests]
+    packed = backend.score(requests)
+    assert len(packed) == len(requests)
+    hits = 0
+    for req, got in zip(requests, packed, strict=True):
+        want_lp, want_greedy = _naive_scores(model, req.context_ids, req.continuation_ids)
+        assert got.logprobs == pytest.approx(want_lp, abs=1e-4)
+        assert got.is_greedy == want_greedy
+        hits += sum(want_greedy)
+    if force_greedy_hit:
+        assert hits > 0  # the comparison covered a True as well as Falses
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    loaded = load(str(tiny_model_dir))
+    return loaded.model, loaded.tokenizer
+
+
+def _greedy_continuation(model, context: list[int], length: int) -> list[int]:
+    ids = list(context)
+    with torch.inference_mode():
+        for _ in range(length):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(context) :]
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+@pytest.mark.parametrize("llama_forward", [True, False], ids=["llama-forward", "hf-decoder"])
+@pytest.mark.parametrize("row_tokens", [1, 16, 512])
+def test_packed_scoring_matches_naive_forward(tiny, row_tokens, llama_forward):
+    """Single- and multi-token continuations, a context far longer than the others (so rows are
+    padded), continuations sharing first tokens, and a greedy continuation (is_greedy True), with
+    rows of one item each, a few items, or all items in one prefix tree; through the backend's own
+    Llama forward and through transformers' decoder with the 4-D mask."""
+    from tether.engine.hf import HFBackend
+
+    model, tok = tiny
+    backend = HFBackend(model, tok, torch.device("cpu"), max_row_tokens=row_tokens, head_chunk=3)
+    assert backend._llama_layers  # the tiny model is a plain Llama
+    backend._llama_layers = llama_forward
+    long_ctx = _ids(tok, "A much longer context that goes on and on about many different things " * 4)
+    short_ctx = _ids(tok, "Question: which is a colour?\nAnswer:")
+    requests = [
+        (short_ctx, [_ids(tok, " A"), _ids(tok, " B"), _ids(tok, " C"), _ids(tok, " D")]),
+        (long_ctx, [_ids(tok, " red"), _ids(tok, " seven quickly"), _ids(tok, " red apple pie")]),
+        (_ids(tok, "The"), [_ids(tok, " cat sat on the mat"), _ids(tok, " cat")]),
+        (short_ctx + _ids(tok, " B"), [_greedy_continuation(model, short_ctx + _ids(tok, " B"), 4), [5]]),
+        (_ids(tok, "Question: which is a shape?\nAnswer:"), [_ids(tok, " square"), _ids(tok, " A")]),
+    ]
+    _check_backend(backend, model, requests, force_greedy_hit=True)
+
+
+def test_packed_scoring_one_token_context(tiny):
+    """A one-token context (what the engine makes of an empty one: EOS) packed beside longer ones."""
+    from tether.engine.backend import EncodedScore
+    from tether.engine.hf import HFBackend
+
+    model, tok = tiny
+    backend = HFBackend(model, tok, torch.device("cpu"), max_row_tokens=64)
+    eos = tok.eos_token_id
+    requests = [
+        ([eos], [_ids(tok, "Hello world"), _ids(tok, "Goodbye")]),
+        (_ids(tok, "Pick one. Answer:"), [_ids(tok, " A"), _ids(tok, " B")]),
+        ([eos], [_ids(tok, "Hello there"), [eos]]),
+    ]
+    _check_backend(backend, model, requests)
+    with pytest.raises(ValueError, match="non-empty context"):
+        backend.score([EncodedScore([], [[1]])])
+
+
+def test_packed_scoring_eager_attention(tiny_model_dir):
+    """The additive-mask form for eager attention gives the same scores."""
+    from tether.engine.hf import HFBackend
+
+    loaded = load(str(tiny_model_dir))
+    loaded.model.set_attn_implementation("eager")
+    assert loaded.model.config._attn_implementation == "eager"
+    tok = loaded.tokenizer
+    backend = HFBackend(loaded.model, tok, torch.device("cpu"), max_row_tokens=40)
+    backend._llama_layers = False  # through transformers' eager attention, not the backend's forward
+    requests = [
+        (_ids(tok, "Question: which is a colour?\nAnswer:"), [_ids(tok, " red"), _ids(tok, " seven days")]),
+        (_ids(tok, "Question: which is a shape?\nAnswer:"), [_ids(tok, " A"), _ids(tok, " B")]),
+        (_ids(tok, "The"), [_ids(tok, " cat sat on the mat")]),
+    ]
+    _check_backend(backend, loaded.model, requests)
+
+
+def test_packed_scoring_sliding_window_layers(smollm2_tokenizer_dir):
+    """A model mixing full and sliding-window layers (Gemma 3) with a window shorter than the
+    contexts: the sliding layers' mask must drop ancestors a window or more positions back."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tether.engine.hf import HFBackend
+
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=tok.pad_token_id,
+    )
+    model = Gemma3ForCausalLM(config).eval()
+    backend = HFBackend(model, tok, torch.device("cpu"), max_row_tokens=200)
+    requests = [
+        (
+            _ids(tok, "A context well past the four-token window of the sliding layers"),
+            [_ids(tok, " yes it is so")],
+        ),
+        (_ids(tok, "A context"), [_ids(tok, " of one"), _ids(tok, " B")]),
+    ]
+    _check_backend(backend, model, requests)
+
+
+def test_pack_shares_prefixes_and_masks_ancestors():
+    from tether.engine.backend import EncodedScore
+    from tether.engine.packing import pack, plan_rows
+
+    a = EncodedScore(context_ids=[1, 2, 3], continuation_ids=[[7], [8]])
+    b = EncodedScore(context_ids=[1, 2, 4], continuation_ids=[[5, 6], [5, 9, 9]])
+    batch = pack([a, b], max_row_tokens=100, pad_id=0)
+    # one row: 1 2 3 | 4 | 5 (shared by b's continuations) 9 -> 6 nodes, not 3+3+1+2
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 9]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 2, 3, 4]]
+    anc = batch.ancestors[0].astype(int).tolist()
+    assert anc == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 0, 1, 0, 0],
+        [1, 1, 0, 1, 1, 0],
+        [1, 1, 0, 1, 1, 1],
+    ]
+    # a's two tokens and b's first tokens share predictors: 3 (node 2), 4 (node 3), 5, 9
+    assert len(batch.predictors) == 4
+    assert batch.token_target.tolist() == [7, 8, 5, 6, 5, 9, 9]
+    assert batch.token_owner.tolist() == [0, 1, 2, 2, 3, 3, 3]
+    # a row cap below the pair's size splits them, and the narrower row is padded, attending itself
+    split = pack([a, b], max_row_tokens=4, pad_id=0)
+    assert plan_rows([a, b], 4) == [[0], [1]]
+    assert split.input_ids.tolist() == [[1, 2, 3, 0, 0], [1, 2, 4, 5, 9]]
+    assert split.ancestors[0, 3].tolist() == [False, False, False, True, False]

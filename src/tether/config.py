@@ -32,7 +32,21 @@ class EngineConfig(StrictModel):
         "hf", description="Generation backend: transformers (hf) or vLLM (GPU extra)."
     )
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch (sorted by length first).")
-    score_batch_size: int = Field(8, ge=1, description="Multiple-choice items per scoring batch.")
+    score_batch_size: int = Field(
+        64, ge=1, description="Multiple-choice items per scoring batch, at most (see score_batch_tokens)."
+    )
+    score_batch_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Tokens per scoring forward, at most: each item's context plus its continuations "
+        "(less their last token); an item larger than this runs alone.",
+    )
+    score_row_tokens: int = Field(
+        512,
+        ge=1,
+        description="Tokens per packed scoring row: neighbouring items share one prefix tree (a shared "
+        "prefix runs once) up to this size; an item larger than this gets a row of its own.",
+    )
     device: str = Field(
         "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."
     )

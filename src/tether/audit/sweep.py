@@ -183,6 +183,8 @@ def _with_prompt_type(result: ItemResult, task: Task, item: Any) -> ItemResult:
     if task.prompt_type is None:
         return result
     return result.model_copy(update={"extra": {**result.extra, "prompt_type": task.prompt_type(item)}})
+
+
 # Kinds the sweep looks for in answers no judge read (code, numbers, continuations): only those that
 # are broken whatever the task. Truncation and word salad need the task's own judge (code is not prose).
 _SWEEP_DEGENERATE_KINDS = ("empty", "echo", "loop")

@@ -11,6 +11,7 @@ import torch
 from tether.config import EngineConfig
 from tether.engine.backend import Backend, EncodedScore
 from tether.engine.hf import HFBackend
+from tether.engine.packing import request_tokens
 from tether.engine.types import Completion, Prompt, SamplingParams, ScoreRequest, ScoreResult
 from tether.errors import DataError, TetherError
 from tether.models import LoadedModel, load
@@ -24,7 +25,13 @@ class PromptTooLongError(DataError):
 
 def make_backend(loaded: LoadedModel, config: EngineConfig) -> Backend:
     if config.backend == "hf":
-        return HFBackend(loaded.model, loaded.tokenizer, loaded.device, config.decode_step)
+        return HFBackend(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.device,
+            config.decode_step,
+            max_row_tokens=config.score_row_tokens,
+        )
     raise TetherError(
         f"engine backend '{config.backend}' is not available in this version",
         hint="use engine.backend=hf; a vLLM backend is planned as the optional GPU extra",
@@ -253,14 +260,37 @@ class Engine:
     def score(
         self, requests: Sequence[ScoreRequest], *, stage: str = "", progress: bool = True
     ) -> list[ScoreResult]:
-        """Sum of log-probs of each continuation given its context, batched by context length."""
+        """Sum of log-probs of each continuation given its context.
+
+        Requests are ordered so that shared context prefixes sit side by side (the backend packs
+        neighbours into one prefix tree, running a shared prefix once), with requests larger than
+        a packed row first, longest first, each alone in its row. A batch takes requests while
+        their tokens (context plus continuations but their last token) stay within
+        ``engine.score_batch_tokens`` and their number within ``engine.score_batch_size``."""
         encoded = [self.encode_score(r) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: -len(encoded[i].context_ids))
+        sizes = [request_tokens(e) for e in encoded]
+        row_cap = self.config.score_row_tokens
+        order = sorted(
+            range(len(requests)),
+            key=lambda i: (
+                sizes[i] <= row_cap,
+                -sizes[i] if sizes[i] > row_cap else 0,
+                encoded[i].context_ids,
+            ),
+        )
+        batches: list[list[int]] = []
+        for i in order:
+            if (
+                batches
+                and len(batches[-1]) < self.config.score_batch_size
+                and sum(sizes[j] for j in batches[-1]) + sizes[i] <= self.config.score_batch_tokens
+            ):
+                batches[-1].append(i)
+            else:
+                batches.append([i])
         out: dict[int, ScoreResult] = {}
-        size = self.config.score_batch_size
         with progress_bar(f"score {stage}".strip(), total=len(requests), enabled=progress) as bar:
-            for start in range(0, len(order), size):
-                chunk = order[start : start + size]
+            for chunk in batches:
                 began = time.perf_counter()
                 scores = self.backend.score([encoded[i] for i in chunk])
                 latency = time.perf_counter() - began

@@ -8,13 +8,83 @@ import torch
 
 from tether.engine.backend import EncodedScore, Sample, TokenScores
 from tether.engine.decode import DecodeLoop, StepMode, StopMatcher
+from tether.engine.packing import pack
 from tether.engine.types import SamplingParams
-from tether.models.padding import left_pad, positions_from_mask
+from tether.errors import TetherError
+from tether.models.padding import left_pad
 
 
 def _unwrap(model):
     """The plain causal LM inside a PEFT wrapper (adapters stay active: they live in its modules)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _is_plain_llama(decoder) -> bool:
+    """Whether ``_llama_forward`` reproduces this decoder: transformers' own Llama classes, every
+    layer one attention with rotary embeddings and one gated MLP (PEFT adapters inside the linear
+    layers are fine: they are called as modules)."""
+    try:
+        from transformers.models.llama import modeling_llama as llama
+    except ImportError:  # pragma: no cover - transformers always ships Llama
+        return False
+    return (
+        type(decoder) is llama.LlamaModel
+        and all(type(layer) is llama.LlamaDecoderLayer for layer in decoder.layers)
+        and all(type(layer.self_attn) is llama.LlamaAttention for layer in decoder.layers)
+        and all(type(layer.mlp) is llama.LlamaMLP for layer in decoder.layers)
+        and type(decoder.norm) is llama.LlamaRMSNorm
+    )
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm.forward, step for step (same rounding)."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * h.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Llama's rotary embedding, ``x * cos + rotate_half(x) * sin``, on each half directly
+    (``cos``/``sin`` hold the half-width frequencies; their two halves are equal): the same
+    products and sums as transformers' version without its ``cat``/``neg`` copies."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    out = torch.empty_like(x)
+    torch.sub(x1 * cos, x2 * sin, out=out[..., :half])
+    torch.add(x2 * cos, x1 * sin, out=out[..., half:])
+    return out
+
+
+def _llama_forward(decoder, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The final hidden states of transformers' ``LlamaModel`` for packed rows, through its own
+    modules, with three savings on CPU: SDPA gets the additive 4-D mask prepared once and the
+    grouped key/value heads as they are (``enable_gqa``; transformers copies them per query head
+    when there is a mask), rotary embeddings skip the half-rotation copies, and the residual adds
+    are in place."""
+    x = decoder.embed_tokens(ids)
+    cos, sin = decoder.rotary_emb(x, positions)
+    half = cos.shape[-1] // 2
+    cos, sin = cos[:, None, :, :half], sin[:, None, :, :half]
+    rows, width = ids.shape
+    for layer in decoder.layers:
+        attn = layer.self_attn
+        h = _rms_norm(layer.input_layernorm, x)
+        q = attn.q_proj(h).view(rows, width, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(rows, width, -1, attn.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(rows, width, -1, attn.head_dim).transpose(1, 2)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            _rotate(q, cos, sin),
+            _rotate(k, cos, sin),
+            v,
+            attn_mask=mask,
+            scale=attn.scaling,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(rows, width, -1))
+        h = _rms_norm(layer.post_attention_layernorm, x)
+        mlp = layer.mlp
+        x += mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+    return _rms_norm(decoder.norm, x)
 
 
 class StopOnStrings:
@@ -43,8 +113,19 @@ class StopOnStrings:
 
 
 class HFBackend:
-    def __init__(self, model, tokenizer, device: torch.device, decode_step: StepMode = "eager"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        device: torch.device,
+        decode_step: StepMode = "eager",
+        *,
+        max_row_tokens: int = 512,
+        head_chunk: int = 64,
+    ):
         self.model = model
+        self.max_row_tokens = max_row_tokens  # scoring: prefix-tree nodes per packed row
+        self.head_chunk = head_chunk  # scoring: LM-head rows per chunk (chunk x vocab logits at once)
         self.tokenizer = tokenizer
         self.device = device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -55,6 +136,7 @@ class HFBackend:
         self._softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
         self._loop: DecodeLoop | None = None
         self._decode_step = decode_step
+        self._llama_layers = _is_plain_llama(self._decoder)
 
     def _eos_ids(self) -> list[int]:
         ids = set()
@@ -140,74 +222,97 @@ class HFBackend:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
+    def _attention_masks(self, ancestors: torch.Tensor, positions: torch.Tensor):
+        """The packed rows' 4-D additive mask (rows, 1, width, width): 0 where a node may attend,
+        the dtype's minimum elsewhere (SDPA takes it as it is; a boolean mask it would convert in
+        every layer). Per layer type for models that mix full and sliding-window layers (a sliding
+        layer also drops ancestors ``window`` or more positions back)."""
+        config = self._decoder.config
+        implementation = getattr(config, "_attn_implementation", "sdpa") or "sdpa"
+        if implementation not in ("sdpa", "eager"):
+            raise TetherError(
+                f"packed scoring needs 'sdpa' or 'eager' attention; this model uses '{implementation}'",
+                hint="load the model with attn_implementation='sdpa'",
+            )
+
+        def form(allowed: torch.Tensor) -> torch.Tensor:
+            allowed = allowed[:, None, :, :]
+            dtype = self._head.weight.dtype
+            zero = torch.zeros((), dtype=dtype, device=allowed.device)
+            return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+        layer_types = getattr(config, "layer_types", None)
+        if not layer_types:
+            return form(ancestors)
+        masks = {}
+        for kind in set(layer_types):
+            if kind == "full_attention":
+                masks[kind] = form(ancestors)
+            elif kind == "sliding_attention":
+                window = getattr(config, "sliding_window", None)
+                if window is None or int(positions.max()) < window:
+                    masks[kind] = form(ancestors)
+                else:
+                    near = positions[:, :, None] - positions[:, None, :] < window
+                    masks[kind] = form(ancestors & near)
+            else:
+                raise TetherError(
+                    f"packed scoring does not support '{kind}' attention layers",
+                    hint="score this model with a backend that supports it",
+                )
+        return masks
+
     @torch.inference_mode()
     def score(self, requests: list[EncodedScore]) -> list[TokenScores]:
-        """Run all contexts once (left-padded batch), keep their KV cache, then run every
-        continuation of every item in one right-padded batch on top of the shared cache.
-        The LM head runs only where a continuation token is predicted, never over the whole
-        sequence: on a 49k vocabulary that head and its log_softmax dominate naive scoring."""
-        ctx_ids, ctx_mask = left_pad([r.context_ids for r in requests], self.pad_id, self.device)
-        ctx_positions = positions_from_mask(ctx_mask)
-        ctx_out = self._decoder(
-            input_ids=ctx_ids, attention_mask=ctx_mask, position_ids=ctx_positions, use_cache=True
-        )
-        last_hidden = ctx_out.last_hidden_state[:, -1, :]  # left padding: the last column is real
-        single_token = all(len(c) == 1 for r in requests for c in r.continuation_ids)
-        if single_token:
-            # Every continuation is one token (MMLU-style " A"/" B"): one head row per item suffices.
-            logprobs = torch.log_softmax(self._logits(last_hidden), dim=-1)
-            greedy = logprobs.argmax(-1)
-            results = []
-            for i, r in enumerate(requests):
-                ids = [c[0] for c in r.continuation_ids]
-                results.append(
-                    TokenScores(
-                        logprobs=logprobs[i, ids].tolist(), is_greedy=[bool(greedy[i] == t) for t in ids]
-                    )
-                )
-            return results
+        """Pack the requests into prefix-tree rows (``tether.engine.packing``): each context runs once
+        for all its continuations, shared prefixes once per row, in one forward with a 4-D mask and
+        no KV-cache copies. The LM head runs only on the nodes that predict a continuation token,
+        each once, in chunks, and the full-vocabulary log-softmax is never materialised: a token's
+        log-prob is its logit minus its predictor's logsumexp."""
+        batch = pack(requests, self.max_row_tokens, self.pad_id)
+        device = self.device
+        ids = torch.from_numpy(batch.input_ids).to(device)
+        positions = torch.from_numpy(batch.position_ids).to(device)
+        ancestors = torch.from_numpy(batch.ancestors).to(device)
+        masks = self._attention_masks(ancestors, positions)
+        if self._llama_layers:
+            mask = masks["full_attention"] if isinstance(masks, dict) else masks
+            hidden = _llama_forward(self._decoder, ids, positions, mask)
+        else:
+            out = self._decoder(input_ids=ids, attention_mask=masks, position_ids=positions, use_cache=False)
+            hidden = out.last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        hidden = hidden[torch.from_numpy(batch.predictors).to(device)]
 
-        owner = [i for i, r in enumerate(requests) for _ in r.continuation_ids]
-        conts = [c for r in requests for c in r.continuation_ids]
-        width = max(len(c) for c in conts)
-        cont_ids = torch.full((len(conts), width), self.pad_id, dtype=torch.long)
-        cont_mask = torch.zeros((len(conts), width), dtype=torch.long)
-        for j, c in enumerate(conts):
-            cont_ids[j, : len(c)] = torch.tensor(c)
-            cont_mask[j, : len(c)] = 1
-        cont_ids, cont_mask = cont_ids.to(self.device), cont_mask.to(self.device)
-        index = torch.tensor(owner, device=self.device)
-        cache = ctx_out.cache
-        cache.batch_select_indices(index)
-        full_mask = torch.cat([ctx_mask[index], cont_mask], dim=1)
-        ctx_lengths = ctx_mask.sum(-1)[index]
-        positions = ctx_lengths[:, None] + torch.arange(width, device=self.device)[None, :]
-        cont_out = self._decoder(
-            input_ids=cont_ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=False
-        )
-        # Token t of a continuation is predicted by the hidden state just before it: the context's
-        # last state for t=0, else the continuation's own state at t-1.
-        predictors = torch.cat([last_hidden[index][:, None, :], cont_out.last_hidden_state[:, :-1, :]], dim=1)
-        flat_mask = cont_mask.bool()
-        logits = self._logits(predictors[flat_mask])
-        logprobs = torch.log_softmax(logits, dim=-1)
-        targets = cont_ids[flat_mask]
-        token_lp = logprobs.gather(-1, targets[:, None]).squeeze(-1)
-        token_greedy = logprobs.argmax(-1) == targets
-        row_of = torch.arange(len(conts), device=self.device)[:, None].expand_as(cont_mask)[flat_mask]
-        sums = torch.zeros(len(conts), dtype=torch.float64, device=self.device).index_add_(
-            0, row_of, token_lp.double()
-        )
-        misses = torch.zeros(len(conts), dtype=torch.long, device=self.device).index_add_(
-            0, row_of, (~token_greedy).long()
-        )
+        token_predictor = torch.from_numpy(batch.token_predictor).to(device)
+        token_target = torch.from_numpy(batch.token_target).to(device)
+        n_pred = hidden.shape[0]
+        lse = torch.empty(n_pred, dtype=torch.float32, device=device)
+        greedy = torch.empty(n_pred, dtype=torch.long, device=device)
+        target_logit = torch.empty(token_target.shape[0], dtype=torch.float32, device=device)
+        # Tokens grouped by predictor, so each head chunk finds its tokens as one slice.
+        by_pred = torch.argsort(token_predictor, stable=True)
+        sorted_pred = token_predictor[by_pred]
+        step = self.head_chunk
+        for a in range(0, n_pred, step):
+            b = min(a + step, n_pred)
+            logits = self._logits(hidden[a:b])
+            lse[a:b] = torch.logsumexp(logits, dim=-1)
+            greedy[a:b] = logits.argmax(dim=-1)
+            lo, hi = torch.searchsorted(sorted_pred, torch.tensor([a, b], device=device)).tolist()
+            tokens = by_pred[lo:hi]
+            target_logit[tokens] = logits[token_predictor[tokens] - a, token_target[tokens]]
+        token_lp = (target_logit - lse[token_predictor]).double()
+        token_miss = (greedy[token_predictor] != token_target).long()
+        owner = torch.from_numpy(batch.token_owner).to(device)
+        n = batch.num_continuations
+        sums = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, owner, token_lp).tolist()
+        misses = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, owner, token_miss).tolist()
         results, j = [], 0
         for r in requests:
             k = len(r.continuation_ids)
             results.append(
-                TokenScores(
-                    logprobs=sums[j : j + k].tolist(), is_greedy=[bool(m == 0) for m in misses[j : j + k]]
-                )
+                TokenScores(logprobs=sums[j : j + k], is_greedy=[m == 0 for m in misses[j : j + k]])
             )
             j += k
         return results
