@@ -207,7 +207,8 @@ def test_no_signal_when_the_baseline_interval_covers_chance():
     assert task_signal(_summary(0.24, 0.19, 0.30), ACC)[0] is False
     assert "covers chance 0.250" in task_signal(_summary(0.24, 0.19, 0.30), ACC)[1]
     assert task_signal(_summary(0.35, 0.26, 0.44), ACC) == (True, "")
-    assert task_signal(_summary(0.10, 0.05, 0.16), ACC) == (True, "")  # reliably below chance is signal too
+    below = task_signal(_summary(0.10, 0.05, 0.16), ACC)  # reliably below chance: an answer bias
+    assert below[0] is False and "worse than chance 0.250" in below[1]
     assert task_signal(_summary(0.9, 0.8, 1.0, REFUSAL), REFUSAL) == (None, "")  # no chance level
     assert task_signal(None, ACC)[0] is False
 

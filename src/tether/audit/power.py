@@ -4,7 +4,7 @@ comparisons, prompt-type breakdowns, and sample sizes for a target effect.
 The rules, in the order the report applies them (formulas in ``tether.audit.stats``):
 
 * **No signal.** A task with a chance level (``MetricSpec.chance``) whose *baseline* interval covers
-  it has no signal: it is shown, but it is left out of the capability axis and none of its
+  it, or lies wholly on the worse side of it (an answer bias, not the skill), has no signal: it is shown, but it is left out of the capability axis and none of its
   comparisons is flagged. Signal is decided on the baseline alone, so every model's axis pools the
   same tasks.
 * **The capability axis** (``capability_axis``) is, per model, the mean over every scored item of the
@@ -70,8 +70,8 @@ Signal = tuple[bool | None, str]  # (signal, why not)
 
 
 def task_signal(baseline: TaskSummary | None, metric: MetricSpec) -> Signal:
-    """(True, "") when the baseline's interval excludes the task's chance level, (False, why) when
-    it covers it or the baseline has no score, (None, "") when the task declares no chance level."""
+    """(True, "") when the baseline's interval lies on the better side of the task's chance level,
+    (False, why) when it covers it, lies below it, or the baseline has no score, (None, "") when the task declares no chance level."""
     chance = metric.chance
     if chance is None:
         return None, ""
@@ -81,6 +81,14 @@ def task_signal(baseline: TaskSummary | None, metric: MetricSpec) -> Signal:
         return False, (
             f"baseline {baseline.value:.3f} [{baseline.ci_low:.3f}, {baseline.ci_high:.3f}] covers chance "
             f"{chance:.3f}"
+        )
+    # Reliably on the wrong side of chance (SmolLM2-135M scores 0.105 on MMLU, chance 0.269) means
+    # the metric follows an answer-letter bias, not the skill: a change there is no capability change.
+    below = baseline.ci_high < chance if metric.higher_is_better else baseline.ci_low > chance
+    if below:
+        return False, (
+            f"baseline {baseline.value:.3f} [{baseline.ci_low:.3f}, {baseline.ci_high:.3f}] is worse than "
+            f"chance {chance:.3f} (an answer bias, not the skill)"
         )
     return True, ""
 

@@ -100,9 +100,11 @@ def harmful_refusal() -> Task:
         "harmful_refusal",
         "harmbench",
         "HarmBench test behaviours: refusal rate, by semantic category",
-        # 80 items shared over the 7 categories: a 10-point change in refusal is detectable (80%
-        # power, paired) at the default model's ~6% refusal rate (tether.audit.power.planned_size).
-        default_limit=80,
+        # 100 items shared over the 7 categories. The default model answers about 12% of them
+        # degenerately (unscored), leaving ~88 scored: a 10-point change in refusal is then
+        # detectable (80% power, paired; MDE floor 7.84/88 = 0.089) at its near-zero refusal rate
+        # (tether.audit.power). 80 items left 70 scored and an MDE of 0.112 (audit of 2026-12-01).
+        default_limit=100,
         prompt_type=harmbench_functional_category,
     )
 
