@@ -23,7 +23,6 @@ import json
 import re
 from pathlib import Path
 
-from tether.packages import package_dir
 from tether.judges.calibration import Figures, compute_sheet, format_row, load_sheets, pyrit_set, sheet_path
 from tether.judges.degenerate import detect_degenerate
 from tether.judges.harmful import LLMHarmfulJudge, RuleHarmfulJudge
@@ -37,6 +36,7 @@ from tether.judges.trained import (
     feature_matrix,
     head_path,
 )
+from tether.packages import package_dir
 
 LLM_NAME = "llm-yes-no"
 LLM_MAX_RESPONSE_CHARS = 600  # the opening decides; keeps a CPU run of every set near an hour
