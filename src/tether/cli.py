@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 from tether.errors import ConfigError, DataError, Interrupted, TetherError
 from tether.inputs import UTF8_HINT, check_output_dir, check_output_file, os_reason
 from tether.logs import detach_run_log, quiet_library_progress, setup_cli_logging
+from tether.plain import out, plain_table
 
 quiet_library_progress()  # before any library imports tqdm (the areas below import torch and TRL)
 
@@ -191,26 +192,8 @@ def _check_model(spec: str, where: str = "MODEL") -> None:
     check_spec(spec, where=where)
 
 
-def _plain_table(
-    header: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[int] = frozenset()
-) -> str:
-    """Aligned plain text: no markup to eat brackets in names, no wrapping at 80 columns in a pipe."""
-    lines = [header, *rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            c.rjust(w) if i in numeric else c.ljust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-        for line in lines
-    )
-
-
-def _out(text: str) -> None:
-    """Data on stdout, exactly as given, and a newline: never through Rich (which reads brackets
-    as markup and wraps long lines at 80 columns when piped)."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+_plain_table = plain_table
+_out = out
 
 
 def _say(message: str) -> None:

@@ -17,6 +17,8 @@ from rich.table import Table
 from tether.audit.gate import EXIT_INCOMPLETE, EXIT_PASS, EXIT_USAGE
 from tether.audit.schema import AuditReport, AxisSpec, ParetoSpec
 from tether.errors import ConfigError, TetherError
+from tether.plain import out as print_data
+from tether.plain import plain_table
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -50,13 +52,10 @@ def _engine_config(overrides: list[str]):
     return load_config(EngineConfig, None, [o.removeprefix("engine.") for o in overrides])
 
 
-def summary_table(report: AuditReport) -> Table:
-    """Model x task: value, interval, n scored, and an incomplete mark."""
+def summary_table(report: AuditReport) -> str:
+    """Model x task: value, interval, n scored, and an incomplete mark (plain text: stdout is data)."""
     ci_pct = round(100 * (1 - float(report.settings.get("alpha", 0.05))))
-    table = Table(title="audit summary", title_justify="left")
-    for column, justify in (("model", "left"), ("task", "left"), ("metric", "left"), ("value", "right"),
-                            (f"{ci_pct}% CI", "right"), ("n", "right"), ("extras", "left")):  # fmt: skip
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    rows = []
     for model in report.model_names():
         for task in report.task_names():
             s = report.summary(model, task)
@@ -65,43 +64,41 @@ def summary_table(report: AuditReport) -> Table:
             arrow = "↑" if s.metric.higher_is_better else "↓"
             value = "—" if s.value is None else f"{s.value:.3f}"
             if not s.complete:
-                value = f"[bold red]{value} incomplete[/]"
+                value = f"{value} incomplete"
             ci = "" if s.ci_low is None else f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
             n = f"{s.n_scored}/{s.n_total}" if s.n_scored != s.n_total else str(s.n_scored)
             extras = ", ".join(f"{k}={v:.3f}" for k, v in s.extra_metrics.items() if not k.startswith("n_"))
-            table.add_row(escape(model), task, f"{s.metric.name} {arrow}", value, ci, n, escape(extras))
-    return table
+            rows.append((model, task, f"{s.metric.name} {arrow}", value, ci, n, extras))
+    header = ("model", "task", "metric", "value", f"{ci_pct}% CI", "n", "extras")
+    return plain_table(header, rows, numeric={3, 4, 5}, title="audit summary")
 
 
-def power_table(report: AuditReport) -> Table:
+def power_table(report: AuditReport) -> str:
     """Per task and axis: chance, signal, planned MDE, and each checkpoint's paired change, q-value
-    and MDE at the observed discordance (report.html explains the columns)."""
+    and MDE at the observed discordance (report.html explains the columns). ▲ improved, ▼ regressed
+    (Benjamini-Hochberg q < 0.05)."""
     power = report.power
     assert power is not None
     others = [m for m in report.model_names() if m != report.baseline]
-    table = Table(title="power (80%, alpha 0.05, paired)", title_justify="left")
-    for column in ("task", "chance", "signal", "n", "planned MDE"):
-        table.add_column(column, justify="left" if column in ("task", "signal") else "right")
+    header = ["task", "chance", "signal", "n", "planned MDE"]
     for m in others:
-        table.add_column(f"{escape(m)}: Δ (q)", justify="right")
-        table.add_column("MDE", justify="right")
+        header += [f"{m}: Δ (q)", "MDE"]
 
     def fmt(x: float | None) -> str:
         return "—" if x is None else f"{x:.3f}"
 
+    def mark(item) -> str:
+        return " ▼" if item.regressed else (" ▲" if item.significant else "")
+
     whole = {(d.model, d.task): d for d in report.deltas if d.category is None}
+    rows = []
     for t in power.tasks:
-        signal = {True: "yes", False: "[yellow]no signal[/]", None: "—"}[t.signal]
+        signal = {True: "yes", False: "no signal", None: "—"}[t.signal]
         cells = []
         for m in others:
             d = whole.get((m, t.task))
-            mark = (
-                " [red]▼[/]"
-                if d is not None and d.regressed
-                else (" ▲" if d is not None and d.significant else "")
-            )
-            cells += [f"{d.delta:+.3f} ({fmt(d.q_value)}){mark}" if d else "—", fmt(d.mde) if d else "—"]
-        table.add_row(t.task, fmt(t.chance), signal, str(t.n), fmt(t.planned_mde), *cells)
+            cells += [f"{d.delta:+.3f} ({fmt(d.q_value)}){mark(d)}" if d else "—", fmt(d.mde) if d else "—"]
+        rows.append((t.task, fmt(t.chance), signal, str(t.n), fmt(t.planned_mde), *cells))
     for a in power.axes:
         points = {p.model: p for p in a.points}
         base = points.get(report.baseline)
@@ -109,10 +106,12 @@ def power_table(report: AuditReport) -> Table:
         for m in others:
             p = points.get(m)
             ok = p is not None and p.delta is not None
-            mark = " [red]▼[/]" if ok and p.regressed else (" ▲" if ok and p.significant else "")
-            cells += [f"{p.delta:+.3f} ({fmt(p.q_value)}){mark}" if ok else "—", fmt(p.mde) if ok else "—"]
-        table.add_row(f"[bold]{a.name}[/]", "", "", str(base.n if base else 0), fmt(a.planned_mde), *cells)
-    return table
+            cells += [f"{p.delta:+.3f} ({fmt(p.q_value)}){mark(p)}" if ok else "—", fmt(p.mde) if ok else "—"]
+        rows.append((a.name, "", "", str(base.n if base else 0), fmt(a.planned_mde), *cells))
+    numeric = {1, 3, 4, *range(5, len(header))}
+    return plain_table(
+        header, rows, numeric=numeric, title="power (80%, alpha 0.05, paired; ▲ improved, ▼ regressed)"
+    )
 
 
 def audit_command(
@@ -185,12 +184,9 @@ def audit_command(
     Exit codes: 0 done, 1 usage or config error, 2 a task is incomplete (too many unscored items).
     """
     err = Console(stderr=True)
-    out_console = Console()
-    if not out_console.is_terminal:  # a pipe or a log: never squeeze the table (and cut names) to 80 columns
-        out_console = Console(width=1000)
     try:
         if list_tasks:
-            out_console.print(_task_table())
+            print_data(_task_table())
             raise typer.Exit(EXIT_PASS)
         if not models:
             raise ConfigError("no models given", hint="e.g. `tether audit default runs/sft` (baseline first)")
@@ -208,7 +204,7 @@ def audit_command(
                 raise ConfigError(
                     "--mde sizes samples and --full runs everything", where="--mde", hint="drop one"
                 )
-            sizes = _plan(out_console, tasks, mde, models, _split(name) or None, limit, seed)
+            sizes = _plan(err, tasks, mde, models, _split(name) or None, limit, seed)
         report = run_audit(
             models,
             tasks,
@@ -226,16 +222,14 @@ def audit_command(
         err.print(f"[bold red]error:[/] {escape(exc.render())}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from exc
 
-    out_console.print(summary_table(report))
+    print_data(summary_table(report))
     if report.power is not None:
-        out_console.print(power_table(report))
+        print_data(power_table(report))
     incomplete = [f"{s.model} / {s.task}" for s in report.tasks if not s.complete]
-    out_console.print(f"report: {escape(str(out_dir / 'report.html'))}")
-    out_console.print(f"data:   {escape(str(out_dir / 'report.json'))}")
+    print_data(f"report: {out_dir / 'report.html'}")
+    print_data(f"data:   {out_dir / 'report.json'}")
     if incomplete:
-        out_console.print(
-            "[bold red]incomplete[/] (too many unscored items, or no score): " + escape(", ".join(incomplete))
-        )
+        print_data("incomplete (too many unscored items, or no score): " + ", ".join(incomplete))
         raise typer.Exit(EXIT_INCOMPLETE)
 
 
@@ -273,12 +267,10 @@ def _plan(console: Console, tasks: str, target: float, models, names, limit, see
     return {r.task: r.items for r in rows}
 
 
-def _task_table() -> Table:
+def _task_table() -> str:
     from tether.evals import TASK_SETS, get_task, task_names
 
-    table = Table(title="tasks", title_justify="left")
-    for column in ("task", "metric", "axis", "kind", "default sample", "description"):
-        table.add_column(column)
+    rows = []
     for task_name in task_names():
         t = get_task(task_name)
         sample = ", ".join(
@@ -287,12 +279,12 @@ def _task_table() -> Table:
             if v is not None
         )
         arrow = "↑" if t.metric.higher_is_better else "↓"
-        table.add_row(
-            t.name, f"{t.metric.name} {arrow}", t.metric.axis, t.kind, sample or "all", t.description
+        rows.append(
+            (t.name, f"{t.metric.name} {arrow}", t.metric.axis, t.kind, sample or "all", t.description)
         )
     sets = "; ".join(f"{k}: {', '.join(v)}" for k, v in TASK_SETS.items())
-    table.caption = f"task sets — {sets}"
-    return table
+    header = ("task", "metric", "axis", "kind", "default sample", "description")
+    return plain_table(header, rows, title="tasks") + f"\ntask sets — {sets}"
 
 
 app = typer.Typer(add_completion=False, help="Audit models on safety and capability tasks.")
