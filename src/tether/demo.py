@@ -318,7 +318,10 @@ def demo_table(summary: dict[str, Any]) -> str:
         lines.append(f"CAI round: kept {cai['kept']} of {cai['prompts']} revised answers for SFT")
         if cai.get("deltas"):
             lines.append("")
-            lines.append("audit on held-out items (paired bootstrap 95% CI; * = CI excludes 0):")
+            lines.append(
+                "audit on held-out items (base, CAI SFT: rates over each model's scored answers, degenerate "
+                "ones unscored; change, 95% CI and n: paired, on the items both scored; * = CI excludes 0):"
+            )
             header = f"  {'task':<18} {'metric':<14} {'base':>6} {'CAI SFT':>8} {'change':>8}  {'95% CI':<18} {'n':>4}"
             lines.append(header)
             for row in cai["deltas"]:
