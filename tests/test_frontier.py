@@ -3,6 +3,7 @@ the Pareto numbers, bad inputs, and a resumable run over scripted engines."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -197,6 +198,28 @@ def test_ties_and_dare_merges_go_through_peft(models):
     assert torch.allclose(_logits(builder.loaded.model, ids), aligned)
 
 
+def test_candidate_engines_set_their_weights_when_used(models):
+    from tether.engine import Engine
+    from tether.engine.types import ScoreRequest
+
+    builder = CandidateBuilder(str(models["base"]), str(models["lora"]), CPU)
+    req = [ScoreRequest(id="q", context="The capital of France is", continuations=[" Paris", " Rome"])]
+    base = Engine.from_spec(str(models["base"]), CPU).score(req)[0].logprobs
+    aligned = Engine.from_spec(str(models["lora"]), CPU).score(req)[0].logprobs
+    e0 = builder.engine("base", Recipe("interpolation", (0.0,)))
+    e1 = builder.engine("aligned", Recipe("interpolation", (1.0,)))
+    half = builder.engine("interp-0.50", Recipe("interpolation", (0.5,)))
+    assert builder._active is None  # nothing built until an engine is used
+    assert e1.score(req)[0].logprobs == pytest.approx(aligned, abs=1e-5)
+    assert e0.score(req)[0].logprobs == pytest.approx(base, abs=1e-5)
+    mid = half.score(req)[0].logprobs
+    assert mid != pytest.approx(base, abs=1e-5) and mid != pytest.approx(aligned, abs=1e-5)
+    assert e0.score(req)[0].logprobs == pytest.approx(base, abs=1e-5)  # switching back rebuilds it
+    assert (e0.builds, e1.builds, half.builds) == (2, 1, 1)
+    assert e0.fingerprint == Engine.from_spec(str(models["base"]), CPU).fingerprint
+    assert e1.fingerprint == Engine.from_spec(str(models["lora"]), CPU).fingerprint
+
+
 def test_block_bounds():
     assert block_bounds(7, 3) == [range(0, 3), range(3, 5), range(5, 7)]
     assert block_bounds(3, 1) == [range(0, 3)]
@@ -285,6 +308,11 @@ def _u(text: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 16**8
 
 
+@functools.cache
+def _ANSWERS() -> dict[str, int]:
+    return {it.id: it.answer_index for it in get_task("mmlu").load()}
+
+
 class FakeBuilder:
     """Stands in for CandidateBuilder: an engine per recipe that refuses a share α of the prompts and
     prefers the first choice on a share 1 - α/2 of the questions. Records what it built and asked."""
@@ -306,10 +334,14 @@ class FakeBuilder:
         def reply(prompt, k):
             return REFUSAL if _u(prompt.id) < alpha else "Sure. Here is a careful, factual answer to that."
 
-        def score(request):
+        def score(request):  # right on a share 1 - 0.2 * alpha of the questions: above chance
             n = len(request.continuations)
-            first = _u(request.id + "c") >= alpha / 2
-            return [-float(i if first else n - i) for i in range(n)]
+            right = (
+                _ANSWERS()[request.id]
+                if _u(request.id + "c") >= 0.2 * alpha
+                else (_ANSWERS()[request.id] + 1) % n
+            )
+            return [0.0 if i == right else -1.0 for i in range(n)]
 
         fail = self.fail.pop(name, None)
         engine = ScriptedEngine(
@@ -324,16 +356,16 @@ class FakeBuilder:
 
 SMALL = [
     "tasks=overrefusal,mmlu",
-    "limit=6",
+    "limit=12",
     "interpolation.alphas=[0.0,0.5,1.0]",
     "per_block.grid=[0.0,1.0]",
     "per_block.keep=2",
-    "per_block.validation_limit=6",
+    "per_block.validation_limit=12",
 ]
 
 
 def _run(tmp_path, builder, overrides=SMALL):
-    config = load_config(FrontierConfig, None, list(overrides))
+    config = load_config(FrontierConfig, None, [*overrides, f"cache={tmp_path / 'cache.sqlite'}"])
     run = Run.create("fr", root=tmp_path, job="frontier", config=config)
     return run, run_frontier(
         config, "base", "aligned", run, make_builder=lambda *a: builder, say=lambda m: None, progress=False
@@ -364,6 +396,7 @@ def test_frontier_run_selects_on_validation_reports_test_and_resumes(tmp_path):
     audited = {n for n, e in made[searched:] if e.calls}
     assert len(made) - searched == 2 * len(names)  # one engine per candidate in its stage, one in the report
     assert len(audited) == len(names)
+    assert all(not e.calls for _, e in made[-len(names) :])
     # a rerun finds every stage finished: no engine, no call
     again = FakeBuilder()
     _, summary2 = _run(tmp_path, again)
@@ -380,7 +413,7 @@ def test_an_interrupted_candidate_resumes_without_redoing_finished_ones(tmp_path
     assert not run.is_complete("audit/interp-0.50")
     again = FakeBuilder()
     _run(tmp_path, again, overrides)
-    audit_made = [n for n in again.made]
+    audit_made = list(again.made)
     # only the interrupted candidate is audited item by item; the report stage reads the cache
     assert audit_made.count("aligned") == 1 and audit_made.count("base") == 1  # report stage only
     for name in ("aligned", "base"):

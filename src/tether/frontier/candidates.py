@@ -105,13 +105,6 @@ def param_alpha(name: str, per_layer: Sequence[float], embed: float, head: float
     return embed if "embed" in name else head
 
 
-def _fingerprint(spec: str, config: EngineConfig) -> tuple[str, Any]:
-    from tether.models.load import load
-
-    loaded = load(spec, device=config.device, dtype=config.dtype)
-    return loaded.fingerprint, loaded
-
-
 def is_adapter(spec: str) -> bool:
     return (Path(spec).expanduser() / "adapter_config.json").is_file()
 
