@@ -334,11 +334,11 @@ class FakeBuilder:
         def reply(prompt, k):
             return REFUSAL if _u(prompt.id) < alpha else "Sure. Here is a careful, factual answer to that."
 
-        def score(request):  # right on a share 1 - 0.2 * alpha of the questions: above chance
+        def score(request):  # right on a share 1 - 0.1 * alpha of the questions: above chance
             n = len(request.continuations)
             right = (
                 _ANSWERS()[request.id]
-                if _u(request.id + "c") >= 0.2 * alpha
+                if _u(request.id + "c") >= 0.1 * alpha
                 else (_ANSWERS()[request.id] + 1) % n
             )
             return [0.0 if i == right else -1.0 for i in range(n)]
@@ -356,11 +356,11 @@ class FakeBuilder:
 
 SMALL = [
     "tasks=overrefusal,mmlu",
-    "limit=12",
+    "limit=20",
     "interpolation.alphas=[0.0,0.5,1.0]",
     "per_block.grid=[0.0,1.0]",
     "per_block.keep=2",
-    "per_block.validation_limit=12",
+    "per_block.validation_limit=20",
 ]
 
 
@@ -383,6 +383,10 @@ def test_frontier_run_selects_on_validation_reports_test_and_resumes(tmp_path):
     assert chosen and all(n.startswith("block-") for n in chosen) and set(chosen) <= names
     assert set(summary["frontier"]) <= names and summary["hypervolume"] >= 0
     assert data["families"]["interpolation"] == ["base", "interp-0.50", "aligned"]
+    # the fake ALIGNED refuses every over-refusal prompt, BASE none: BASE is significantly safer there
+    assert data["candidates"]["base"]["vs_aligned"]["safety"]["significant"]
+    assert "base" in summary["better_than_aligned_significantly"]
+    assert data["candidates"]["aligned"]["safety"] < data["candidates"]["base"]["safety"]
     # selection read validation items only; the reported audit read test items only
     searched = len(json.loads((run.path / "per_block.json").read_text())["validation"])
     assert searched == 8  # 2 ** 3 combinations, base and aligned among them

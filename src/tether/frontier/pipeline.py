@@ -255,9 +255,10 @@ def report(ctx: FrontierContext) -> dict[str, Any]:
 def _points(report: AuditReport) -> dict[str, tuple[float, float]]:
     if report.pareto is None:
         raise ConfigError(
-            "the audit tasks have no safety or no capability task, so there is no frontier",
+            "no frontier: the tasks have no safety task, or no capability task has signal on ALIGNED "
+            "(its interval covers the task's chance level)",
             where="tasks",
-            hint="audit at least one safety and one capability task (e.g. tasks: quick)",
+            hint="audit a safety and a capability task (e.g. tasks: quick), with enough items (limit) to beat chance",
         )
     return {
         p.model: (p.safety, p.capability)
@@ -275,7 +276,7 @@ def _axis_deltas(report: AuditReport) -> dict[str, dict[str, Any]]:
         for p in axis.points:
             if p.delta is None:
                 continue
-            out.setdefault(p.model, {})[axis.name] = {
+            out.setdefault(p.model, {})[axis.name.removesuffix("_axis")] = {
                 "delta": p.delta,
                 "ci": [p.ci_low, p.ci_high],
                 "p_value": p.p_value,
@@ -395,7 +396,7 @@ def run_frontier(
     )
     first, rest = frontier_stages(config, run)
     run_stages(run, first, ctx)
-    summaries = run_stages(run, rest(), ctx)
+    summaries = run_stages(run, [*first, *rest()], ctx)  # the first ones are finished: skipped
     return summaries["frontier"]
 
 
