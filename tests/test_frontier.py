@@ -423,3 +423,25 @@ def test_an_interrupted_candidate_resumes_without_redoing_finished_ones(tmp_path
     for name in ("aligned", "base"):
         assert again.engines[name][0].calls == []  # no item re-scored
     assert again.engines["interp-0.50"][0].calls  # the interrupted one ran
+
+
+@pytest.mark.parametrize("name", ["frontier.yaml", "frontier-gpu.yaml"])
+def test_shipped_frontier_configs_validate(name):
+    config = load_config(FrontierConfig, Path(__file__).parents[1] / "configs" / name, [])
+    assert config.interpolation.alphas[0] == 0.0 and config.interpolation.alphas[-1] == 1.0
+    assert config.per_block.blocks == 3
+
+
+def test_cli_names_both_models_when_aligned_has_another_base(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+
+    result = CliRunner().invoke(
+        app, ["frontier", str(models["base"]), str(models["lora_other"]), "--out", str(tmp_path / "fr")]
+    )
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output and "Traceback" not in result.output
+    flat = result.output.replace("\n", "")
+    assert "lora_other" in flat and str(models["base"].name) in flat
+    assert not (tmp_path / "fr").exists()  # refused before the run directory exists
