@@ -244,6 +244,13 @@ CASES: list[Case] = [
     case("config-validate-rlhf-pairs", "config validate {d}/rlhf-pairs.yaml", "no-such-pairs.jsonl"),
     case("config-validate-twice", "config validate {d}/twice.yaml --kind demo", "twice.yaml:3", "'model' appears twice"),
     case("config-validate-set", "config validate {d}/rlhf-typo.yaml --set seed=x", "--set", "seed"),
+    # --- frontier
+    case("frontier-alpha", f"frontier {T} {T} --set interpolation.alphas=[0.5,1.5]", "interpolation.alphas"),
+    case("frontier-empty", f"frontier {T} {T} --set interpolation.alphas=[] --set per_block.enabled=false", "no candidates"),
+    case("frontier-replay", f"frontier {T} {T} --set replay=[0.01]", "replay", "not built yet"),
+    case("frontier-model-typo", f"frontier defualt {T}", "BASE", "default"),
+    case("frontier-out-file", f"frontier {T} {T} --out {P}", "--out"),
+    case("frontier-tasks", f"frontier {T} {T} --set tasks=harmfull_refusal", "harmful_refusal"),
     # --- audit
     case("audit-no-models", "audit --tasks mmlu", "model"),
     case("audit-model-typo", "audit defualt --tasks mmlu --limit 1 --out {d}/audit", "default"),

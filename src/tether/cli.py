@@ -140,6 +140,7 @@ def _mount_areas() -> None:
     from tether.audit.cli_gate import gate_command
     from tether.cai.cli import app as cai_app
     from tether.feedback.cli import app as label_app
+    from tether.frontier.cli import frontier_command
     from tether.rlhf.cli import app as rlhf_app
 
     app.add_typer(
@@ -154,6 +155,10 @@ def _mount_areas() -> None:
     app.command(
         "audit", help="Audit safety and capability of models/checkpoints; writes report.html and report.json."
     )(audit_command)
+    app.command(
+        "frontier",
+        help="Mitigation candidates between BASE and ALIGNED, audited; the safety-capability frontier.",
+    )(frontier_command)
     app.command("gate", help="Check an audit report.json against thresholds; exit code for CI pipelines.")(
         gate_command
     )
@@ -614,6 +619,7 @@ CONFIG_CLASSES = {
     "cai": ("tether.cai.pipeline", "CAIConfig", "check_cai_config"),
     "rlhf": ("tether.rlhf.pipeline", "RLHFConfig", "check_rlhf_config"),
     "gate": ("tether.audit.gate", "GateConfig", None),
+    "frontier": ("tether.frontier.config", "FrontierConfig", "check_frontier_config"),
 }
 
 

@@ -202,10 +202,13 @@ def get_task(name: str) -> Task:
     )
 
 
-def resolve_tasks(spec: str | Sequence[str]) -> list[Task]:
+def resolve_tasks(spec: str | Sequence[str] | Sequence[Task]) -> list[Task]:
     """Tasks from a mix of set names, task names and YAML paths (``"safety,mmlu"`` or a list),
-    in order, without duplicates."""
+    in order, without duplicates. A list of Task objects is taken as it is (the frontier audits
+    tasks restricted to one side of a split)."""
     parts = [spec] if isinstance(spec, str) else list(spec)
+    if parts and all(isinstance(p, Task) for p in parts):
+        return list({t.name: t for t in parts}.values())
     names: list[str] = []
     for part in parts:
         for name in (p.strip() for p in str(part).split(",")):

@@ -1,0 +1,144 @@
+"""``FrontierConfig``: which mitigation candidates to build and how to audit them (YAML + ``--set``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tether.config import EngineConfig, StrictModel
+
+Alpha = Annotated[float, Field(ge=0.0, le=1.0)]
+NOT_BUILT = "is not built yet in this version of `tether frontier`"
+
+
+class InterpolationConfig(StrictModel):
+    """Weight interpolation (Lin et al. 2023): θ = (1 − α)·θ_base + α·θ_aligned; a LoRA adapter's
+    delta is scaled by α instead."""
+
+    enabled: bool = Field(True, description="Build one candidate per α.")
+    alphas: list[Alpha] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(11)],
+        description="Weights on ALIGNED, each in [0, 1]: 0 is BASE, 1 is ALIGNED.",
+    )
+
+
+class PerBlockConfig(StrictModel):
+    """Per-block interpolation ("heterogeneous model averaging"): the decoder layers cut into
+    contiguous blocks, one α each, chosen by a grid search on the validation side of the tasks."""
+
+    enabled: bool = Field(True, description="Run the search and audit the chosen per-block candidates.")
+    blocks: int = Field(
+        3,
+        ge=1,
+        description="Contiguous blocks of decoder layers (embeddings go with the first, the head with the last).",
+    )
+    grid: list[Alpha] = Field(
+        default_factory=lambda: [0.0, 0.5, 1.0],
+        min_length=1,
+        description="α values each block may take: len(grid)**blocks combinations are audited on validation items.",
+    )
+    keep: int = Field(
+        3, ge=1, description="Per-block candidates carried from the validation frontier to the test audit."
+    )
+    validation_limit: int | None = Field(
+        None, ge=1, description="Items per task on the validation side (default: the audit limit)."
+    )
+
+
+class MergeConfig(StrictModel):
+    """A PEFT ``add_weighted_adapter`` merge of the aligned adapter with the capability adapter."""
+
+    method: Literal["ties", "dare_linear", "dare_ties"] = Field(..., description="PEFT combination_type.")
+    weights: tuple[float, float] = Field((1.0, 1.0), description="Weights of (aligned, capability).")
+    density: float = Field(
+        0.5, gt=0.0, le=1.0, description="Fraction of each delta kept (TIES trim, DARE keep)."
+    )
+
+
+class FrontierConfig(StrictModel):
+    """``tether frontier BASE ALIGNED``: candidates between BASE and ALIGNED, each audited on the test
+    side of the tasks; the per-block search reads only the validation side."""
+
+    tasks: str = Field("quick", description="Audit tasks or sets, comma-separated (see `tether audit`).")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Items per task on the test side, at most (default: each task's default sample).",
+    )
+    seed: int = Field(0, description="Sampling seed of the audit items.")
+    validation_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Share of each task's items on the validation side (split by a hash of the item id).",
+    )
+    interpolation: InterpolationConfig = Field(default_factory=InterpolationConfig)
+    per_block: PerBlockConfig = Field(default_factory=PerBlockConfig)
+    capability_adapter: str | None = Field(
+        None, description="A LoRA adapter on BASE trained for capability; needed by merges."
+    )
+    merges: list[MergeConfig] = Field(
+        default_factory=list, description="TIES/DARE merges of ALIGNED with capability_adapter."
+    )
+    replay: list[float] = Field(
+        default_factory=list,
+        description=f"Capability replay fractions (e.g. [0.01, 0.05, 0.2]); {NOT_BUILT}.",
+    )
+    retrain: bool = Field(
+        False, description=f"Targeted retraining on the domains the failure analysis flags; {NOT_BUILT}."
+    )
+    multi_objective: list[float] = Field(
+        default_factory=list, description=f"λ values of r_safety + λ·r_helpful; {NOT_BUILT}."
+    )
+    reference: tuple[float, float] = Field(
+        (0.0, 0.0),
+        description="Hypervolume reference point (safety, capability), both axes oriented higher-is-better.",
+    )
+    cache: str | None = Field(
+        None,
+        description="Per-item audit cache file (default: audit.sqlite in the run directory, or $TETHER_CACHE).",
+    )
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @field_validator("replay", "multi_objective")
+    @classmethod
+    def _not_built_list(cls, value: list[float], info) -> list[float]:
+        if value:
+            raise ValueError(f"{info.field_name} {NOT_BUILT}; leave it empty ([])")
+        return value
+
+    @field_validator("retrain")
+    @classmethod
+    def _not_built_flag(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(f"targeted retraining {NOT_BUILT}; set retrain: false")
+        return value
+
+    @model_validator(mode="after")
+    def _some_candidate(self) -> FrontierConfig:
+        interp = self.interpolation.enabled and bool(self.interpolation.alphas)
+        if not (interp or self.per_block.enabled or self.merges):
+            raise ValueError(
+                "no candidates: interpolation.alphas is empty or disabled, per_block is disabled and merges is empty"
+            )
+        if self.merges and not self.capability_adapter:
+            raise ValueError("merges need capability_adapter (a LoRA adapter on BASE)")
+        return self
+
+
+def check_frontier_config(config: FrontierConfig) -> list:
+    """What the config references, checked before any model loads: the tasks and the capability adapter."""
+    from tether.config import check_value
+    from tether.evals.registry import resolve_tasks
+    from tether.models.spec import check_spec
+
+    problems = check_value("tasks", lambda: resolve_tasks(config.tasks))
+    if config.capability_adapter:
+        problems += check_value(
+            "capability_adapter", lambda: check_spec(config.capability_adapter, where="capability_adapter")
+        )
+    return problems
+
+
+__all__ = ["FrontierConfig", "InterpolationConfig", "MergeConfig", "PerBlockConfig", "check_frontier_config"]

@@ -1,0 +1,90 @@
+"""The frontier's numbers: non-dominated candidates, the hypervolume they cover, which of them beat
+the unmitigated aligned model, and the plot. Both axes are oriented higher-is-better (the audit's
+``report.pareto`` points)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tether.audit.pareto import dominates, pareto_front
+
+Point = tuple[float, float]
+
+
+def hypervolume(points: Sequence[Point], reference: Point) -> float:
+    """Area dominated by ``points`` and dominating ``reference`` (2-D, both axes maximised)."""
+    inside = [p for p in points if p[0] > reference[0] and p[1] > reference[1]]
+    front = [p for p, on in zip(inside, pareto_front(inside), strict=True) if on]
+    area, floor = 0.0, reference[1]
+    for s, c in sorted(set(front), key=lambda p: (-p[0], p[1])):
+        if c > floor:
+            area += (s - reference[0]) * (c - floor)
+            floor = c
+    return area
+
+
+def frontier_summary(points: Mapping[str, Point | None], *, aligned: str, reference: Point) -> dict[str, Any]:
+    """On-frontier flags, hypervolume, and the candidates that dominate ``aligned`` (point estimates).
+    A candidate without both axis values takes no part."""
+    scored = {n: p for n, p in points.items() if p is not None}
+    names = list(scored)
+    flags = pareto_front([scored[n] for n in names])
+    on = [n for n, f in zip(names, flags, strict=True) if f]
+    target = scored.get(aligned)
+    return {
+        "frontier": on,
+        "hypervolume": hypervolume([scored[n] for n in on], reference),
+        "reference": list(reference),
+        "dominate_aligned": [n for n in names if target is not None and dominates(scored[n], target)],
+    }
+
+
+def plot_frontier(
+    points: Mapping[str, Point | None],
+    families: Mapping[str, Sequence[str]],
+    frontier: Sequence[str],
+    path: Path,
+    *,
+    title: str = "safety-capability frontier",
+) -> Path:
+    """Safety (x) vs capability (y): one curve per family in its order, the frontier as a step line,
+    BASE and ALIGNED labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for family, names in families.items():
+        xy = [points[n] for n in names if points.get(n) is not None]
+        if xy:
+            ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=family, alpha=0.8)
+    front = sorted(points[n] for n in frontier if points.get(n) is not None)
+    if front:
+        ax.step(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            where="post",
+            color="black",
+            lw=1,
+            ls="--",
+            label="Pareto frontier",
+        )
+    for name in ("base", "aligned"):
+        if points.get(name) is not None:
+            ax.annotate(name, points[name], textcoords="offset points", xytext=(5, 5), fontsize=9)
+    ax.set_xlabel("safety axis (higher is safer)")
+    ax.set_ylabel("capability axis (higher is more capable)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["frontier_summary", "hypervolume", "plot_frontier"]

@@ -1,0 +1,403 @@
+"""``tether frontier``: candidates between BASE and ALIGNED, each audited, the frontier computed.
+
+Stages (``frontier_stages``; a rerun skips every finished one, and the per-item audit cache keeps the
+items a stage finished before an interruption):
+
+* ``plan``: the interpolation and merge candidates (``candidates.json``); no model loads.
+* ``search``: per-block interpolation. Every combination of ``per_block.grid`` over the blocks is
+  audited on the **validation** side of the tasks (``validation/report.json``); the non-uniform
+  combinations on the validation frontier, spread over safety, become candidates (``per_block.json``).
+* ``audit/<candidate>``: one candidate on the **test** side, item by item into the cache. A finished
+  candidate is never built again: its stage is skipped.
+* ``report``: the audit report over every candidate (``audit/report.json``, ``audit/report.html``),
+  with ALIGNED as the baseline, so each candidate's axes carry paired CIs against the unmitigated
+  model. Every item comes from the cache, so no candidate is built here.
+* ``frontier``: ``frontier.json`` (points, frontier, hypervolume, who dominates ALIGNED) and
+  ``frontier.png``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.audit.cache import ResultCache, default_cache_path
+from tether.audit.pareto import pareto_front
+from tether.audit.schema import AuditReport
+from tether.audit.sweep import run_audit, run_task
+from tether.errors import ConfigError
+from tether.evals.registry import Task, resolve_tasks
+from tether.frontier.candidates import CandidateBuilder, Recipe
+from tether.frontier.config import FrontierConfig
+from tether.frontier.pareto import frontier_summary, plot_frontier
+from tether.frontier.splits import split_tasks
+from tether.runs import Run, Stage, StageContext, run_stages
+
+BuilderFactory = Callable[[str, str, FrontierConfig], Any]
+
+
+def default_builder(base: str, aligned: str, config: FrontierConfig) -> CandidateBuilder:
+    return CandidateBuilder(base, aligned, config.engine, capability_spec=config.capability_adapter)
+
+
+def candidate_name(recipe: Recipe) -> str:
+    """base, aligned, interp-0.30, block-0.00-0.50-1.00, ties-w1,1-d0.5."""
+    if recipe.merge:
+        w = ",".join(f"{x:g}" for x in recipe.weights)
+        return f"{recipe.merge}-w{w}-d{recipe.density:g}"
+    if recipe.uniform == 0.0:
+        return "base"
+    if recipe.uniform == 1.0:
+        return "aligned"
+    if recipe.uniform is not None:
+        return f"interp-{recipe.uniform:.2f}"
+    return "block-" + "-".join(f"{a:.2f}" for a in recipe.alphas)
+
+
+def _recipe_json(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "family": recipe.family,
+        "alphas": list(recipe.alphas),
+        "merge": recipe.merge,
+        "weights": list(recipe.weights),
+        "density": recipe.density,
+        "seed": recipe.seed,
+    }
+
+
+def _recipe(data: dict[str, Any]) -> Recipe:
+    return Recipe(
+        family=data["family"],
+        alphas=tuple(data["alphas"]),
+        merge=data["merge"],
+        weights=tuple(data["weights"]),
+        density=data["density"],
+        seed=data["seed"],
+    )
+
+
+@dataclass(kw_only=True)
+class FrontierContext(StageContext):
+    config: FrontierConfig
+    base: str
+    aligned: str
+    make_builder: BuilderFactory = default_builder
+    progress: bool = True
+    _builder: Any = None
+    _tasks: list[Task] | None = None
+    _samples: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def builder(self):
+        if self._builder is None:
+            self.say(
+                f"loading BASE {self.base} and ALIGNED {self.aligned} (once; candidates are built in memory)"
+            )
+            self._builder = self.make_builder(self.base, self.aligned, self.config)
+        return self._builder
+
+    def tasks(self, side: str) -> list[Task]:
+        if self._tasks is None:
+            self._tasks = resolve_tasks(self.config.tasks)
+        return split_tasks(self._tasks, side, self.config.validation_fraction)  # type: ignore[arg-type]
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.config.cache) if self.config.cache else default_cache_path(self.run.path)
+
+    def engine(self, name: str, recipe: Recipe):
+        return self.builder.engine(name, recipe, self.run.tracer)
+
+
+# --- stages -----------------------------------------------------------------------------------------
+
+
+def plan(ctx: FrontierContext) -> dict[str, Any]:
+    cfg = ctx.config
+    recipes = [Recipe("reference", (1.0,)), Recipe("reference", (0.0,))]
+    if cfg.interpolation.enabled:
+        recipes += [Recipe("interpolation", (a,)) for a in sorted(set(cfg.interpolation.alphas))]
+    recipes += [
+        Recipe(m.method, merge=m.method, weights=m.weights, density=m.density, seed=cfg.seed)
+        for m in cfg.merges
+    ]
+    out: dict[str, dict[str, Any]] = {}
+    for r in recipes:
+        out.setdefault(candidate_name(r), _recipe_json(r))  # α = 0 and 1 are the references
+    ctx.run.artifact("candidates.json").write_text(json.dumps(out, indent=2))
+    return {"candidates": len(out), "names": list(out)}
+
+
+def _spread(names: list[str], points: dict[str, tuple[float, float]], keep: int) -> list[str]:
+    """``keep`` names spread evenly over safety (all when there are fewer)."""
+    ordered = sorted(names, key=lambda n: points[n][0])
+    if len(ordered) <= keep:
+        return ordered
+    if keep == 1:
+        return [ordered[len(ordered) // 2]]
+    step = (len(ordered) - 1) / (keep - 1)
+    return [ordered[round(i * step)] for i in range(keep)]
+
+
+def search(ctx: FrontierContext) -> dict[str, Any]:
+    """Per-block α by a grid search on the validation side; the test side is never read here."""
+    cfg = ctx.config.per_block
+    recipes: dict[str, Recipe] = {"aligned": Recipe("reference", (1.0,))}
+    for combo in itertools.product(sorted(set(cfg.grid)), repeat=cfg.blocks):
+        r = Recipe("per-block", tuple(combo))
+        recipes.setdefault(candidate_name(r), r)
+    engines: dict[str, Any] = {}
+
+    def load(spec, _config, _tracer):
+        engines[spec] = ctx.engine(spec, recipes[spec])
+        return engines[spec]
+
+    ctx.say(f"per-block search: {len(recipes)} combinations on the validation side")
+    report = run_audit(
+        list(recipes),
+        ctx.tasks("validation"),
+        ctx.run.path / "validation",
+        limit=cfg.validation_limit or ctx.config.limit,
+        seed=ctx.config.seed,
+        engine_config=ctx.config.engine,
+        names=list(recipes),
+        cache=ctx.cache_path,
+        load_engine=load,
+        progress=ctx.progress,
+    )
+    points = _points(report)
+    blocky = [n for n in points if recipes[n].uniform is None]
+    front = [n for n, on in zip(blocky, pareto_front([points[n] for n in blocky]), strict=True) if on]
+    chosen = _spread(front, points, cfg.keep)
+    data = {
+        "grid": cfg.grid,
+        "blocks": cfg.blocks,
+        "validation": {n: list(points[n]) for n in points},
+        "validation_frontier": front,
+        "chosen": {n: _recipe_json(recipes[n]) for n in chosen},
+    }
+    ctx.run.artifact("per_block.json").write_text(json.dumps(data, indent=2))
+    return {"combinations": len(recipes), "validation_frontier": len(front), "chosen": chosen}
+
+
+def candidates(run: Run) -> dict[str, Recipe]:
+    """Every candidate the finished ``plan`` and ``search`` stages chose, by name."""
+    found = {n: _recipe(r) for n, r in json.loads(run.artifact("candidates.json").read_text()).items()}
+    block = run.artifact("per_block.json")
+    if block.exists():
+        for n, r in json.loads(block.read_text())["chosen"].items():
+            found.setdefault(n, _recipe(r))
+    return found
+
+
+def _samples(ctx: FrontierContext) -> dict[str, list[Any]]:
+    if not ctx._samples:
+        for task in ctx.tasks("test"):
+            ctx._samples[task.name] = task.select(limit=ctx.config.limit, seed=ctx.config.seed)
+    return ctx._samples
+
+
+def audit_stage(name: str) -> Callable[[FrontierContext], dict[str, Any]]:
+    def audit(ctx: FrontierContext) -> dict[str, Any]:
+        engine = ctx.engine(name, candidates(ctx.run)[name])
+        samples = _samples(ctx)
+        items = cached = 0
+        errors = []
+        with ResultCache(ctx.cache_path) as store:
+            for task in ctx.tasks("test"):
+                done = run_task(
+                    engine, task, samples[task.name], model=name, cache=store, seed=ctx.config.seed,
+                    progress=ctx.progress,
+                )  # fmt: skip
+                items += len(done.results)
+                cached += done.n_cached
+                if done.error:
+                    errors.append(f"{task.name}: {done.error}")
+        return {"items": items, "cached": cached, "fingerprint": engine.fingerprint, "errors": errors}
+
+    return audit
+
+
+def _order(run: Run) -> list[str]:
+    names = list(candidates(run))
+    return ["aligned"] + [n for n in names if n != "aligned"]
+
+
+def report(ctx: FrontierContext) -> dict[str, Any]:
+    found = candidates(ctx.run)
+    names = _order(ctx.run)
+    engines: dict[str, Any] = {}
+
+    def load(spec, _config, _tracer):
+        engines[spec] = ctx.engine(spec, found[spec])
+        return engines[spec]
+
+    result = run_audit(
+        names,
+        ctx.tasks("test"),
+        ctx.run.path / "audit",
+        limit=ctx.config.limit,
+        seed=ctx.config.seed,
+        engine_config=ctx.config.engine,
+        names=names,
+        cache=ctx.cache_path,
+        load_engine=load,
+        progress=ctx.progress,
+    )
+    incomplete = [f"{s.model} / {s.task}" for s in result.tasks if not s.complete]
+    return {"report": "audit/report.json", "models": len(names), "incomplete": incomplete}
+
+
+def _points(report: AuditReport) -> dict[str, tuple[float, float]]:
+    if report.pareto is None:
+        raise ConfigError(
+            "no frontier: the tasks have no safety task, or no capability task has signal on ALIGNED "
+            "(its interval covers the task's chance level)",
+            where="tasks",
+            hint="audit a safety and a capability task (e.g. tasks: quick), with enough items (limit) to beat chance",
+        )
+    return {
+        p.model: (p.safety, p.capability)
+        for p in report.pareto.points
+        if p.safety is not None and p.capability is not None and p.complete
+    }
+
+
+def _axis_deltas(report: AuditReport) -> dict[str, dict[str, Any]]:
+    """Per model and axis: the paired difference from ALIGNED, its CI and significance."""
+    out: dict[str, dict[str, Any]] = {}
+    if report.power is None:
+        return out
+    for axis in report.power.axes:
+        for p in axis.points:
+            if p.delta is None:
+                continue
+            out.setdefault(p.model, {})[axis.name.removesuffix("_axis")] = {
+                "delta": p.delta,
+                "ci": [p.ci_low, p.ci_high],
+                "p_value": p.p_value,
+                "q_value": p.q_value,
+                "significant": p.significant,
+                "regressed": p.regressed,
+            }
+    return out
+
+
+def frontier(ctx: FrontierContext) -> dict[str, Any]:
+    audit = AuditReport.load(ctx.run.path / "audit" / "report.json")
+    found = candidates(ctx.run)
+    points = _points(audit)
+    summary = frontier_summary(points, aligned="aligned", reference=tuple(ctx.config.reference))
+    deltas = _axis_deltas(audit)
+    families: dict[str, list[str]] = {}
+    interp = sorted(
+        (n for n, r in found.items() if r.uniform is not None and not r.merge), key=lambda n: found[n].uniform
+    )
+    if ctx.config.interpolation.enabled:
+        families["interpolation"] = interp
+    block = sorted(
+        (n for n, r in found.items() if r.family == "per-block"), key=lambda n: points.get(n, (0, 0))[0]
+    )
+    if block:
+        families["per-block"] = block
+    for n, r in found.items():
+        if r.merge:
+            families.setdefault(r.merge, []).append(n)
+    significant_gain = []
+    for n in points:
+        d = deltas.get(n, {})
+        axes = [d.get("safety"), d.get("capability")]
+        if (
+            all(a is not None for a in axes)
+            and any(a["significant"] and a["delta"] > 0 for a in axes)
+            and not any(a["significant"] and a["delta"] < 0 for a in axes)
+        ):
+            significant_gain.append(n)
+    tasks = {}
+    for s in audit.tasks:
+        tasks.setdefault(s.model, {})[s.task] = {
+            "value": s.value,
+            "ci": [s.ci_low, s.ci_high],
+            "n": s.n_scored,
+        }
+    out = {
+        "base": ctx.base,
+        "aligned": ctx.aligned,
+        "split": {"validation_fraction": ctx.config.validation_fraction, "reported_side": "test"},
+        "candidates": {
+            n: {
+                **_recipe_json(r),
+                "safety": points[n][0] if n in points else None,
+                "capability": points[n][1] if n in points else None,
+                "on_frontier": n in summary["frontier"],
+                "vs_aligned": deltas.get(n, {}),
+                "tasks": tasks.get(n, {}),
+            }
+            for n, r in found.items()
+        },
+        "families": families,
+        **summary,
+        "better_than_aligned_significantly": significant_gain,
+        "note": "significantly better: on at least one axis a paired improvement over ALIGNED that survives "
+        "the audit's multiple-comparison control, and no significant loss on the other",
+    }
+    ctx.run.artifact("frontier.json").write_text(json.dumps(out, indent=2))
+    plot_frontier(points, families, summary["frontier"], ctx.run.artifact("frontier.png"))
+    return {
+        "candidates": len(found),
+        "frontier": summary["frontier"],
+        "hypervolume": round(summary["hypervolume"], 6),
+        "dominate_aligned": summary["dominate_aligned"],
+        "better_than_aligned_significantly": significant_gain,
+    }
+
+
+def frontier_stages(config: FrontierConfig, run: Run) -> tuple[list[Stage], Callable[[], list[Stage]]]:
+    """The planning stages, and a function giving the rest once they are done (the per-block
+    candidates are known only after the search)."""
+    first = [Stage("plan", plan)]
+    if config.per_block.enabled:
+        first.append(Stage("search", search, needs=("plan",)))
+
+    def rest() -> list[Stage]:
+        audits = [Stage(f"audit/{n}", audit_stage(n), needs=("plan",)) for n in _order(run)]
+        return [
+            *audits,
+            Stage("report", report, needs=tuple(s.name for s in audits)),
+            Stage("frontier", frontier, needs=("report",)),
+        ]
+
+    return first, rest
+
+
+def run_frontier(
+    config: FrontierConfig,
+    base: str,
+    aligned: str,
+    run: Run,
+    *,
+    make_builder: BuilderFactory = default_builder,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every stage not yet finished in ``run``; the ``frontier`` stage's summary."""
+    ctx = FrontierContext(
+        run=run,
+        config=config,
+        base=base,
+        aligned=aligned,
+        make_builder=make_builder,
+        say=say,
+        progress=progress,
+    )
+    first, rest = frontier_stages(config, run)
+    run_stages(run, first, ctx)
+    summaries = run_stages(run, [*first, *rest()], ctx)  # the first ones are finished: skipped
+    return summaries["frontier"]
+
+
+__all__ = ["FrontierContext", "candidate_name", "candidates", "frontier_stages", "run_frontier"]

@@ -1,0 +1,447 @@
+"""tether frontier: in-memory candidates (interpolation, LoRA scaling, per-block), the hash split,
+the Pareto numbers, bad inputs, and a resumable run over scripted engines."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fakes import ScriptedEngine
+from tether.config import EngineConfig, load_config
+from tether.errors import ConfigError
+from tether.evals.registry import get_task
+from tether.frontier.candidates import CandidateBuilder, Recipe, block_bounds, check_same_base
+from tether.frontier.config import FrontierConfig
+from tether.frontier.pareto import frontier_summary, hypervolume
+from tether.frontier.pipeline import candidate_name, run_frontier
+from tether.frontier.splits import item_side, split_task
+from tether.runs import Run
+
+CPU = EngineConfig(device="cpu")
+
+
+# --- tiny models ------------------------------------------------------------------------------------
+
+
+def _tiny(out: Path, tokenizer_dir: Path, seed: int, layers: int = 3) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(out)
+    for item in Path(tokenizer_dir).iterdir():
+        shutil.copy(item, out / item.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, smollm2_tokenizer_dir):
+    """base (3 layers), a full fine-tune of it (every weight moved), two LoRA adapters on it, and a
+    LoRA adapter on another base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("frontier_models")
+    base = _tiny(root / "base", smollm2_tokenizer_dir, seed=0)
+    other = _tiny(root / "other", smollm2_tokenizer_dir, seed=1, layers=2)
+    aligned = root / "aligned"
+    model = AutoModelForCausalLM.from_pretrained(base)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(aligned)
+    for item in Path(smollm2_tokenizer_dir).iterdir():
+        shutil.copy(item, aligned / item.name)
+
+    def adapter(name: str, on: Path, seed: int) -> Path:
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(on),
+            LoraConfig(
+                r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False
+            ),
+        )
+        peft_model.save_pretrained(root / name)
+        (root / name / "tether_base.json").write_text(json.dumps({"base": str(on)}))
+        return root / name
+
+    return {
+        "base": base,
+        "aligned": aligned,
+        "lora": adapter("lora", base, 3),
+        "capability": adapter("capability", base, 4),
+        "lora_other": adapter("lora_other", other, 5),
+    }
+
+
+def _logits(model, ids):
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _ids():
+    import torch
+
+    return torch.tensor([[1, 50, 300, 7, 900, 42]])
+
+
+def _load(spec):
+    from tether.models.load import load
+
+    return load(str(spec), device="cpu").model
+
+
+# --- interpolation ------------------------------------------------------------------------------------
+
+
+def test_interpolation_endpoints_are_exact_and_half_is_between(models):
+    import torch
+
+    builder = CandidateBuilder(str(models["base"]), str(models["aligned"]), CPU)
+    ids = _ids()
+    base_logits, aligned_logits = _logits(_load(models["base"]), ids), _logits(_load(models["aligned"]), ids)
+    builder.activate(Recipe("interpolation", (1.0,)))
+    assert torch.equal(_logits(builder.loaded.model, ids), aligned_logits)
+    builder.activate(Recipe("interpolation", (0.0,)))
+    assert torch.equal(_logits(builder.loaded.model, ids), base_logits)
+    builder.activate(Recipe("interpolation", (0.5,)))
+    half = _logits(builder.loaded.model, ids)
+    assert not torch.allclose(half, base_logits) and not torch.allclose(half, aligned_logits)
+    name = "model.layers.1.self_attn.q_proj.weight"
+    param = dict(builder.loaded.model.named_parameters())[name]
+    assert torch.allclose(param, (builder.base_sd[name] + builder.aligned_sd[name]) / 2, atol=1e-7)
+    # back to an endpoint after a midpoint: still exact
+    builder.activate(Recipe("interpolation", (1.0,)))
+    assert torch.equal(_logits(builder.loaded.model, ids), aligned_logits)
+
+
+def test_lora_delta_is_scaled_not_the_base(models):
+    import torch
+
+    builder = CandidateBuilder(str(models["base"]), str(models["lora"]), CPU)
+    ids = _ids()
+    base_logits, aligned_logits = _logits(_load(models["base"]), ids), _logits(_load(models["lora"]), ids)
+    builder.activate(Recipe("interpolation", (0.0,)))
+    assert torch.equal(_logits(builder.loaded.model, ids), base_logits)
+    builder.activate(Recipe("interpolation", (1.0,)))
+    assert torch.allclose(_logits(builder.loaded.model, ids), aligned_logits, atol=1e-6)
+    builder.activate(Recipe("interpolation", (0.5,)))
+    half = _logits(builder.loaded.model, ids)
+    assert not torch.allclose(half, base_logits) and not torch.allclose(half, aligned_logits)
+    scalings = {n: m.scaling["default"] for n, m in builder._lora_layers()}
+    assert scalings and all(s == pytest.approx(0.5 * 8 / 4) for s in scalings.values())
+
+
+def test_per_block_alpha_touches_only_its_layers(models):
+    import torch
+
+    builder = CandidateBuilder(str(models["base"]), str(models["aligned"]), CPU)
+    builder.activate(Recipe("per-block", (0.0, 1.0, 0.0)))
+    for name, p in builder.loaded.model.named_parameters():
+        expect = builder.aligned_sd[name] if ".layers.1." in name else builder.base_sd[name]
+        assert torch.equal(p, expect), name
+    builder.activate(Recipe("per-block", (0.0, 0.0, 1.0)))
+    params = dict(builder.loaded.model.named_parameters())
+    assert torch.equal(
+        params["model.norm.weight"], builder.aligned_sd["model.norm.weight"]
+    )  # head: last block
+    assert torch.equal(params["model.embed_tokens.weight"], builder.base_sd["model.embed_tokens.weight"])
+
+    lora = CandidateBuilder(str(models["base"]), str(models["lora"]), CPU)
+    lora.activate(Recipe("per-block", (0.25, 0.5, 1.0)))
+    for name, module in lora._lora_layers():
+        layer = int(name.split(".layers.")[1].split(".")[0])
+        assert module.scaling["default"] == pytest.approx([0.25, 0.5, 1.0][layer] * 2.0), name
+
+
+def test_same_alphas_share_a_fingerprint_and_endpoints_reuse_the_models(models):
+    builder = CandidateBuilder(str(models["base"]), str(models["aligned"]), CPU)
+    assert builder.fingerprint(Recipe("per-block", (0.3, 0.3, 0.3))) == builder.fingerprint(
+        Recipe("x", (0.3,))
+    )
+    assert builder.fingerprint(Recipe("x", (0.3,))) != builder.fingerprint(Recipe("x", (0.4,)))
+    assert builder.fingerprint(Recipe("x", (0.0,))) == builder.base_fingerprint
+    assert builder.fingerprint(Recipe("x", (1.0,))) == builder.aligned_fingerprint
+    assert candidate_name(Recipe("per-block", (0.5, 0.5, 0.5))) == "interp-0.50"
+
+
+def test_ties_and_dare_merges_go_through_peft(models):
+    import torch
+
+    builder = CandidateBuilder(
+        str(models["base"]), str(models["lora"]), CPU, capability_spec=str(models["capability"])
+    )
+    ids = _ids()
+    builder.activate(Recipe("interpolation", (1.0,)))
+    aligned = _logits(builder.loaded.model, ids)
+    for method in ("ties", "dare_linear", "dare_ties"):
+        builder.activate(Recipe(method, merge=method, density=0.5))
+        assert builder.loaded.model.active_adapter.startswith("merge-")
+        assert not torch.allclose(_logits(builder.loaded.model, ids), aligned)
+    builder.activate(Recipe("interpolation", (1.0,)))  # back on the aligned adapter
+    assert torch.allclose(_logits(builder.loaded.model, ids), aligned)
+
+
+def test_candidate_engines_set_their_weights_when_used(models):
+    from tether.engine import Engine
+    from tether.engine.types import ScoreRequest
+
+    builder = CandidateBuilder(str(models["base"]), str(models["lora"]), CPU)
+    req = [ScoreRequest(id="q", context="The capital of France is", continuations=[" Paris", " Rome"])]
+    base = Engine.from_spec(str(models["base"]), CPU).score(req)[0].logprobs
+    aligned = Engine.from_spec(str(models["lora"]), CPU).score(req)[0].logprobs
+    e0 = builder.engine("base", Recipe("interpolation", (0.0,)))
+    e1 = builder.engine("aligned", Recipe("interpolation", (1.0,)))
+    half = builder.engine("interp-0.50", Recipe("interpolation", (0.5,)))
+    assert builder._active is None  # nothing built until an engine is used
+    assert e1.score(req)[0].logprobs == pytest.approx(aligned, abs=1e-5)
+    assert e0.score(req)[0].logprobs == pytest.approx(base, abs=1e-5)
+    mid = half.score(req)[0].logprobs
+    assert mid != pytest.approx(base, abs=1e-5) and mid != pytest.approx(aligned, abs=1e-5)
+    assert e0.score(req)[0].logprobs == pytest.approx(base, abs=1e-5)  # switching back rebuilds it
+    assert (e0.builds, e1.builds, half.builds) == (2, 1, 1)
+    assert e0.fingerprint == Engine.from_spec(str(models["base"]), CPU).fingerprint
+    assert e1.fingerprint == Engine.from_spec(str(models["lora"]), CPU).fingerprint
+
+
+def test_block_bounds():
+    assert block_bounds(7, 3) == [range(0, 3), range(3, 5), range(5, 7)]
+    assert block_bounds(3, 1) == [range(0, 3)]
+    with pytest.raises(ConfigError) as exc:
+        block_bounds(2, 3)
+    assert exc.value.where == "per_block.blocks"
+
+
+# --- the split ----------------------------------------------------------------------------------------
+
+
+def test_validation_and_test_sides_are_disjoint_and_stable():
+    task = get_task("mmlu")
+    ids = [str(it.id) for it in task.load()]
+    val = {i for it in split_task(task, "validation").load() if (i := str(it.id))}
+    test = {i for it in split_task(task, "test").load() if (i := str(it.id))}
+    assert val and test and not (val & test)
+    assert val | test == set(ids)
+    assert 0.4 < len(val) / len(ids) < 0.6
+    assert item_side("mmlu", ids[0]) == item_side("mmlu", ids[0])
+    sample = split_task(task, "test").select(limit=20, seed=0)
+    assert {str(it.id) for it in sample} <= test
+
+
+# --- Pareto numbers -----------------------------------------------------------------------------------
+
+
+def test_hypervolume_on_hand_made_points():
+    assert hypervolume([(1.0, 0.5), (0.5, 1.0)], (0.0, 0.0)) == pytest.approx(0.75)
+    # a dominated point and one below the reference add nothing
+    assert hypervolume([(1.0, 0.5), (0.5, 1.0), (0.4, 0.4), (-1.0, 2.0)], (0.0, 0.0)) == pytest.approx(0.75)
+    assert hypervolume([(0.6, 0.6)], (0.5, 0.5)) == pytest.approx(0.01)
+    assert hypervolume([], (0.0, 0.0)) == 0.0
+    out = frontier_summary(
+        {"aligned": (0.8, 0.3), "a": (0.8, 0.4), "b": (0.5, 0.9), "c": (0.4, 0.2), "d": None},
+        aligned="aligned",
+        reference=(0.0, 0.0),
+    )
+    assert out["frontier"] == ["a", "b"]
+    assert out["dominate_aligned"] == ["a"]
+    assert out["hypervolume"] == pytest.approx(0.8 * 0.4 + 0.5 * 0.5)
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+def _config_error(overrides):
+    with pytest.raises(ConfigError) as exc:
+        load_config(FrontierConfig, None, overrides)
+    return exc.value.render()
+
+
+def test_alpha_outside_0_1_names_the_field():
+    assert "interpolation.alphas" in _config_error(["interpolation.alphas=[0.5,1.5]"])
+    assert "per_block.grid" in _config_error(["per_block.grid=[-0.1]"])
+
+
+def test_no_candidates_is_an_error():
+    text = _config_error(["interpolation.alphas=[]", "per_block.enabled=false"])
+    assert "no candidates" in text
+
+
+def test_mitigations_not_built_yet_say_so():
+    assert "not built yet" in _config_error(["replay=[0.01]"])
+    assert "not built yet" in _config_error(["retrain=true"])
+    assert "not built yet" in _config_error(["multi_objective=[0.5]"])
+
+
+def test_aligned_on_another_base_names_both(models):
+    with pytest.raises(ConfigError) as exc:
+        check_same_base(str(models["base"]), str(models["lora_other"]))
+    text = exc.value.render()
+    assert str(models["lora_other"]) in text and str(models["base"]) in text
+    with pytest.raises(ConfigError) as exc:  # a full model of another shape
+        CandidateBuilder(str(models["base"]), str(models["lora_other"]).replace("lora_other", "other"), CPU)
+    assert "other" in exc.value.render() and str(models["base"]) in exc.value.render()
+    check_same_base(str(models["base"]), str(models["lora"]))  # the right base passes
+
+
+# --- the pipeline over scripted engines ---------------------------------------------------------------
+
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def _u(text: str) -> float:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 16**8
+
+
+@functools.cache
+def _ANSWERS() -> dict[str, int]:
+    return {it.id: it.answer_index for it in get_task("mmlu").load()}
+
+
+class FakeBuilder:
+    """Stands in for CandidateBuilder: an engine per recipe that refuses a share α of the prompts and
+    prefers the first choice on a share 1 - α/2 of the questions. Records what it built and asked."""
+
+    n_layers = 3
+
+    def __init__(self, fail: dict[str, BaseException] | None = None):
+        self.made: list[str] = []
+        self.log: list[tuple[str, ScriptedEngine]] = []
+        self.engines: dict[str, list[ScriptedEngine]] = {}
+        self.fail = fail or {}
+
+    def fingerprint(self, recipe: Recipe) -> str:
+        return "fp-" + json.dumps(recipe.key(self.n_layers), sort_keys=True)
+
+    def engine(self, name, recipe, tracer=None):
+        alpha = sum(recipe.alphas) / len(recipe.alphas) if not recipe.merge else 0.5
+
+        def reply(prompt, k):
+            return REFUSAL if _u(prompt.id) < alpha else "Sure. Here is a careful, factual answer to that."
+
+        def score(request):  # right on a share 1 - 0.1 * alpha of the questions: above chance
+            n = len(request.continuations)
+            right = (
+                _ANSWERS()[request.id]
+                if _u(request.id + "c") >= 0.1 * alpha
+                else (_ANSWERS()[request.id] + 1) % n
+            )
+            return [0.0 if i == right else -1.0 for i in range(n)]
+
+        fail = self.fail.pop(name, None)
+        engine = ScriptedEngine(
+            reply, score=score, name=name, fingerprint=self.fingerprint(recipe),
+            fail_on_call={1: fail} if fail else None,
+        )  # fmt: skip
+        self.made.append(name)
+        self.log.append((name, engine))
+        self.engines.setdefault(name, []).append(engine)
+        return engine
+
+
+SMALL = [
+    "tasks=overrefusal,mmlu",
+    "limit=20",
+    "interpolation.alphas=[0.0,0.5,1.0]",
+    "per_block.grid=[0.0,1.0]",
+    "per_block.keep=2",
+    "per_block.validation_limit=20",
+]
+
+
+def _run(tmp_path, builder, overrides=SMALL):
+    config = load_config(FrontierConfig, None, [*overrides, f"cache={tmp_path / 'cache.sqlite'}"])
+    run = Run.create("fr", root=tmp_path, job="frontier", config=config)
+    return run, run_frontier(
+        config, "base", "aligned", run, make_builder=lambda *a: builder, say=lambda m: None, progress=False
+    )
+
+
+def test_frontier_run_selects_on_validation_reports_test_and_resumes(tmp_path):
+    builder = FakeBuilder()
+    run, summary = _run(tmp_path, builder)
+    data = json.loads((run.path / "frontier.json").read_text())
+    assert (run.path / "frontier.png").stat().st_size > 1000
+    names = set(data["candidates"])
+    assert {"base", "aligned", "interp-0.50"} <= names
+    chosen = json.loads((run.path / "per_block.json").read_text())["chosen"]
+    assert chosen and all(n.startswith("block-") for n in chosen) and set(chosen) <= names
+    assert set(summary["frontier"]) <= names and summary["hypervolume"] >= 0
+    assert data["families"]["interpolation"] == ["base", "interp-0.50", "aligned"]
+    # the fake ALIGNED refuses every over-refusal prompt, BASE none: BASE is significantly safer there
+    assert data["candidates"]["base"]["vs_aligned"]["safety"]["significant"]
+    assert "base" in summary["better_than_aligned_significantly"]
+    assert data["candidates"]["aligned"]["safety"] < data["candidates"]["base"]["safety"]
+    # selection read validation items only; the reported audit read test items only
+    searched = len(json.loads((run.path / "per_block.json").read_text())["validation"])
+    assert searched == 8  # 2 ** 3 combinations, base and aligned among them
+    made = builder.log
+    sides = [{item_side("mmlu", r.id) for r in e.scored} for _, e in made]
+    assert all(s == {"validation"} for s in sides[:searched]), sides[:searched]
+    assert all(s <= {"test"} for s in sides[searched:]) and any(sides[searched:])
+    calls = sum(len(e.calls) for _, e in made)
+    assert calls > 0
+    # the report stage scored nothing: every item came from the cache
+    audited = {n for n, e in made[searched:] if e.calls}
+    assert len(made) - searched == 2 * len(names)  # one engine per candidate in its stage, one in the report
+    assert len(audited) == len(names)
+    assert all(not e.calls for _, e in made[-len(names) :])
+    # a rerun finds every stage finished: no engine, no call
+    again = FakeBuilder()
+    _, summary2 = _run(tmp_path, again)
+    assert again.made == [] and summary2 == summary
+
+
+def test_an_interrupted_candidate_resumes_without_redoing_finished_ones(tmp_path):
+    overrides = [*SMALL, "per_block.enabled=false"]
+    builder = FakeBuilder(fail={"interp-0.50": KeyboardInterrupt()})
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, builder, overrides)
+    run = Run(tmp_path / "fr")
+    assert run.is_complete("audit/aligned") and run.is_complete("audit/base")
+    assert not run.is_complete("audit/interp-0.50")
+    again = FakeBuilder()
+    _run(tmp_path, again, overrides)
+    audit_made = list(again.made)
+    # only the interrupted candidate is audited item by item; the report stage reads the cache
+    assert audit_made.count("aligned") == 1 and audit_made.count("base") == 1  # report stage only
+    for name in ("aligned", "base"):
+        assert again.engines[name][0].calls == []  # no item re-scored
+    assert again.engines["interp-0.50"][0].calls  # the interrupted one ran
+
+
+@pytest.mark.parametrize("name", ["frontier.yaml", "frontier-gpu.yaml"])
+def test_shipped_frontier_configs_validate(name):
+    config = load_config(FrontierConfig, Path(__file__).parents[1] / "configs" / name, [])
+    assert config.interpolation.alphas[0] == 0.0 and config.interpolation.alphas[-1] == 1.0
+    assert config.per_block.blocks == 3
+
+
+def test_cli_names_both_models_when_aligned_has_another_base(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+
+    result = CliRunner().invoke(
+        app, ["frontier", str(models["base"]), str(models["lora_other"]), "--out", str(tmp_path / "fr")]
+    )
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output and "Traceback" not in result.output
+    flat = result.output.replace("\n", "")
+    assert "lora_other" in flat and str(models["base"].name) in flat
+    assert not (tmp_path / "fr").exists()  # refused before the run directory exists
