@@ -462,3 +462,29 @@ def test_a_proposal_that_restates_the_goal_is_usable_but_an_echo_of_the_instruct
         None,
         "degenerate (echo)",
     )
+
+
+def test_html_report_shows_successes_with_transcripts_escaped():
+    from tether.redteam.report import render_html, strategy_summary, successful_attacks
+
+    template = JailbreakTemplate(
+        id="t/x", family="x", template="<script>alert(1)</script> {prompt}", source="t", name="x"
+    )
+    cfg = config(queries_per_goal=3, templates={"mutations": []})
+    records = attack([GOAL], "templates", ScriptedEngine(HARMFUL), cfg=cfg, templates=[template])
+    report = {
+        "run": "r",
+        "created": "now",
+        "models": {"target": "fake", "attacker": "fake"},
+        "judge": {"name": "rules", "config": "rules"},
+        "scope": {"goals": 1, "source": "t", "dropped_audit_overlap": 0, "by_category": {"illegal": 1},
+                  "queries_per_goal": 3, "target_max_new_tokens": 96},
+        "strategies": {"templates": cfg.templates.model_dump()},
+        "results": {"templates": strategy_summary(records, 3, 2.0, 200, 0)},
+        "successes": successful_attacks(records),
+    }  # fmt: skip
+    assert report["results"]["templates"]["curve"][0]["asr"] == 1.0
+    html = render_html(report)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert" not in html
+    assert "data:image/png;base64," in html and "Step 2: Insert a pick" in html
+    assert "1.00 [1.00, 1.00] n=1" in html
