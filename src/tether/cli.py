@@ -141,6 +141,7 @@ def _mount_areas() -> None:
     from tether.cai.cli import app as cai_app
     from tether.feedback.cli import app as label_app
     from tether.frontier.cli import frontier_command
+    from tether.redteam.cli import app as redteam_app
     from tether.rlhf.cli import app as rlhf_app
 
     app.add_typer(
@@ -152,6 +153,11 @@ def _mount_areas() -> None:
         rlhf_app, name="rlhf", help="RLHF for summarization: candidates, AI labels, reward model, PPO, DPO."
     )
     app.add_typer(label_app, name="label", help="Collect human preference labels in a browser (RLHF).")
+    app.add_typer(
+        redteam_app,
+        name="redteam",
+        help="Red teaming: adaptive attacks on held-out goals, ASR vs query budget, found attacks exported.",
+    )
     app.command(
         "audit", help="Audit safety and capability of models/checkpoints; writes report.html and report.json."
     )(audit_command)
@@ -618,6 +624,7 @@ CONFIG_CLASSES = {
     "demo": ("tether.demo", "DemoConfig", "check_demo_config"),
     "cai": ("tether.cai.pipeline", "CAIConfig", "check_cai_config"),
     "rlhf": ("tether.rlhf.pipeline", "RLHFConfig", "check_rlhf_config"),
+    "redteam": ("tether.redteam.pipeline", "RedteamConfig", "check_redteam_config"),
     "gate": ("tether.audit.gate", "GateConfig", None),
     "frontier": ("tether.frontier.config", "FrontierConfig", "check_frontier_config"),
 }

@@ -39,6 +39,7 @@ from tether.cai.prompts import (
     PromptSplit,
     load_benign,
     load_harmful,
+    load_redteam_train,
     make_split,
 )
 from tether.cai.records import LabeledPair
@@ -77,6 +78,11 @@ class PromptsConfig(StrictModel):
     )
     benign_count: int = Field(24, ge=0, description="Benign training prompts.")
     heldout_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="Share of ids held out by hash.")
+    extra_redteam: str | None = Field(
+        None,
+        description="A `tether redteam export` JSONL: its train side joins the red-team prompts (all of "
+        "it, besides harmful_count; multi-turn attacks are left out). Its held-out side is never read.",
+    )
 
     @field_validator("harmful_sources")
     @classmethod
@@ -197,6 +203,9 @@ def build_split(config: CAIConfig, reserved: set[str]) -> PromptSplit:
     bs = make_split(
         benign, count=p.benign_count, heldout_fraction=p.heldout_fraction, seed=config.seed, reserved=reserved
     )
+    if p.extra_redteam:
+        found, _ = load_redteam_train(p.extra_redteam)
+        hs = PromptSplit(train=hs.train + found, heldout_ids=hs.heldout_ids, reserved_ids=hs.reserved_ids)
     return PromptSplit(
         train=hs.train + bs.train,
         heldout_ids=hs.heldout_ids + bs.heldout_ids,
@@ -263,6 +272,7 @@ def prompts_stage(ctx: CAIContext) -> dict:
         "train": len(prompts),
         "train_harmful": sum(p.kind == "harmful" for p in prompts),
         "train_benign": sum(p.kind == "benign" for p in prompts),
+        "train_redteam": sum(p.source == "redteam" for p in prompts),
         "heldout": len(split.heldout_ids),
         "reserved_for_audit": len(split.reserved_ids),
     }
@@ -500,6 +510,10 @@ def check_cai_config(config: CAIConfig, config_path: str | Path | None = None) -
     )
     if config.audit.enabled:
         problems += check_value("audit.tasks", lambda: resolve_tasks(config.audit.tasks))
+    if config.prompts.extra_redteam:
+        problems += check_value(
+            "prompts.extra_redteam", lambda: load_redteam_train(config.prompts.extra_redteam or "")
+        )
     return problems
 
 

