@@ -41,7 +41,7 @@ def frontier_command(
     from tether.frontier.pipeline import run_frontier
     from tether.inputs import check_output_dir
     from tether.models.spec import check_spec
-    from tether.runs import Run, read_manifest
+    from tether.runs import Run, StageInterrupted, read_manifest
 
     cfg = load_config(FrontierConfig, config, set_ or [], check=check_frontier_config)
     check_spec(base, where="BASE")
@@ -72,7 +72,8 @@ def frontier_command(
     try:
         summary = run_frontier(cfg, base, aligned, run, say=lambda m: console.print(m))
     except BaseException as exc:
-        run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
+        stopped = isinstance(exc, KeyboardInterrupt | StageInterrupted)
+        run.finish("interrupted" if stopped else "failed", error=str(exc)[:500])
         raise
     run.finish("complete", frontier="frontier.json")
     typer.echo(json.dumps({"run": str(run.path), **summary}))
