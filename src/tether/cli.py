@@ -17,8 +17,6 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from typer.core import TyperGroup
 
 from tether.errors import ConfigError, DataError, Interrupted, TetherError
@@ -653,11 +651,8 @@ def config_show(
     """Print every field of a config with its type, default and meaning."""
     from tether.config import describe_fields
 
-    table = Table("field", "type", "default", "description")
-    for row in describe_fields(_config_class(name)[0]):
-        table.add_row(*(escape(cell) for cell in row))
-    console = Console()
-    (console if console.is_terminal else Console(width=1000)).print(table)  # whole lines in a pipe
+    rows = [tuple(row) for row in describe_fields(_config_class(name)[0])]
+    out(plain_table(("field", "type", "default", "description"), rows))
 
 
 @config_app.command("validate")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+
+from tether.plain import out, plain_table
 
 app = typer.Typer(
     help="Constitutional AI: critique → revision → SFT rounds, RLAIF pairs, DPO, audits.",
@@ -41,8 +41,7 @@ def run_command(
         run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
         raise
     run.finish("complete", models=summary.get("models"), audit=summary.get("audit"))
-    console = Console()
-    _print_summary(summary, console if console.is_terminal else Console(width=1000))  # no squeezing in pipes
+    out(summary_text(summary))
 
 
 @app.command("validate")
@@ -51,31 +50,31 @@ def validate_command(constitution: Path = typer.Argument(..., help="Constitution
     from tether.cai.constitution import load_constitution
 
     loaded = load_constitution(constitution)
-    console = Console()
-    # A heading line, not a table title: a long path must not wrap through "N principle(s)".
-    console.print(escape(f"{constitution}: {len(loaded.principles)} principle(s)"), soft_wrap=True)
-    table = Table()
-    for column in ("name", "applies to", "examples"):
-        table.add_column(column)
-    for p in loaded.principles:
-        kinds = ", ".join(k for k in ("harmful", "benign") if p.applies_to(k))
-        table.add_row(escape(p.name), kinds, str(len(p.examples)))
-    console.print(table)
+    rows = [
+        (p.name, ", ".join(k for k in ("harmful", "benign") if p.applies_to(k)), str(len(p.examples)))
+        for p in loaded.principles
+    ]
+    out(f"{constitution}: {len(loaded.principles)} principle(s)")
+    out(plain_table(("name", "applies to", "examples"), rows, numeric={2}))
 
 
-def _print_summary(summary: dict, console: Console) -> None:
+def summary_text(summary: dict) -> str:
+    """The CAI run's result as plain text (stdout is data): each round's keep/drop counts, RLAIF, and
+    the audit's headline per model and task."""
+    lines = []
     for r in summary.get("rounds", []):
         loop = r["loop"]
-        console.print(
+        lines.append(
             f"round {r['round']}: kept {loop['kept']}/{loop['prompts']} "
             f"(dropped: {loop['dropped_harmful_still_complies']} harmful still complying, "
             f"{loop['dropped_harmful_deflection']} harmful off-topic, "
-            f"{loop['dropped_benign_refused']} benign refused, {loop['dropped_empty']} empty); "
+            f"{loop['dropped_benign_refused']} benign refused, {loop['dropped_empty']} empty, "
+            f"{loop.get('dropped_degenerate', 0)} degenerate); "
             f"degenerate critiques {loop['degenerate_critiques']}, rewrites {loop['degenerate_revisions']}"
         )
     if "rlaif" in summary:
         s = summary["rlaif"]
-        console.print(
+        lines.append(
             f"RLAIF: {s['pairs']} pairs; raw (A)-first win rate {s['position_a_rate_raw']}; "
             f"agreement with the refusal judge on harmful prompts {s['harmful_agreement']} "
             f"(n={s['harmful_disagreements_judged']})"
@@ -83,10 +82,10 @@ def _print_summary(summary: dict, console: Console) -> None:
     audit = summary.get("audit")
     if audit:
         tasks = list(next(iter(audit.values())))
-        table = Table(title="audit (held-out items)")
-        table.add_column("model")
-        for t in tasks:
-            table.add_column(t)
-        for model, row in audit.items():
-            table.add_row(model, *("—" if row[t] is None else f"{row[t]:.3f}" for t in tasks))
-        console.print(table)
+        rows = [
+            (model, *("—" if row[t] is None else f"{row[t]:.3f}" for t in tasks))
+            for model, row in audit.items()
+        ]
+        numeric = set(range(1, len(tasks) + 1))
+        lines.append(plain_table(("model", *tasks), rows, numeric=numeric, title="audit (held-out items)"))
+    return "\n".join(lines)
