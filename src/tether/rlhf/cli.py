@@ -15,23 +15,18 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from tether.data.jsonl import read_completed
 from tether.errors import TetherError
 from tether.inputs import check_input_dir, check_input_file, check_output_dir, check_output_file, read_text
+from tether.plain import out as print_data
+from tether.plain import plain_table
 
 app = typer.Typer(
     help="RLHF for summarization: candidates, AI or human preference labels, reward model, PPO, DPO, comparison.",
     no_args_is_help=True,
 )
-out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-
-
-def _print_wide(renderable) -> None:
-    """Tables have many columns: when output is not a terminal (logs, pipes) do not squeeze them to 80."""
-    (out if out.is_terminal else Console(width=200)).print(renderable)
 
 
 PolicyOption = Annotated[
@@ -264,14 +259,12 @@ def reward(
         _line(
             f"held-out accuracy {report.eval_accuracy:.3f}, loss {report.eval_loss:.4f}, ECE {report.eval_ece:.3f}"
         )
-        table = Table(
-            "confidence bin", "pairs", "mean confidence", "accuracy", title="Reliability (held-out)"
-        )
-        for b in report.reliability:
-            table.add_row(
-                f"{b.low:.2f}-{b.high:.2f}", str(b.count), f"{b.confidence:.3f}", f"{b.accuracy:.3f}"
-            )
-        out.print(table)
+        rows = [
+            (f"{b.low:.2f}-{b.high:.2f}", str(b.count), f"{b.confidence:.3f}", f"{b.accuracy:.3f}")
+            for b in report.reliability
+        ]
+        header = ("confidence bin", "pairs", "mean confidence", "accuracy")
+        print_data(plain_table(header, rows, numeric={1, 2, 3}, title="Reliability (held-out)"))
 
 
 @app.command()
@@ -468,7 +461,7 @@ def compare(
         audit=audit,
         audit_limit=audit_limit,
     )
-    _print_wide(comparison_table(report))
+    print_data(comparison_table(report))
     _line(f"{out_path / 'compare.json'}")
 
 
@@ -494,5 +487,5 @@ def run(
     if compare_json.is_file():
         data = json.loads(compare_json.read_text())
         rows = [ModelSummary(**r) for r in data.pop("rows")]
-        _print_wide(comparison_table(CompareReport(rows=rows, **data)))
+        print_data(comparison_table(CompareReport(rows=rows, **data)))
     _line(f"done: {run_dir.path}")

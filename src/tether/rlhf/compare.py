@@ -259,13 +259,13 @@ def _attach_audit(
         row.audit = {s.task: s.value for s in audit.tasks if s.model == row.name}
 
 
-def comparison_table(report: CompareReport):
-    """A rich Table of the report (one row per model)."""
-    from rich.table import Table
+def comparison_table(report: CompareReport) -> str:
+    """The report as plain text, one row per model (stdout is data: no Rich markup, no wrapping)."""
+    from tether.plain import plain_table
 
-    table = Table(title=f"Summaries on {report.documents} held-out documents (judge: {report.judge})")
+    title = f"Summaries on {report.documents} held-out documents (judge: {report.judge})"
     audit_tasks = list(dict.fromkeys(t for r in report.rows for t in r.audit))
-    for column in (
+    header = (
         "model",
         f"win vs {report.baseline}",
         "W/T/L",
@@ -284,8 +284,8 @@ def comparison_table(report: CompareReport):
         "gen s",
         "train s",
         *audit_tasks,
-    ):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    )
+    rows = []
 
     def fmt(value: float | None, digits: int = 3) -> str:
         return "—" if value is None else f"{value:.{digits}f}"
@@ -296,27 +296,29 @@ def comparison_table(report: CompareReport):
         return f"{d['delta']:+.3f}" + ("*" if d["significant"] else "")
 
     for r in report.rows:
-        table.add_row(
-            r.name,
-            fmt(r.win_rate),
-            "—" if r.win_rate is None else f"{r.wins}/{r.ties}/{r.losses}",
-            fmt(r.score),
-            "—"
-            if r.score_delta is None
-            else f"{r.score_delta:+.3f} [{r.score_delta_ci[0]:+.3f}, {r.score_delta_ci[1]:+.3f}]"
-            + ("*" if r.score_delta_significant else ""),
-            fmt(r.faithfulness),
-            fmt_delta(r.proxy_deltas.get("faithfulness")),
-            fmt(r.coverage),
-            fmt_delta(r.proxy_deltas.get("coverage")),
-            fmt(r.conciseness),
-            fmt(r.tokens, 1),
-            fmt(r.cut_off, 2),
-            fmt(r.distinct_1),
-            fmt(r.distinct_2),
-            fmt(r.embedding_diversity),
-            fmt(r.generate_seconds, 1),
-            fmt(r.train_seconds, 1),
-            *(fmt(r.audit.get(t)) for t in audit_tasks),
+        rows.append(
+            (
+                r.name,
+                fmt(r.win_rate),
+                "—" if r.win_rate is None else f"{r.wins}/{r.ties}/{r.losses}",
+                fmt(r.score),
+                "—"
+                if r.score_delta is None
+                else f"{r.score_delta:+.3f} [{r.score_delta_ci[0]:+.3f}, {r.score_delta_ci[1]:+.3f}]"
+                + ("*" if r.score_delta_significant else ""),
+                fmt(r.faithfulness),
+                fmt_delta(r.proxy_deltas.get("faithfulness")),
+                fmt(r.coverage),
+                fmt_delta(r.proxy_deltas.get("coverage")),
+                fmt(r.conciseness),
+                fmt(r.tokens, 1),
+                fmt(r.cut_off, 2),
+                fmt(r.distinct_1),
+                fmt(r.distinct_2),
+                fmt(r.embedding_diversity),
+                fmt(r.generate_seconds, 1),
+                fmt(r.train_seconds, 1),
+                *(fmt(r.audit.get(t)) for t in audit_tasks),
+            )
         )
-    return table
+    return plain_table(header, rows, numeric=set(range(1, len(header))), title=title)
