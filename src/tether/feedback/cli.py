@@ -11,8 +11,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from tether.errors import ConfigError
 from tether.feedback.agreement import agreement_report
@@ -20,6 +18,8 @@ from tether.feedback.export import export_pairs
 from tether.feedback.records import load_candidate_sets
 from tether.feedback.store import LabelStore
 from tether.inputs import check_output_file
+from tether.plain import out as print_data
+from tether.plain import plain_table
 
 DEFAULT_DB = Path("labels.db")
 
@@ -28,9 +28,6 @@ app = typer.Typer(
     "measure inter-annotator agreement, export TRL preference pairs.",
     no_args_is_help=True,
 )
-out = Console(soft_wrap=True)
-if not out.is_terminal:  # a pipe or a log: tables as wide as they need, not squeezed to 80 columns
-    out = Console(soft_wrap=True, width=1000)
 err = Console(stderr=True, soft_wrap=True)
 
 DbOption = typer.Option(DEFAULT_DB, "--db", help="SQLite label database.")
@@ -166,25 +163,21 @@ def stats(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
-    out.print(
+    print_data(
         f"{len(records)} items, {report.items} with votes, {report.votes} votes ({report.ties} ties), "
         f"{report.multi_items} items with >= 2 votes"
     )
-    people = Table("annotator", "votes", "ties", "skips", title="Annotators")
-    for name, c in report.annotators.items():
-        people.add_row(escape(name), str(c.votes), str(c.ties), str(c.skips))
-    out.print(people)
-    pairs = Table("annotator A", "annotator B", "shared items", "agreement", "Cohen's kappa", title="Pairs")
-    for p in report.pairs:
-        pairs.add_row(
-            escape(p.annotator_a),
-            escape(p.annotator_b),
-            str(p.shared_items),
-            f"{p.observed:.3f}",
-            _fmt(p.kappa),
-        )
-    out.print(pairs)
-    out.print(f"Krippendorff's alpha (nominal, best candidate or tie): {_fmt(report.alpha)}")
+    people = [(name, str(c.votes), str(c.ties), str(c.skips)) for name, c in report.annotators.items()]
+    print_data(
+        plain_table(("annotator", "votes", "ties", "skips"), people, numeric={1, 2, 3}, title="Annotators")
+    )
+    pairs = [
+        (p.annotator_a, p.annotator_b, str(p.shared_items), f"{p.observed:.3f}", _fmt(p.kappa))
+        for p in report.pairs
+    ]
+    header = ("annotator A", "annotator B", "shared items", "agreement", "Cohen's kappa")
+    print_data(plain_table(header, pairs, numeric={2, 3, 4}, title="Pairs"))
+    print_data(f"Krippendorff's alpha (nominal, best candidate or tie): {_fmt(report.alpha)}")
 
 
 def _fmt(value: float | None) -> str:
