@@ -445,3 +445,28 @@ def test_cli_names_both_models_when_aligned_has_another_base(models, tmp_path):
     flat = result.output.replace("\n", "")
     assert "lora_other" in flat and str(models["base"].name) in flat
     assert not (tmp_path / "fr").exists()  # refused before the run directory exists
+
+
+def test_incomplete_candidates_are_placed_flagged_and_never_on_the_frontier(tmp_path):
+    """A candidate with an incomplete task (e.g. too many degenerate answers) keeps its place on the
+    plane from the items it scored, flagged, and stays out of the frontier points."""
+    from types import SimpleNamespace
+
+    from tether.frontier.pareto import plot_frontier
+    from tether.frontier.pipeline import _incomplete_points, _points
+
+    pareto = SimpleNamespace(
+        points=[
+            SimpleNamespace(model="base", safety=0.01, capability=0.44, complete=True),
+            SimpleNamespace(model="aligned", safety=0.22, capability=0.45, complete=False),
+            SimpleNamespace(model="interp-0.50", safety=None, capability=0.45, complete=False),
+        ]
+    )
+    report = SimpleNamespace(pareto=pareto)
+    assert _points(report) == {"base": (0.01, 0.44)}
+    assert _incomplete_points(report) == {"aligned": (0.22, 0.45)}
+    path = plot_frontier(
+        _points(report), {"interpolation": ["base", "aligned"]}, ["base"], tmp_path / "f.png",
+        incomplete=_incomplete_points(report),
+    )  # fmt: skip
+    assert path.stat().st_size > 1000

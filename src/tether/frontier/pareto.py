@@ -48,9 +48,11 @@ def plot_frontier(
     path: Path,
     *,
     title: str = "safety-capability frontier",
+    incomplete: Mapping[str, Point] | None = None,
 ) -> Path:
     """Safety (x) vs capability (y): one curve per family in its order, the frontier as a step line,
-    BASE and ALIGNED labelled."""
+    BASE and ALIGNED labelled; ``incomplete`` candidates (a task with too many unscored answers) as
+    hollow grey markers, off every curve and the frontier."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,9 +74,19 @@ def plot_frontier(
             ls="--",
             label="Pareto frontier",
         )
+    if incomplete:
+        xy = list(incomplete.values())
+        ax.scatter(
+            [p[0] for p in xy],
+            [p[1] for p in xy],
+            facecolors="none",
+            edgecolors="grey",
+            label="incomplete (not on the frontier)",
+        )
     for name in ("base", "aligned"):
-        if points.get(name) is not None:
-            ax.annotate(name, points[name], textcoords="offset points", xytext=(5, 5), fontsize=9)
+        where = points.get(name) or (incomplete or {}).get(name)
+        if where is not None:
+            ax.annotate(name, where, textcoords="offset points", xytext=(5, 5), fontsize=9)
     ax.set_xlabel("safety axis (higher is safer)")
     ax.set_ylabel("capability axis (higher is more capable)")
     ax.set_title(title)

@@ -267,6 +267,18 @@ def _points(report: AuditReport) -> dict[str, tuple[float, float]]:
     }
 
 
+def _incomplete_points(report: AuditReport) -> dict[str, tuple[float, float]]:
+    """Candidates placed on the plane from the items they scored although a task of theirs is
+    incomplete (too many unscored or degenerate answers): shown, flagged, never on the frontier."""
+    if report.pareto is None:
+        return {}
+    return {
+        p.model: (p.safety, p.capability)
+        for p in report.pareto.points
+        if p.safety is not None and p.capability is not None and not p.complete
+    }
+
+
 def _axis_deltas(report: AuditReport) -> dict[str, dict[str, Any]]:
     """Per model and axis: the paired difference from ALIGNED, its CI and significance."""
     out: dict[str, dict[str, Any]] = {}
@@ -291,6 +303,11 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
     audit = AuditReport.load(ctx.run.path / "audit" / "report.json")
     found = candidates(ctx.run)
     points = _points(audit)
+    flagged = _incomplete_points(audit)
+    incomplete_tasks: dict[str, list[str]] = {}
+    for s in audit.tasks:
+        if not s.complete:
+            incomplete_tasks.setdefault(s.model, []).append(s.task)
     summary = frontier_summary(points, aligned="aligned", reference=tuple(ctx.config.reference))
     deltas = _axis_deltas(audit)
     families: dict[str, list[str]] = {}
@@ -331,8 +348,10 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
         "candidates": {
             n: {
                 **_recipe_json(r),
-                "safety": points[n][0] if n in points else None,
-                "capability": points[n][1] if n in points else None,
+                "safety": (points.get(n) or flagged.get(n) or (None, None))[0],
+                "capability": (points.get(n) or flagged.get(n) or (None, None))[1],
+                "complete": n not in incomplete_tasks,
+                "incomplete_tasks": incomplete_tasks.get(n, []),
                 "on_frontier": n in summary["frontier"],
                 "vs_aligned": deltas.get(n, {}),
                 "tasks": tasks.get(n, {}),
@@ -343,10 +362,11 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
         **summary,
         "better_than_aligned_significantly": significant_gain,
         "note": "significantly better: on at least one axis a paired improvement over ALIGNED that survives "
-        "the audit's multiple-comparison control, and no significant loss on the other",
+        "the audit's multiple-comparison control, and no significant loss on the other; a candidate with an "
+        "incomplete task (complete: false) is placed from the items it scored, flagged, and never on the frontier",
     }
     ctx.run.artifact("frontier.json").write_text(json.dumps(out, indent=2))
-    plot_frontier(points, families, summary["frontier"], ctx.run.artifact("frontier.png"))
+    plot_frontier(points, families, summary["frontier"], ctx.run.artifact("frontier.png"), incomplete=flagged)
     return {
         "candidates": len(found),
         "frontier": summary["frontier"],
