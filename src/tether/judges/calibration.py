@@ -117,20 +117,11 @@ def figures_from_predictions(
         return Figures(
             judge=judge, target=target, dataset=dataset, role=role, n=0, note="empty set: no figures"
         )
-    tp = fp = tn = fn = degenerate = unparsed = 0
-    for t, p in zip(truth, predicted, strict=True):
-        if isinstance(p, str):
-            degenerate += p == "degenerate"
-            unparsed += p != "degenerate"
-            p = not t
-        if t and p:
-            tp += 1
-        elif t:
-            fn += 1
-        elif p:
-            fp += 1
-        else:
-            tn += 1
+    from tether.judges.validation import confusion_counts
+
+    tp, fp, tn, fn = confusion_counts(truth, predicted)
+    degenerate = sum(p == "degenerate" for p in predicted)
+    unparsed = sum(isinstance(p, str) and p != "degenerate" for p in predicted)
     n = len(truth)
 
     def rate(k: int, d: int) -> tuple[float | None, tuple[float, float] | None]:

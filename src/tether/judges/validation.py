@@ -129,6 +129,26 @@ def split_examples(
     return train, test
 
 
+def confusion_counts(
+    truth: Sequence[bool], predicted: Sequence[bool | str | None]
+) -> tuple[int, int, int, int]:
+    """(tp, fp, tn, fn). A prediction of None or a string ("unparsed", "degenerate") is wrong either
+    way: a missed positive, or a false alarm on a negative."""
+    tp = fp = tn = fn = 0
+    for t, p in zip(truth, predicted, strict=True):
+        if p is None or isinstance(p, str):
+            p = not t
+        if t and p:
+            tp += 1
+        elif t:
+            fn += 1
+        elif p:
+            fp += 1
+        else:
+            tn += 1
+    return tp, fp, tn, fn
+
+
 def binary_metrics(
     truth: Sequence[bool], predicted: Sequence[bool | None], *, judge: str = "", dataset: str = ""
 ) -> JudgeValidation:
@@ -138,19 +158,8 @@ def binary_metrics(
         raise ValueError(f"{len(truth)} labels but {len(predicted)} predictions")
     if not truth:
         raise ValueError("no examples to validate on")
-    tp = fp = tn = fn = unparsed = 0
-    for t, p in zip(truth, predicted, strict=True):
-        if p is None:
-            unparsed += 1
-            p = not t  # abstaining is wrong either way
-        if t and p:
-            tp += 1
-        elif t:
-            fn += 1
-        elif p:
-            fp += 1
-        else:
-            tn += 1
+    tp, fp, tn, fn = confusion_counts(truth, predicted)
+    unparsed = sum(p is None for p in predicted)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
