@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tether.errors import DataError, TetherError
@@ -24,6 +24,19 @@ def did_you_mean(name: str, choices: Iterable[str], *, cutoff: float = 0.6) -> s
     if not close:
         return None
     return "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+
+
+def check_known(names: Sequence[str], known: Sequence[str], kind: str) -> None:
+    """ValueError naming every unknown name, with "did you mean" for the close ones and the known list
+    (a pydantic validator turns it into a one-line error naming the field)."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        close = [c for c in (did_you_mean(n, known) for n in unknown) if c]
+        raise ValueError(
+            f"unknown {kind} {', '.join(map(repr, unknown))}; "
+            + ("; ".join(close) + " " if close else "")
+            + f"(known: {', '.join(known)})"
+        )
 
 
 def os_reason(exc: OSError) -> str:
@@ -176,6 +189,7 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "decode_utf8",
+    "check_known",
     "did_you_mean",
     "os_reason",
     "read_text",

@@ -49,7 +49,7 @@ from tether.data.jsonl import read_jsonl, write_jsonl
 from tether.data.sources import stratified_sample
 from tether.engine.pool import EngineLoader, EnginePool
 from tether.errors import ConfigError
-from tether.inputs import did_you_mean
+from tether.inputs import check_known
 from tether.judges.refusal import RefusalJudge
 from tether.runs import Run, Stage, StageContext, run_stages
 from tether.train.dpo import DPOTrainConfig
@@ -96,14 +96,7 @@ class PromptsConfig(StrictModel):
 
 
 def _known_sources(names: list[str], known: tuple[str, ...], kind: str) -> list[str]:
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        close = [c for c in (did_you_mean(n, known) for n in unknown) if c]
-        raise ValueError(
-            f"unknown {kind} source(s) {', '.join(map(repr, unknown))}; "
-            + ("; ".join(close) + " " if close else "")
-            + f"(known: {', '.join(known)})"
-        )
+    check_known(names, known, f"{kind} source(s)")
     return names
 
 

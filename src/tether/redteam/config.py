@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from tether.config import EngineConfig, StrictModel
-from tether.inputs import did_you_mean
+from tether.inputs import check_known
 
 # Every strategy name a config may list; ``gcg`` is declared but not built yet (it raises).
 STRATEGIES: tuple[str, ...] = ("templates", "pair", "tap", "crescendo", "gcg")
@@ -127,14 +127,7 @@ class RedteamConfig(StrictModel):
     def _known_strategies(cls, names: list[str]) -> list[str]:
         if not names:
             raise ValueError(f"no strategy listed; use some of {', '.join(STRATEGIES)}")
-        unknown = [n for n in names if n not in STRATEGIES]
-        if unknown:
-            close = [c for c in (did_you_mean(n, STRATEGIES) for n in unknown) if c]
-            raise ValueError(
-                f"unknown strategy {', '.join(map(repr, unknown))}; "
-                + ("; ".join(close) + " " if close else "")
-                + f"(known: {', '.join(STRATEGIES)})"
-            )
+        check_known(names, STRATEGIES, "strategy")
         built = [n for n in names if n in NOT_BUILT]
         if built:
             raise ValueError("; ".join(NOT_BUILT[n] for n in built) + ": remove it from strategies")
