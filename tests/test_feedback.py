@@ -24,6 +24,7 @@ from tether.feedback import (
     export_pairs,
     krippendorff_alpha_nominal,
     load_candidate_sets,
+    load_labelled_sets,
     majority_pairs,
     summarization_prompt,
     vote_pairs,
@@ -526,3 +527,96 @@ def test_cli_import_annotate_stats_export(tmp_path, candidates_file):
     assert merged.exit_code == 0, merged.output
     # d1: a>b 2/2 kept; d2: every pair has 1 of 2 votes (the other is a tie): 3 dropped
     assert "1 pairs from 4 votes" in merged.output and "3 candidate pairs without a majority" in merged.output
+
+
+# --- votes carried in the import file ---------------------------------------------------------------
+
+
+def _labelled_file(tmp_path: Path, votes_per_set: list[list[dict]]) -> Path:
+    path = tmp_path / "labelled.jsonl"
+    lines = [json.dumps(s | {"votes": v}) for s, v in zip(_sets(), votes_per_set, strict=False)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_imported_votes_feed_stats_and_export_and_reimport_is_a_no_op(tmp_path):
+    runner = CliRunner()
+    db = tmp_path / "team.db"
+    path = _labelled_file(
+        tmp_path,
+        [
+            [{"annotator": "team", "ranking": ["b", "a"], "reason": "unfaithful"}],
+            [
+                {"annotator": "team", "ranking": ["z", "x", "y"], "reason": "other"},
+                {"annotator": "second", "ranking": [], "reason": "both_fine"},
+            ],
+        ],
+    )
+    first = runner.invoke(label_cli, ["import", str(path), "--db", str(db)])
+    assert first.exit_code == 0, first.output
+    assert "2 items added, 0 already present; 3 votes added, 0 already present" in first.output
+    again = runner.invoke(label_cli, ["import", str(path), "--db", str(db)])
+    assert "0 votes added, 3 already present" in again.output
+
+    store = LabelStore(db)
+    votes = store.votes()
+    assert [(v.doc_id, v.annotator, v.ranking, v.reason) for v in votes] == [
+        ("d1", "team", ("b", "a"), "unfaithful"),
+        ("d2", "team", ("z", "x", "y"), "other"),
+        ("d2", "second", (), "both_fine"),
+    ]
+    # Imported annotators exist for stats but cannot sign in: no token was ever shown.
+    assert {a.name for a in store.annotators()} == {"team", "second"}
+    report = json.loads(runner.invoke(label_cli, ["stats", "--db", str(db), "--json"]).stdout)
+    assert (report["votes"], report["ties"]) == (3, 1)
+    out = tmp_path / "pairs.jsonl"
+    assert runner.invoke(label_cli, ["export", "--db", str(db), "--out", str(out)]).exit_code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["doc_id"], r["chosen_id"], r["rejected_id"]) for r in rows] == [
+        ("d1", "b", "a"),
+        ("d2", "z", "x"),
+        ("d2", "z", "y"),
+        ("d2", "x", "y"),
+    ]
+    assert all("votes" not in item.record.model_extra for item in store.items())
+
+
+@pytest.mark.parametrize(
+    ("vote", "problem"),
+    [
+        ({"annotator": "t", "ranking": ["x", "y"], "reason": "other"}, "exactly once"),
+        ({"annotator": "t", "ranking": ["x", "x", "y"], "reason": "other"}, "exactly once"),
+        ({"annotator": "t", "ranking": ["x", "y", "z"], "reason": "bad"}, "field 'reason'"),
+        ({"annotator": "t", "ranking": ["x", "y", "z"], "reason": "both_fine"}, "carries a ranking"),
+        ({"annotator": "t", "ranking": ["x", "y", "z"]}, "field 'reason'"),
+        ({"annotator": "", "ranking": [], "reason": "both_fine"}, "field 'annotator'"),
+    ],
+)
+def test_bad_imported_votes_name_the_line_and_write_nothing(tmp_path, vote, problem):
+    path = _labelled_file(tmp_path, [[], [vote]])
+    db = tmp_path / "team.db"
+    with pytest.raises(DataError, match=problem) as info:
+        LabelStore(db, create=True).import_labelled(load_labelled_sets(path))
+    assert info.value.where == f"{path}:2"
+    assert LabelStore(db).count_items() == 0
+
+
+def test_an_annotator_voting_twice_on_a_set_is_an_error(tmp_path):
+    twice = [{"annotator": "t", "ranking": [], "reason": "both_fine"}] * 2
+    path = _labelled_file(tmp_path, [twice])
+    with pytest.raises(DataError, match="votes twice") as info:
+        load_labelled_sets(path)
+    assert info.value.where == f"{path}:1"
+
+
+def test_a_changed_imported_vote_aborts_the_whole_import(tmp_path):
+    db = tmp_path / "team.db"
+    store = LabelStore(db, create=True)
+    tie = {"annotator": "team", "ranking": [], "reason": "both_fine"}
+    store.import_labelled(load_labelled_sets(_labelled_file(tmp_path, [[tie]])))
+    changed = _labelled_file(tmp_path, [[tie | {"ranking": ["a", "b"], "reason": "other"}], [tie]])
+    with pytest.raises(DataError, match="different vote") as info:
+        store.import_labelled(load_labelled_sets(changed))
+    assert info.value.where == f"{changed}:1"
+    assert [i.record.doc_id for i in store.items()] == ["d1"]  # d2 was not added either
+    assert [v.reason for v in store.votes()] == ["both_fine"]

@@ -20,7 +20,8 @@ M = TypeVar("M", bound=BaseModel)
 OnError = Literal["stop", "skip"]
 
 
-def _describe(err: ValidationError) -> str:
+def describe_validation_error(err: ValidationError) -> str:
+    """One line per failed field: ``field 'a.b': message``, joined by '; '."""
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(record)"
@@ -61,7 +62,7 @@ def iter_numbered(
             except json.JSONDecodeError as exc:
                 _bad_line(where, f"not valid JSON ({exc.msg} at column {exc.colno})", on_error, hint)
             except ValidationError as exc:
-                _bad_line(where, _describe(exc), on_error, hint)
+                _bad_line(where, describe_validation_error(exc), on_error, hint)
 
 
 def iter_jsonl(

@@ -1,6 +1,6 @@
 """Human preference labeling for summarization RLHF: a small FastAPI + SQLite app, agreement, export.
 
-Flow: ``load_candidate_sets`` -> ``LabelStore.import_sets`` -> ``create_app`` (annotators vote) ->
+Flow: ``load_labelled_sets`` -> ``LabelStore.import_labelled`` -> ``create_app`` (annotators vote) ->
 ``agreement_report`` / ``export_pairs``. The CLI is ``tether label`` (``tether.feedback.cli.app``).
 """
 
@@ -18,8 +18,11 @@ from tether.feedback.records import (
     TIE_REASON,
     Candidate,
     CandidateSet,
+    ImportedVote,
+    LabelledSet,
     Vote,
     load_candidate_sets,
+    load_labelled_sets,
     summarization_prompt,
 )
 from tether.feedback.store import LabelStore, VoteRejected
@@ -43,6 +46,8 @@ __all__ = [
     "Candidate",
     "CandidateSet",
     "ExportSummary",
+    "ImportedVote",
+    "LabelledSet",
     "LabelStore",
     "PreferencePair",
     "Vote",
@@ -53,6 +58,7 @@ __all__ = [
     "export_pairs",
     "krippendorff_alpha_nominal",
     "load_candidate_sets",
+    "load_labelled_sets",
     "majority_pairs",
     "summarization_prompt",
     "vote_pairs",

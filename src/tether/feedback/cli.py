@@ -15,7 +15,7 @@ from rich.console import Console
 from tether.errors import ConfigError
 from tether.feedback.agreement import agreement_report
 from tether.feedback.export import export_pairs
-from tether.feedback.records import load_candidate_sets
+from tether.feedback.records import load_labelled_sets
 from tether.feedback.store import LabelStore
 from tether.inputs import check_output_file
 from tether.plain import out as print_data
@@ -42,16 +42,21 @@ class AggregateChoice(StrEnum):
 def import_(
     candidates: Path = typer.Argument(
         ...,
-        help="JSONL, one {doc_id, document, candidates: [{id, text}]} per line (or one candidate per line).",
+        help="JSONL, one {doc_id, document, candidates: [{id, text}], votes?: [{annotator, ranking, reason}]} "
+        "per line (or one candidate per line).",
     ),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="SQLite label database (created if missing)."),
 ) -> None:
-    """Load candidate sets as items to label. Idempotent: documents already imported are skipped."""
+    """Load candidate sets as items to label, with any votes they carry. Idempotent: documents and
+    votes already imported are skipped."""
     if not db.exists():
         check_output_file(db, flag="--db")
-    sets = load_candidate_sets(candidates)
-    summary = LabelStore(db, create=True).import_sets(sets)
-    _line(f"{db}: {summary.added} items added, {summary.unchanged} already present")
+    labelled = load_labelled_sets(candidates)
+    summary = LabelStore(db, create=True).import_labelled(labelled)
+    line = f"{db}: {summary.added} items added, {summary.unchanged} already present"
+    if summary.votes_added or summary.votes_unchanged:
+        line += f"; {summary.votes_added} votes added, {summary.votes_unchanged} already present"
+    _line(line)
 
 
 @app.command("add-annotator")

@@ -9,6 +9,13 @@ Extra keys on a set or a candidate (model name, sampling seed, ...) are kept and
 An optional ``prompt`` on a set is the exact prompt the candidates were generated from; when absent,
 exported pairs use ``summarization_prompt(document)``.
 
+A nested set may also carry labels made outside the page (a team labelling a committed set, another
+tool's votes), which ``tether label import`` stores as that annotator's votes::
+
+    {"doc_id": "d1", ..., "votes": [{"annotator": "team", "ranking": ["b", "a"], "reason": "unfaithful"}]}
+
+A tie is ``{"annotator": ..., "ranking": [], "reason": "both_fine"}``, as on the page.
+
 A flat file, one candidate per line ``{"doc_id", "document", "candidate_id", "text"}``, is also read:
 lines are grouped by ``doc_id`` in first-seen order and must agree on ``document``.
 """
@@ -18,11 +25,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tether.data.jsonl import iter_jsonl
+from tether.data.jsonl import describe_validation_error, iter_jsonl, iter_numbered
 from tether.data.records import PreferencePair as PreferencePair  # re-exported: the app's output
 from tether.errors import DataError
 
@@ -98,6 +105,25 @@ class CandidateSet(BaseModel):
         return [c.id for c in self.candidates].index(cand_id)
 
 
+class ImportedVote(BaseModel):
+    """One vote carried in an import file: who, the ranking best first (empty for a tie), why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    annotator: str = Field(min_length=1)
+    ranking: list[str]
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """A candidate set from an import file with the votes it carried and where it was read."""
+
+    record: CandidateSet
+    votes: tuple[ImportedVote, ...]
+    where: str
+
+
 class FlatCandidate(BaseModel):
     """One line of the flat input format; grouped into CandidateSets by doc_id."""
 
@@ -137,24 +163,69 @@ def load_candidate_sets(path: str | Path) -> list[CandidateSet]:
 
     The format is decided by the first record: a ``candidates`` key means nested.
     """
+    return [labelled.record for labelled in load_labelled_sets(path)]
+
+
+def load_labelled_sets(path: str | Path) -> list[LabelledSet]:
+    """Candidate sets with the votes they carry (nested format only; flat lines carry none).
+
+    A vote that names an unknown candidate, leaves one out, repeats an annotator on the same set, or
+    ranks candidates under the tie reason is a DataError naming file:line."""
     path = Path(path)
     first = next(iter_jsonl(path), None)
     if first is None:
         raise DataError("file has no records", where=str(path), hint="add one JSON object per line")
     if isinstance(first, dict) and "candidates" in first:
-        sets = list(iter_jsonl(path, CandidateSet))
+        labelled = [_nested_set(f"{path}:{lineno}", raw) for lineno, raw in iter_numbered(path)]
     else:
-        sets = _group_flat(path, iter_jsonl(path, FlatCandidate))
+        labelled = [LabelledSet(s, (), str(path)) for s in _group_flat(path, iter_jsonl(path, FlatCandidate))]
     seen: set[str] = set()
-    for s in sets:
-        if s.doc_id in seen:
+    for item in labelled:
+        if item.record.doc_id in seen:
             raise DataError(
-                f"doc_id '{s.doc_id}' appears on more than one line",
-                where=str(path),
+                f"doc_id '{item.record.doc_id}' appears on more than one line",
+                where=item.where,
                 hint="put all candidates of a document in one record, or give each document its own doc_id",
             )
-        seen.add(s.doc_id)
-    return sets
+        seen.add(item.record.doc_id)
+    return labelled
+
+
+def _nested_set(where: str, raw: Any) -> LabelledSet:
+    if not isinstance(raw, dict):
+        raise DataError("expected a JSON object", where=where, hint="one candidate set per line")
+    raw = dict(raw)
+    raw_votes = raw.pop("votes", [])
+    try:
+        record = CandidateSet.model_validate(raw)
+        if not isinstance(raw_votes, list):
+            raise DataError("field 'votes': expected a list of votes", where=where, hint="fix the line")
+        votes = tuple(ImportedVote.model_validate(v) for v in raw_votes)
+    except ValidationError as exc:
+        raise DataError(describe_validation_error(exc), where=where, hint="fix the line") from None
+    ids = sorted(c.id for c in record.candidates)
+    annotators: set[str] = set()
+    for vote in votes:
+        if vote.annotator in annotators:
+            raise DataError(
+                f"annotator '{vote.annotator}' votes twice on doc_id '{record.doc_id}'",
+                where=where,
+                hint="keep one vote per annotator and set",
+            )
+        annotators.add(vote.annotator)
+        if vote.reason == TIE_REASON and vote.ranking:
+            raise DataError(
+                f"a '{TIE_REASON}' vote by '{vote.annotator}' carries a ranking",
+                where=where,
+                hint="a tie has an empty ranking",
+            )
+        if vote.reason != TIE_REASON and sorted(vote.ranking) != ids:
+            raise DataError(
+                f"the vote by '{vote.annotator}' must rank each candidate exactly once; got {vote.ranking}",
+                where=where,
+                hint=f"candidate ids: {ids}",
+            )
+    return LabelledSet(record, votes, where)
 
 
 def _group_flat(path: Path, rows: Iterable[FlatCandidate]) -> list[CandidateSet]:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tether.errors import DataError, TetherError
-from tether.feedback.records import REASONS, TIE_REASON, CandidateSet, Vote
+from tether.feedback.records import REASONS, TIE_REASON, CandidateSet, LabelledSet, Vote
 from tether.inputs import os_reason
 
 SCHEMA_VERSION = 1
@@ -106,6 +106,8 @@ class Progress:
 class ImportSummary:
     added: int
     unchanged: int
+    votes_added: int = 0
+    votes_unchanged: int = 0
 
 
 def hash_secret(secret: str) -> str:
@@ -198,26 +200,79 @@ class LabelStore:
         All-or-nothing: a doc_id present with *different* content aborts the whole import, because
         votes already cast on the old text would silently attach to the new one.
         """
+        with self._write() as conn:
+            return self._import_sets(conn, sets)
+
+    def import_labelled(self, labelled: Sequence[LabelledSet]) -> ImportSummary:
+        """Add candidate sets and the votes they carry, all or nothing.
+
+        An imported annotator gets an unusable token: its votes count in stats, agreement and export,
+        but nobody can sign in as it (``add-annotator --rotate`` issues a token if one is wanted).
+        A vote already stored identically is skipped; a different one by the same annotator on the
+        same set aborts the import, naming the line.
+        """
         added = unchanged = 0
         with self._write() as conn:
-            for s in sets:
-                record = s.model_dump_json()
-                row = conn.execute("SELECT record FROM items WHERE doc_id = ?", (s.doc_id,)).fetchone()
-                if row is None:
-                    conn.execute(
-                        "INSERT INTO items (doc_id, record, created_at) VALUES (?, ?, ?)",
-                        (s.doc_id, record, _now()),
-                    )
-                    added += 1
-                elif CandidateSet.model_validate_json(row[0]) == s:
-                    unchanged += 1
-                else:
-                    raise DataError(
-                        f"doc_id '{s.doc_id}' is already in the database with different content",
-                        where=str(self.path),
-                        hint="give the changed document a new doc_id, or import into a new --db",
-                    )
+            sets = self._import_sets(conn, [item.record for item in labelled])
+            for item in labelled:
+                item_id = conn.execute(
+                    "SELECT id FROM items WHERE doc_id = ?", (item.record.doc_id,)
+                ).fetchone()[0]
+                for vote in item.votes:
+                    annotator_id = self._annotator_id(conn, vote.annotator)
+                    row = conn.execute(
+                        "SELECT ranking, reason FROM votes WHERE item_id = ? AND annotator_id = ?",
+                        (item_id, annotator_id),
+                    ).fetchone()
+                    if row is None:
+                        conn.execute(
+                            "INSERT INTO votes (item_id, annotator_id, ranking, reason, created_at) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (item_id, annotator_id, json.dumps(vote.ranking), vote.reason, _now()),
+                        )
+                        added += 1
+                    elif (json.loads(row[0]), row[1]) == (vote.ranking, vote.reason):
+                        unchanged += 1
+                    else:
+                        raise DataError(
+                            f"'{vote.annotator}' already has a different vote on doc_id "
+                            f"'{item.record.doc_id}' in {self.path}",
+                            where=item.where,
+                            hint="import into a new --db, or give the annotator another name",
+                        )
+        return ImportSummary(sets.added, sets.unchanged, added, unchanged)
+
+    def _import_sets(self, conn: sqlite3.Connection, sets: Sequence[CandidateSet]) -> ImportSummary:
+        added = unchanged = 0
+        for s in sets:
+            record = s.model_dump_json()
+            row = conn.execute("SELECT record FROM items WHERE doc_id = ?", (s.doc_id,)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO items (doc_id, record, created_at) VALUES (?, ?, ?)",
+                    (s.doc_id, record, _now()),
+                )
+                added += 1
+            elif CandidateSet.model_validate_json(row[0]) == s:
+                unchanged += 1
+            else:
+                raise DataError(
+                    f"doc_id '{s.doc_id}' is already in the database with different content",
+                    where=str(self.path),
+                    hint="give the changed document a new doc_id, or import into a new --db",
+                )
         return ImportSummary(added=added, unchanged=unchanged)
+
+    @staticmethod
+    def _annotator_id(conn: sqlite3.Connection, name: str) -> int:
+        row = conn.execute("SELECT id FROM annotators WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            return row[0]
+        cursor = conn.execute(
+            "INSERT INTO annotators (name, token_sha256, created_at) VALUES (?, ?, ?)",
+            (name, hash_secret(secrets.token_urlsafe(32)), _now()),
+        )
+        return cursor.lastrowid
 
     def item(self, item_id: int) -> Item | None:
         with self._connect() as conn:
