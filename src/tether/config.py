@@ -6,6 +6,7 @@ a config in one pass instead of one failed run per typo.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -243,16 +244,20 @@ def load_config(
     *,
     flags: Mapping[str, str] | None = None,
     check: Callable[[C], list[Problem]] | None = None,
+    base: Mapping[str, Any] | None = None,
+    base_source: str = "<defaults>",
 ) -> C:
     """Load ``model`` from a YAML file (optional) plus ``key.path=value`` overrides, reporting every
     invalid key at once, each with where its value came from: file:line, or the ``--set`` (or the
     command's flag, ``flags`` maps a dotted key to it) that gave it.
 
     ``check(config)`` looks past the schema (models and files that must exist, names that must be
-    known) and returns its problems, reported the same way; it runs only on a config that validates."""
-    data: dict = {}
+    known) and returns its problems, reported the same way; it runs only on a config that validates.
+    ``base`` (named ``base_source`` in errors) starts the data instead of a file: a run's recorded
+    config, say."""
+    data: dict = json.loads(json.dumps(dict(base))) if base is not None else {}
     lines: dict[tuple, int] = {}
-    source = "<defaults>"
+    source = base_source
     if path is not None:
         path = Path(path)
         source = str(path)

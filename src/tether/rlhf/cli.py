@@ -489,3 +489,116 @@ def run(
         rows = [ModelSummary(**r) for r in data.pop("rows")]
         print_data(comparison_table(CompareReport(rows=rows, **data)))
     _line(f"done: {run_dir.path}")
+
+
+@app.command()
+def check(
+    run_dir: Annotated[Path, typer.Argument(help="An RLHF run directory whose compare stage has finished.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="Team-labelled pairs (tether label import format, votes attached)."),
+    ] = None,
+    reader: Annotated[
+        str | None, typer.Option(help="QA reader model spec; 'none' skips the QA check.")
+    ] = None,
+    judge: Annotated[str | None, typer.Option(help="LLM judge model spec; 'none' skips the judge.")] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Measure the compared models on signals outside the labeler's proxies (re-runs the checks stage):
+    a QA reader, an LLM judge on another model, and people's labels. Writes checks/independent.json."""
+    from tether.config import load_config
+    from tether.rlhf.checks import run_checks
+    from tether.rlhf.pipeline import RLHFConfig, check_rlhf_config
+    from tether.runs import read_manifest
+
+    if not (run_dir / "compare" / "summaries").is_dir():
+        raise TetherError(
+            "no compare/summaries in this directory",
+            where=str(run_dir),
+            hint="pass an RLHF run directory after its compare stage (tether rlhf run ...)",
+        )
+    recorded = read_manifest(run_dir / "manifest.json").get("config") or {}
+    flags = {}
+    if labels is not None:
+        flags["checks.human_labels"] = str(labels)
+    for key, value in (("checks.reader", reader), ("checks.judge", judge)):
+        if value is not None:
+            flags[key] = None if value.lower() == "none" else value
+    names = {"checks.human_labels": "--labels", "checks.reader": "--reader", "checks.judge": "--judge"}
+    config = load_config(
+        RLHFConfig,
+        None,
+        [f"{key}={json.dumps(value)}" for key, value in flags.items()] + list(overrides or []),
+        flags={key: names[key] for key in flags},
+        check=check_rlhf_config,
+        base=recorded,
+        base_source=f"{run_dir / 'manifest.json'} (the run's config)",
+    )
+    from tether.engine.pool import EnginePool
+
+    summary = run_checks(config, run_dir, EnginePool(config.engine), say=_say)
+    print_data(checks_table(json.loads((run_dir / "checks" / "independent.json").read_text())))
+    _line(json.dumps(summary))
+
+
+def checks_table(report: dict) -> str:
+    """The checks as plain text: QA reader, judge and people's win rates, scorer agreement."""
+    from tether.plain import plain_table
+
+    blocks = []
+    if "qa" in report:
+        qa = report["qa"]
+        rows = [
+            ("passage (upper reference)", f"{qa['passage']:.3f}", "", ""),
+            ("question only (no context)", f"{qa['question_only']:.3f}", "", ""),
+        ]
+        for m in qa["models"]:
+            delta = m["vs_baseline"]
+            rows.append((m["model"], f"{m['p_correct']:.3f}", f"{m['accuracy']:.3f}", _delta(delta)))
+        title = (
+            f"QA check: reader {qa['reader']} answers each document's question from the summary, n={qa['n']}"
+            + ("" if qa["signal"] else " -- NO SIGNAL: the passage does not help the reader")
+        )
+        blocks.append(
+            plain_table(("context", "P(correct)", "accuracy", "vs base (paired)"), rows, title=title)
+        )
+    for key, title in (("judge", "LLM judge"), ("human", "People")):
+        if key not in report:
+            continue
+        rows = [
+            (
+                f"{r['model']} vs {r['other']}",
+                f"{r['wins']}/{r['ties']}/{r['losses']}",
+                _delta(r["preference"]),
+            )
+            for r in report[key]["win_rates"]
+        ]
+        blocks.append(
+            plain_table(("comparison", "W/T/L", "mean(win − loss)"), rows, title=f"{title} win rates")
+        )
+    if "human" in report:
+        rows = [
+            (
+                a["scorer"],
+                str(a["n"]),
+                "n/a" if a["kappa"] is None else f"{a['kappa']:.3f}",
+                "n/a" if a["accuracy"] is None else f"{a['accuracy']:.3f}",
+                "" if a["accuracy_ci"] is None else f"[{a['accuracy_ci'][0]:.3f}, {a['accuracy_ci'][1]:.3f}]",
+                str(a["decided"]),
+                str(a["scorer_ties"]),
+            )
+            for a in report["human"]["agreement"]
+        ]
+        header = ("scorer", "pairs", "kappa", "accuracy", "95% CI", "both decided", "scorer ties")
+        blocks.append(plain_table(header, rows, title="Agreement with people (first/second/tie)"))
+    return "\n\n".join(blocks)
+
+
+def _delta(delta: dict | None) -> str:
+    if delta is None:
+        return ""
+    mde = "—" if delta["mde"] is None else f"{delta['mde']:.3f}"
+    return (
+        f"{delta['delta']:+.3f} [{delta['ci_low']:+.3f}, {delta['ci_high']:+.3f}] p={delta['p_value']:.3f} "
+        f"MDE {mde} n={delta['n']}"
+    )

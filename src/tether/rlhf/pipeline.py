@@ -59,7 +59,9 @@ from tether.train.reward import RewardConfig
 
 log = logging.getLogger(__name__)
 
-StageName = Literal["documents", "validation", "candidates", "labels", "reward", "ppo", "dpo", "compare"]
+StageName = Literal[
+    "documents", "validation", "candidates", "labels", "reward", "ppo", "dpo", "compare", "checks"
+]
 
 
 class DocumentsConfig(StrictModel):
@@ -102,6 +104,33 @@ class CompareConfig(StrictModel):
     audit_limit: int | None = Field(20, ge=1, description="Items per audit task.")
 
 
+class ChecksConfig(StrictModel):
+    """Signals outside the labeler's proxy family, measured after ``compare`` (tether.rlhf.independent)."""
+
+    reader: str | None = Field(
+        "gemma3-270m",
+        description="QA check: a model that takes no part in training answers each held-out document's "
+        "BoolQ question from the summary alone; null skips it.",
+    )
+    judge: str | None = Field(
+        "gemma3-270m",
+        description="A/B LLM judge on a model other than the policy, both orders; null skips it.",
+    )
+    judge_margin: float = Field(
+        0.05, ge=0, lt=0.5, description="|P(better) - 0.5| below this is a tie for the judge."
+    )
+    human_labels: str | None = Field(
+        None,
+        description="Team-labelled summary pairs in tether label's import format (candidates naming their "
+        "model, votes attached): win rates by people and every scorer's agreement with them.",
+    )
+    labelling_sheet: bool = Field(
+        True,
+        description="Write checks/to_label.jsonl: the held-out summary pairs (base vs each policy, and "
+        "policy vs policy) whose texts differ, ready for tether label import.",
+    )
+
+
 class RLHFConfig(StrictModel):
     """Everything ``tether rlhf run`` does, in one file (``configs/rlhf.yaml``)."""
 
@@ -135,6 +164,7 @@ class RLHFConfig(StrictModel):
     )
     dpo: DPOTrainConfig = Field(default_factory=DPOTrainConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
     skip: list[StageName] = Field(default_factory=list, description="Stages not to run (e.g. [dpo]).")
 
 
@@ -168,6 +198,14 @@ def check_rlhf_config(config: RLHFConfig) -> list[Problem]:
         problems += check_value(
             "labels_db", lambda: check_input_file(config.labels_db, what="label database")
         )
+    for key in ("reader", "judge"):
+        spec = getattr(config.checks, key)
+        if spec is not None:
+            problems += check_value(f"checks.{key}", lambda spec=spec: check_spec(spec))
+    if config.checks.human_labels is not None:
+        from tether.feedback.records import load_labelled_sets
+
+        problems += check_value("checks.human_labels", lambda: load_labelled_sets(config.checks.human_labels))
     if config.compare.audit:
         problems += check_value("compare.audit_tasks", lambda: resolve_tasks(config.compare.audit_tasks))
     problems += check_value("runs_root", lambda: check_output_dir(config.runs_root, flag="runs_root"))
@@ -496,6 +534,16 @@ def compare_stage(ctx: RLHFContext) -> dict:
     return _compare_summary(report)
 
 
+def checks_stage(ctx: RLHFContext) -> dict:
+    """The compared models on signals they were not trained on: a QA reader, an LLM judge on another
+    model, and (when given) team-labelled pairs. Writes ``checks/independent.json``."""
+    from tether.rlhf.checks import run_checks
+
+    report = run_checks(ctx.config, ctx.run.path, ctx.engines, say=ctx.say)
+    ctx.engines.clear()
+    return report
+
+
 def rlhf_stages(config: RLHFConfig) -> list[Stage]:
     """The pipeline for ``config``: every stage it runs, in order (``skip`` and a human ``pairs``
     file leave stages out)."""
@@ -509,6 +557,7 @@ def rlhf_stages(config: RLHFConfig) -> list[Stage]:
         Stage("ppo", ppo_stage, needs=("documents", "reward")),
         Stage("dpo", dpo_stage, needs=("labels",)),
         Stage("compare", compare_stage, needs=("documents",)),
+        Stage("checks", checks_stage, needs=("compare",)),
     ]
     left_out = set(config.skip)
     if config.pairs:
@@ -529,6 +578,8 @@ def run_pipeline(config: RLHFConfig, run: Run, *, say: Callable[[str], None] = p
         summary["ppo"] = {**summaries["ppo"], "kept_step": summaries["ppo"].get("best_step")}
     if "compare" in summaries:
         summary["compare"] = summaries["compare"]
+    if "checks" in summaries:
+        summary["checks"] = summaries["checks"]
     run.finish("complete", **summary)
     return summary
 
