@@ -156,3 +156,16 @@ def test_labelling_sheet_skips_identical_texts_and_hides_sides_by_hash():
             assert c.text.startswith(c.model_extra["model"])
     again = candidate_sets_for_labelling(docs, summaries, [("base", "ppo")])
     assert [s.model_dump() for s in again] == [s.model_dump() for s in sets]
+
+
+def test_qa_signal_needs_a_reader_and_stands_alone():
+    from tether.config import load_config
+    from tether.errors import ConfigError
+    from tether.rlhf.pipeline import RLHFConfig, check_rlhf_config
+
+    with pytest.raises(ConfigError, match="checks.reader"):
+        load_config(
+            RLHFConfig, None, ["ppo_reward.monitor_quality=qa", "checks.reader=null"], check=check_rlhf_config
+        )
+    with pytest.raises(ConfigError, match="alone"):
+        load_config(RLHFConfig, None, ["ppo_reward.validation_quality=[qa,coverage]"])

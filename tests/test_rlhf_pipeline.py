@@ -55,6 +55,7 @@ def _config(tmp_path: Path, policy: str, **overrides) -> Path:
         "ppo_reward": {"terms": {"coverage": 1.0}},
         "dpo": {"max_steps": 1, "batch_size": 2, "max_length": 128, "lora": {"r": 4, "alpha": 8}},
         "compare": {"max_new_tokens": 4, "embedding_diversity": False},
+        "checks": {"reader": policy, "judge": policy},
         **overrides,
     }
     path = tmp_path / "rlhf.yaml"
@@ -130,6 +131,45 @@ def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
     )
     assert "candidates" not in stages or stages["candidates"]["status"] == "complete"
     assert manifest["summary"]["reward"]["eval_pairs"] == report["eval_pairs"]
+
+    # The checks stage: the QA reader and the judge (the tiny model here), and the labelling sheet.
+    independent = json.loads((run_dir / "checks" / "independent.json").read_text())
+    assert independent["models"] == ["base", "dpo", "ppo"]
+    assert [m["model"] for m in independent["qa"]["models"]] == ["base", "dpo", "ppo"]
+    assert {r["model"] for r in independent["judge"]["win_rates"]} == {"dpo", "ppo"}
+    sheet = [json.loads(line) for line in (run_dir / "checks" / "to_label.jsonl").read_text().splitlines()]
+    assert independent["to_label"]["pairs"] == len(sheet)  # the tiny policies often write the same text
+    # Team labels (tether label import format): `tether rlhf check` adds people's win rates and agreement.
+    docs = {d["id"]: d["text"] for d in read_jsonl(run_dir / "heldout_docs.jsonl")}
+    summaries = {
+        m: {r["doc_id"]: r["text"] for r in read_jsonl(run_dir / "compare" / "summaries" / f"{m}.jsonl")}
+        for m in ("base", "ppo")
+    }
+    labelled = [
+        {
+            "doc_id": f"{doc}/base-vs-ppo",
+            "document": text,
+            "candidates": [
+                {"id": "A", "text": summaries["ppo"][doc], "model": "ppo"},
+                {"id": "B", "text": summaries["base"][doc], "model": "base"},
+            ],
+            "votes": [{"annotator": "team", "ranking": ["A", "B"], "reason": "other"}],
+        }
+        for doc, text in docs.items()
+    ]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(row) + "\n" for row in labelled))
+    checked = _invoke("check", str(run_dir), "--labels", str(labels), "--reader", "none")
+    human = json.loads((run_dir / "checks" / "independent.json").read_text())["human"]
+    assert human["pairs"] == len(docs) and human["human_ties"] == 0
+    (people,) = human["win_rates"]
+    assert (people["model"], people["other"], people["wins"]) == ("ppo", "base", len(docs))
+    assert {a["scorer"] for a in human["agreement"]} == {
+        "ai_labeler",
+        "reward_model",
+        f"judge:{tiny_model_dir}",
+    }
+    assert "Agreement with people" in checked.stdout and "QA check" not in checked.stdout
 
     # Rerunning the same config skips every finished stage.
     before = {s: stages[s]["ended"] for s in stages}

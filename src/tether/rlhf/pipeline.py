@@ -168,6 +168,10 @@ class RLHFConfig(StrictModel):
     skip: list[StageName] = Field(default_factory=list, description="Stages not to run (e.g. [dpo]).")
 
 
+def _needs_reader() -> None:
+    raise ConfigError("ppo_reward's qa quality signal needs a reader model", hint="e.g. gemma3-270m")
+
+
 def check_rlhf_config(config: RLHFConfig) -> list[Problem]:
     """What the schema cannot see, found before any model loads or any run directory is made:
     models that do not resolve, input files that are missing or malformed (documents, human pairs,
@@ -198,6 +202,9 @@ def check_rlhf_config(config: RLHFConfig) -> list[Problem]:
         problems += check_value(
             "labels_db", lambda: check_input_file(config.labels_db, what="label database")
         )
+    uses_qa = config.ppo_reward.monitor_quality == "qa" or config.ppo_reward.validation_quality == ["qa"]
+    if uses_qa and config.checks.reader is None:
+        problems += check_value("checks.reader", lambda: _needs_reader())
     for key in ("reader", "judge"):
         spec = getattr(config.checks, key)
         if spec is not None:
@@ -213,8 +220,24 @@ def check_rlhf_config(config: RLHFConfig) -> list[Problem]:
 
 
 def ppo_prompts(docs: list[SummaryDocument]) -> list[Prompt]:
-    """PPO prompts carry their document and question, for the quality proxy."""
-    return [Prompt(id=d.id, text=d.prompt, document=d.text, question=d.question) for d in docs]
+    """PPO prompts carry their document, question and answer, for the quality signals."""
+    return [
+        Prompt(id=d.id, text=d.prompt, document=d.text, question=d.question, answer=d.answer) for d in docs
+    ]
+
+
+def _quality(ctx: RLHFContext, labeler: AILabeler, signal: list[str]):
+    """The labeler's proxies, or (``[qa]``) the QA reader of ``checks.reader``."""
+    if signal != ["qa"]:
+        return quality_fn(labeler, signal)
+    from tether.rlhf.independent import QAReader, ReaderQuality
+
+    reader = ctx.config.checks.reader
+    if reader is None:
+        raise ConfigError(
+            "the qa quality signal needs a reader", where="checks.reader", hint="e.g. gemma3-270m"
+        )
+    return ReaderQuality(QAReader(ctx.engines.get(reader)))
 
 
 def validation_docs(config: RLHFConfig, run: Run) -> list[SummaryDocument]:
@@ -448,9 +471,9 @@ def ppo_stage(ctx: RLHFContext) -> dict:
         scorer,
         ctx.ppo_dir,
         config.ppo,
-        quality_fn=quality_fn(labeler, signal),
+        quality_fn=_quality(ctx, labeler, signal),
         eval_prompts=ppo_prompts(validation),
-        eval_fn=quality_fn(labeler, config.ppo_reward.validation_quality),
+        eval_fn=_quality(ctx, labeler, config.ppo_reward.validation_quality),
         embedder=Embedder() if embedding else None,
         engine_config=config.engine,
         tracer=ctx.run.tracer,
@@ -564,6 +587,8 @@ def rlhf_stages(config: RLHFConfig) -> list[Stage]:
         left_out.add("candidates")
     if not config.ppo.eval_every or "ppo" in left_out:
         left_out.add("validation")
+    if "compare" in left_out:
+        left_out.add("checks")
     return [s for s in stages if s.name not in left_out]
 
 

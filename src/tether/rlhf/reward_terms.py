@@ -11,7 +11,10 @@ the reward, as InstructGPT-style pipelines do with format or length rules::
 The reward-hacking monitor needs a quality signal the policy is *not* optimising, or it can never see
 reward rise while quality falls. ``monitor_quality: auto`` therefore watches the combined proxy score
 when there are no rule terms, and otherwise the faithfulness/coverage proxies that are not rule terms
-(e.g. the source-support proxy, faithfulness, when coverage is a term).
+(e.g. the source-support proxy, faithfulness, when coverage is a term). Those proxies are still the
+family the AI labels came from; ``qa`` (:class:`tether.rlhf.independent.ReaderQuality`) is a signal
+outside it: a reader that takes no part in training answers the document's question from the summary.
+It is only as good as its reader: ``tether rlhf check`` says whether the reader has any signal.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tether.config import StrictModel
 from tether.engine.types import Prompt
@@ -40,17 +43,26 @@ class PPORewardConfig(StrictModel):
         description="Proxy name -> weight: reward += weight * proxy (each in [0, 1]; the RM score has std 1). "
         "Empty: the reward model alone.",
     )
-    monitor_quality: Literal["auto", "score", "faithfulness", "coverage"] = Field(
+    monitor_quality: Literal["auto", "score", "faithfulness", "coverage", "qa"] = Field(
         "auto",
         description="The monitors' independent quality signal. auto: the combined score without rule terms, "
-        "else the mean of faithfulness/coverage not used as terms (the score if both are).",
+        "else the mean of faithfulness/coverage not used as terms (the score if both are); qa: P(correct "
+        "answer) by checks.reader reading the summary (BoolQ documents only).",
     )
-    validation_quality: list[Proxy] = Field(
+    validation_quality: list[Proxy | Literal["qa"]] = Field(
         default_factory=lambda: ["faithfulness", "coverage"],
         min_length=1,
         description="Proxies averaged into the validation quality of ppo.eval_every (greedy summaries of "
-        "held-out documents): the checkpoint kept by ppo.keep_best, and the monitors' held-out signal.",
+        "held-out documents): the checkpoint kept by ppo.keep_best, and the monitors' held-out signal. "
+        "[qa] alone: the QA reader instead.",
     )
+
+    @field_validator("validation_quality")
+    @classmethod
+    def _qa_alone(cls, value: list[str]) -> list[str]:
+        if "qa" in value and len(value) > 1:
+            raise ValueError("qa is a probability, not a proxy: use [qa] alone or proxies only")
+        return value
 
 
 def monitor_signal(config: PPORewardConfig) -> list[str]:
