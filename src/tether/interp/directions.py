@@ -48,9 +48,12 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
-def separation(harmful: torch.Tensor, harmless: torch.Tensor, direction: torch.Tensor) -> float:
+def separation(harmful: torch.Tensor, harmless: torch.Tensor, direction: torch.Tensor) -> float | None:
     """How far apart harmful and harmless activations ``[prompts, d]`` lie along ``direction``:
-    the difference of the mean projections over their pooled standard deviation (Cohen's d)."""
+    the difference of the mean projections over their pooled standard deviation (Cohen's d). None
+    for a zero direction."""
+    if float(direction.norm()) == 0.0:
+        return None
     unit = direction.float() / direction.float().norm()
     a, b = harmful.float() @ unit, harmless.float() @ unit
     pooled = torch.sqrt((a.var(unbiased=True) + b.var(unbiased=True)) / 2).clamp(min=1e-8)

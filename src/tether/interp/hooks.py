@@ -185,7 +185,7 @@ def run_with_cache(
 
 def project_out(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """``x`` without its component along ``direction`` (any norm): x - (x·r̂) r̂."""
-    unit = (direction / direction.norm()).to(x.dtype)
+    unit = (direction / direction.norm()).to(device=x.device, dtype=x.dtype)
     return x - (x @ unit).unsqueeze(-1) * unit
 
 
@@ -199,7 +199,9 @@ def ablation_hooks(layers: DecoderLayers, direction: torch.Tensor) -> dict[str, 
 
 def addition_hooks(layer: int, vector: torch.Tensor) -> dict[str, HookFn]:
     """Activation addition: ``vector`` added to the stream entering ``layer``, at every position."""
-    return {hook_name(layer, "hook_resid_pre"): lambda x, _name: x + vector.to(x.dtype)}
+    return {
+        hook_name(layer, "hook_resid_pre"): lambda x, _name: x + vector.to(device=x.device, dtype=x.dtype)
+    }
 
 
 def patch_hook(source: torch.Tensor, positions: Sequence[int] | None = None) -> HookFn:
@@ -208,9 +210,9 @@ def patch_hook(source: torch.Tensor, positions: Sequence[int] | None = None) -> 
     def fn(x: torch.Tensor, _name: str) -> torch.Tensor:
         out = x.clone()
         if positions is None:
-            out[:] = source.to(x.dtype)
+            out[:] = source.to(device=x.device, dtype=x.dtype)
         else:
-            out[:, list(positions)] = source[:, list(positions)].to(x.dtype)
+            out[:, list(positions)] = source[:, list(positions)].to(device=x.device, dtype=x.dtype)
         return out
 
     return fn

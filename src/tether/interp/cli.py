@@ -1,0 +1,117 @@
+"""``tether interp``: refusal direction, causal tracing and activation patching.
+
+stdout is one JSON object per command (the run directory and the headline numbers); messages and
+progress go to stderr. Every input is checked before a model loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tether.plain import out
+
+app = typer.Typer(
+    help="Interpretability: refusal direction (ablate/add, drift across checkpoints), causal tracing, "
+    "activation patching.",
+    no_args_is_help=True,
+)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="Config YAML (see `tether config show`).")
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config field: key.path=value (repeatable).")
+]
+
+
+def _say(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, soft_wrap=True).print(message, highlight=False, markup=False)
+
+
+def _open_run(out_dir: Path | None, job: str, record: dict, seed: int):
+    from tether.errors import ConfigError
+    from tether.inputs import check_output_dir
+    from tether.runs import DEFAULT_RUNS_ROOT, Run, read_manifest
+
+    if out_dir is not None:
+        check_output_dir(out_dir, flag="--out")
+        manifest = out_dir / "manifest.json"
+        if manifest.exists():
+            previous = read_manifest(manifest)
+            if previous.get("job") != job:
+                raise ConfigError(
+                    f"{out_dir} is the run directory of a '{previous.get('job')}' job, not {job}",
+                    where="--out",
+                    hint="write elsewhere, e.g. --out runs/interp-2",
+                )
+            models = (previous.get("config") or {}).get("models")
+            if models is not None and models != record["models"]:
+                raise ConfigError(
+                    f"{out_dir} holds a run of {models}, not of {record['models']}",
+                    where="--out",
+                    hint="resume with the same models, or pass another --out",
+                )
+    name, root = (out_dir.name, out_dir.parent) if out_dir is not None else (None, DEFAULT_RUNS_ROOT)
+    return Run.create(name, root=root, job=job, config=record, seed=seed)
+
+
+def _finish(run, fn):
+    from tether.runs import StageInterrupted
+
+    _say(f"run directory: {run.path}")
+    try:
+        summary = fn()
+    except BaseException as exc:
+        stopped = isinstance(exc, KeyboardInterrupt | StageInterrupted)
+        run.finish("interrupted" if stopped else "failed", error=str(exc)[:500])
+        raise
+    run.finish("complete")
+    out(json.dumps({"run": str(run.path), **summary}, indent=2, default=str))
+
+
+@app.command("refusal-direction")
+def refusal_direction_command(
+    models: Annotated[
+        list[str], typer.Argument(help="Model specs: a base model and its checkpoints (adapters are merged).")
+    ],
+    config: ConfigOption = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Run directory (default runs/interp-direction-<time>); resumes."),
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """A refusal direction per model (difference of means at the post-instruction positions, layer and
+    position chosen on validation prompts); on test prompts: refusal with it ablated and added, a
+    random control, KL on harmless prompts, capability change; drift of the direction across models.
+    Writes directions (safetensors), drift.png, interp.json and interp.html."""
+    from tether.config import load_config
+    from tether.interp.config import RefusalDirectionConfig, check_direction_config
+    from tether.interp.refusal import model_keys, run_refusal_direction
+    from tether.models.spec import check_spec
+
+    cfg = load_config(RefusalDirectionConfig, config, set_ or [], check=check_direction_config)
+    for i, spec in enumerate(models):
+        check_spec(spec, where=f"MODEL {i + 1}")
+    record = {**cfg.model_dump(mode="json"), "models": dict(zip(model_keys(models), models, strict=True))}
+    run = _open_run(out_dir, "interp-direction", record, cfg.seed)
+
+    def go() -> dict:
+        summaries = run_refusal_direction(cfg, models, run, say=_say)
+        return {
+            "models": record["models"],
+            **{k: v for k, v in summaries.items() if k.startswith(("select/", "evaluate/"))},
+            "drift": summaries.get("drift"),
+            "report": str(run.path / "interp.html"),
+        }
+
+    _finish(run, go)
+
+
+__all__ = ["app"]
