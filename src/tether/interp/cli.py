@@ -114,4 +114,52 @@ def refusal_direction_command(
     _finish(run, go)
 
 
+def shipped_facts() -> Path:
+    """The factual prompts shipped with Tether (see src/tether/assets/interp/FACTS.md)."""
+    from importlib import resources
+
+    return Path(str(resources.files("tether").joinpath("assets", "interp", "facts.jsonl")))
+
+
+@app.command("trace")
+def trace_command(
+    model: Annotated[str, typer.Argument(help="Model spec (default, a directory, an adapter, ...).")],
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            help="Facts JSONL: {id, prompt, subject, answer} (default: the shipped set the default model answers).",
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Trace the first N facts only.")] = None,
+    config: ConfigOption = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/interp-trace-<time>); resumes.")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """ROME-style causal tracing: corrupt the subject's embeddings, restore one clean hidden state at a
+    time (residual; MLP and attention over a window of layers); heat maps of the restored probability
+    of the answer per layer and token group, averaged over the prompts (trace.png, trace.json,
+    interp.html)."""
+    from tether.config import load_config
+    from tether.interp.config import TraceConfig
+    from tether.interp.refusal import load_merged
+    from tether.interp.trace import read_facts, run_trace
+    from tether.models.spec import check_spec
+
+    cfg = load_config(TraceConfig, config, set_ or [])
+    facts = read_facts(prompts or shipped_facts())[:limit]
+    check_spec(model, where="MODEL")
+    record = {**cfg.model_dump(mode="json"), "models": {"m0": model}, "prompts": str(prompts or "shipped")}
+    run = _open_run(out_dir, "interp-trace", record, cfg.seed)
+
+    def go() -> dict:
+        _say(f"loading {model}")
+        engine = load_merged(model, cfg.engine, run.tracer)
+        return {**run_trace(engine, facts, cfg, run, say=_say), "report": str(run.path / "interp.html")}
+
+    _finish(run, go)
+
+
 __all__ = ["app"]
