@@ -298,6 +298,16 @@ CASES: list[Case] = [
     case("redteam-export-missing", "redteam export {d}/no-such-run", "no-such-run"),
     case("redteam-export-no-attacks", "redteam export {d}/runs-mixed/good", "attack records"),
     case("redteam-export-out-dir", "redteam export {d}/runs-mixed/good --out {d}/adir", "--out", "directory"),
+    # --- interp
+    case("interp-dir-model", "interp refusal-direction defualt", "MODEL 1", "default"),
+    case("interp-dir-set", f"interp refusal-direction {T} --set split.n_tset=3", "--set", "n_tset"),
+    case("interp-dir-source", f"interp refusal-direction {T} --set split.harmful_sources=[harmbench]", "harmful_sources"),
+    case("interp-dir-task", f"interp refusal-direction {T} --set capability_tasks=arc_esy", "capability_tasks", "arc_easy"),
+    case("interp-dir-out-file", f"interp refusal-direction {T} --out {P}", "--out"),
+    case("interp-trace-latin1", f"interp trace {T} --prompts {{d}}/latin1.jsonl", "latin1.jsonl:1", "UTF-8"),
+    case("interp-trace-fields", f"interp trace {T} --prompts {P}", "prompts.jsonl:1", "subject"),
+    case("interp-trace-model", "interp trace defualt", "MODEL", "default"),
+    case("interp-trace-noise", f"interp trace {T} --set noise=0", "--set", "noise"),
     # --- rlhf
     case("rlhf-run-latin1", "rlhf run {d}/latin1.yaml", "latin1.yaml:1", "UTF-8"),
     case("rlhf-run-policy", "rlhf run {d}/rlhf-typo.yaml", "default"),
