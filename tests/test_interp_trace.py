@@ -82,6 +82,28 @@ def test_trace_fact_grids(engine):
     n_tok = len(traced["tokens"])
     for kind in ("residual", "mlp", "attention"):
         assert len(traced["grids"][kind]) == n_tok and len(traced["grids"][kind][0]) == 2
+    # before the subject nothing was corrupted: those cells are the corrupted run, not computed
+    short = Fact(id="g", prompt="The capital of France is", subject="France", answer=" Paris")
+    skipped = trace_fact(engine.model, engine.tokenizer, short, 0.5, cfg)
+    first = skipped["subject_positions"][0]
+    assert first > 0
+    assert all(
+        v == pytest.approx(skipped["corrupted_p"]) for row in skipped["grids"]["mlp"][:first] for v in row
+    )
+    ids, subject, answer = encode_fact(engine.tokenizer, short)
+    _, clean = run_with_cache(engine.model, input_ids=torch.tensor([ids]))
+    # restoring before the subject is indeed a no-op
+    noise = torch.randn(1, len(subject), 64, generator=torch.Generator().manual_seed(3))
+    none, early = restored_probs(
+        engine.model,
+        ids,
+        subject,
+        answer,
+        noise.expand(2, -1, -1),
+        [[], [(hook_name(1, "hook_resid_post"), 0)]],
+        clean,
+    )
+    assert float(none) == pytest.approx(float(early), rel=1e-5)
     # restoring the last layer's output at the last token is the clean run
     assert traced["grids"]["residual"][-1][-1] == pytest.approx(traced["clean_p"], rel=1e-4)
     summary = aggregate([traced, traced])

@@ -1,0 +1,12 @@
+"""Interpretability (issue #20): named hook points on HF decoders, the refusal direction (ablation,
+addition, drift across checkpoints) and causal tracing. docs/architecture.md, "Interpretability".
+
+The public names are the configs (cheap to import); the torch-side API lives in
+``tether.interp.hooks`` (``hooked``, ``run_with_cache``, ``find_layers``, ablation/addition/patch
+hooks), ``tether.interp.directions`` (``orthogonalised`` and the pure functions),
+``tether.interp.refusal`` (``run_refusal_direction``) and ``tether.interp.trace`` (``run_trace``).
+"""
+
+from tether.interp.config import RefusalDirectionConfig, TraceConfig
+
+__all__ = ["RefusalDirectionConfig", "TraceConfig"]

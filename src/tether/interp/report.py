@@ -139,11 +139,4 @@ def write_trace_report(report: dict[str, Any], run: Any) -> Path:
     return out
 
 
-def write_patch_report(report: dict[str, Any], run: Any) -> Path:
-    out = run.artifact("interp.html")
-    figures = {"patch": _uri(run.artifact("patch.png"))}
-    out.write_text(_render("patch", report=report, figures=figures), encoding="utf-8")
-    return out
-
-
 __all__ = ["plot_drift", "plot_heatmap", "plot_panels", "write_direction_report", "write_trace_report"]

@@ -157,12 +157,15 @@ def trace_fact(
     d = model.get_input_embeddings().weight.shape[1]
     noise = torch.randn(config.samples, len(subject), d, generator=gen) * (config.noise * noise_std)
     noise = noise.to(device)
+    # A state before the subject is the same in the clean and the corrupted run (the model is
+    # causal): restoring it changes nothing, so those cells are the corrupted probability, not run.
+    first = subject[0]
     rows: list[tuple[str, int, int, int]] = [("none", -1, -1, s) for s in range(config.samples)]
     for kind in KINDS:
         rows += [
             (kind, layer, t, s)
             for layer in range(n_layers)
-            for t in range(n_tok)
+            for t in range(first, n_tok)
             for s in range(config.samples)
         ]
     probs = torch.empty(len(rows))
@@ -185,8 +188,11 @@ def trace_fact(
     grids = {}
     offset = config.samples
     for kind in KINDS:
-        size = n_layers * n_tok * config.samples
-        block = probs[offset : offset + size].view(n_layers, n_tok, config.samples).mean(-1)
+        size = n_layers * (n_tok - first) * config.samples
+        block = torch.full((n_layers, n_tok), corrupted)
+        block[:, first:] = (
+            probs[offset : offset + size].view(n_layers, n_tok - first, config.samples).mean(-1)
+        )
         grids[kind] = block.T.tolist()  # [tokens, layers]
         offset += size
     return {
