@@ -308,6 +308,9 @@ CASES: list[Case] = [
     case("interp-trace-fields", f"interp trace {T} --prompts {P}", "prompts.jsonl:1", "subject"),
     case("interp-trace-model", "interp trace defualt", "MODEL", "default"),
     case("interp-trace-noise", f"interp trace {T} --set noise=0", "--set", "noise"),
+    case("interp-patch-model", "interp patch defualt", "MODEL 1", "default"),
+    case("interp-patch-pairs", f"interp patch {T} --set pairs=100", "--set", "pairs"),
+    case("interp-patch-direction", f"interp patch {T} --set directions=[up]", "--set", "directions"),
     # --- rlhf
     case("rlhf-run-latin1", "rlhf run {d}/latin1.yaml", "latin1.yaml:1", "UTF-8"),
     case("rlhf-run-policy", "rlhf run {d}/rlhf-typo.yaml", "default"),

@@ -633,6 +633,7 @@ CONFIG_CLASSES = {
     "frontier": ("tether.frontier.config", "FrontierConfig", "check_frontier_config"),
     "interp": ("tether.interp.config", "RefusalDirectionConfig", "check_direction_config"),
     "trace": ("tether.interp.config", "TraceConfig", None),
+    "patch": ("tether.interp.config", "PatchConfig", None),
 }
 
 

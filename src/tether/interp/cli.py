@@ -114,6 +114,44 @@ def refusal_direction_command(
     _finish(run, go)
 
 
+@app.command("patch")
+def patch_command(
+    models: Annotated[
+        list[str], typer.Argument(help="Model specs: a base model and its checkpoints (adapters are merged).")
+    ],
+    config: ConfigOption = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/interp-patch-<time>); resumes.")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Activation patching between harmful and harmless runs: the residual stream entering each layer
+    at each post-instruction position copied from one run of a (harmful, harmless) pair into the
+    other; the refusal score normalised 0 (harmless run) to 1 (harmful run), per model (patch.json,
+    patch.png, interp.html)."""
+    from tether.config import load_config
+    from tether.interp.config import PatchConfig
+    from tether.interp.patch import run_patch
+    from tether.interp.refusal import model_keys
+    from tether.models.spec import check_spec
+
+    cfg = load_config(PatchConfig, config, set_ or [])
+    for i, spec in enumerate(models):
+        check_spec(spec, where=f"MODEL {i + 1}")
+    record = {**cfg.model_dump(mode="json"), "models": dict(zip(model_keys(models), models, strict=True))}
+    run = _open_run(out_dir, "interp-patch", record, cfg.seed)
+
+    def go() -> dict:
+        summaries = run_patch(cfg, models, run, say=_say)
+        return {
+            "models": record["models"],
+            **{k: v for k, v in summaries.items() if k.startswith("patch/")},
+            "report": str(run.path / "interp.html"),
+        }
+
+    _finish(run, go)
+
+
 def shipped_facts() -> Path:
     """The factual prompts shipped with Tether (see src/tether/assets/interp/FACTS.md)."""
     from importlib import resources

@@ -97,6 +97,50 @@ class TraceConfig(StrictModel):
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
 
+PATCH_DIRECTIONS = ("harmful_to_harmless", "harmless_to_harmful")
+
+
+class PatchConfig(StrictModel):
+    """``tether interp patch MODEL…``: activation patching of the residual stream between harmful
+    and harmless runs, one (layer, post-instruction position) at a time."""
+
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    pairs: int = Field(
+        16, ge=1, description="(harmful, harmless) pairs from the train split (at most split.n_train)."
+    )
+    directions: list[str] = Field(
+        default_factory=lambda: list(PATCH_DIRECTIONS),
+        min_length=1,
+        description="harmful_to_harmless: the harmful run's state patched into the harmless run (is the "
+        "state sufficient for refusal?); harmless_to_harmful: the reverse (is it necessary?).",
+    )
+    refusal_tokens: list[str] = Field(
+        default_factory=lambda: ["I", "Sorry", "As", "Unfortunately"],
+        min_length=1,
+        description="Openings of refusals; the metric is the refusal score (log-odds of their first "
+        "tokens' probability mass at the first answer token), as in refusal-direction.",
+    )
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of the pairs for each cell's CI.")
+    seed: int = Field(0, description="Sampling seed of the prompts and the bootstrap.")
+    batch_size: int = Field(32, ge=1, description="Patched runs per forward pass.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> PatchConfig:
+        unknown = [d for d in self.directions if d not in PATCH_DIRECTIONS]
+        if unknown:
+            raise ValueError(f"directions: unknown {unknown[0]!r}; use any of {', '.join(PATCH_DIRECTIONS)}")
+        if self.pairs > self.split.n_train:
+            raise ValueError(
+                f"pairs: {self.pairs} pairs need split.n_train >= {self.pairs} (it is {self.split.n_train})"
+            )
+        for field, known in (("harmful_sources", HARMFUL_SOURCES), ("harmless_sources", HARMLESS_SOURCES)):
+            bad = [s for s in getattr(self.split, field) if s not in known]
+            if bad:
+                raise ValueError(f"split.{field}: unknown source {bad[0]!r}; use any of {', '.join(known)}")
+        return self
+
+
 def check_direction_config(config) -> list:
     """The capability tasks the config names, before any model loads."""
     from tether.config import check_value
@@ -108,6 +152,8 @@ def check_direction_config(config) -> list:
 
 
 __all__ = [
+    "PATCH_DIRECTIONS",
+    "PatchConfig",
     "RefusalDirectionConfig",
     "check_direction_config",
     "SelectionConfig",

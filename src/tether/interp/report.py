@@ -96,6 +96,42 @@ def plot_panels(
     _save(fig, path)
 
 
+def plot_panel_rows(
+    rows: list[list[tuple[str, list[list[float | None]], list[str]]]],
+    title: str,
+    path: Path,
+    xlabel: str = "layer",
+) -> None:
+    """Rows of heat maps (patch: one row per direction, one panel per model) on one colour scale;
+    a missing value (None) is left blank."""
+    import numpy as np
+
+    plt = _plt()
+    arrays = [
+        [np.array([[np.nan if v is None else v for v in r] for r in g], dtype=float) for _, g, _ in row]
+        for row in rows
+    ]
+    finite = [a[np.isfinite(a)] for row in arrays for a in row]
+    values = np.concatenate(finite) if any(f.size for f in finite) else np.zeros(1)
+    vmin, vmax = float(values.min()), float(values.max())
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    height = max(2.4, 0.3 * max(a.shape[0] for row in arrays for a in row) + 1.4)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, height * n_rows), squeeze=False)
+    image = None
+    for r, (row, arrs) in enumerate(zip(rows, arrays, strict=True)):
+        for c, ((name, _, labels), arr) in enumerate(zip(row, arrs, strict=True)):
+            ax = axes[r][c]
+            image = ax.imshow(arr, aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax)
+            ax.set_yticks(range(len(labels)), [repr(t)[1:-1] for t in labels], fontsize=7)
+            ax.set_title(name, fontsize=8)
+            ax.set_xlabel(xlabel)
+        for c in range(len(row), n_cols):
+            axes[r][c].axis("off")
+    fig.colorbar(image, ax=[ax for row in axes for ax in row])
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def _render(name: str, **context: Any) -> str:
     from importlib import resources
 
@@ -139,4 +175,19 @@ def write_trace_report(report: dict[str, Any], run: Any) -> Path:
     return out
 
 
-__all__ = ["plot_drift", "plot_heatmap", "plot_panels", "write_direction_report", "write_trace_report"]
+def write_patch_report(report: dict[str, Any], run: Any) -> Path:
+    out = run.artifact("interp.html")
+    figures = {"patch": _uri(run.artifact("patch.png"))}
+    out.write_text(_render("patch", report=report, figures=figures), encoding="utf-8")
+    return out
+
+
+__all__ = [
+    "plot_drift",
+    "plot_heatmap",
+    "plot_panel_rows",
+    "plot_panels",
+    "write_direction_report",
+    "write_patch_report",
+    "write_trace_report",
+]
