@@ -311,6 +311,8 @@ CASES: list[Case] = [
     case("interp-patch-model", "interp patch defualt", "MODEL 1", "default"),
     case("interp-patch-pairs", f"interp patch {T} --set pairs=100", "--set", "pairs"),
     case("interp-patch-direction", f"interp patch {T} --set directions=[up]", "--set", "directions"),
+    case("interp-reward-not-a-run", "interp reward {d}", "reward_model"),
+    case("interp-reward-set", "interp reward {d} --set top=0", "--set", "top"),
     # --- rlhf
     case("rlhf-run-latin1", "rlhf run {d}/latin1.yaml", "latin1.yaml:1", "UTF-8"),
     case("rlhf-run-policy", "rlhf run {d}/rlhf-typo.yaml", "default"),

@@ -634,6 +634,7 @@ CONFIG_CLASSES = {
     "interp": ("tether.interp.config", "RefusalDirectionConfig", "check_direction_config"),
     "trace": ("tether.interp.config", "TraceConfig", None),
     "patch": ("tether.interp.config", "PatchConfig", None),
+    "reward_attribution": ("tether.interp.config", "RewardAttributionConfig", None),
 }
 
 

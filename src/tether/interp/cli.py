@@ -152,6 +152,37 @@ def patch_command(
     _finish(run, go)
 
 
+@app.command("reward")
+def reward_command(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(help="An RLHF run directory (reward_model/, heldout_docs.jsonl, compare/summaries/)."),
+    ],
+    config: ConfigOption = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/interp-reward-<time>).")
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Reward-model attribution: Spearman correlations (bootstrap CIs) of the reward with summary length,
+    copied bigrams and truncation over the held-out summaries; gradient x input token attributions for
+    the highest- and lowest-reward summaries (reward_attribution.json, interp.html)."""
+    from tether.config import load_config
+    from tether.interp.config import RewardAttributionConfig
+    from tether.interp.reward import read_rlhf_run, run_reward_attribution
+
+    cfg = load_config(RewardAttributionConfig, config, set_ or [])
+    read_rlhf_run(run_dir)  # every input checked before the model loads
+    record = {**cfg.model_dump(mode="json"), "models": {"reward_model": str(run_dir / "reward_model")}}
+    run = _open_run(out_dir, "interp-reward", record, cfg.seed)
+
+    def go() -> dict:
+        summary = run_reward_attribution(run_dir, cfg, run, say=_say)
+        return {**summary, "report": str(run.path / "interp.html")}
+
+    _finish(run, go)
+
+
 def shipped_facts() -> Path:
     """The factual prompts shipped with Tether (see src/tether/assets/interp/FACTS.md)."""
     from importlib import resources

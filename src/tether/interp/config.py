@@ -141,6 +141,16 @@ class PatchConfig(StrictModel):
         return self
 
 
+class RewardAttributionConfig(StrictModel):
+    """``tether interp reward RUN_DIR``: reward-model attribution and reward features."""
+
+    top: int = Field(5, ge=1, description="Summaries attributed at each end (highest and lowest reward).")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples of the summaries for each CI.")
+    seed: int = Field(0, description="Seed of the bootstrap.")
+    batch_size: int = Field(8, ge=1, description="Summaries per reward-model forward pass.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+
 def check_direction_config(config) -> list:
     """The capability tasks the config names, before any model loads."""
     from tether.config import check_value
@@ -155,6 +165,7 @@ __all__ = [
     "PATCH_DIRECTIONS",
     "PatchConfig",
     "RefusalDirectionConfig",
+    "RewardAttributionConfig",
     "check_direction_config",
     "SelectionConfig",
     "SplitConfig",
