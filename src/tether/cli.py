@@ -139,6 +139,7 @@ def _mount_areas() -> None:
     from tether.cai.cli import app as cai_app
     from tether.feedback.cli import app as label_app
     from tether.frontier.cli import frontier_command
+    from tether.interp.cli import app as interp_app
     from tether.redteam.cli import app as redteam_app
     from tether.rlhf.cli import app as rlhf_app
 
@@ -155,6 +156,11 @@ def _mount_areas() -> None:
         redteam_app,
         name="redteam",
         help="Red teaming: adaptive attacks on held-out goals, ASR vs query budget, found attacks exported.",
+    )
+    app.add_typer(
+        interp_app,
+        name="interp",
+        help="Interpretability: refusal direction and its drift across checkpoints, causal tracing, patching.",
     )
     app.command(
         "audit", help="Audit safety and capability of models/checkpoints; writes report.html and report.json."
@@ -625,6 +631,10 @@ CONFIG_CLASSES = {
     "redteam": ("tether.redteam.pipeline", "RedteamConfig", "check_redteam_config"),
     "gate": ("tether.audit.gate", "GateConfig", None),
     "frontier": ("tether.frontier.config", "FrontierConfig", "check_frontier_config"),
+    "interp": ("tether.interp.config", "RefusalDirectionConfig", "check_direction_config"),
+    "trace": ("tether.interp.config", "TraceConfig", None),
+    "patch": ("tether.interp.config", "PatchConfig", None),
+    "reward_attribution": ("tether.interp.config", "RewardAttributionConfig", None),
 }
 
 

@@ -1,0 +1,281 @@
+"""``tether interp patch MODEL…``: activation patching between harmful and harmless runs: where
+along the depth and along the post-instruction tokens the refusal decision is carried.
+
+For each (harmful, harmless) pair of train prompts (``tether.interp.prompts``) and each (layer l,
+post-instruction position p), the residual stream entering layer l (``hook_resid_pre``) at p is
+copied from one run into the other:
+
+* ``harmful_to_harmless``: the harmful run's state into the harmless run (is this state enough to
+  make the model refuse?);
+* ``harmless_to_harmful``: the reverse (is this state needed for the refusal?).
+
+The metric is the refusal score of ``refusal-direction`` (log-odds of the refusal openings' first
+tokens at the first answer token), normalised per cell over the pairs as
+``(mean patched − mean harmless) / (mean harmful − mean harmless)``: 0 = the harmless run, 1 = the
+harmful run, in both directions. Each cell carries a bootstrap CI over the pairs and n.
+
+Prompts are left-padded, so the post-instruction positions (the chat template's tokens after the
+user message) are the last columns of every row whatever the prompts' lengths; a forward pass holds
+up to ``batch_size`` patched runs, each row with its own pair, layer and position.
+
+Stages (a rerun skips the finished ones): ``prompts`` (as refusal-direction's), ``patch/<mK>`` per
+model (``patch/<mK>.json``), ``report`` (``patch.json``, ``patch.png``, ``interp.html``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tether.config import EngineConfig
+from tether.interp.config import PatchConfig
+from tether.interp.refusal import DirectionContext, _chat, load_merged, model_keys, prompts_stage
+from tether.runs import Run, Stage, run_stages
+
+# (pair, layer, positions): positions index the last k columns (0 = the k-th last token); layer None
+# (and no positions) is the unpatched run.
+Patch = tuple[int, int | None, tuple[int, ...]]
+
+
+def patched_scores(
+    engine: Any,
+    targets: Sequence[list[int]],
+    sources: torch.Tensor,
+    patches: Sequence[Patch],
+    refusal_ids: Sequence[int],
+    *,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """The refusal score of one patched run per patch ``(pair, layer, positions)``: ``targets[pair]``
+    run with ``sources[pair, p, layer]`` written into the residual stream entering ``layer`` at each
+    of the last-``k`` positions ``p`` (``sources`` is ``[pairs, k, layers, d]``, as
+    :func:`tether.interp.forward.resid_pre` returns). Batched: rows never see each other's patches."""
+    from tether.interp.directions import refusal_score
+    from tether.interp.hooks import hook_name, hooked
+    from tether.models.padding import left_pad, positions_from_mask
+
+    model, tok = engine.model, engine.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    k = sources.shape[1]
+    out = torch.empty(len(patches))
+    for start in range(0, len(patches), batch_size):
+        chunk = patches[start : start + batch_size]
+        ids, mask = left_pad([list(targets[pair]) for pair, _, _ in chunk], pad, engine.loaded.device)
+        width = ids.shape[1]
+        by_layer: dict[int, list[tuple[int, int, int]]] = {}  # layer -> [(row, pair, position)]
+        for row, (pair, layer, positions) in enumerate(chunk):
+            if layer is not None:
+                if len(targets[pair]) < k:
+                    raise ValueError(f"target row {pair} is shorter than the {k} patched positions")
+                by_layer.setdefault(layer, []).extend((row, pair, p) for p in positions)
+
+        def writer(entries: list[tuple[int, int, int]], layer: int, width: int):
+            rows = torch.tensor([r for r, _, _ in entries])
+            cols = torch.tensor([width - k + p for _, _, p in entries])
+            values = sources[[q for _, q, _ in entries], [p for _, _, p in entries], layer]
+
+            def fn(x: torch.Tensor, _name: str) -> torch.Tensor:
+                x = x.clone()
+                x[rows.to(x.device), cols.to(x.device)] = values.to(device=x.device, dtype=x.dtype)
+                return x
+
+            return fn
+
+        hooks = {hook_name(layer, "hook_resid_pre"): writer(e, layer, width) for layer, e in by_layer.items()}
+        with torch.no_grad(), hooked(model, hooks):
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions_from_mask(mask),
+                use_cache=False,
+                logits_to_keep=1,
+            ).logits[:, -1]
+        out[start : start + len(chunk)] = refusal_score(logits.float().cpu(), refusal_ids)
+        if on_batch:
+            on_batch(len(chunk))
+    return out
+
+
+def normalised(
+    patched: np.ndarray, harmful: np.ndarray, harmless: np.ndarray, *, bootstrap: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Per cell of ``patched`` ``[pairs, …]``: (mean patched − mean harmless) / (mean harmful − mean
+    harmless), with a percentile bootstrap CI over the pairs (resampled jointly) and n."""
+    n = patched.shape[0]
+    cells = patched.reshape(n, -1)
+
+    def ratio(idx: np.ndarray) -> np.ndarray:  # idx [B, n] -> [B, cells]
+        gap = harmful[idx].mean(1) - harmless[idx].mean(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (cells[idx].mean(1) - harmless[idx].mean(1)[:, None]) / gap[:, None]
+
+    point = ratio(np.arange(n)[None])[0]
+    rng = np.random.default_rng(seed)
+    resamples = rng.integers(0, n, size=(bootstrap, n))
+    draws = ratio(resamples)
+    with np.errstate(all="ignore"):
+        low, high = np.nanpercentile(draws, [2.5, 97.5], axis=0)
+    gaps = harmful[resamples].mean(1) - harmless[resamples].mean(1)
+
+    def grid(a: np.ndarray) -> Any:
+        return _nan_to_none(np.asarray(a, dtype=float).reshape(patched.shape[1:]).tolist())
+
+    return {
+        "value": grid(point),
+        "ci_low": grid(low),
+        "ci_high": grid(high),
+        "n": n,
+        "gap": {
+            "mean": float(harmful.mean() - harmless.mean()),
+            "ci": [float(np.percentile(gaps, 2.5)), float(np.percentile(gaps, 97.5))],
+            "n": n,
+        },
+    }
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return None if value != value or value in (float("inf"), float("-inf")) else value
+
+
+@dataclass(kw_only=True)
+class PatchContext(DirectionContext):
+    config: PatchConfig  # type: ignore[assignment]
+
+
+def patch_stage(key: str) -> Callable[[PatchContext], dict[str, Any]]:
+    def patch(ctx: PatchContext) -> dict[str, Any]:
+        from tether.interp.forward import encode, post_instruction_tokens, resid_pre
+        from tether.interp.hooks import find_layers
+        from tether.interp.refusal import refusal_token_ids
+        from tether.progress import progress_bar
+
+        cfg = ctx.config
+        engine = ctx.engine(key)
+        tokens = post_instruction_tokens(engine)
+        k, n_layers = len(tokens), len(find_layers(engine.model))
+        prompts = {kind: ctx.prompts("train", kind)[: cfg.pairs] for kind in ("harmful", "harmless")}
+        rows = {kind: encode(engine, _chat(items)) for kind, items in prompts.items()}
+        ids = refusal_token_ids(engine.tokenizer, cfg.refusal_tokens)
+        n = len(rows["harmful"])
+        acts = {kind: resid_pre(engine, r, k, batch_size=cfg.batch_size) for kind, r in rows.items()}
+        plain = {
+            kind: patched_scores(engine, r, acts[kind], [(i, None, ()) for i in range(n)], ids, batch_size=cfg.batch_size)
+            for kind, r in rows.items()
+        }  # fmt: skip
+        harmful, harmless = plain["harmful"].numpy(), plain["harmless"].numpy()
+        cells = [(layer, p) for p in range(k) for layer in range(n_layers)]
+        result: dict[str, Any] = {
+            "model": engine.name,
+            "spec": ctx.specs[model_keys(ctx.specs).index(key)],
+            "fingerprint": engine.fingerprint,
+            "positions": tokens,
+            "layers": n_layers,
+            "pairs": [[str(a.id), str(b.id)] for a, b in zip(prompts["harmful"], prompts["harmless"], strict=True)],
+            "refusal_token_ids": ids,
+            "refusal_tokens": [engine.tokenizer.decode([i]) for i in ids],
+            "score": {"harmful": harmful.tolist(), "harmless": harmless.tolist()},
+            "directions": {},
+        }  # fmt: skip
+        for direction in cfg.directions:
+            source, target = direction.split("_to_")
+            patches = [(i, layer, (p,)) for i in range(n) for layer, p in cells]
+            with progress_bar(f"{key} · {direction}", total=len(patches), enabled=ctx.progress) as bar:
+                scores = patched_scores(
+                    engine, rows[target], acts[source], patches, ids, batch_size=cfg.batch_size, on_batch=bar.advance
+                )  # fmt: skip
+            grid = scores.view(n, k, n_layers).numpy()  # [pairs, positions, layers]
+            summary = normalised(grid, harmful, harmless, bootstrap=cfg.bootstrap, seed=cfg.seed)
+            # the cell that moves the score most: toward refusal when the harmful state is patched in,
+            # away from it when the harmless state is
+            values = np.array(summary["value"], dtype=float)
+            sign = 1.0 if source == "harmful" else -1.0
+            p, layer = divmod(int(np.nan_to_num(sign * values, nan=-np.inf).argmax()), n_layers)
+            summary["peak"] = {
+                "position": p,
+                "token": tokens[p],
+                "layer": layer,
+                "value": summary["value"][p][layer],
+            }
+            summary["raw"] = grid.tolist()
+            result["directions"][direction] = summary
+        gap = result["directions"][cfg.directions[0]]["gap"]
+        # harmful and harmless runs hardly differ in refusal score: the normalised cells are noise
+        result["weak_gap"] = bool(gap["ci"][0] <= 0.0 <= gap["ci"][1])
+        ctx.run.artifact(f"patch/{key}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        return {
+            "gap": result["directions"][cfg.directions[0]]["gap"]["mean"],
+            "weak_gap": result["weak_gap"],
+            "peaks": {d: s["peak"] for d, s in result["directions"].items()},
+        }
+
+    return patch
+
+
+def report_stage(ctx: PatchContext) -> dict[str, Any]:
+    from tether.interp.report import plot_panel_rows, write_patch_report
+
+    keys = model_keys(ctx.specs)
+    models = {}
+    for k in keys:
+        data = json.loads(ctx.run.artifact(f"patch/{k}.json").read_text())
+        for summary in data["directions"].values():
+            summary.pop("raw", None)  # per pair, in patch/<key>.json
+        models[k] = data
+    report = {
+        "run": ctx.run.name,
+        "created": ctx.run.manifest.get("created"),
+        "config": ctx.config.model_dump(mode="json"),
+        "metric": "refusal score (log-odds of the refusal openings' first tokens at the first answer token), "
+        "normalised per cell: 0 = harmless run, 1 = harmful run",
+        "prompts": json.loads(ctx.run.artifact("prompts.json").read_text())["info"],
+        "models": models,
+    }
+    ctx.run.artifact("patch.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    plot_panel_rows(
+        [
+            [
+                (f"{k}: {m['spec']}\n{d.replace('_', ' ')}", m["directions"][d]["value"], m["positions"])
+                for k, m in models.items()
+            ]
+            for d in ctx.config.directions
+        ],
+        "activation patching of hook_resid_pre, normalised refusal score (0 harmless, 1 harmful)",
+        ctx.run.artifact("patch.png"),
+    )
+    write_patch_report(report, ctx.run)
+    return {"report": "interp.html"}
+
+
+def patch_stages(specs: Sequence[str]) -> list[Stage]:
+    keys = model_keys(specs)
+    stages = [Stage("prompts", prompts_stage)]
+    stages += [Stage(f"patch/{k}", patch_stage(k), needs=("prompts",)) for k in keys]
+    stages.append(Stage("report", report_stage, needs=tuple(f"patch/{k}" for k in keys)))
+    return stages
+
+
+def run_patch(
+    config: PatchConfig,
+    specs: Sequence[str],
+    run: Run,
+    *,
+    say: Callable[[str], None] = print,
+    load_engine: Callable[[str, EngineConfig, Any], Any] = load_merged,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Every stage not yet finished in ``run``; the stage summaries."""
+    ctx = PatchContext(
+        run=run, say=say, config=config, specs=list(specs), load_engine=load_engine, progress=progress
+    )
+    return run_stages(run, patch_stages(specs), ctx)
+
+
+__all__ = ["Patch", "normalised", "patch_stages", "patched_scores", "run_patch"]
