@@ -90,3 +90,20 @@ def test_only_runs_the_named_stages_and_checks_needs(tmp_path):
     assert calls == ["c", "a", "b"]
     with pytest.raises(ConfigError, match="no stage named 'd'"):
         run_stages(run, _stages(calls), StageContext(run=run), only=["d"])
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [
+        (KeyboardInterrupt(), "interrupted"),
+        (StageInterrupted("signal 15"), "interrupted"),
+        (ValueError("x"), "failed"),
+    ],
+)
+def test_recording_outcome_marks_the_run_and_reraises(tmp_path, raised, status):
+    from tether.runs import recording_outcome
+
+    run = Run.create("r", root=tmp_path, job="t", config={}, seed=0)
+    with pytest.raises(type(raised)), recording_outcome(run):
+        raise raised
+    assert json.loads((run.path / "manifest.json").read_text())["status"] == status

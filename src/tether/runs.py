@@ -301,6 +301,18 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def recording_outcome(run: Run) -> Iterator[None]:
+    """Mark ``run`` interrupted (Ctrl-C, SIGTERM) or failed when the block raises, then re-raise; a
+    command that owns a run wraps its work in this, so no manifest is left saying "running"."""
+    try:
+        yield
+    except BaseException as exc:
+        stopped = isinstance(exc, KeyboardInterrupt | StageInterrupted)
+        run.finish("interrupted" if stopped else "failed", error=str(exc)[:500])
+        raise
+
+
 def stage_summaries(run: Run) -> dict[str, dict[str, Any]]:
     """Every stage's recorded summary, in the order the stages first ran."""
     return {

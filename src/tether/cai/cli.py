@@ -27,7 +27,7 @@ def run_command(
     """Run every stage, resuming whatever an earlier run of the same --name finished."""
     from tether.cai.pipeline import load_cai_config, run_cai
     from tether.inputs import check_output_dir
-    from tether.runs import Run
+    from tether.runs import Run, recording_outcome
 
     # Every key, model, constitution and task checked before the run directory or any model exists.
     cfg = load_cai_config(config, set_, check=True)
@@ -35,11 +35,8 @@ def run_command(
     run = Run.create(name, root=root, job="cai", config=cfg, seed=cfg.seed)
     console = Console(stderr=True)
     console.print(f"run directory: {run.path}")
-    try:
+    with recording_outcome(run):
         summary = run_cai(cfg, run, config_path=config)
-    except BaseException as exc:
-        run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
-        raise
     run.finish("complete", models=summary.get("models"), audit=summary.get("audit"))
     out(summary_text(summary))
 

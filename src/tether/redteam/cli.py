@@ -44,7 +44,7 @@ def run_command(
     print the headline ASR per strategy (JSON) and write redteam.json and redteam.html."""
     from tether.inputs import check_output_dir
     from tether.redteam.pipeline import load_redteam_config, run_redteam
-    from tether.runs import DEFAULT_RUNS_ROOT, Run
+    from tether.runs import DEFAULT_RUNS_ROOT, Run, recording_outcome
 
     # Every key, model, goal category and template family checked before any model loads.
     cfg = load_redteam_config(config, set_ or [], check=True)
@@ -53,11 +53,8 @@ def run_command(
     name, root = (out.name, out.parent) if out is not None else (None, DEFAULT_RUNS_ROOT)
     run = Run.create(name, root=root, job="redteam", config=cfg, seed=cfg.seed)
     _say(f"run directory: {run.path}")
-    try:
+    with recording_outcome(run):
         summary = run_redteam(cfg, run, say=_say)
-    except BaseException as exc:
-        run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
-        raise
     run.finish("complete", redteam=summary["strategies"])
     _json({"run": str(run.path), **summary})
 

@@ -67,15 +67,12 @@ def _standalone(
     """Run ``stages`` of the pipeline's own stage list in ``run_dir``, with the user's paths: the
     standalone commands and ``tether rlhf run`` are one code path (see tether.rlhf.pipeline)."""
     from tether.rlhf.pipeline import RLHFContext, rlhf_stages
-    from tether.runs import Run, run_stages
+    from tether.runs import Run, recording_outcome, run_stages
 
     run = Run.create(run_dir.name, root=run_dir.parent, job=job, config=config, seed=config.seed)
     ctx = RLHFContext.for_run(config, run, say=_say, provided=set(provided), **paths)
-    try:
+    with recording_outcome(run):
         run_stages(run, rlhf_stages(config), ctx, only=stages)
-    except BaseException as exc:
-        run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
-        raise
     run.finish("complete")
     return run, ctx
 
@@ -475,14 +472,15 @@ def run(
     from tether.config import load_config
     from tether.rlhf.compare import CompareReport, ModelSummary, comparison_table
     from tether.rlhf.pipeline import RLHFConfig, check_rlhf_config, run_pipeline
-    from tether.runs import Run
+    from tether.runs import Run, recording_outcome
 
     config = load_config(RLHFConfig, config_path, overrides or [], check=check_rlhf_config)
     run_dir = Run.create(
         name or config.name, root=config.runs_root, job="rlhf", config=config, seed=config.seed
     )
     _say(f"run directory: {run_dir.path}")
-    run_pipeline(config, run_dir, say=_say)
+    with recording_outcome(run_dir):
+        run_pipeline(config, run_dir, say=_say)
     compare_json = run_dir.path / "compare" / "compare.json"
     if compare_json.is_file():
         data = json.loads(compare_json.read_text())
