@@ -141,6 +141,7 @@ def _mount_areas() -> None:
     from tether.frontier.cli import frontier_command
     from tether.redteam.cli import app as redteam_app
     from tether.rlhf.cli import app as rlhf_app
+    from tether.serve.cli import serve_command
 
     app.add_typer(
         cai_app,
@@ -166,6 +167,9 @@ def _mount_areas() -> None:
     app.command("gate", help="Check an audit report.json against thresholds; exit code for CI pipelines.")(
         gate_command
     )
+    app.command(
+        "serve", help="Serve a model over an OpenAI-compatible API (completions with logprobs, chat)."
+    )(serve_command)
 
 
 _mount_areas()

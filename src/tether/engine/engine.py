@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from tether.config import EngineConfig
-from tether.engine.backend import Backend, EncodedScore
+from tether.engine.backend import Backend, EchoScores, EncodedScore
 from tether.engine.hf import HFBackend
 from tether.engine.packing import request_tokens
 from tether.engine.types import (
@@ -326,3 +326,32 @@ class Engine:
                     )
                 bar.advance(len(chunk))
         return [out[i] for i in range(len(requests))]
+
+    def echo(self, sequences: Sequence[list[int]], *, stage: str = "") -> list[EchoScores]:
+        """Per-token log-probs of whole token sequences and the greedy token at every position
+        (``tether serve``'s ``echo``), batched like :meth:`score`: up to ``engine.score_batch_size``
+        sequences and ``engine.score_batch_tokens`` tokens a forward."""
+        limit = self.loaded.context_length
+        for seq in sequences:
+            if not seq:
+                raise DataError("an empty token sequence has no log-probs")
+            if len(seq) >= limit:
+                raise PromptTooLongError(f"{len(seq)} tokens do not fit the {limit}-token context window")
+        batches: list[list[int]] = []
+        size = 0
+        for i, seq in enumerate(sequences):
+            if (
+                batches
+                and len(batches[-1]) < self.config.score_batch_size
+                and size + len(seq) <= self.config.score_batch_tokens
+            ):
+                batches[-1].append(i)
+                size += len(seq)
+            else:
+                batches.append([i])
+                size = len(seq)
+        out: dict[int, EchoScores] = {}
+        for chunk in batches:
+            for i, scores in zip(chunk, self.backend.echo([list(sequences[i]) for i in chunk]), strict=True):
+                out[i] = scores
+        return [out[i] for i in range(len(sequences))]
