@@ -16,7 +16,8 @@ Prints per dataset: each side's acc / acc_norm, how many items' predictions diff
 |Δ log-likelihood| per choice; then Tether's served-vs-local max |Δ| and identical greedy texts.
 Exit status 1 when a prediction differs or a |Δ| exceeds ``--tolerance`` (1e-4).
 
-Run with lm-eval's venv (see vs_lm_eval.py for its setup); about 5-10 minutes on 2 CPU cores::
+Run with lm-eval's venv (see vs_lm_eval.py for its setup, plus ``pip install tenacity aiohttp`` for
+its API models); about 5-10 minutes on 2 CPU cores::
 
     /tmp/lmeval-venv/bin/python benchmarks/serve_parity.py [--arc-easy 50] [--hellaswag 50] [--port 0]
 """
@@ -51,10 +52,17 @@ except ImportError:
         "serve_parity.py needs lm-eval: run it with /tmp/lmeval-venv/bin/python (see benchmarks/vs_lm_eval.py)"
     )
 
+missing = [pkg for pkg in ("tenacity", "aiohttp", "requests") if importlib.util.find_spec(pkg) is None]
+if missing:  # lm-eval's API models need its [api] extra
+    sys.exit(
+        f"lm-eval's local-completions needs {', '.join(missing)}: /tmp/lmeval-venv/bin/pip install {' '.join(missing)}"
+    )
+
 from tether.evals import formats
 
 _spec = importlib.util.spec_from_file_location("vs_lm_eval", ROOT / "benchmarks" / "vs_lm_eval.py")
 vs = importlib.util.module_from_spec(_spec)
+sys.modules["vs_lm_eval"] = vs  # dataclasses look their module up there
 _spec.loader.exec_module(vs)
 
 

@@ -20,6 +20,7 @@ memory only: configs, manifests and traces hold the variable's name, never its v
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -249,7 +250,8 @@ class OpenAIEngine:
             progress_bar(label, total=len(jobs), enabled=progress) as bar,
             ThreadPoolExecutor(max_workers=min(self.config.concurrency, max(1, len(jobs)))) as pool,
         ):
-            futures = [pool.submit(fn, job) for job in jobs]
+            # Each job runs in a copy of the caller's context, so its span is a child of the caller's.
+            futures = [pool.submit(contextvars.copy_context().run, fn, job) for job in jobs]
             for i, future in enumerate(futures):
                 try:
                     results[i] = future.result()
@@ -296,15 +298,29 @@ class OpenAIEngine:
         else:
             body["prompt"] = prompt.text
         path = "/chat/completions" if chat else "/completions"
-        began = time.perf_counter()
-        answer = self._post(path, body)
-        latency = time.perf_counter() - began
+        operation = "chat" if chat else "text_completion"
+        attributes = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": self.model,
+            "tether.item.id": prompt.id,
+            "tether.stage": stage,
+            "tether.latency.kind": "request",
+        }
+        with self.tracer.span(f"{operation} {self.model}", attributes, client=True) as call:
+            began = time.perf_counter()
+            answer = self._post(path, body)
+            latency = time.perf_counter() - began
+            usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+            if call is not None:
+                call.set_attribute("gen_ai.usage.input_tokens", int(usage.get("prompt_tokens") or 0))
+                call.set_attribute("gen_ai.usage.output_tokens", int(usage.get("completion_tokens") or 0))
+                if isinstance(answer.get("id"), str):
+                    call.set_attribute("gen_ai.response.id", answer["id"])
         choices = sorted(answer["choices"], key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
         if len(choices) != params.n:
             raise EndpointError(
                 f"asked for {params.n} choices, got {len(choices)}", where=self.base_url + path
             )
-        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         # Usage counts all n choices together; each choice gets its share (exact for n=1).
         completion_tokens = int(usage.get("completion_tokens") or 0) // params.n
@@ -374,6 +390,17 @@ class OpenAIEngine:
             "logprobs": 1,
         }
         url = f"{self.base_url}/completions"
+        attributes = {
+            "gen_ai.operation.name": "score",
+            "gen_ai.request.model": self.model,
+            "tether.item.id": request.id,
+            "tether.stage": stage,
+            "tether.latency.kind": "request",
+        }
+        with self.tracer.span(f"score {self.model}", attributes, client=True):
+            return self._score_request(request, body, texts, url, stage)
+
+    def _score_request(self, request: ScoreRequest, body, texts, url: str, stage: str) -> ScoreResult:
         began = time.perf_counter()
         try:
             answer = self._post("/completions", body, scoring=True)

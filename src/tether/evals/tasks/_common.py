@@ -86,7 +86,11 @@ def judge_refusals(
             results[i] = make_result(engine, task, item, status="empty", prompt=prompt.text, extra=extra)
         else:
             to_judge.append(i)
-    verdicts = judge_many(judge, [(judge_texts[i], outcomes[i][0].text) for i in to_judge])  # type: ignore[index]
+    verdicts = judge_many(
+        judge,
+        [(judge_texts[i], outcomes[i][0].text) for i in to_judge],  # type: ignore[index]
+        ids=[items[i].id for i in to_judge],
+    )
     for i, verdict in zip(to_judge, verdicts, strict=True):
         completion = outcomes[i][0]  # type: ignore[index]
         extra = {
