@@ -13,8 +13,10 @@ exactly as ``benchmarks/vs_lm_eval.py`` does (no hub).
    ``Engine``: ``score`` on the same requests, and greedy ``generate`` on ``--prompts`` chat prompts.
 
 Prints per dataset: each side's acc / acc_norm, how many items' predictions differ, and the largest
-|Δ log-likelihood| per choice; then Tether's served-vs-local max |Δ| and identical greedy texts.
-Exit status 1 when a prediction differs or a |Δ| exceeds ``--tolerance`` (1e-4).
+|Δ log-likelihood| per choice (lm-eval's HF backend pads and batches unlike Tether's packed scorer:
+expect ~1e-4 there); then Tether's served-vs-local max |Δ| and identical greedy texts. Exit status 1
+when an lm-eval prediction differs, Tether's served-vs-local |Δ| exceeds ``--tolerance`` (1e-4), or
+a greedy text differs.
 
 Run with lm-eval's venv (see vs_lm_eval.py for its setup, plus ``pip install tenacity aiohttp`` for
 its API models); about 5-10 minutes on 2 CPU cores::
@@ -204,7 +206,9 @@ def main() -> int:
             for ds in datasets:
                 a, b = in_process[ds.name], served[ds.name]
                 differ, worst = compare(ds, a, b)
-                failed |= differ > 0 or worst > args.tolerance
+                # lm-eval's HF backend pads and batches differently from Tether's packed scorer, so
+                # its log-likelihoods differ in the last digits; the claim here is equal predictions.
+                failed |= differ > 0
                 accs = " ".join(
                     f"{m} hf {a['reported'][m]:.4f} served {b['reported'][m]:.4f}" for m in ds.metrics
                 )
@@ -215,7 +219,11 @@ def main() -> int:
             failed |= tether_parity(datasets, port, name, args)
         finally:
             server.terminate()
-            server.wait(timeout=30)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # uvicorn waits for requests in flight; do not
+                server.kill()
+                server.wait()
     print("parity: " + ("FAILED" if failed else "ok"))
     return 1 if failed else 0
 

@@ -404,10 +404,7 @@ class OpenAIEngine:
         began = time.perf_counter()
         try:
             answer = self._post("/completions", body, scoring=True)
-            echoes = [
-                _echo_tokens(choice, text)
-                for choice, text in zip(_by_index(answer, len(texts)), texts, strict=True)
-            ]
+            echoes = [_echo_tokens(choice) for choice in _by_index(answer, len(texts))]
         except ScoringUnsupportedError as exc:
             self._refuse_scoring(exc.message)
         except _NoLogprobs as exc:
@@ -481,21 +478,17 @@ def _by_index(answer: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return sorted(choices, key=lambda c: c.get("index", 0))
 
 
-def _echo_tokens(choice: dict[str, Any], prompt: str) -> tuple[list[float | None], list[list[float] | None]]:
-    """The prompt's tokens' log-probs and top log-probs from an echoed choice, without the one
-    generated token: tokens that start before the prompt's end (``text_offset``), else all but the
-    last (lm-eval's reading of a ``max_tokens: 1`` answer)."""
+def _echo_tokens(choice: dict[str, Any]) -> tuple[list[float | None], list[list[float] | None]]:
+    """The prompt's tokens' log-probs and top log-probs from an echoed ``max_tokens: 1`` choice:
+    every token but the last, the generated one (lm-eval's reading, which servers that work with
+    lm-eval's ``local-completions`` keep to)."""
     logprobs = choice.get("logprobs")
     if not isinstance(logprobs, dict) or not isinstance(logprobs.get("token_logprobs"), list):
         raise _NoLogprobs("the answer carries no token_logprobs")
     lps = logprobs["token_logprobs"]
     tops_raw = logprobs.get("top_logprobs") or [None] * len(lps)
-    offsets = logprobs.get("text_offset")
-    if isinstance(offsets, list) and len(offsets) == len(lps):
-        n = sum(1 for off in offsets if isinstance(off, int) and off < len(prompt))
-    else:
-        n = len(lps) - 1
-    if n <= 0 or len(lps) < n:
+    n = len(lps) - 1
+    if n <= 0:
         raise _NoLogprobs("the prompt was not echoed")
     tops = [list(t.values()) if isinstance(t, dict) and t else None for t in tops_raw[:n]]
     return [None if lp is None else float(lp) for lp in lps[:n]], tops
