@@ -24,13 +24,14 @@ PROMPTS = [
 
 
 def _answer(ctx: _Ctx) -> dict:
-    from tether.judges.refusal import RuleRefusalJudge, judge_many
+    from tether.evals.tasks._common import judge_traced
+    from tether.judges.refusal import RuleRefusalJudge
 
     out = ctx.engine.generate(PROMPTS, SamplingParams(max_new_tokens=6), stage="answer", progress=False)
-    judge_many(
+    judge_traced(
         RuleRefusalJudge(),
         [(p.text, c.text) for p, c in zip(PROMPTS, out, strict=True)],
-        ids=[p.id for p in PROMPTS],
+        [p.id for p in PROMPTS],
     )
     return {
         "tokens": sum(c.completion_tokens for c in out),

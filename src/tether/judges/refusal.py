@@ -22,13 +22,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
-from tether import tracing
 from tether.engine.protocol import EngineLike
 from tether.engine.types import ScoreRequest
 from tether.judges.degenerate import DegenerateKind, detect_degenerate
@@ -64,35 +62,12 @@ class RefusalJudge(Protocol):
     def judge(self, prompt: str, response: str) -> RefusalVerdict: ...
 
 
-def judge_many(
-    judge: RefusalJudge, pairs: Sequence[tuple[str, str]], ids: Sequence[str] | None = None
-) -> list[RefusalVerdict]:
-    """Judge (prompt, response) pairs, in one batch when the judge offers ``judge_batch``. Traced as
-    one ``judge NAME`` span with a child per pair carrying its verdict (``ids`` name the items)."""
-    name = getattr(judge, "name", type(judge).__name__)
-    with tracing.span(f"judge {name}", {"tether.judge.name": name, "tether.batch.items": len(pairs)}):
-        began = time.time_ns()
-        batch = getattr(judge, "judge_batch", None)
-        if callable(batch):
-            verdicts = list(batch(pairs))
-        else:
-            verdicts = [judge.judge(prompt, response) for prompt, response in pairs]
-        if tracing.active() is not None:
-            ended = time.time_ns()
-            for k, verdict in enumerate(verdicts):
-                tracing.item_span(
-                    f"judge {name}",
-                    began,
-                    ended,
-                    {
-                        "tether.item.id": ids[k] if ids else f"#{k}",
-                        "tether.judge.name": name,
-                        "tether.judge.verdict": verdict.label,
-                        "tether.judge.score": verdict.score,
-                        "tether.latency.kind": "batch",
-                    },
-                )
-    return verdicts
+def judge_many(judge: RefusalJudge, pairs: Sequence[tuple[str, str]]) -> list[RefusalVerdict]:
+    """Judge (prompt, response) pairs, in one batch when the judge offers ``judge_batch``."""
+    batch = getattr(judge, "judge_batch", None)
+    if callable(batch):
+        return list(batch(pairs))
+    return [judge.judge(prompt, response) for prompt, response in pairs]
 
 
 def _unparsed() -> RefusalVerdict:
