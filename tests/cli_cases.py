@@ -139,6 +139,11 @@ def make_inputs(root: Path) -> Path:
         (runs / name / "manifest.json").write_text(text, encoding="utf-8")
     (runs / "latin").mkdir(exist_ok=True)
     (runs / "latin" / "manifest.json").write_bytes(b'{"name": "\xff"}')
+    (runs / "spansbad").mkdir(exist_ok=True)
+    (runs / "spansbad" / "manifest.json").write_text(_manifest("spansbad"), encoding="utf-8")
+    (runs / "spansbad" / "traces.otlp.jsonl").write_text(
+        '{"resourceSpans": []}\nnot json\n', encoding="utf-8"
+    )
     return root
 
 
@@ -231,6 +236,13 @@ CASES: list[Case] = [
     case("runs-show-listy", "runs show listy --root {d}/runs-mixed", "manifest.json"),
     case("runs-show-latin", "runs show latin --root {d}/runs-mixed", "manifest.json"),
     case("runs-show-missing", "runs show nope --root {d}/runs-mixed", "nope"),
+    case("runs-trace-missing", "runs trace nope --root {d}/runs-mixed", "nope"),
+    case("runs-trace-no-spans", "runs trace good --root {d}/runs-mixed", "traces.otlp.jsonl"),
+    case("runs-trace-bad-line", "runs trace spansbad --root {d}/runs-mixed", "traces.otlp.jsonl:2"),
+    case("serve-missing-model", "serve {d}/nope", "nope"),
+    case("serve-served-spec", "serve openai:x", "SPEC"),
+    case("serve-key-env", "serve default --api-key-env TETHER_TEST_UNSET_KEY", "TETHER_TEST_UNSET_KEY"),
+    case("serve-port", "serve default --port 99999", "--port"),
     # --- config
     case("config-show-typo", "config show enigne", "engine"),
     case("config-validate-latin1", "config validate {d}/latin1.yaml --kind demo", "latin1.yaml:1", "UTF-8"),

@@ -142,6 +142,7 @@ def _mount_areas() -> None:
     from tether.interp.cli import app as interp_app
     from tether.redteam.cli import app as redteam_app
     from tether.rlhf.cli import app as rlhf_app
+    from tether.serve.cli import serve_command
 
     app.add_typer(
         cai_app,
@@ -172,6 +173,9 @@ def _mount_areas() -> None:
     app.command("gate", help="Check an audit report.json against thresholds; exit code for CI pipelines.")(
         gate_command
     )
+    app.command(
+        "serve", help="Serve a model over an OpenAI-compatible API (completions with logprobs, chat)."
+    )(serve_command)
 
 
 _mount_areas()
@@ -187,8 +191,20 @@ def _root(
         bool, typer.Option("--debug", help="Show full tracebacks, and what the libraries log.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--otlp-endpoint",
+            help="Also send every span over OTLP/HTTP to this collector (e.g. a local Phoenix or MLflow, "
+            "http://localhost:6006); spans always go to the run's traces.otlp.jsonl.",
+        ),
+    ] = None,
 ) -> None:
     _DEBUG["on"] = debug or bool(os.environ.get("TETHER_DEBUG"))
+    if otlp_endpoint:
+        if not otlp_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"'{otlp_endpoint}' is not an http(s) URL", where="--otlp-endpoint")
+        os.environ["TETHER_OTLP_ENDPOINT"] = otlp_endpoint
     if quiet:
         os.environ["TETHER_NO_PROGRESS"] = "1"
     setup_cli_logging(debug=_DEBUG["on"])
@@ -616,6 +632,40 @@ def runs_show(
     if m.get("summary"):
         lines.append(json.dumps(m["summary"], indent=2, ensure_ascii=False, default=str))
     _out("\n".join(lines))
+
+
+@runs_app.command("trace")
+def runs_trace(
+    name: Annotated[str, typer.Argument(help="Run name or path.")],
+    root: Annotated[Path, typer.Option(help="Runs directory.")] = Path("runs"),
+    items: Annotated[
+        bool, typer.Option("--items", help="List every item span instead of folding them.")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Check every span against Tether's span schema; exit 1 on a problem."),
+    ] = False,
+) -> None:
+    """Print a run's span tree (traces.otlp.jsonl) with durations and token totals."""
+    from tether.runs import Run
+    from tether.tracing import SPANS_FILENAME, check_spans, format_tree, read_spans
+
+    run = Run.open(name, root)
+    path = run.path / SPANS_FILENAME
+    if not path.is_file():
+        raise TetherError(
+            f"the run has no {SPANS_FILENAME}",
+            where=str(run.path),
+            hint="runs made before tracing have traces.jsonl only",
+        )
+    spans = read_spans(path)
+    if check:
+        problems = check_spans(spans)
+        _out("\n".join(problems) if problems else f"ok: {len(spans)} spans pass the span schema")
+        if problems:
+            raise typer.Exit(1)
+        return
+    _out(format_tree(spans, items=items))
 
 
 # ----------------------------------------------------------------------------------------- config

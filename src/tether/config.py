@@ -26,11 +26,46 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ServedConfig(StrictModel):
+    """Where a served model (a spec ``openai:NAME``) is reached: any OpenAI-compatible endpoint,
+    ``tether serve`` included. The API key itself is never a setting: only the name of the
+    environment variable that holds it, so no run directory, manifest or trace can contain it."""
+
+    base_url: str | None = Field(
+        None,
+        description="Endpoint root, e.g. http://localhost:8000/v1; unset: the OPENAI_BASE_URL environment variable.",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="NAME of the environment variable holding the API key (sent as a bearer token); "
+        "None: no key.",
+    )
+    mode: Literal["auto", "chat", "completions"] = Field(
+        "auto",
+        description="Generation endpoint: 'auto' sends chat prompts to /chat/completions and raw "
+        "prompts to /completions; 'chat' or 'completions' sends every prompt to that one.",
+    )
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds one request may take before it is retried.")
+    max_retries: int = Field(
+        4, ge=0, description="Retries of a request that timed out, failed to connect or got 429/5xx."
+    )
+    backoff_s: float = Field(
+        0.5, ge=0, description="First retry's wait; each later retry waits twice as long (with jitter)."
+    )
+
+
 class EngineConfig(StrictModel):
     """How models run. Shared by every stage that generates or scores."""
 
-    backend: Literal["hf", "vllm"] = Field(
-        "hf", description="Generation backend: transformers (hf) or vLLM (GPU extra)."
+    backend: Literal["hf", "vllm", "openai"] = Field(
+        "hf",
+        description="Generation backend: transformers (hf), vLLM (GPU extra), or openai (every model "
+        "spec is a model NAME served at engine.served.base_url; a spec 'openai:NAME' is served whatever "
+        "this says).",
+    )
+    served: ServedConfig = Field(
+        default_factory=ServedConfig, description="Endpoint settings for served models (openai:NAME)."
     )
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch (sorted by length first).")
     score_batch_size: int = Field(

@@ -49,3 +49,13 @@ class MissingDependencyError(TetherError):
             f"{purpose} needs the package '{package}', which is not installed",
             hint=f"install it with: {install or f'pip install {package}'}",
         )
+
+
+class EndpointError(TetherError):
+    """A served model's endpoint could not be reached, refused the request, or answered something
+    that is not an OpenAI-style response. ``where`` is the URL (or the environment variable)."""
+
+
+class ScoringUnsupportedError(EndpointError):
+    """A served model offers no prompt log-probabilities (``/completions`` with ``echo`` and
+    ``logprobs``), so log-likelihood tasks cannot be scored on it: their items come out unscored."""

@@ -21,6 +21,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -70,19 +71,62 @@ def _atomic_write_json(path: Path, data: Any) -> None:
 
 
 class Tracer:
-    """Appends one JSON line per model call. Thread-safe; cheap enough to leave on."""
+    """A run's traces: one JSON line per model call in ``traces.jsonl`` (:meth:`record`), and
+    OpenTelemetry spans in ``traces.otlp.jsonl`` (:meth:`span`, :meth:`item_span`; see
+    ``tether.tracing``). Thread-safe; cheap enough to leave on. ``NULL_TRACER`` writes nothing, and
+    its spans go to the run stage in progress, if any."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, spans: Path | None = None, run: str = ""):
         self.path = path
+        self.spans_path = spans
+        self.run = run
+        self._sink = None
         self._lock = threading.Lock()
+
+    @property
+    def sink(self):
+        """The run's span sink, made on first use (opening a run to read it starts no tracer)."""
+        if self._sink is None and self.spans_path is not None:
+            from tether.tracing import ENDPOINT_ENV, SpanSink
+
+            with self._lock:
+                if self._sink is None:
+                    self._sink = SpanSink(
+                        self.spans_path, run=self.run, endpoint=os.environ.get(ENDPOINT_ENV)
+                    )
+        return self._sink
 
     def record(self, **fields: Any) -> None:
         if self.path is None:
             return
         fields.setdefault("time", _now())
+        if "opentelemetry.trace" in sys.modules:  # link the line to its span, when one is open
+            context = sys.modules["opentelemetry.trace"].get_current_span().get_span_context()
+            if context.is_valid:
+                fields.setdefault("trace_id", f"{context.trace_id:032x}")
+                fields.setdefault("span_id", f"{context.span_id:016x}")
         line = json.dumps(fields, ensure_ascii=False, default=str)
         with self._lock, self.path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
+
+    def span(self, name: str, attributes: dict[str, Any] | None = None, *, client: bool = False):
+        """A span around a block (``with tracer.span(...) as s``); see ``tether.tracing.span``."""
+        from tether.tracing import span
+
+        return span(name, attributes, sink=self.sink, client=client)
+
+    def item_span(
+        self, name: str, start_ns: int, end_ns: int, attributes: dict[str, Any] | None = None
+    ) -> None:
+        from tether.tracing import item_span
+
+        item_span(name, start_ns, end_ns, attributes, sink=self.sink)
+
+    def close(self) -> None:
+        """End the run's root span and write every span out (a later span starts a new sink)."""
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
 
 
 NULL_TRACER = Tracer(None)
@@ -116,7 +160,7 @@ class Run:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.manifest_path = self.path / "manifest.json"
-        self.tracer = Tracer(self.path / "traces.jsonl")
+        self.tracer = Tracer(self.path / "traces.jsonl", self.path / "traces.otlp.jsonl", run=self.path.name)
         self.manifest: dict[str, Any] = (
             read_manifest(self.manifest_path) if self.manifest_path.exists() else {}
         )
@@ -212,8 +256,15 @@ class Run:
         entry.update(status="running", started=_now(), **info)
         self.save()
         started = time.perf_counter()
+        from tether.tracing import activate
+
+        sink = self.tracer.sink
         try:
-            yield entry
+            with (
+                activate(sink),
+                self.tracer.span(f"stage {name}", {"tether.stage": name, "tether.run": self.name}),
+            ):
+                yield entry
         except BaseException as exc:
             entry.update(status="interrupted", error=f"{type(exc).__name__}: {exc}"[:500])
             raise
@@ -225,8 +276,11 @@ class Run:
             entry["seconds"] = round(entry.get("seconds_before", 0.0) + time.perf_counter() - started, 3)
             entry["seconds_before"] = entry["seconds"]
             self.save()
+            if sink is not None:
+                sink.flush()
 
     def finish(self, status: str = "complete", **summary: Any) -> None:
+        self.tracer.close()
         self.manifest["status"] = status
         self.manifest["ended"] = _now()
         if summary:

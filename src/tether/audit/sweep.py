@@ -104,9 +104,9 @@ def expand_models(models: Sequence[str], names: Sequence[str] | None = None) -> 
 
 
 def _default_load_engine(spec: str, config: EngineConfig, tracer: Tracer) -> EngineLike:
-    from tether.engine import Engine
+    from tether.engine.pool import load_engine
 
-    return Engine.from_spec(spec, config, tracer=tracer)
+    return load_engine(spec, config, tracer)
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -408,10 +408,14 @@ def run_audit(
     task_list = resolve_tasks(tasks)
     targets = expand_models(models, names)
     if load_engine is None:  # a typo or a missing path fails now, not after the first model's tasks
+        from tether.engine.served import check_served, is_served
         from tether.models.spec import check_spec as check_model_spec
 
         for target in targets:
-            check_model_spec(target.spec, where="MODELS")
+            if is_served(target.spec, engine_config.backend):
+                check_served(target.spec, engine_config.served)
+            else:
+                check_model_spec(target.spec, where="MODELS")
         load_engine = _default_load_engine
     metrics = {t.name: t.metric for t in task_list}
     if pareto is not None:

@@ -29,6 +29,18 @@ class TokenScores:
 
 
 @dataclass(frozen=True)
+class EchoScores:
+    """Per-token log-probs of one whole sequence (what an OpenAI ``echo`` with ``logprobs`` needs):
+    ``logprobs[i]`` is token ``i+1``'s given the tokens before it (the first token has none);
+    ``greedy_ids[i]``/``greedy_logprobs[i]`` are the likeliest token at that position and its
+    log-prob, with one more entry for the position after the last token (the greedy next token)."""
+
+    logprobs: list[float]
+    greedy_ids: list[int]
+    greedy_logprobs: list[float]
+
+
+@dataclass(frozen=True)
 class Sample:
     token_ids: list[int]
     hit_eos: bool
@@ -54,4 +66,8 @@ class Backend(Protocol):
 
     def score(self, requests: list[EncodedScore]) -> list[TokenScores]:
         """Summed continuation log-probs for a batch of requests."""
+        ...
+
+    def echo(self, sequences: list[list[int]]) -> list[EchoScores]:
+        """Per-token log-probs of each whole sequence (``tether serve``'s echo)."""
         ...

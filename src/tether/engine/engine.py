@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from tether.config import EngineConfig
-from tether.engine.backend import Backend, EncodedScore
+from tether.engine.backend import Backend, EchoScores, EncodedScore
 from tether.engine.hf import HFBackend
 from tether.engine.packing import request_tokens
 from tether.engine.types import (
@@ -165,30 +165,78 @@ class Engine:
                 max(1, self.config.batch_size // params.n) if params.n > 1 else self.config.batch_size
             )
         results: dict[int, list[Completion]] = {}
+        chat = any(p.chat for p in prompts) and self.loaded.has_chat_template
+        operation = "chat" if chat else "text_completion"
 
-        def collect(i: int, samples, latency: float) -> None:
+        def collect(
+            i: int, samples, latency: float, kind: str, start_ns: int, end_ns: int, share: float
+        ) -> None:
             results[i] = [
                 self._completion(prompts[i], encoded[i], k, sample, params, latency, stage)
                 for k, sample in enumerate(samples)
             ]
+            self.tracer.item_span(
+                f"{operation} {self.name}",
+                start_ns,
+                end_ns,
+                {
+                    "gen_ai.operation.name": operation,
+                    "gen_ai.request.model": self.name,
+                    "gen_ai.usage.input_tokens": len(encoded[i][0]),
+                    "gen_ai.usage.output_tokens": sum(c.completion_tokens for c in results[i]),
+                    "gen_ai.response.finish_reasons": [c.finish_reason for c in results[i]],
+                    "tether.item.id": prompts[i].id,
+                    "tether.stage": stage,
+                    "tether.latency.kind": kind,
+                    "tether.batch_share_s": round(share, 6) if kind == "batch" else None,
+                    "tether.attack.id": getattr(prompts[i], "attack_id", None),
+                },
+            )
 
-        with progress_bar(f"generate {stage or ''}".strip(), total=len(prompts), enabled=progress) as bar:
+        attributes = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": self.name,
+            "gen_ai.request.temperature": params.temperature,
+            "gen_ai.request.top_p": params.top_p,
+            "gen_ai.request.max_tokens": params.max_new_tokens,
+            "gen_ai.request.seed": params.seed,
+            "gen_ai.request.choice.count": params.n,
+            "tether.stage": stage,
+            "tether.batch.prompts": len(prompts),
+        }
+        with (
+            self.tracer.span(f"{operation} {self.name}", attributes, client=True) as call,
+            progress_bar(f"generate {stage or ''}".strip(), total=len(prompts), enabled=progress) as bar,
+        ):
             if self._uses_decode_loop(params, [encoded[i][0] for i in order]):
                 stream = self.backend.decode(
                     [encoded[i][0] for i in order], params, batch_size * params.n, keys=order
                 )
                 for position, samples, latency in stream:
-                    collect(order[position], samples, latency)
+                    # The loop yields a prompt as it finishes, with its time since admission: its own span.
+                    end_ns = time.time_ns()
+                    collect(
+                        order[position], samples, latency, "own", end_ns - int(latency * 1e9), end_ns, latency
+                    )
                     bar.advance(1)
             else:
                 for batch_index, start in enumerate(range(0, len(order), batch_size)):
                     chunk = order[start : start + batch_size]
-                    began = time.perf_counter()
+                    began, start_ns = time.perf_counter(), time.time_ns()
                     samples = self.backend.generate([encoded[i][0] for i in chunk], params, batch_index)
                     latency = time.perf_counter() - began
+                    end_ns = time.time_ns()
+                    # One forward serves the whole batch: each item gets its share, its span the batch's times.
+                    share = latency / len(chunk)
                     for i, prompt_samples in zip(chunk, samples, strict=True):
-                        collect(i, prompt_samples, latency)
+                        collect(i, prompt_samples, share, "batch", start_ns, end_ns, share)
                     bar.advance(len(chunk))
+            if call is not None:
+                call.set_attribute("gen_ai.usage.input_tokens", sum(len(e[0]) for e in encoded))
+                call.set_attribute(
+                    "gen_ai.usage.output_tokens",
+                    sum(c.completion_tokens for cs in results.values() for c in cs),
+                )
         return [c for i in range(len(prompts)) for c in results[i]]
 
     def _uses_decode_loop(self, params: SamplingParams, prompts: list[list[int]]) -> bool:
@@ -301,12 +349,36 @@ class Engine:
             else:
                 batches.append([i])
         out: dict[int, ScoreResult] = {}
-        with progress_bar(f"score {stage}".strip(), total=len(requests), enabled=progress) as bar:
+        name = f"score {self.name}"
+        attributes = {
+            "gen_ai.operation.name": "score",
+            "gen_ai.request.model": self.name,
+            "tether.stage": stage,
+        }
+        with (
+            self.tracer.span(name, {**attributes, "tether.batch.items": len(requests)}, client=True) as call,
+            progress_bar(f"score {stage}".strip(), total=len(requests), enabled=progress) as bar,
+        ):
             for chunk in batches:
-                began = time.perf_counter()
+                began, start_ns = time.perf_counter(), time.time_ns()
                 scores = self.backend.score([encoded[i] for i in chunk])
                 latency = time.perf_counter() - began
+                end_ns = time.time_ns()
                 for i, s in zip(chunk, scores, strict=True):
+                    tokens = len(encoded[i].context_ids) + sum(map(len, encoded[i].continuation_ids))
+                    self.tracer.item_span(
+                        name,
+                        start_ns,
+                        end_ns,
+                        {
+                            **attributes,
+                            "gen_ai.usage.input_tokens": tokens,
+                            "gen_ai.usage.output_tokens": 0,
+                            "tether.item.id": requests[i].id,
+                            "tether.latency.kind": "batch",
+                            "tether.batch_share_s": round(latency / len(chunk), 6),
+                        },
+                    )
                     req = requests[i]
                     out[i] = ScoreResult(
                         id=req.id,
@@ -325,4 +397,47 @@ class Engine:
                         latency_s=round(latency / len(chunk), 5),
                     )
                 bar.advance(len(chunk))
+            if call is not None:
+                call.set_attribute("gen_ai.usage.input_tokens", sum(sizes))
+                call.set_attribute("gen_ai.usage.output_tokens", 0)
         return [out[i] for i in range(len(requests))]
+
+    def echo(self, sequences: Sequence[list[int]], *, stage: str = "") -> list[EchoScores]:
+        """Per-token log-probs of whole token sequences and the greedy token at every position
+        (``tether serve``'s ``echo``), batched like :meth:`score`: up to ``engine.score_batch_size``
+        sequences and ``engine.score_batch_tokens`` tokens a forward."""
+        limit = self.loaded.context_length
+        for seq in sequences:
+            if not seq:
+                raise DataError("an empty token sequence has no log-probs")
+            if len(seq) >= limit:
+                raise PromptTooLongError(f"{len(seq)} tokens do not fit the {limit}-token context window")
+        batches: list[list[int]] = []
+        size = 0
+        for i, seq in enumerate(sequences):
+            if (
+                batches
+                and len(batches[-1]) < self.config.score_batch_size
+                and size + len(seq) <= self.config.score_batch_tokens
+            ):
+                batches[-1].append(i)
+                size += len(seq)
+            else:
+                batches.append([i])
+                size = len(seq)
+        out: dict[int, EchoScores] = {}
+        attributes = {
+            "gen_ai.operation.name": "echo",
+            "gen_ai.request.model": self.name,
+            "gen_ai.usage.input_tokens": sum(map(len, sequences)),
+            "gen_ai.usage.output_tokens": 0,
+            "tether.stage": stage,
+            "tether.batch.items": len(sequences),
+        }
+        with self.tracer.span(f"echo {self.name}", attributes, client=True):
+            for chunk in batches:
+                for i, scores in zip(
+                    chunk, self.backend.echo([list(sequences[i]) for i in chunk]), strict=True
+                ):
+                    out[i] = scores
+        return [out[i] for i in range(len(sequences))]

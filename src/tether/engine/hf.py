@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
-from tether.engine.backend import EncodedScore, Sample, TokenScores
+from tether.engine.backend import EchoScores, EncodedScore, Sample, TokenScores
 from tether.engine.decode import DecodeLoop, StepMode, StopMatcher
 from tether.engine.packing import pack
 from tether.engine.types import SamplingParams
@@ -269,6 +270,54 @@ class HFBackend:
         no KV-cache copies. The LM head runs only on the nodes that predict a continuation token,
         each once, in chunks, and the full-vocabulary log-softmax is never materialised: a token's
         log-prob is its logit minus its predictor's logsumexp."""
+        tokens = self._token_logprobs(requests)
+        device = self.device
+        n = tokens.num_continuations
+        sums = (
+            torch.zeros(n, dtype=torch.float64, device=device)
+            .index_add_(0, tokens.owner, tokens.logprobs)
+            .tolist()
+        )
+        miss = (tokens.greedy_ids != tokens.targets).long()
+        misses = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, tokens.owner, miss).tolist()
+        results, j = [], 0
+        for r in requests:
+            k = len(r.continuation_ids)
+            results.append(
+                TokenScores(logprobs=sums[j : j + k], is_greedy=[m == 0 for m in misses[j : j + k]])
+            )
+            j += k
+        return results
+
+    @torch.inference_mode()
+    def echo(self, sequences: list[list[int]]) -> list[EchoScores]:
+        """Per-token log-probs of whole sequences (an OpenAI ``echo`` with ``logprobs``), through the
+        same packed forward as :meth:`score`: each sequence is a request whose context is its first
+        token, plus one placeholder token so that the position after the last real token predicts
+        too (its greedy token is the sequence's greedy continuation)."""
+        requests = [
+            EncodedScore(context_ids=s[:1], continuation_ids=[[*s[1:], self.pad_id]]) for s in sequences
+        ]
+        tokens = self._token_logprobs(requests)
+        logprobs = tokens.logprobs.tolist()
+        greedy_ids = tokens.greedy_ids.tolist()
+        greedy_lp = tokens.greedy_logprobs.tolist()
+        out, j = [], 0
+        for s in sequences:
+            k = len(s)  # tokens 1..len-1 and the placeholder
+            out.append(
+                EchoScores(
+                    logprobs=logprobs[j : j + k - 1],
+                    greedy_ids=greedy_ids[j : j + k],
+                    greedy_logprobs=greedy_lp[j : j + k],
+                )
+            )
+            j += k
+        return out
+
+    def _token_logprobs(self, requests: list[EncodedScore]) -> _TokenLogprobs:
+        """Every continuation token's log-prob, its predictor's greedy token and that token's
+        log-prob, in the packed batch's token order (grouped by continuation, in request order)."""
         batch = pack(requests, self.max_row_tokens, self.pad_id)
         device = self.device
         ids = torch.from_numpy(batch.input_ids).to(device)
@@ -289,6 +338,7 @@ class HFBackend:
         n_pred = hidden.shape[0]
         lse = torch.empty(n_pred, dtype=torch.float32, device=device)
         greedy = torch.empty(n_pred, dtype=torch.long, device=device)
+        greedy_logit = torch.empty(n_pred, dtype=torch.float32, device=device)
         target_logit = torch.empty(token_target.shape[0], dtype=torch.float32, device=device)
         # Tokens grouped by predictor, so each head chunk finds its tokens as one slice.
         by_pred = torch.argsort(token_predictor, stable=True)
@@ -298,21 +348,25 @@ class HFBackend:
             b = min(a + step, n_pred)
             logits = self._logits(hidden[a:b])
             lse[a:b] = torch.logsumexp(logits, dim=-1)
-            greedy[a:b] = logits.argmax(dim=-1)
+            greedy_logit[a:b], greedy[a:b] = logits.max(dim=-1)
             lo, hi = torch.searchsorted(sorted_pred, torch.tensor([a, b], device=device)).tolist()
             tokens = by_pred[lo:hi]
             target_logit[tokens] = logits[token_predictor[tokens] - a, token_target[tokens]]
-        token_lp = (target_logit - lse[token_predictor]).double()
-        token_miss = (greedy[token_predictor] != token_target).long()
-        owner = torch.from_numpy(batch.token_owner).to(device)
-        n = batch.num_continuations
-        sums = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, owner, token_lp).tolist()
-        misses = torch.zeros(n, dtype=torch.long, device=device).index_add_(0, owner, token_miss).tolist()
-        results, j = [], 0
-        for r in requests:
-            k = len(r.continuation_ids)
-            results.append(
-                TokenScores(logprobs=sums[j : j + k], is_greedy=[m == 0 for m in misses[j : j + k]])
-            )
-            j += k
-        return results
+        return _TokenLogprobs(
+            logprobs=(target_logit - lse[token_predictor]).double(),
+            targets=token_target,
+            greedy_ids=greedy[token_predictor],
+            greedy_logprobs=(greedy_logit - lse)[token_predictor].double(),
+            owner=torch.from_numpy(batch.token_owner).to(device),
+            num_continuations=batch.num_continuations,
+        )
+
+
+@dataclass(frozen=True)
+class _TokenLogprobs:
+    logprobs: torch.Tensor  # (tokens,) float64: each continuation token's log-prob
+    targets: torch.Tensor  # (tokens,) the tokens themselves
+    greedy_ids: torch.Tensor  # (tokens,) the argmax token where each was predicted
+    greedy_logprobs: torch.Tensor  # (tokens,) float64: that argmax token's log-prob
+    owner: torch.Tensor  # (tokens,) the continuation (over all requests, in order) each belongs to
+    num_continuations: int

@@ -19,7 +19,13 @@ EngineLoader = Callable[[str, EngineConfig, Tracer], EngineLike]
 
 
 def load_engine(spec: str, config: EngineConfig, tracer: Tracer) -> EngineLike:
-    """The default loader: ``Engine.from_spec`` (imports torch only when first called)."""
+    """The default loader: a served model (``openai:NAME``, or any spec with
+    ``engine.backend=openai``) as an ``OpenAIEngine``, else ``Engine.from_spec`` (imports torch
+    only when first called)."""
+    from tether.engine.served import OpenAIEngine, is_served
+
+    if is_served(spec, config.backend):
+        return OpenAIEngine(spec, config.served, tracer=tracer)
     from tether.engine.engine import Engine
 
     return Engine.from_spec(spec, config, tracer=tracer)

@@ -59,6 +59,9 @@ class Completion(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or stop string), "length", or "error"
+    # Seconds this sample's prompt took: in Tether's decode loop, from its admission to its finish;
+    # where prompts share each forward (transformers' batch generate), the batch's time / its prompts;
+    # for a served model, its request's round trip.
     latency_s: float
     truncated_prompt: bool = False
     # Token ids for callers that train on the sample (PPO): what the model saw and what it wrote (EOS

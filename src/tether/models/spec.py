@@ -13,9 +13,11 @@ from tether.inputs import decode_utf8, did_you_mean
 from tether.models.load import DEFAULT_SPEC, GEMMA_SPEC
 
 NAMED_SPECS = (DEFAULT_SPEC, GEMMA_SPEC)
+# A model behind an OpenAI-compatible endpoint (tether.engine.served); its endpoint is checked there.
+SERVED_PREFIX = "openai:"
 SPEC_HINT = (
     f"pass '{DEFAULT_SPEC}', '{GEMMA_SPEC}', a local HF directory, a .gguf file, an adapter directory, "
-    "or an HF id already in the local HF cache"
+    "an HF id already in the local HF cache, or openai:NAME for a served model"
 )
 
 
@@ -77,6 +79,10 @@ def check_spec(spec: str, *, where: str | None = None, _depth: int = 0) -> None:
     if not spec.strip():
         raise ModelLoadError("the model spec is empty", where=label, hint=SPEC_HINT)
     if spec in NAMED_SPECS:
+        return
+    if spec.startswith(SERVED_PREFIX):
+        if not spec.removeprefix(SERVED_PREFIX).strip():
+            raise ModelLoadError(f"'{spec}' names no served model", where=label, hint="e.g. openai:my-model")
         return
     path = Path(spec).expanduser()
     if path.is_file():
@@ -145,4 +151,4 @@ def conversion_notice(spec: str) -> str | None:
     )
 
 
-__all__ = ["NAMED_SPECS", "check_spec", "conversion_notice"]
+__all__ = ["NAMED_SPECS", "SERVED_PREFIX", "check_spec", "conversion_notice"]

@@ -207,15 +207,36 @@ def trainer_precision(device: torch.device) -> dict[str, bool]:
 
 
 def tracer_callback(tracer: Any, stage: str):
-    """A TrainerCallback that writes every logged step (loss, lr, ...) to a run's traces.jsonl."""
+    """A TrainerCallback that writes every logged step (loss, lr, ...) to a run's traces.jsonl, and
+    a ``train_step STAGE`` span per logged interval (from the previous log, or the start of
+    training, to this one) with the logged numbers as ``tether.train.*``."""
+    import time
+
     from transformers import TrainerCallback
 
+    from tether import tracing
+
     class _TraceLogs(TrainerCallback):
+        since = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.since = time.time_ns()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs:
                 log.info("%s step %d: %s", stage, state.global_step, logs)  # the run's log.txt
             if tracer is not None and logs:
                 tracer.record(kind="train", stage=stage, step=state.global_step, **logs)
+            if logs:
+                now = time.time_ns()
+                numbers = {f"tether.train.{k}": v for k, v in logs.items() if isinstance(v, int | float)}
+                tracing.item_span(
+                    f"train_step {stage}",
+                    self.since or now,
+                    now,
+                    {"tether.stage": stage, "tether.train.step": state.global_step, **numbers},
+                )
+                self.since = now
 
     return _TraceLogs()
 

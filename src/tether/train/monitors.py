@@ -76,7 +76,20 @@ class Embedder:
 
     @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
-        chunks = []
+        from tether import tracing
+
+        attributes = {
+            "gen_ai.operation.name": "embeddings",
+            "gen_ai.request.model": "all-MiniLM-L6-v2",
+            "tether.batch.items": len(texts),
+        }
+        with tracing.span("embeddings all-MiniLM-L6-v2", attributes, client=True) as call:
+            out, tokens = self._embed(texts)
+            tracing.set_attributes(call, {"gen_ai.usage.input_tokens": tokens})
+        return out
+
+    def _embed(self, texts: Sequence[str]) -> tuple[torch.Tensor, int]:
+        chunks, tokens = [], 0
         for start in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(
                 list(texts[start : start + self.batch_size]),
@@ -86,10 +99,11 @@ class Embedder:
                 return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**enc).last_hidden_state
+            tokens += int(enc["attention_mask"].sum())
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             chunks.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
-        return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+        return (torch.cat(chunks) if chunks else torch.zeros(0, 0)), tokens
 
 
 def embedding_diversity(texts: Sequence[str], embedder: TextEmbedder) -> float:

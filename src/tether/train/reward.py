@@ -353,13 +353,44 @@ class RewardModel(nn.Module):
         batch_size: int = 8,
         normalize: bool = False,
     ) -> list[float]:
-        """Scalar rewards; with ``normalize`` shifted and scaled by the training responses' mean/std."""
+        """Scalar rewards; with ``normalize`` shifted and scaled by the training responses' mean/std.
+        Traced (when a run stage is open) as one ``reward MODEL`` span per call, a child per pair
+        carrying its reward (``tether.reward``)."""
+        from tether import tracing
+
         was_training = self.training
         self.eval()
         out: list[float] = []
-        for start in range(0, len(prompts), batch_size):
-            ids, mask = self.batch(prompts[start : start + batch_size], responses[start : start + batch_size])
-            out += self(ids, mask).float().tolist()
+        name = f"reward {self.base}"
+        attributes = {"gen_ai.operation.name": "reward", "gen_ai.request.model": str(self.base)}
+        with tracing.span(name, {**attributes, "tether.batch.items": len(prompts)}, client=True) as call:
+            tokens = 0
+            for start in range(0, len(prompts), batch_size):
+                began = time.time_ns()
+                ids, mask = self.batch(
+                    prompts[start : start + batch_size], responses[start : start + batch_size]
+                )
+                rewards = self(ids, mask).float().tolist()
+                out += rewards
+                tokens += int(mask.sum())
+                if call is not None:
+                    ended = time.time_ns()
+                    for k, (reward, row) in enumerate(zip(rewards, mask.sum(dim=1).tolist(), strict=True)):
+                        tracing.item_span(
+                            name,
+                            began,
+                            ended,
+                            {
+                                **attributes,
+                                "gen_ai.usage.input_tokens": int(row),
+                                "tether.item.id": f"#{start + k}",
+                                "tether.reward": reward,
+                                "tether.latency.kind": "batch",
+                            },
+                        )
+            tracing.set_attributes(
+                call, {"gen_ai.usage.input_tokens": tokens, "gen_ai.usage.output_tokens": 0}
+            )
         self.train(was_training)
         if normalize:
             out = [(r - self.mean) / self.std for r in out]

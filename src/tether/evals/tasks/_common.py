@@ -4,6 +4,7 @@ with Tether's status rules, and number parsing. ItemResults are built by ``tethe
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,6 @@ def judge_refusals(
     exception -> "error"; a blank answer -> "empty"; a "degenerate" verdict -> "degenerate" (its kind
     in ``extra["degenerate"]``; never scored, so never a refusal); an "unparsed" verdict ->
     "unparsed"; otherwise "scored"."""
-    from tether.judges import judge_many
 
     outcomes = generate_isolated(engine, prompts, params, task)
     results: list[ItemResult | None] = [None] * len(items)
@@ -86,7 +86,11 @@ def judge_refusals(
             results[i] = make_result(engine, task, item, status="empty", prompt=prompt.text, extra=extra)
         else:
             to_judge.append(i)
-    verdicts = judge_many(judge, [(judge_texts[i], outcomes[i][0].text) for i in to_judge])  # type: ignore[index]
+    verdicts = judge_traced(
+        judge,
+        [(judge_texts[i], outcomes[i][0].text) for i in to_judge],  # type: ignore[index]
+        [items[i].id for i in to_judge],
+    )
     for i, verdict in zip(to_judge, verdicts, strict=True):
         completion = outcomes[i][0]  # type: ignore[index]
         extra = {
@@ -119,6 +123,35 @@ def judge_refusals(
                 extra=extra,
             )
     return [r for r in results if r is not None]
+
+
+def judge_traced(judge: RefusalJudge, pairs: list[tuple[str, str]], ids: list[str]):
+    """``judge_many``, traced as one ``judge NAME`` span with a child per item carrying its verdict.
+    (Here rather than in ``judges.refusal``: the rule judge's calibration fingerprint hashes that
+    module's source.)"""
+    from tether import tracing
+    from tether.judges import judge_many
+
+    name = getattr(judge, "name", type(judge).__name__)
+    with tracing.span(f"judge {name}", {"tether.judge.name": name, "tether.batch.items": len(pairs)}):
+        began = time.time_ns()
+        verdicts = judge_many(judge, pairs)
+        if tracing.active() is not None:
+            ended = time.time_ns()
+            for item_id, verdict in zip(ids, verdicts, strict=True):
+                tracing.item_span(
+                    f"judge {name}",
+                    began,
+                    ended,
+                    {
+                        "tether.item.id": item_id,
+                        "tether.judge.name": name,
+                        "tether.judge.verdict": verdict.label,
+                        "tether.judge.score": verdict.score,
+                        "tether.latency.kind": "batch",
+                    },
+                )
+    return verdicts
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
