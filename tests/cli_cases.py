@@ -326,6 +326,7 @@ CASES: list[Case] = [
     case("interp-reward-not-a-run", "interp reward {d}", "reward_model"),
     case("interp-reward-set", "interp reward {d} --set top=0", "--set", "top"),
     # --- rlhf
+    case("rlhf-check-not-a-run", "rlhf check {d}", "compare/summaries"),
     case("rlhf-run-latin1", "rlhf run {d}/latin1.yaml", "latin1.yaml:1", "UTF-8"),
     case("rlhf-run-policy", "rlhf run {d}/rlhf-typo.yaml", "default"),
     case("rlhf-run-docs", "rlhf run {d}/rlhf-docs.yaml", "no-such-docs.jsonl"),

@@ -130,12 +130,12 @@ def patch_command(
     other; the refusal score normalised 0 (harmless run) to 1 (harmful run), per model (patch.json,
     patch.png, interp.html)."""
     from tether.config import load_config
-    from tether.interp.config import PatchConfig
+    from tether.interp.config import PatchConfig, check_patch_config
     from tether.interp.patch import run_patch
     from tether.interp.refusal import model_keys
     from tether.models.spec import check_spec
 
-    cfg = load_config(PatchConfig, config, set_ or [])
+    cfg = load_config(PatchConfig, config, set_ or [], check=check_patch_config)
     for i, spec in enumerate(models):
         check_spec(spec, where=f"MODEL {i + 1}")
     record = {**cfg.model_dump(mode="json"), "models": dict(zip(model_keys(models), models, strict=True))}

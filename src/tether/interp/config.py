@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tether.config import EngineConfig, StrictModel
 
@@ -125,20 +125,35 @@ class PatchConfig(StrictModel):
     batch_size: int = Field(32, ge=1, description="Patched runs per forward pass.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
+    @field_validator("directions")
+    @classmethod
+    def _known_directions(cls, value: list[str]) -> list[str]:
+        unknown = [d for d in value if d not in PATCH_DIRECTIONS]
+        if unknown:
+            raise ValueError(f"unknown {unknown[0]!r}; use any of {', '.join(PATCH_DIRECTIONS)}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> PatchConfig:
-        unknown = [d for d in self.directions if d not in PATCH_DIRECTIONS]
-        if unknown:
-            raise ValueError(f"directions: unknown {unknown[0]!r}; use any of {', '.join(PATCH_DIRECTIONS)}")
-        if self.pairs > self.split.n_train:
-            raise ValueError(
-                f"pairs: {self.pairs} pairs need split.n_train >= {self.pairs} (it is {self.split.n_train})"
-            )
         for field, known in (("harmful_sources", HARMFUL_SOURCES), ("harmless_sources", HARMLESS_SOURCES)):
             bad = [s for s in getattr(self.split, field) if s not in known]
             if bad:
                 raise ValueError(f"split.{field}: unknown source {bad[0]!r}; use any of {', '.join(known)}")
         return self
+
+
+def check_patch_config(config: PatchConfig) -> list:
+    """Fields that depend on each other, reported at the field a user set (``--set pairs=...``)."""
+    from tether.config import check_value
+    from tether.errors import ConfigError
+
+    def pairs_fit() -> None:
+        if config.pairs > config.split.n_train:
+            raise ConfigError(
+                f"{config.pairs} pairs need split.n_train >= {config.pairs} (it is {config.split.n_train})"
+            )
+
+    return check_value("pairs", pairs_fit)
 
 
 class RewardAttributionConfig(StrictModel):
@@ -167,6 +182,7 @@ __all__ = [
     "RefusalDirectionConfig",
     "RewardAttributionConfig",
     "check_direction_config",
+    "check_patch_config",
     "SelectionConfig",
     "SplitConfig",
     "TraceConfig",
