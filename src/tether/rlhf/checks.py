@@ -71,7 +71,9 @@ def run_checks(
             f"checks: {len(sets)} held-out summary pairs with different texts in {out_dir / 'to_label.jsonl'}"
         )
 
-    if checks.reader:
+    if checks.reader and not any(d.question and d.answer is not None for d in heldout):
+        say("checks: the held-out documents carry no question and answer (not BoolQ): no QA check")
+    elif checks.reader:
         reader = QAReader(engines.get(checks.reader))
         qa = qa_check(reader, heldout, summaries)
         report["qa"] = qa.to_dict()
