@@ -299,31 +299,28 @@ class WinRate:
         decided = self.wins + self.losses
         return self.wins / decided if decided else None
 
+    @classmethod
+    def of(cls, model: str, other: str, scorer: str, signed: Mapping[str, float]) -> WinRate:
+        """From +1 (``model`` wins) / 0 (tie) / −1 (it loses) per comparison id."""
+        count = Counter(signed.values())
+        preference = Delta.of(dict.fromkeys(signed, 0.0), signed)
+        return cls(model, other, scorer, int(count[1.0]), int(count[0.0]), int(count[-1.0]), preference)
+
+
+SIGN = {"first": 1.0, "second": -1.0, "tie": 0.0}
+"""A pair label as the first candidate's outcome."""
+
 
 def win_rates(pairs: Sequence[LabelledPair], labels: Sequence[PairLabel], scorer: str) -> list[WinRate]:
     """Per unordered model pair, each non-baseline model against the other, by ``labels``."""
     groups: dict[tuple[str, str], dict[str, float]] = {}
     for pair, label in zip(pairs, labels, strict=True):
         key = tuple(sorted((pair.first[0], pair.second[0])))
-        signed = {"first": 1.0, "second": -1.0, "tie": 0.0}[label]
+        signed = SIGN[label]
         if pair.first[0] != key[1]:  # orient: +1 when the later-sorted model (key[1]) wins
             signed = -signed
         groups.setdefault(key, {})[f"{pair.doc_id}/{pair.annotator}"] = signed
-    out = []
-    for (other, model), scores in sorted(groups.items()):
-        count = Counter(scores.values())
-        out.append(
-            WinRate(
-                model,
-                other,
-                scorer,
-                int(count[1.0]),
-                int(count[0.0]),
-                int(count[-1.0]),
-                Delta.of(dict.fromkeys(scores, 0.0), scores),
-            )
-        )
-    return out
+    return [WinRate.of(model, other, scorer, scores) for (other, model), scores in sorted(groups.items())]
 
 
 @dataclass
@@ -356,24 +353,10 @@ def judge_win_rates(
     judge_probs: Mapping[str, Mapping[str, float]], baseline: str, margin: float, scorer: str
 ) -> list[WinRate]:
     """Win rates from an LLM judge's P(model's summary better than the baseline's) per document."""
-    out = []
-    for model, probs in judge_probs.items():
-        scores = {
-            doc: {"first": 1.0, "second": -1.0, "tie": 0.0}[side(p - 0.5, margin)] for doc, p in probs.items()
-        }
-        count = Counter(scores.values())
-        out.append(
-            WinRate(
-                model,
-                baseline,
-                scorer,
-                int(count[1.0]),
-                int(count[0.0]),
-                int(count[-1.0]),
-                Delta.of(dict.fromkeys(scores, 0.0), scores),
-            )
-        )
-    return out
+    return [
+        WinRate.of(model, baseline, scorer, {doc: SIGN[side(p - 0.5, margin)] for doc, p in probs.items()})
+        for model, probs in judge_probs.items()
+    ]
 
 
 def candidate_sets_for_labelling(
