@@ -41,7 +41,7 @@ def frontier_command(
     from tether.frontier.pipeline import run_frontier
     from tether.inputs import check_output_dir
     from tether.models.spec import check_spec
-    from tether.runs import Run, StageInterrupted, read_manifest
+    from tether.runs import Run, read_manifest, recording_outcome
 
     cfg = load_config(FrontierConfig, config, set_ or [], check=check_frontier_config)
     check_spec(base, where="BASE")
@@ -69,12 +69,8 @@ def frontier_command(
     record = {**cfg.model_dump(mode="json"), "models": {"base": base, "aligned": aligned}}
     run = Run.create(out.name, root=out.parent, job="frontier", config=record, seed=cfg.seed)
     console.print(f"run directory: {run.path}")
-    try:
+    with recording_outcome(run):
         summary = run_frontier(cfg, base, aligned, run, say=lambda m: console.print(m))
-    except BaseException as exc:
-        stopped = isinstance(exc, KeyboardInterrupt | StageInterrupted)
-        run.finish("interrupted" if stopped else "failed", error=str(exc)[:500])
-        raise
     run.finish("complete", frontier="frontier.json")
     typer.echo(json.dumps({"run": str(run.path), **summary}))
 

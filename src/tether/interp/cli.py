@@ -62,15 +62,11 @@ def _open_run(out_dir: Path | None, job: str, record: dict, seed: int):
 
 
 def _finish(run, fn):
-    from tether.runs import StageInterrupted
+    from tether.runs import recording_outcome
 
     _say(f"run directory: {run.path}")
-    try:
+    with recording_outcome(run):
         summary = fn()
-    except BaseException as exc:
-        stopped = isinstance(exc, KeyboardInterrupt | StageInterrupted)
-        run.finish("interrupted" if stopped else "failed", error=str(exc)[:500])
-        raise
     run.finish("complete")
     out(json.dumps({"run": str(run.path), **summary}, indent=2, default=str))
 
