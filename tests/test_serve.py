@@ -223,3 +223,55 @@ def test_an_audit_through_the_server_matches_the_audit_in_process(
     assert here.keys() == there.keys() and len(here) == 3
     worst = max(abs(a - b) for k in here for a, b in zip(here[k], there[k], strict=True))
     assert worst < 1e-4 and not math.isnan(worst)
+
+
+def test_a_request_whose_client_gave_up_is_never_run(engine):
+    """A client that times out while the engine is busy must not leave its job queued: otherwise
+    every retry adds to the abandoned work and a server that once fell behind never catches up."""
+    import httpx
+    import uvicorn
+
+    app = create_app(engine, model_name="tiny", batch_wait_s=0.0)
+    batcher = app.state.batcher
+    run, ran, release = batcher.run, [], threading.Event()
+
+    def slow_run(key, inputs):
+        ran.append(len(inputs))
+        if len(ran) == 1:
+            release.wait(30)  # the engine is busy with the first request
+        return run(key, inputs)
+
+    batcher.run = slow_run
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if srv.started:
+                break
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        first = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 0, "echo": True, "logprobs": 1}
+        answers = []
+        busy = threading.Thread(target=lambda: answers.append(httpx.post(url, json=first, timeout=30)))
+        busy.start()
+        time.sleep(0.3)
+        impatient = {**first, "prompt": ["a b c", "d e f"]}
+        for _ in range(3):
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(url, json=impatient, timeout=0.2)
+        for _ in range(100):  # the server notices within its poll interval
+            if batcher.dropped == 3:
+                break
+            time.sleep(0.05)
+        release.set()
+        busy.join()
+        assert answers[0].status_code == 200
+        assert ran == [1]  # only the patient request reached the engine
+        assert batcher.dropped == 3
+        # and the server still answers the next request
+        assert httpx.post(url, json=first, timeout=30).status_code == 200
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

@@ -46,7 +46,12 @@ class ServedConfig(StrictModel):
         "prompts to /completions; 'chat' or 'completions' sends every prompt to that one.",
     )
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
-    timeout_s: float = Field(60.0, gt=0, description="Seconds one request may take before it is retried.")
+    timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds one request may take before it is retried (the openai client's default: "
+        "a batch of long generations on CPU can take minutes, and a retry only queues the same work again).",
+    )
     max_retries: int = Field(
         4, ge=0, description="Retries of a request that timed out, failed to connect or got 429/5xx."
     )

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tether.engine.backend import EchoScores
 from tether.engine.types import Prompt, SamplingParams
 from tether.errors import TetherError
-from tether.serve.batcher import Batcher
+from tether.serve.batcher import Batcher, ClientGone
 
 
 @dataclass(frozen=True)
@@ -120,17 +120,9 @@ def create_app(
     app = FastAPI(title="tether serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        guarded = api_key is not None and request.url.path.startswith("/v1")
-        if guarded and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {api_key}"):
-            return error_response(
-                401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
-            )
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-            return _too_large(limits)
-        return await call_next(request)
+    # A plain ASGI middleware, not @app.middleware("http"): Starlette's BaseHTTPMiddleware hides the
+    # client's disconnect from request.is_disconnected(), which the batcher needs (see batcher.py).
+    app.add_middleware(_Guard, api_key=api_key, limits=limits)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -157,7 +149,7 @@ def create_app(
                 413, f"{len(prompts)} prompts in one request; at most {limits.max_prompts}", param="prompt"
             )
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
-        choices, usage = await served.complete(batcher, body, prompts, max_tokens)
+        choices, usage = await served.complete(batcher, request, body, prompts, max_tokens)
         return {
             "id": f"cmpl-{uuid.uuid4().hex[:24]}",
             "object": "text_completion",
@@ -175,7 +167,7 @@ def create_app(
         _check_common(body.stream, body.n, max_tokens, limits)
         prompt = _chat_prompt(body.messages)
         params = _params(body, max_tokens)
-        [completions] = await _submit(batcher, _generate_key(params), [prompt])
+        [completions] = await _submit(batcher, request, _generate_key(params), [prompt])
         choices = [
             {
                 "index": c.sample_index,
@@ -201,6 +193,34 @@ def create_app(
         }
 
     return app
+
+
+class _Guard:
+    """Refuses, before the body is read, requests without the API key (when one is set) and
+    requests whose declared length is over the limit."""
+
+    def __init__(self, app, *, api_key: str | None, limits: ServeLimits):
+        self.app, self.api_key, self.limits = app, api_key, limits
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            guarded = self.api_key is not None and scope["path"].startswith("/v1")
+            refusal = None
+            if guarded and not hmac.compare_digest(
+                headers.get("authorization", ""), f"Bearer {self.api_key}"
+            ):
+                refusal = error_response(
+                    401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key"
+                )
+            else:
+                length = headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+                    refusal = _too_large(self.limits)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _model_card(name: str, engine) -> dict[str, Any]:
@@ -321,9 +341,12 @@ def _generate_key(params: SamplingParams) -> tuple[str, str]:
     return ("generate", params.model_dump_json())
 
 
-async def _submit(batcher: Batcher, key, inputs) -> list[Any]:
+async def _submit(batcher: Batcher, request: Request, key, inputs) -> list[Any]:
     try:
-        return await batcher.submit(key, inputs)
+        return await batcher.submit(key, inputs, gone=request.is_disconnected)
+    except ClientGone:
+        # Nobody reads this answer; 499 is what nginx logs for a client that closed the request.
+        raise ApiError(499, "the client closed the request", code="client_closed_request") from None
     except TetherError as exc:
         raise ApiError(400, exc.message) from None
     except ValueError as exc:
@@ -344,7 +367,9 @@ class _Served:
         n = params.n
         return [flat[i * n : (i + 1) * n] for i in range(len(inputs))]
 
-    async def complete(self, batcher: Batcher, body: CompletionBody, prompts, max_tokens: int):
+    async def complete(
+        self, batcher: Batcher, request: Request, body: CompletionBody, prompts, max_tokens: int
+    ):
         """Choices and usage for a /v1/completions request. ``max_tokens`` 0 scores the prompt only;
         a greedy single token comes from the same forward as the prompt's log-probs; anything else
         is generated, then scored when log-probs are asked for."""
@@ -353,7 +378,7 @@ class _Served:
         per_prompt: list[list[tuple[list[int], list[int], str, str]]] = []  # (ids, new ids, text, finish)
         scored: dict[tuple[int, ...], EchoScores] = {}
         if max_tokens == 0 or greedy_one:
-            echoes = await _submit(batcher, ("echo",), [ids for _, ids in prompts])
+            echoes = await _submit(batcher, request, ("echo",), [ids for _, ids in prompts])
             for (_, ids), echo in zip(prompts, echoes, strict=True):
                 if max_tokens == 0:
                     per_prompt.append([(ids, [], "", "length")] * body.n)
@@ -372,7 +397,7 @@ class _Served:
         else:
             params = _params(body, max_tokens)
             batch = [Prompt(id=str(i), text=text, chat=False) for i, (text, _) in enumerate(prompts)]
-            for completions in await _submit(batcher, _generate_key(params), batch):
+            for completions in await _submit(batcher, request, _generate_key(params), batch):
                 per_prompt.append(
                     [
                         (c.prompt_token_ids or [], c.token_ids or [], c.text, c.finish_reason)
@@ -388,7 +413,7 @@ class _Served:
                 if seq not in scored
             ]
             if sequences:
-                echoes = await _submit(batcher, ("echo",), [list(s) for s in sequences])
+                echoes = await _submit(batcher, request, ("echo",), [list(s) for s in sequences])
                 scored.update(zip(sequences, echoes, strict=True))
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for p, ((prompt_text, _), samples) in enumerate(zip(prompts, per_prompt, strict=True)):

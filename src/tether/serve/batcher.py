@@ -6,19 +6,27 @@ answer. One worker takes the first job waiting, keeps collecting for ``wait_s`` 
 ``max_jobs``), and runs each group of jobs with equal keys as one call, on one thread: the engine is
 not thread-safe, and while it runs the next requests queue up, so under load batches fill by
 themselves. A call that fails is retried job by job, so one bad request fails alone.
+
+A job whose client has gone (``submit``'s ``gone``) is dropped before its batch runs. Without that, a
+client that times out and retries while the server is slow adds its retry to the work it abandoned,
+and a server that once fell behind never catches up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 # run(key, inputs of every job in the group, concatenated) -> one output per input
 RunGroup = Callable[[Hashable, list[Any]], list[Any]]
+
+
+class ClientGone(Exception):
+    """The client of a job disconnected before its answer was ready."""
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Batcher:
         self._worker: asyncio.Task | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-engine")
         self.batches: list[int] = []  # jobs per engine call, for tests and logs
+        self.dropped = 0  # jobs cancelled because their client went away
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -49,13 +58,33 @@ class Batcher:
                 await self._worker
         self._thread.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, key: Hashable, inputs: Sequence[Any]) -> list[Any]:
-        """The outputs for ``inputs`` (one each), computed in a batch with whatever else is waiting."""
+    async def submit(
+        self,
+        key: Hashable,
+        inputs: Sequence[Any],
+        *,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+        poll_s: float = 0.25,
+    ) -> list[Any]:
+        """The outputs for ``inputs`` (one each), computed in a batch with whatever else is waiting.
+
+        ``gone`` (e.g. Starlette's ``request.is_disconnected``) is asked every ``poll_s`` while the
+        job waits; once it says yes the job is cancelled, so no batch spends time on it, and
+        ``ClientGone`` is raised."""
         if self._queue is None:
             raise RuntimeError("the batcher is not started")
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(key, list(inputs), future))
-        return await future
+        if gone is None:
+            return await future
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=poll_s)
+            if done:
+                return future.result()
+            if await gone():
+                future.cancel()
+                self.dropped += 1
+                raise ClientGone
 
     async def _loop(self) -> None:
         assert self._queue is not None
