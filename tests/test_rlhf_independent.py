@@ -169,3 +169,19 @@ def test_qa_signal_needs_a_reader_and_stands_alone():
         )
     with pytest.raises(ConfigError, match="alone"):
         load_config(RLHFConfig, None, ["ppo_reward.validation_quality=[qa,coverage]"])
+
+
+def test_the_committed_team_labels_load_and_cover_what_issue_14_asks():
+    """data/rlhf_human/labels.jsonl: at least 150 held-out pairs, each with one team vote, every
+    candidate naming the model that wrote it (the win rates need it), no pair twice."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "data" / "rlhf_human" / "labels.jsonl"
+    labelled = load_labelled_sets(path)
+    assert len(labelled) >= 150
+    assert len({s.record.doc_id for s in labelled}) == len(labelled)
+    for s in labelled:
+        assert [v.annotator for v in s.votes] == ["team"], s.where
+        assert all(c.model for c in s.record.candidates), s.where
+    kinds = {json.loads(line)["kind"] for line in path.read_text().splitlines()}
+    assert kinds == {"reward-model held-out candidates", "held-out comparisons"}
