@@ -211,6 +211,18 @@ def test_end_to_end_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
     assert {d.name for d in report.datasets} == {"overrefusal (overrefusal)", "mmlu (mmlu)"}
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     assert (out / "audit.sqlite").exists()
+    # The report's timeline is the run's stage spans: one row per model/task stage, in start order,
+    # with the tokens of the model calls beneath it; the HTML draws it.
+    name = Path(tiny_model_dir).name
+    stages = [s.stage for s in report.timeline]
+    assert stages == [f"{name}/{task}" for task in TASKS]
+    generated = report.timeline[0]
+    assert generated.calls >= 1 and generated.input_tokens > 0 and generated.output_tokens > 0
+    assert report.timeline[1].output_tokens == 0 and report.timeline[1].input_tokens > 0  # scoring only
+    assert all(s.seconds >= 0 for s in report.timeline)
+    assert report.timeline[0].start <= report.timeline[1].start
+    html = (out / "report.html").read_text()
+    assert 'id="timeline"' in html and f"{name}/overrefusal" in html and 'alt="stage timeline"' in html
 
 
 def test_generation_tasks_report_degenerate_answers_without_changing_scores(tmp_path):

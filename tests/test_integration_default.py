@@ -85,3 +85,12 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (run_dir / "rlhf" / "ppo" / "policy" / "adapter_config.json").is_file()
     assert all(0.0 <= v <= 1.0 for v in summary["rlhf"]["score"].values())
     assert "RLHF" in result.stdout and "run directory" not in result.stdout  # messages go to stderr
+    # Every OpenTelemetry span the demo wrote (its own run and the CAI and RLHF runs inside it)
+    # passes the span schema.
+    from tether.tracing import SPANS_FILENAME, check_spans, read_spans
+
+    span_files = sorted(run_dir.rglob(SPANS_FILENAME))
+    assert {f.parent for f in span_files} >= {run_dir, run_dir / "cai", run_dir / "rlhf"}
+    for path in span_files:
+        spans = read_spans(path)
+        assert spans and check_spans(spans) == [], path

@@ -173,3 +173,50 @@ def _good_span() -> dict:
 def test_the_schema_check_finds_each_problem(change, problem):
     assert check_span(_good_span()) == []
     assert any(problem in p for p in check_span({**_good_span(), **change}))
+
+
+def test_stage_timeline_takes_each_stages_latest_run_and_its_tokens():
+    from tether.tracing import stage_timeline
+
+    def span(sid, parent, name, start, end, **attributes):
+        return {"spanId": sid, "parentSpanId": parent, "name": name, "start": start, "end": end,
+                "attributes": attributes}  # fmt: skip
+
+    spans = [
+        span("r1", "", "run a", 0, 100),
+        span("s1", "r1", "stage gen", 0, 40, **{"tether.stage": "gen"}),  # interrupted, then resumed
+        span("r2", "", "run a", 200, 400),
+        span("s2", "r2", "stage gen", 200, 300, **{"tether.stage": "gen"}),
+        span(
+            "c",
+            "s2",
+            "chat m",
+            210,
+            290,
+            **{
+                "gen_ai.operation.name": "chat",
+                "gen_ai.usage.input_tokens": 7,
+                "gen_ai.usage.output_tokens": 5,
+            },
+        ),  # fmt: skip
+        span(
+            "i",
+            "c",
+            "chat m",
+            210,
+            250,
+            **{
+                "gen_ai.operation.name": "chat",
+                "tether.item.id": "x",
+                "gen_ai.usage.input_tokens": 7,
+                "gen_ai.usage.output_tokens": 5,
+            },
+        ),  # fmt: skip
+        span("s3", "r2", "stage score", 300, 350, **{"tether.stage": "score"}),
+    ]
+    rows = stage_timeline(spans)
+    assert [(r["stage"], r["start_ns"], r["calls"], r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        ("gen", 200, 1, 7, 5),  # the item span is not counted twice
+        ("score", 300, 0, 0, 0),
+    ]
+    assert rows[0]["seconds"] == 100 / 1e9

@@ -371,6 +371,46 @@ def token_totals(spans: Sequence[Mapping[str, Any]]) -> tuple[int, int, int]:
     )
 
 
+def _subtree(span_: Mapping[str, Any], children: Mapping[str, list[Mapping[str, Any]]]) -> list:
+    out = [span_]
+    for c in children.get(span_["spanId"], []):
+        out += _subtree(c, children)
+    return out
+
+
+def stage_timeline(spans: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per pipeline stage, in start order: ``stage``, ``start_ns``, ``seconds`` and the
+    model calls and tokens beneath it. A stage that ran more than once (a resumed run repeats an
+    interrupted one) is shown by its latest run."""
+    children: dict[str, list[Mapping[str, Any]]] = {}
+    for s in spans:
+        if s["parentSpanId"]:
+            children.setdefault(s["parentSpanId"], []).append(s)
+    latest: dict[str, Mapping[str, Any]] = {}
+    for s in spans:
+        name = s["attributes"].get("tether.stage")
+        if (
+            s["name"].startswith("stage ")
+            and name
+            and (name not in latest or s["start"] > latest[name]["start"])
+        ):
+            latest[name] = s
+    rows = []
+    for name, s in sorted(latest.items(), key=lambda kv: kv[1]["start"]):
+        calls, tokens_in, tokens_out = token_totals(_subtree(s, children))
+        rows.append(
+            {
+                "stage": name,
+                "start_ns": s["start"],
+                "seconds": (s["end"] - s["start"]) / 1e9,
+                "calls": calls,
+                "input_tokens": tokens_in,
+                "output_tokens": tokens_out,
+            }
+        )
+    return rows
+
+
 def format_tree(spans: Sequence[Mapping[str, Any]], *, items: bool = False) -> str:
     """The span tree as plain text: one line per span (indented under its parent) with its duration
     and, under each span, the tokens of the model calls beneath it; a call's items are folded into
@@ -438,6 +478,7 @@ __all__ = [
     "format_tree",
     "item_span",
     "otlp_json",
+    "stage_timeline",
     "read_spans",
     "span",
     "token_totals",

@@ -119,6 +119,40 @@ def _pareto_png(report: AuditReport) -> str | None:
     return _png_uri(fig)
 
 
+def _timeline_context(report: AuditReport) -> tuple[list[dict[str, str]], dict[str, str] | None, str | None]:
+    """Rows of the stage timeline, their totals and a Gantt chart of when each stage ran."""
+    stages = report.timeline
+    if not stages:
+        return [], None, None
+    t0 = min(s.start for s in stages)
+    rows = [
+        {
+            "stage": s.stage,
+            "start": f"+{(s.start - t0).total_seconds():.1f}",
+            "seconds": f"{s.seconds:.1f}",
+            "calls": str(s.calls),
+            "input_tokens": f"{s.input_tokens:,}",
+            "output_tokens": f"{s.output_tokens:,}",
+        }
+        for s in stages
+    ]
+    totals = {
+        "seconds": f"{sum(s.seconds for s in stages):.1f}",
+        "calls": str(sum(s.calls for s in stages)),
+        "input_tokens": f"{sum(s.input_tokens for s in stages):,}",
+        "output_tokens": f"{sum(s.output_tokens for s in stages):,}",
+    }
+    fig = _figure(7.5, 0.6 + 0.28 * len(stages))
+    ax = fig.add_subplot()
+    starts = [(s.start - t0).total_seconds() for s in stages]
+    ax.barh(range(len(stages)), [s.seconds for s in stages], left=starts, color="#4a6fa5", height=0.6)
+    ax.set_yticks(range(len(stages)), [s.stage for s in stages], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"seconds since {t0:%Y-%m-%d %H:%M:%S} UTC")
+    ax.grid(axis="x", alpha=0.3)
+    return rows, totals, _png_uri(fig)
+
+
 def _category_png(report: AuditReport, task: str, categories: list[str]) -> str:
     import numpy as np
 
@@ -392,6 +426,7 @@ def _context(report: AuditReport) -> dict[str, Any]:
     ctx["calibration"] = calibration
     ctx["datasets"] = report.datasets
     ctx["timings"] = [(k, f"{v:.1f}") for k, v in report.timings.items()]
+    ctx["timeline"], ctx["timeline_totals"], ctx["timeline_png"] = _timeline_context(report)
     ctx["settings"] = [(k, _scalar(v)) for k, v in report.settings.items()]
     return ctx
 

@@ -263,6 +263,18 @@ class PowerReport(_Record):
         return next((a for a in self.axes if a.name == name), None)
 
 
+class StageTiming(_Record):
+    """One stage of the audit run, from its OpenTelemetry span: when it started, how long it took,
+    and the model calls and tokens beneath it."""
+
+    stage: str
+    start: datetime
+    seconds: float
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
 class AuditReport(_Record):
     """Everything one audit produced. ``report.html`` is rendered from this alone."""
 
@@ -281,6 +293,8 @@ class AuditReport(_Record):
     # --- power and multiple comparisons (issue #15) ---
     power: PowerReport | None = None
     prompt_type_deltas: list[CategoryDelta] = Field(default_factory=list)
+    # --- stage timeline from the run's spans (issue #21) ---
+    timeline: list[StageTiming] = Field(default_factory=list)
 
     def summary(self, model: str, task: str) -> TaskSummary | None:
         for s in self.tasks:

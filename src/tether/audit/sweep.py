@@ -13,6 +13,7 @@ loads at all the load error is raised, naming the model.
 from __future__ import annotations
 
 import gc
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,15 +25,17 @@ from tether.audit.analysis import build_report
 from tether.audit.cache import NullCache, ResultCache, default_cache_path
 from tether.audit.pareto import check_spec
 from tether.audit.report import write_report
-from tether.audit.schema import AuditReport, DatasetInfo, ModelInfo, ParetoSpec
+from tether.audit.schema import AuditReport, DatasetInfo, ModelInfo, ParetoSpec, StageTiming
 from tether.config import EngineConfig
 from tether.engine.protocol import EngineLike
-from tether.errors import ConfigError, ModelLoadError, TetherError
+from tether.errors import ConfigError, DataError, ModelLoadError, TetherError
 from tether.evals.registry import Task, resolve_tasks
 from tether.evals.results import error_text, make_result
 from tether.evals.types import ItemResult
 from tether.progress import progress_bar
 from tether.runs import Run, Tracer, read_manifest
+
+log = logging.getLogger(__name__)
 
 LoadEngine = Callable[[str, EngineConfig, Tracer], EngineLike]
 
@@ -287,6 +290,38 @@ def _open_run(out_dir: Path, config: dict[str, Any], seed: int) -> Run:
     return Run.create(out_dir.name, root=out_dir.parent, job="audit", config=config, seed=seed)
 
 
+def _timeline(run: Run) -> list[StageTiming]:
+    """The audit's stages as its spans recorded them (flushed first: the stages of this invocation
+    are still in the exporter's queue). Empty when the run writes no spans."""
+    from datetime import UTC, datetime
+
+    from tether.tracing import read_spans, stage_timeline
+
+    if run.tracer.spans_path is None:
+        return []
+    sink = run.tracer.sink
+    if sink is not None:
+        sink.flush()
+    if not run.tracer.spans_path.exists():
+        return []
+    try:
+        rows = stage_timeline(read_spans(run.tracer.spans_path))
+    except DataError as exc:  # the timeline is a view of the spans; a damaged file must not fail the audit
+        log.warning("no stage timeline in the report: %s", exc)
+        return []
+    return [
+        StageTiming(
+            stage=row["stage"],
+            start=datetime.fromtimestamp(row["start_ns"] / 1e9, UTC),
+            seconds=row["seconds"],
+            calls=row["calls"],
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+        )
+        for row in rows
+    ]
+
+
 def _select(
     task_list: Sequence[Task], sweep: _Sweep, *, limit, full, seed, sizes=None
 ) -> dict[str, list[Any]]:
@@ -483,6 +518,7 @@ def run_audit(
             extra_metrics=sweep.extra,
             seed=seed,
         )
+        report = report.model_copy(update={"timeline": _timeline(run)})
         write_report(report, out_dir)
     except BaseException as exc:
         run.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=error_text(exc))
