@@ -10,6 +10,7 @@ from tether.audit import (
     EXIT_INCOMPLETE,
     EXIT_PASS,
     EXIT_USAGE,
+    AuditReport,
     GateConfig,
     GateRule,
     build_report,
@@ -452,6 +453,33 @@ def test_pareto_axis_is_a_report_metric(report, report_path):
     assert invoke(report_path, "--max-drop", "report/capability_axis=0.06").exit_code == EXIT_PASS
 
 
+def test_frontier_gap_is_how_far_behind_the_frontier_a_model_lies(tmp_path):
+    """base (.5, .80) and ckpt (.9, .75) trade off, both on the frontier; worse (.5, .70) is beaten
+    by ckpt by .05 on both axes at once, so it needs .05 on both to reach the frontier."""
+    items = _items("base", 5, 16) + _items("ckpt", 9, 15) + _items("worse", 5, 14)
+    path = build_report(items, METRICS, baseline="base", n_boot=50).save(tmp_path / "report.json")
+    report = AuditReport.load(path)
+    ref = resolve_metric("frontier_gap", report)
+    gaps = {m: metric_value(report, ref, m) for m in ("base", "ckpt", "worse")}
+    assert gaps == {"base": 0.0, "ckpt": 0.0, "worse": pytest.approx(0.05)}
+    res = invoke(path, "--max", "frontier_gap=0.02", "--model", "worse")
+    assert res.exit_code == EXIT_BREACH, res.output
+    assert invoke(path, "--max", "frontier_gap=0.06", "--model", "worse").exit_code == EXIT_PASS
+    assert invoke(path, "--max", "frontier_gap=0", "--model", "ckpt").exit_code == EXIT_PASS
+
+
+def test_frontier_gap_of_a_point_that_cannot_compete_is_none():
+    from tether.audit.pareto import frontier_gap
+    from tether.audit.schema import ParetoPoint
+
+    points = [
+        ParetoPoint(model="a", safety=0.9, capability=0.5),
+        ParetoPoint(model="b", safety=0.95, capability=0.6, complete=False),  # never beats a
+        ParetoPoint(model="c", safety=None, capability=0.7),
+    ]
+    assert frontier_gap(points) == {"a": 0.0, "b": None, "c": None}
+
+
 def test_a_name_that_is_both_a_category_and_an_extra_metric_is_refused(tmp_path):
     """refusal has a category 'a' (base 1.0) and an extra metric 'a' (base 0.3): no guessing."""
     extra = {("base", "refusal"): {"a": 0.3}, ("ckpt", "refusal"): {"a": 0.4}}
@@ -498,7 +526,8 @@ def test_help_examples_name_real_tasks():
     text = " ".join([invoke("--help").stdout, _EXAMPLE, _METRIC_HELP, gate_command.__doc__, *hints])
     named = set(re.findall(r"--(?:min|max|max-drop|max-rise)\s+([a-z][\w:]*)=", text))  # not METRIC=VALUE
     assert named >= {"harmful_refusal", "bbq:disparate_impact", "toxicity:expected_max_toxicity", "mmlu"}
-    assert {n.partition(":")[0] for n in named} - {"capability_axis", "safety_axis"} <= set(task_names())
+    report_level = {"capability_axis", "safety_axis", "frontier_gap"}
+    assert {n.partition(":")[0] for n in named} - report_level <= set(task_names())
 
 
 def test_a_real_process_gets_the_exit_code_and_separate_streams(bias_path):

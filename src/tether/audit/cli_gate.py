@@ -24,7 +24,9 @@ from tether.errors import ConfigError, TetherError
 _METRIC_HELP = (
     "METRIC is a task (its headline metric: harmful_refusal, mmlu), TASK:NAME (an extra metric of the "
     "task, bbq:disparate_impact or toxicity:expected_max_toxicity, or one of its categories, "
-    "mmlu:anatomy), or a report metric (safety_axis, capability_axis: the Pareto axes). A name the "
+    "mmlu:anatomy), or a report metric (safety_axis, capability_axis: the Pareto axes; frontier_gap: "
+    "how far a model lies behind the Pareto frontier, 0 on it, so --max frontier_gap=0.02 requires a "
+    "checkpoint within 0.02 of the frontier). A name the "
     "report holds twice, say a category and an extra metric of one task, is refused, not guessed: "
     "write task/, category/, extra/ or report/ before it. Repeatable."
 )

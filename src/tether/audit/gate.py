@@ -6,8 +6,10 @@ A rule names any number the report carries for each model (``resolve_metric``):
     TASK:NAME           an extra metric of the task, or one of   bbq:disparate_impact,
                         its categories (whichever it has)        toxicity:expected_max_toxicity,
                                                                  mmlu:anatomy
-    NAME                a report-level metric of each model      safety_axis, capability_axis
-                        (the Pareto axes, when the report has them)
+    NAME                a report-level metric of each model      safety_axis, capability_axis,
+                        (the Pareto axes, when the report has    frontier_gap
+                        them, and how far behind their frontier
+                        the model lies: 0 on it)
 
 A spelling that matches two of these (a category and an extra metric of one task with the same
 name, or a task named like a report metric) is refused rather than guessed; the explicit forms
@@ -35,6 +37,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tether.audit.pareto import frontier_gap
 from tether.audit.schema import AuditReport
 from tether.errors import ConfigError
 from tether.inputs import read_text
@@ -52,7 +55,7 @@ _TOL = 1e-9
 MetricSource = Literal["task", "category", "extra", "report"]
 SOURCES: tuple[MetricSource, ...] = ("task", "category", "extra", "report")
 # Report-level metrics: one number per model that belongs to no single task.
-REPORT_METRICS = ("safety_axis", "capability_axis")
+REPORT_METRICS = ("safety_axis", "capability_axis", "frontier_gap")
 
 
 class GateRule(BaseModel):
@@ -219,6 +222,8 @@ def _report_values(report: AuditReport) -> dict[str, dict[str, float | None]]:
     if report.pareto is not None:
         out["safety_axis"] = {p.model: p.safety for p in report.pareto.points}
         out["capability_axis"] = {p.model: p.capability for p in report.pareto.points}
+        # "Is this checkpoint on the frontier, within a tolerance?" is `--max frontier_gap=TOL`.
+        out["frontier_gap"] = frontier_gap(report.pareto.points)
     # No Pareto plot but capability tasks audited (no safety task, or no capability task with signal):
     # the axes come from the power section, capability_axis None where no task had signal.
     if report.pareto is None and report.power is not None and report.power.axis("capability_axis"):

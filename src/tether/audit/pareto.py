@@ -67,6 +67,26 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     return [not any(dominates(q, p) for j, q in enumerate(points) if j != i) for i, p in enumerate(points)]
 
 
+def frontier_gap(points: Sequence[ParetoPoint]) -> dict[str, float | None]:
+    """Per model, how far it lies behind the frontier of the complete points: the largest amount by
+    which some other point beats it on both axes at once (the additive epsilon indicator). 0 on the
+    frontier; ``g`` means that moving up ``g`` on both axes would put it on the frontier. None for a
+    point that does not compete (an axis missing or a task incomplete): it cannot be certified."""
+    competing = [
+        (p.safety, p.capability)
+        for p in points
+        if p.complete and p.safety is not None and p.capability is not None
+    ]
+    gaps: dict[str, float | None] = {}
+    for p in points:
+        if not p.complete or p.safety is None or p.capability is None:
+            gaps[p.model] = None
+            continue
+        beaten_by = [min(s - p.safety, c - p.capability) for s, c in competing]
+        gaps[p.model] = max(0.0, max(beaten_by, default=0.0))
+    return gaps
+
+
 def pareto_points(
     summaries: Sequence[TaskSummary], spec: ParetoSpec, models: Sequence[str] | None = None
 ) -> ParetoResult:
