@@ -387,6 +387,13 @@ def test_frontier_run_selects_on_validation_reports_test_and_resumes(tmp_path):
     assert data["candidates"]["base"]["vs_aligned"]["safety"]["significant"]
     assert "base" in summary["better_than_aligned_significantly"]
     assert data["candidates"]["aligned"]["safety"] < data["candidates"]["base"]["safety"]
+    # the audit's report carries the frontier, and its HTML shows it as a section
+    from tether.audit import AuditReport
+
+    assert AuditReport.load(run.path / "audit" / "report.json").frontier == data
+    html = (run.path / "audit" / "report.html").read_text()
+    assert 'id="frontier"' in html and 'alt="mitigation frontier"' in html
+    assert all(f"<td>{n}</td>" in html for n in names)
     # selection read validation items only; the reported audit read test items only
     searched = len(json.loads((run.path / "per_block.json").read_text())["validation"])
     assert searched == 8  # 2 ** 3 combinations, base and aligned among them

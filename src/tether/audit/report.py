@@ -153,6 +153,76 @@ def _timeline_context(report: AuditReport) -> tuple[list[dict[str, str]], dict[s
     return rows, totals, _png_uri(fig)
 
 
+def _frontier_context(report: AuditReport) -> dict[str, Any] | None:
+    """The mitigation frontier (`tether frontier`'s frontier.json) as rows and its plot."""
+    data = report.frontier
+    if not data:
+        return None
+    import tempfile
+
+    from tether.frontier.pareto import plot_frontier
+
+    candidates = data.get("candidates", {})
+    placed = {n: (c["safety"], c["capability"]) for n, c in candidates.items() if c.get("safety") is not None}
+    complete = {n: xy for n, xy in placed.items() if candidates[n].get("complete", True)}
+    flagged = {n: xy for n, xy in placed.items() if n not in complete}
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_frontier(
+            complete,
+            data.get("families", {}),
+            data.get("frontier", []),
+            Path(tmp) / "f.png",
+            incomplete=flagged,
+        )
+        uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+
+    def delta(c: dict[str, Any], axis: str) -> tuple[str, str]:
+        d = c.get("vs_aligned", {}).get(axis)
+        if not d:
+            return "—", ""
+        low, high = d["ci"]
+        mark = "better" if d["significant"] and d["delta"] > 0 else "worse" if d["significant"] else ""
+        return f"{_fmt_delta(d['delta'])} [{_fmt_delta(low)}, {_fmt_delta(high)}]", mark
+
+    tasks = list(dict.fromkeys(t for c in candidates.values() for t in c.get("tasks", {})))
+    rows = []
+    order = sorted(candidates, key=lambda n: (candidates[n]["family"], candidates[n].get("safety") or 0))
+    for n in order:
+        c = candidates[n]
+        ds, ds_class = delta(c, "safety")
+        dc, dc_class = delta(c, "capability")
+        rows.append(
+            {
+                "name": n,
+                "family": c["family"] if not c.get("merge") else c["merge"],
+                "alphas": ", ".join(f"{a:g}" for a in c.get("alphas", [])),
+                "safety": _fmt(c.get("safety")),
+                "capability": _fmt(c.get("capability")),
+                "d_safety": ds,
+                "d_safety_class": ds_class,
+                "d_capability": dc,
+                "d_capability_class": dc_class,
+                "on_frontier": "yes" if c.get("on_frontier") else "",
+                "complete": ""
+                if c.get("complete", True)
+                else "incomplete: " + ", ".join(c["incomplete_tasks"]),
+                "tasks": [_fmt((c.get("tasks", {}).get(t) or {}).get("value")) for t in tasks],
+            }
+        )
+    return {
+        "png": uri,
+        "rows": rows,
+        "tasks": tasks,
+        "frontier": ", ".join(data.get("frontier", [])),
+        "hypervolume": _fmt(data.get("hypervolume"), 4),
+        "dominate_aligned": ", ".join(data.get("dominate_aligned", [])) or "none",
+        "significant": ", ".join(data.get("better_than_aligned_significantly", [])) or "none",
+        "base": data.get("base", ""),
+        "aligned": data.get("aligned", ""),
+        "note": data.get("note", ""),
+    }
+
+
 def _category_png(report: AuditReport, task: str, categories: list[str]) -> str:
     import numpy as np
 
@@ -427,6 +497,7 @@ def _context(report: AuditReport) -> dict[str, Any]:
     ctx["datasets"] = report.datasets
     ctx["timings"] = [(k, f"{v:.1f}") for k, v in report.timings.items()]
     ctx["timeline"], ctx["timeline_totals"], ctx["timeline_png"] = _timeline_context(report)
+    ctx["frontier"] = _frontier_context(report)
     ctx["settings"] = [(k, _scalar(v)) for k, v in report.settings.items()]
     return ctx
 

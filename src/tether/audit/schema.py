@@ -295,6 +295,8 @@ class AuditReport(_Record):
     prompt_type_deltas: list[CategoryDelta] = Field(default_factory=list)
     # --- stage timeline from the run's spans (issue #21) ---
     timeline: list[StageTiming] = Field(default_factory=list)
+    # --- mitigation frontier (issue #18): `tether frontier`'s frontier.json, when this report is its audit ---
+    frontier: dict[str, Any] | None = None
 
     def summary(self, model: str, task: str) -> TaskSummary | None:
         for s in self.tasks:

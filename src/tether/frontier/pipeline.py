@@ -27,6 +27,7 @@ from typing import Any
 
 from tether.audit.cache import ResultCache, default_cache_path
 from tether.audit.pareto import pareto_front
+from tether.audit.report import write_report
 from tether.audit.schema import AuditReport
 from tether.audit.sweep import run_audit, run_task
 from tether.errors import ConfigError
@@ -367,6 +368,8 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
     }
     ctx.run.artifact("frontier.json").write_text(json.dumps(out, indent=2))
     plot_frontier(points, families, summary["frontier"], ctx.run.artifact("frontier.png"), incomplete=flagged)
+    # The audit's HTML gains the frontier as a section (its own report.json keeps it too).
+    write_report(audit.model_copy(update={"frontier": out}), ctx.run.path / "audit")
     return {
         "candidates": len(found),
         "frontier": summary["frontier"],
