@@ -398,14 +398,19 @@ def test_frontier_run_selects_on_validation_reports_test_and_resumes(tmp_path):
     searched = len(json.loads((run.path / "per_block.json").read_text())["validation"])
     assert searched == 8  # 2 ** 3 combinations, base and aligned among them
     made = builder.log
+    # ALIGNED alone first (the signal check), then every combination (ALIGNED's items from the cache)
+    assert made[0][0] == "aligned" and made[0][1].calls and not made[1][1].calls
+    search_engines = searched + 1
     sides = [{item_side("mmlu", r.id) for r in e.scored} for _, e in made]
-    assert all(s == {"validation"} for s in sides[:searched]), sides[:searched]
-    assert all(s <= {"test"} for s in sides[searched:]) and any(sides[searched:])
+    assert sides[0] == {"validation"} and all(s <= {"validation"} for s in sides[:search_engines]), sides
+    assert all(s <= {"test"} for s in sides[search_engines:]) and any(sides[search_engines:])
     calls = sum(len(e.calls) for _, e in made)
     assert calls > 0
     # the report stage scored nothing: every item came from the cache
-    audited = {n for n, e in made[searched:] if e.calls}
-    assert len(made) - searched == 2 * len(names)  # one engine per candidate in its stage, one in the report
+    audited = {n for n, e in made[search_engines:] if e.calls}
+    assert len(made) - search_engines == 2 * len(
+        names
+    )  # one engine per candidate in its stage, one in the report
     assert len(audited) == len(names)
     assert all(not e.calls for _, e in made[-len(names) :])
     # a rerun finds every stage finished: no engine, no call
@@ -477,3 +482,14 @@ def test_incomplete_candidates_are_placed_flagged_and_never_on_the_frontier(tmp_
         incomplete=_incomplete_points(report),
     )  # fmt: skip
     assert path.stat().st_size > 1000
+
+
+def test_a_frontier_without_signal_stops_after_auditing_aligned_alone(tmp_path):
+    """No capability task (so no frontier to search): the run says so after auditing ALIGNED on the
+    validation side, before building any per-block combination."""
+    from tether.errors import ConfigError
+
+    builder = FakeBuilder()
+    with pytest.raises(ConfigError, match="no frontier"):
+        _run(tmp_path, builder, [*SMALL[1:], "tasks=overrefusal"])
+    assert builder.made == ["aligned"]

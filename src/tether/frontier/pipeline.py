@@ -157,20 +157,26 @@ def search(ctx: FrontierContext) -> dict[str, Any]:
         engines[spec] = ctx.engine(spec, recipes[spec])
         return engines[spec]
 
+    def audit(names: list[str]) -> AuditReport:
+        return run_audit(
+            names,
+            ctx.tasks("validation"),
+            ctx.run.path / "validation",
+            limit=cfg.validation_limit or ctx.config.limit,
+            seed=ctx.config.seed,
+            engine_config=ctx.config.engine,
+            names=names,
+            cache=ctx.cache_path,
+            load_engine=load,
+            progress=ctx.progress,
+        )
+
     ctx.say(f"per-block search: {len(recipes)} combinations on the validation side")
-    report = run_audit(
-        list(recipes),
-        ctx.tasks("validation"),
-        ctx.run.path / "validation",
-        limit=cfg.validation_limit or ctx.config.limit,
-        seed=ctx.config.seed,
-        engine_config=ctx.config.engine,
-        names=list(recipes),
-        cache=ctx.cache_path,
-        load_engine=load,
-        progress=ctx.progress,
-    )
-    points = _points(report)
+    # ALIGNED first: without a safety task and a capability task with signal on it there is no
+    # frontier to search, and that must stop the run before the other combinations are audited.
+    # Its items are cached, so the full audit below does not score them again.
+    _points(audit(["aligned"]))
+    points = _points(audit(list(recipes)))
     blocky = [n for n in points if recipes[n].uniform is None]
     front = [n for n, on in zip(blocky, pareto_front([points[n] for n in blocky]), strict=True) if on]
     chosen = _spread(front, points, cfg.keep)
