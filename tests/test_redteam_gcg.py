@@ -280,3 +280,5 @@ def test_campaign_with_gcg_resumes_per_goal(tmp_path, engine):
     cost = report["results"]["gcg"]["cost"]
     assert cost["gradient_steps"] == 4 and cost["target_queries"] == 4 and cost["optimise_seconds"] >= 0
     assert report["strategies"]["gcg"]["steps"] == 2
+    html = (run.path / "redteam.html").read_text()
+    assert f'<td class="num">4 ({cost["optimise_seconds"]})</td>' in html  # gradient steps (s)
