@@ -110,6 +110,12 @@ def test_loss_never_increases_and_falls_from_the_start(box):
     assert not torch.equal(search.suffix, start)
     # The loss kept is the suffix's loss, not a stale number.
     assert float(search.losses(search.suffix.unsqueeze(0))[0]) == pytest.approx(search.loss, rel=1e-4)
+    # One random swap a step is usually worse than the current suffix: it is then not taken.
+    narrow = SuffixSearch(box, GOAL.text, GCGConfig(**{**SMALL, "search_width": 1, "topk": 4000}), seed=1)
+    for _ in range(8):
+        narrow.step()
+    assert all(b <= a for a, b in zip(narrow.history, narrow.history[1:], strict=False))
+    assert len(set(narrow.history)) < len(narrow.history)  # some steps kept the old suffix
 
 
 def test_candidates_retokenize_to_themselves_and_use_no_disallowed_token(box):
