@@ -427,8 +427,8 @@ def test_bad_config_names_the_field():
         load_redteam_config(None, ["strategies=[pair,tapp]"])
     with pytest.raises(ConfigError, match=r"strategies: no strategy"):
         load_redteam_config(None, ["strategies=[]"])
-    with pytest.raises(ConfigError, match=r"GCG .* not built yet"):
-        load_redteam_config(None, ["strategies=[gcg]"])
+    with pytest.raises(ConfigError, match=r"strategies: a strategy is listed twice"):
+        load_redteam_config(None, ["strategies=[gcg,gcg]"])
     with pytest.raises(ConfigError, match=r"goals: .*the goal set is empty"):
         load_redteam_config(
             None, ["goals.categories=[illegal]", "goals.exclude_categories=[illegal]"], check=True

@@ -18,7 +18,9 @@ the strategy. The driver also owns the rules every strategy shares:
 
 Strategies: ``templates`` (jailbreak templates and mutations of the plain request), ``pair``
 (PAIR-style refinement streams), ``tap`` (TAP-style tree with off-topic pruning by MiniLM
-similarity) and ``crescendo`` (multi-turn escalation, backtracking on refusal).
+similarity), ``crescendo`` (multi-turn escalation, backtracking on refusal) and ``gcg`` (an
+adversarial suffix optimised on the target's own gradients, ``tether.redteam.gcg``; its gradient
+steps are not queries, only the prompts it sends are).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import codecs
 import json
 import random
 import re
+import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -93,6 +96,7 @@ class AttackContext:
     config: RedteamConfig
     templates: list[Any] = field(default_factory=list)  # JailbreakTemplate, for ``templates``
     embedder: Embedder | None = None  # MiniLM, for ``tap``
+    white_box: Any | None = None  # tether.redteam.gcg.WhiteBox (the target's weights), for ``gcg``
     refusal: RuleRefusalJudge = field(default_factory=RuleRefusalJudge)
 
     def similarity(self, goal: str, texts: Sequence[str]) -> list[float]:
@@ -123,6 +127,8 @@ class GoalState:
     backtracks: int = 0
     target_tokens: int = 0
     attacker_tokens: int = 0
+    gradient_steps: int = 0
+    optimise_seconds: float = 0.0
 
     @property
     def queries(self) -> int:
@@ -161,6 +167,8 @@ class GoalState:
             "backtracks": self.backtracks,
             "target_tokens": self.target_tokens,
             "attacker_tokens": self.attacker_tokens,
+            "gradient_steps": self.gradient_steps,
+            "optimise_seconds": round(self.optimise_seconds, 2),
             "success": success,
             "attempts": self.attempts,
         }
@@ -436,11 +444,38 @@ def crescendo_attack(goal: Goal, state: GoalState, ctx: AttackContext) -> Attack
         refused = None
 
 
+# --- GCG ------------------------------------------------------------------------------------------
+
+
+def gcg_attack(goal: Goal, state: GoalState, ctx: AttackContext) -> AttackGen:
+    """An adversarial suffix optimised on the target's gradients (``tether.redteam.gcg``); at each
+    checkpoint (``gcg.query_every``) the goal plus the current suffix is one target query, judged
+    like any other. Optimisation stops at the first success or when the budget is spent."""
+    from tether.redteam.gcg import SuffixSearch, checkpoints
+
+    if ctx.white_box is None:
+        raise RuntimeError("gcg needs the target's weights (AttackContext.white_box)")
+    cfg = ctx.config.gcg
+    began = time.perf_counter()
+    search = SuffixSearch(ctx.white_box, goal.text, cfg, seed=ctx.config.seed)
+    for at in checkpoints(cfg.steps, state.budget, cfg.query_every):
+        if state.left <= 0:
+            return
+        while search.steps < at:
+            search.step()
+        state.gradient_steps = search.steps
+        state.optimise_seconds += time.perf_counter() - began
+        meta = {"step": at, "loss": round(search.loss, 4), "suffix": search.suffix_text}
+        yield [Ask("target", search.message, meta=meta)]
+        began = time.perf_counter()
+
+
 STRATEGY_FUNCTIONS: dict[str, Strategy] = {
     "templates": templates_attack,
     "pair": pair_attack,
     "tap": tap_attack,
     "crescendo": crescendo_attack,
+    "gcg": gcg_attack,
 }
 
 

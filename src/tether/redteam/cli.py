@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(
-    help="Red teaming: adaptive attacks (templates, PAIR, TAP, Crescendo) on held-out HarmBench goals, "
+    help="Red teaming: adaptive attacks (templates, PAIR, TAP, Crescendo, GCG) on held-out HarmBench goals, "
     "judged by harmful content; ASR vs query budget; found attacks exported for CAI and the audit.",
     no_args_is_help=True,
 )

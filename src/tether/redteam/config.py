@@ -9,9 +9,8 @@ from pydantic import Field, field_validator
 from tether.config import EngineConfig, StrictModel
 from tether.inputs import check_known
 
-# Every strategy name a config may list; ``gcg`` is declared but not built yet (it raises).
+# Every strategy name a config may list.
 STRATEGIES: tuple[str, ...] = ("templates", "pair", "tap", "crescendo", "gcg")
-NOT_BUILT = {"gcg": "GCG (white-box gradient suffixes, e.g. the nanogcg package) is not built yet"}
 
 
 class GoalsConfig(StrictModel):
@@ -76,11 +75,23 @@ class CrescendoConfig(StrictModel):
 
 
 class GCGConfig(StrictModel):
-    """GCG (Zou et al. 2023): white-box adversarial suffixes. Declared so configs can name the
-    budget; listing ``gcg`` in ``strategies`` raises a "not built yet" error."""
+    """GCG (Zou et al. 2023): an adversarial suffix optimised by token gradients on a white-box
+    (local) target. Gradient steps are not queries: the target is queried with the current suffix
+    at the checkpoints ``query_every`` sets, each query counted against ``queries_per_goal``."""
 
-    steps: int = Field(50, ge=1, description="Optimisation steps (CPU: small; GPU config: more).")
-    search_width: int = Field(64, ge=1, description="Candidate suffixes per step.")
+    steps: int = Field(
+        20, ge=1, description="Optimisation steps per goal, at most (CPU: small; GPU config: more)."
+    )
+    search_width: int = Field(64, ge=1, description="Candidate suffixes (single-token swaps) per step.")
+    topk: int = Field(256, ge=1, description="Tokens of most negative gradient a position may swap to.")
+    suffix_tokens: int = Field(20, ge=1, description="Suffix length in tokens (start: 'x x x ...').")
+    query_every: int | None = Field(
+        None,
+        ge=1,
+        description="Query the target after every this many steps and after the last; null: "
+        "min(queries_per_goal, steps) queries spread evenly over the steps.",
+    )
+    batch_size: int = Field(64, ge=1, description="Candidates per forward pass (memory, not results).")
 
 
 class RedteamConfig(StrictModel):
@@ -104,7 +115,9 @@ class RedteamConfig(StrictModel):
     queries_per_goal: int = Field(
         20, ge=1, description="Budget: target queries per goal and strategy (the ASR curve runs 1..this)."
     )
-    seed: int = Field(0, description="Seed for goal and template sampling and attacker sampling.")
+    seed: int = Field(
+        0, description="Seed for goal and template sampling, attacker sampling and the GCG swaps."
+    )
     target_max_new_tokens: int = Field(96, ge=1, description="Tokens per target reply (greedy).")
     attacker_max_new_tokens: int = Field(96, ge=1, description="Tokens per attacker proposal.")
     attacker_temperature: float = Field(
@@ -128,9 +141,6 @@ class RedteamConfig(StrictModel):
         if not names:
             raise ValueError(f"no strategy listed; use some of {', '.join(STRATEGIES)}")
         check_known(names, STRATEGIES, "strategy")
-        built = [n for n in names if n in NOT_BUILT]
-        if built:
-            raise ValueError("; ".join(NOT_BUILT[n] for n in built) + ": remove it from strategies")
         if len(set(names)) != len(names):
             raise ValueError("a strategy is listed twice")
         return names
@@ -138,3 +148,15 @@ class RedteamConfig(StrictModel):
     @property
     def attacker_spec(self) -> str:
         return self.attacker or self.target
+
+    def white_box_problem(self) -> str | None:
+        """Why ``target`` cannot be attacked by the strategies listed (gcg needs local weights)."""
+        from tether.engine.served import is_served
+
+        if "gcg" in self.strategies and is_served(self.target, self.engine.backend):
+            how = "is served" if self.target.startswith("openai:") else "is served (engine.backend=openai)"
+            return (
+                f"{self.target!r} {how}, and gcg needs the target's weights and gradients: "
+                "use a local model or drop gcg from strategies"
+            )
+        return None

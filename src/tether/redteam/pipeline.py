@@ -105,6 +105,10 @@ def attack_stage(strategy: str) -> Stage:
         )
         if todo:
             target = ctx.engines.get(config.target)
+            if strategy == "gcg":
+                from tether.redteam.gcg import WhiteBox
+
+                attack_ctx.white_box = WhiteBox.of(target)
             ctx.say(f"redteam {strategy}: {len(todo)} goal(s) to attack ({len(done)} already done)")
             with JsonlAppender(path) as out:
                 run_goals(
@@ -188,6 +192,9 @@ def run_redteam(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run (or resume) the campaign into ``run``; return the report's headline per strategy."""
+    problem = config.white_box_problem()
+    if problem:  # before any model loads
+        raise ConfigError(problem, where="target")
     began = time.perf_counter()
     ctx = RedteamContext(
         run=run,
@@ -211,6 +218,9 @@ def check_redteam_config(config: RedteamConfig) -> list[Problem]:
     from tether.models.spec import check_spec
 
     problems = check_value("target", lambda: check_spec(config.target))
+    problem = config.white_box_problem()
+    if problem:
+        problems.append((("target",), problem))
     if config.attacker is not None:
         problems += check_value("attacker", lambda: check_spec(config.attacker))
     problems += check_value("goals", lambda: select_goals(config.goals, config.seed))

@@ -69,6 +69,8 @@ def strategy_summary(
             "mean_queries_to_success": round(sum(r["first_success"] for r in successes) / len(successes), 2)
             if successes
             else None,
+            "gradient_steps": sum(r.get("gradient_steps", 0) for r in records),
+            "optimise_seconds": round(sum(r.get("optimise_seconds", 0.0) for r in records), 1),
             "seconds": seconds,
             "seconds_per_goal": round(seconds / len(records), 2) if seconds and records else None,
         },
