@@ -87,7 +87,7 @@ def make_inputs(root: Path) -> Path:
         "cai-tasks.yaml": "audit:\n  tasks: [harmfull_refusal]\n",
         "rlhf-typo.yaml": "policy: defualt\n",
         "redteam-strat.yaml": "strategies: [templates, pear]\n",
-        "redteam-gcg.yaml": "strategies: [pair, gcg]\n",
+        "redteam-gcg.yaml": "strategies: [pair, gcg]\ntarget: openai:some-model\n",
         "redteam-typo.yaml": "target: defualt\n",
         "redteam-goals.yaml": "goals:\n  categories: [illegal]\n  exclude_categories: [illegal]\n",
         "redteam-cats.yaml": "goals:\n  categories: [ilegal]\n",
@@ -300,7 +300,7 @@ CASES: list[Case] = [
     case("cai-validate-tag", "cai validate {d}/const-tag.yaml", "const-tag.yaml:5", "harmfull", "harmful"),
     # --- redteam
     case("redteam-run-strategy", "redteam run {d}/redteam-strat.yaml --out {d}/runs/rt", "redteam-strat.yaml:1", "strategies", "pear"),
-    case("redteam-run-gcg", "redteam run {d}/redteam-gcg.yaml --out {d}/runs/rt", "strategies", "not built yet"),
+    case("redteam-run-gcg", "redteam run {d}/redteam-gcg.yaml --out {d}/runs/rt", "target", "gcg needs the target's weights"),
     case("redteam-run-target", "redteam run {d}/redteam-typo.yaml --out {d}/runs/rt", "target", "default"),
     case("redteam-run-goals", "redteam run {d}/redteam-goals.yaml --out {d}/runs/rt", "goals", "empty"),
     case("redteam-run-cats", "redteam run {d}/redteam-cats.yaml --out {d}/runs/rt", "goals.categories", "ilegal"),
