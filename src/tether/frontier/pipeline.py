@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,26 @@ class FrontierContext(StageContext):
 # --- stages -----------------------------------------------------------------------------------------
 
 
+def _audit(
+    ctx: FrontierContext, recipes: Mapping[str, Recipe], names: list[str], side: str, limit: int | None
+) -> AuditReport:
+    """An audit of the candidates ``names`` (built from ``recipes``) on one side of the split: the
+    validation side into ``validation/``, the test side into ``audit/``; items come from the shared
+    cache where an earlier stage scored them."""
+    return run_audit(
+        names,
+        ctx.tasks(side),
+        ctx.run.path / ("validation" if side == "validation" else "audit"),
+        limit=limit,
+        seed=ctx.config.seed,
+        engine_config=ctx.config.engine,
+        names=names,
+        cache=ctx.cache_path,
+        load_engine=lambda spec, _config, _tracer: ctx.engine(spec, recipes[spec]),
+        progress=ctx.progress,
+    )
+
+
 def plan(ctx: FrontierContext) -> dict[str, Any]:
     cfg = ctx.config
     recipes = [Recipe("reference", (1.0,)), Recipe("reference", (0.0,))]
@@ -151,25 +171,9 @@ def search(ctx: FrontierContext) -> dict[str, Any]:
     for combo in itertools.product(sorted(set(cfg.grid)), repeat=cfg.blocks):
         r = Recipe("per-block", tuple(combo))
         recipes.setdefault(candidate_name(r), r)
-    engines: dict[str, Any] = {}
-
-    def load(spec, _config, _tracer):
-        engines[spec] = ctx.engine(spec, recipes[spec])
-        return engines[spec]
 
     def audit(names: list[str]) -> AuditReport:
-        return run_audit(
-            names,
-            ctx.tasks("validation"),
-            ctx.run.path / "validation",
-            limit=cfg.validation_limit or ctx.config.limit,
-            seed=ctx.config.seed,
-            engine_config=ctx.config.engine,
-            names=names,
-            cache=ctx.cache_path,
-            load_engine=load,
-            progress=ctx.progress,
-        )
+        return _audit(ctx, recipes, names, "validation", cfg.validation_limit or ctx.config.limit)
 
     ctx.say(f"per-block search: {len(recipes)} combinations on the validation side")
     # ALIGNED first: without a safety task and a capability task with signal on it there is no
@@ -235,26 +239,8 @@ def _order(run: Run) -> list[str]:
 
 
 def report(ctx: FrontierContext) -> dict[str, Any]:
-    found = candidates(ctx.run)
     names = _order(ctx.run)
-    engines: dict[str, Any] = {}
-
-    def load(spec, _config, _tracer):
-        engines[spec] = ctx.engine(spec, found[spec])
-        return engines[spec]
-
-    result = run_audit(
-        names,
-        ctx.tasks("test"),
-        ctx.run.path / "audit",
-        limit=ctx.config.limit,
-        seed=ctx.config.seed,
-        engine_config=ctx.config.engine,
-        names=names,
-        cache=ctx.cache_path,
-        load_engine=load,
-        progress=ctx.progress,
-    )
+    result = _audit(ctx, candidates(ctx.run), names, "test", ctx.config.limit)
     incomplete = [f"{s.model} / {s.task}" for s in result.tasks if not s.complete]
     return {"report": "audit/report.json", "models": len(names), "incomplete": incomplete}
 
