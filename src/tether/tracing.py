@@ -424,17 +424,11 @@ def format_tree(spans: Sequence[Mapping[str, Any]], *, items: bool = False) -> s
         else:
             roots.append(s)
 
-    def subtree(s) -> list[Mapping[str, Any]]:
-        out = [s]
-        for c in children.get(s["spanId"], []):
-            out += subtree(c)
-        return out
-
     lines: list[str] = []
 
     def show(s, depth: int) -> None:
         seconds = (s["end"] - s["start"]) / 1e9
-        calls, tokens_in, tokens_out = token_totals(subtree(s))
+        calls, tokens_in, tokens_out = token_totals(_subtree(s, children))
         a = s["attributes"]
         extra = [f"{seconds:.3f} s"]
         if calls:
