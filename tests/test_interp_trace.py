@@ -13,13 +13,17 @@ from tether.cli import app
 from tether.config import EngineConfig
 from tether.errors import DataError
 from tether.interp.config import TraceConfig
-from tether.interp.hooks import hook_name, run_with_cache
+from tether.interp.hooks import find_layers, hook_name, run_with_cache
 from tether.interp.trace import (
     Fact,
+    _corrupted_runs,
+    _Restore,
+    _windows,
     aggregate,
     encode_fact,
     read_facts,
     restored_probs,
+    reused_probs,
     token_groups,
     trace_fact,
 )
@@ -74,6 +78,35 @@ def test_rows_of_one_batch_do_not_leak_into_each_other(engine):
         for i, r in enumerate(rows)
     ]
     assert together.tolist() == pytest.approx(alone, rel=1e-4)
+
+
+def test_reusing_the_corrupted_runs_gives_the_same_numbers(engine):
+    """The fast path (KV cache of the corrupted run before t, layers below the restore skipped)
+    equals the plain restored run for every kind, layer and token, mixing starts in one batch."""
+    ids, subject, answer, clean, _, noise = _setup(engine)
+    corrupted = _corrupted_runs(engine.model, ids, subject, answer, noise)
+    plain = restored_probs(engine.model, ids, subject, answer, noise, [[], [], []], clean)
+    assert corrupted.probs.tolist() == pytest.approx(plain.tolist(), rel=1e-5)
+    n = len(find_layers(engine.model))
+    for t in range(subject[0], len(ids)):
+        rows = []
+        for point in ("hook_resid_post", "hook_mlp_out", "hook_attn_out"):
+            for layer in range(n):
+                span = [layer] if point == "hook_resid_post" else list(_windows(layer, n, 2))
+                rows += [_Restore(s, t, span[0], tuple(hook_name(j, point) for j in span)) for s in range(3)]
+        fast = reused_probs(engine.model, ids, answer, corrupted, rows, clean)
+        plain = restored_probs(
+            engine.model,
+            ids,
+            subject,
+            answer,
+            noise[[r.sample for r in rows]],
+            [[(name, t) for name in r.points] for r in rows],
+            clean,
+        )
+        assert fast.tolist() == pytest.approx(plain.tolist(), rel=1e-4), t
+    # a skipped layer is put back: the model runs normally afterwards
+    assert all("forward" not in layer.__dict__ for layer in find_layers(engine.model).layers)
 
 
 def test_trace_fact_grids(engine):

@@ -10,8 +10,17 @@ answer its continuation, e.g. " Paris"):
    layer l at token t, or (ROME's windows) the MLP or attention outputs of the ``window`` layers
    around l at token t; its p(answer) says how much of the fact that state carries.
 
-Restorations are batched: one forward pass holds up to ``batch_size`` restored runs, each row with
-its own noise and its own (layer, token), and only the last position's logits are computed.
+Restored runs reuse the corrupted runs (:func:`reused_probs`), which gives the same numbers as
+running each one whole (:func:`restored_probs`, kept as the reference and tested against it):
+
+* a restore at token t changes nothing before t (the model is causal), so positions before t come
+  from the corrupted run's KV cache and only tokens t… are run;
+* a restore at layer l (a window's first layer) changes nothing below l, so the row enters layer l
+  with the corrupted run's input there, and a batch skips the layers below all of its rows' starts.
+
+On the default model that is about a third of the work. Rows are batched by token, ``batch_size``
+per forward pass, each row with its own noise and its own restore; only the last position's logits
+are computed.
 Per prompt the result is ``[tokens, layers]`` per kind; across prompts, tokens are grouped as ROME
 does (first / middle / last subject token, first subsequent token, further tokens, last token).
 """
@@ -19,16 +28,17 @@ does (first / middle / last subject token, first subsequent token, further token
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.errors import DataError
 from tether.interp.config import TraceConfig
-from tether.interp.hooks import find_layers, hook_name, hooked
+from tether.interp.hooks import find_layers, hook_name, hooked, parse_name
 
 KINDS = {"residual": "hook_resid_post", "mlp": "hook_mlp_out", "attention": "hook_attn_out"}
 GROUPS = (
@@ -140,6 +150,132 @@ def _windows(layer: int, n_layers: int, window: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
+class _Corrupted(NamedTuple):
+    """The corrupted runs of one prompt, one per noise sample: what enters each layer
+    (``[samples, tokens, d]``), the per-layer keys and values, and p(answer)."""
+
+    inputs: list[torch.Tensor]
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]
+    probs: torch.Tensor
+    layer_returns_tuple: bool
+
+
+def _corrupted_runs(
+    model: Any, ids: Sequence[int], subject: Sequence[int], answer: int, noises: torch.Tensor
+) -> _Corrupted:
+    layers = find_layers(model)
+    batch = torch.tensor([list(ids)] * noises.shape[0], device=noises.device)
+    inputs: dict[int, torch.Tensor] = {}
+    returns_tuple: list[bool] = []
+
+    def corrupt(x: torch.Tensor, _name: str) -> torch.Tensor:
+        x = x.clone()
+        x[:, list(subject)] += noises.to(x.dtype)
+        return x
+
+    def keep(x: torch.Tensor, name: str) -> None:
+        inputs[parse_name(name, len(layers))[0]] = x.detach()
+
+    hooks: dict[str, Any] = {hook_name(i, "hook_resid_pre"): [keep] for i in range(len(layers))}
+    hooks[hook_name(0, "hook_resid_pre")] = [corrupt, keep]
+    probe = layers.layers[0].register_forward_hook(
+        lambda _m, _a, out: returns_tuple.append(isinstance(out, tuple))
+    )
+    try:
+        with torch.no_grad(), hooked(model, hooks):
+            out = model(input_ids=batch, logits_to_keep=1, use_cache=True)
+    finally:
+        probe.remove()
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    keys_values = [(layer.keys, layer.values) for layer in cache.layers]
+    probs = torch.softmax(out.logits[:, -1].float(), dim=-1)[:, answer].cpu()
+    return _Corrupted([inputs[i] for i in range(len(layers))], keys_values, probs, returns_tuple[0])
+
+
+class _Restore(NamedTuple):
+    """One restored run: noise ``sample``, the clean states copied in at token ``token`` (``points``),
+    and ``start``, the first layer whose output can differ from the corrupted run's."""
+
+    sample: int
+    token: int
+    start: int
+    points: tuple[str, ...]
+
+
+@contextmanager
+def _skipping(layers: Any, below: int, returns_tuple: bool) -> Iterator[None]:
+    """Layers under ``below`` pass their input through unchanged (their work is already known)."""
+
+    def passthrough(hidden_states: torch.Tensor, *_args: Any, **_kwargs: Any) -> Any:
+        return (hidden_states,) if returns_tuple else hidden_states
+
+    try:
+        for layer in layers.layers[:below]:
+            layer.forward = passthrough
+        yield
+    finally:
+        for layer in layers.layers[:below]:
+            layer.__dict__.pop("forward", None)
+
+
+def reused_probs(
+    model: Any,
+    ids: Sequence[int],
+    answer: int,
+    corrupted: _Corrupted,
+    rows: Sequence[_Restore],
+    clean: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """p(answer) of restored runs that all restore at one token t, reusing the corrupted runs:
+    states before t are the corrupted run's (the model is causal), so they come from its KV cache;
+    layers before a row's ``start`` are the corrupted run's too, so the row enters at ``start`` with
+    the corrupted run's input there and the layers below every row's start are skipped. Same
+    numbers as :func:`restored_probs`, at a fraction of the work."""
+    from transformers import DynamicCache
+
+    layers = find_layers(model)
+    token = rows[0].token
+    if any(r.token != token for r in rows):
+        raise ValueError("reused_probs: every row must restore at the same token")
+    device = corrupted.inputs[0].device
+    samples = torch.tensor([r.sample for r in rows], device=device)
+    suffix = torch.tensor([list(ids[token:])] * len(rows), device=device)
+    cache = None
+    if token > 0:
+        cache = DynamicCache(
+            ddp_cache_data=[(k[samples, :, :token], v[samples, :, :token]) for k, v in corrupted.keys_values],
+            config=model.config,
+        )
+    hooks: dict[str, list[Any]] = {}
+    for start in sorted({r.start for r in rows}):
+        which = torch.tensor([i for i, r in enumerate(rows) if r.start == start], device=device)
+        entering = corrupted.inputs[start][samples[which], token:]
+
+        def enter(x: torch.Tensor, _name: str, which=which, entering=entering) -> torch.Tensor:
+            x = x.clone()
+            x[which] = entering.to(x.dtype)
+            return x
+
+        hooks.setdefault(hook_name(start, "hook_resid_pre"), []).append(enter)
+    by_point: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        for name in r.points:
+            by_point.setdefault(name, []).append(i)
+    for name, which_rows in by_point.items():
+        state = clean[name][0, token]
+
+        def restore(x: torch.Tensor, _name: str, which=which_rows, state=state) -> torch.Tensor:
+            x = x.clone()
+            x[which, 0] = state.to(x.dtype)
+            return x
+
+        hooks.setdefault(name, []).append(restore)
+    lowest = min(r.start for r in rows)
+    with torch.no_grad(), hooked(model, hooks), _skipping(layers, lowest, corrupted.layer_returns_tuple):
+        out = model(input_ids=suffix, cache=cache, use_cache=cache is not None, logits_to_keep=1)
+    return torch.softmax(out.logits[:, -1].float(), dim=-1)[:, answer].cpu()
+
+
 def trace_fact(
     model: Any, tokenizer: Any, fact: Fact, noise_std: float, config: TraceConfig
 ) -> dict[str, Any]:
@@ -156,45 +292,38 @@ def trace_fact(
     gen = torch.Generator().manual_seed(config.seed)
     d = model.get_input_embeddings().weight.shape[1]
     noise = torch.randn(config.samples, len(subject), d, generator=gen) * (config.noise * noise_std)
-    noise = noise.to(device)
+    corrupted = _corrupted_runs(model, ids, subject, answer, noise.to(device))
     # A state before the subject is the same in the clean and the corrupted run (the model is
     # causal): restoring it changes nothing, so those cells are the corrupted probability, not run.
     first = subject[0]
-    rows: list[tuple[str, int, int, int]] = [("none", -1, -1, s) for s in range(config.samples)]
-    for kind in KINDS:
-        rows += [
-            (kind, layer, t, s)
-            for layer in range(n_layers)
-            for t in range(first, n_tok)
-            for s in range(config.samples)
-        ]
-    probs = torch.empty(len(rows))
-    for start in range(0, len(rows), config.batch_size):
-        chunk = rows[start : start + config.batch_size]
-        restores = []
-        for kind, layer, t, _s in chunk:
-            if kind == "none":
-                restores.append([])
-            elif kind == "residual":
-                restores.append([(hook_name(layer, KINDS[kind]), t)])
-            else:
-                restores.append(
-                    [(hook_name(j, KINDS[kind]), t) for j in _windows(layer, n_layers, config.window)]
-                )
-        probs[start : start + len(chunk)] = restored_probs(
-            model, ids, subject, answer, noise[[s for *_, s in chunk]], restores, store
-        )
-    corrupted = float(probs[: config.samples].mean())
+    cells: dict[tuple[str, int, int], list[_Restore]] = {}
+    for kind, point in KINDS.items():
+        for layer in range(n_layers):
+            span = [layer] if kind == "residual" else list(_windows(layer, n_layers, config.window))
+            for t in range(first, n_tok):
+                cells[kind, layer, t] = [
+                    _Restore(s, t, span[0], tuple(hook_name(j, point) for j in span))
+                    for s in range(config.samples)
+                ]
+    probs: dict[_Restore, float] = {}
+    for t in range(first, n_tok):
+        # one token at a time (the reused prefix must be the same length), lowest start first so
+        # that each batch skips as many layers as it can
+        at_t = sorted((r for (_k, _l, tt), rs in cells.items() if tt == t for r in rs), key=lambda r: r.start)
+        for begin in range(0, len(at_t), config.batch_size):
+            chunk = at_t[begin : begin + config.batch_size]
+            for r, p in zip(
+                chunk, reused_probs(model, ids, answer, corrupted, chunk, store).tolist(), strict=True
+            ):
+                probs[r] = p
+    corrupted_p = float(corrupted.probs.mean())
     grids = {}
-    offset = config.samples
     for kind in KINDS:
-        size = n_layers * (n_tok - first) * config.samples
-        block = torch.full((n_layers, n_tok), corrupted)
-        block[:, first:] = (
-            probs[offset : offset + size].view(n_layers, n_tok - first, config.samples).mean(-1)
-        )
+        block = torch.full((n_layers, n_tok), corrupted_p)
+        for layer in range(n_layers):
+            for t in range(first, n_tok):
+                block[layer, t] = sum(probs[r] for r in cells[kind, layer, t]) / config.samples
         grids[kind] = block.T.tolist()  # [tokens, layers]
-        offset += size
     return {
         "id": fact.id,
         "prompt": fact.prompt,
@@ -203,7 +332,7 @@ def trace_fact(
         "tokens": [tokenizer.decode([i]) for i in ids],
         "subject_positions": subject,
         "clean_p": clean_p,
-        "corrupted_p": corrupted,
+        "corrupted_p": corrupted_p,
         "grids": grids,
     }
 
