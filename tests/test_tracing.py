@@ -111,6 +111,60 @@ def test_items_carry_their_own_times_and_the_token_totals(traced_run):
     assert calls == 2 and tokens_out == out_tokens  # the items are not counted twice
 
 
+def test_reward_embedder_and_train_step_spans(tiny_model_dir, tmp_path):
+    """The calls that are not the engine's: reward-model scoring (a child per pair with its reward),
+    the embedder (tokens counted) and the training callback (one span per logged interval with the
+    logged numbers), each under its stage and each passing the schema."""
+    from types import SimpleNamespace
+
+    from tether.train.lora import tracer_callback
+    from tether.train.monitors import Embedder
+    from tether.train.reward import RewardModel
+
+    reward_model = RewardModel.from_spec(str(tiny_model_dir), device="cpu")
+    rewards: list[float] = []
+
+    def reward(ctx) -> dict:
+        rewards.extend(reward_model.score(["Sum up: cats", "Sum up: dogs"], ["Cats.", "Dogs bark."]))
+        return {}
+
+    def embed(ctx) -> dict:
+        Embedder().embed(["a cat", "a dog", "the sky"])
+        return {}
+
+    def train(ctx) -> dict:
+        callback = tracer_callback(ctx.run.tracer, "sft")
+        state = SimpleNamespace(global_step=0)
+        callback.on_train_begin(None, state, None)
+        for step, loss in ((1, 2.5), (2, 2.1)):
+            state.global_step = step
+            callback.on_log(None, state, None, logs={"loss": loss, "learning_rate": 1e-4})
+        return {}
+
+    run = Run.create("other-calls", root=tmp_path, job="test")
+    run_stages(
+        run, [Stage("reward", reward), Stage("embed", embed), Stage("train", train)], StageContext(run=run)
+    )
+    run.finish()
+    spans = read_spans(run.path / SPANS_FILENAME)
+    assert check_spans(spans) == []
+    stage_of = {
+        s["spanId"]: s["attributes"].get("tether.stage") for s in spans if s["name"].startswith("stage ")
+    }
+    [call] = [s for s in spans if s["attributes"].get("gen_ai.operation.name") == "reward" and s["kind"] == 3]
+    assert stage_of[call["parentSpanId"]] == "reward" and call["attributes"]["tether.batch.items"] == 2
+    pairs = [s for s in spans if s["parentSpanId"] == call["spanId"]]
+    assert [s["attributes"]["tether.reward"] for s in pairs] == pytest.approx(rewards)
+    assert all(s["attributes"]["gen_ai.usage.input_tokens"] > 0 for s in pairs)
+    [embedding] = [s for s in spans if s["name"] == "embeddings all-MiniLM-L6-v2"]
+    assert stage_of[embedding["parentSpanId"]] == "embed"
+    assert embedding["attributes"]["gen_ai.usage.input_tokens"] >= 6  # three texts, [CLS] and [SEP] each
+    steps = [s for s in spans if s["name"] == "train_step sft"]
+    assert [s["attributes"]["tether.train.loss"] for s in steps] == [2.5, 2.1]
+    assert all(stage_of[s["parentSpanId"]] == "train" for s in steps)
+    assert steps[0]["end"] <= steps[1]["start"] + 1  # consecutive intervals, not one time twice
+
+
 def test_the_file_is_otlp_json_and_traces_jsonl_links_to_it(traced_run):
     run, spans, _ = traced_run
     request = json.loads((run.path / SPANS_FILENAME).read_text().splitlines()[0])
