@@ -387,6 +387,9 @@ def test_frontier_run_selects_on_validation_reports_test_and_resumes(tmp_path):
     assert data["candidates"]["base"]["vs_aligned"]["safety"]["significant"]
     assert "base" in summary["better_than_aligned_significantly"]
     assert data["candidates"]["aligned"]["safety"] < data["candidates"]["base"]["safety"]
+    base = data["candidates"]["base"]
+    low, high = base["safety_ci"]
+    assert low <= base["safety"] <= high and "safety_ci" not in data["candidates"]["aligned"]
     # the audit's report carries the frontier, and its HTML shows it as a section
     from tether.audit import AuditReport
 
@@ -493,3 +496,29 @@ def test_a_frontier_without_signal_stops_after_auditing_aligned_alone(tmp_path):
     with pytest.raises(ConfigError, match="no frontier"):
         _run(tmp_path, builder, [*SMALL[1:], "tasks=overrefusal"])
     assert builder.made == ["aligned"]
+
+
+def test_points_carry_the_ci_of_their_paired_difference_from_aligned(tmp_path):
+    from tether.frontier.pareto import plot_frontier
+    from tether.frontier.pipeline import _intervals
+
+    def axis(delta, low, high):
+        return {"delta": delta, "ci": [low, high]}
+
+    deltas = {
+        "base": {"safety": axis(-0.5, -0.6, -0.4), "capability": axis(0.02, -0.03, 0.07)},
+        "interp-0.50": {"safety": axis(-0.1, -0.2, 0.05)},  # no capability CI: no bars
+    }
+    points = {"base": (0.3, 0.45), "aligned": (0.8, 0.43), "interp-0.50": (0.7, 0.44)}
+    bars = _intervals(points, deltas)
+    assert set(bars) == {"base"}
+    (x_low, x_high), (y_low, y_high) = bars["base"]
+    assert (x_low, x_high) == pytest.approx((0.2, 0.4)) and (y_low, y_high) == pytest.approx((0.40, 0.50))
+    path = plot_frontier(
+        points,
+        {"interpolation": ["base", "aligned"]},
+        ["base", "aligned"],
+        tmp_path / "f.png",
+        intervals=bars,
+    )
+    assert path.stat().st_size > 1000

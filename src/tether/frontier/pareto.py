@@ -49,10 +49,12 @@ def plot_frontier(
     *,
     title: str = "safety-capability frontier",
     incomplete: Mapping[str, Point] | None = None,
+    intervals: Mapping[str, tuple[Point, Point]] | None = None,
 ) -> Path:
     """Safety (x) vs capability (y): one curve per family in its order, the frontier as a step line,
     BASE and ALIGNED labelled; ``incomplete`` candidates (a task with too many unscored answers) as
-    hollow grey markers, off every curve and the frontier."""
+    hollow grey markers, off every curve and the frontier. ``intervals`` ({name: ((x_low, x_high),
+    (y_low, y_high))}) are drawn as error bars around the points."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,6 +84,28 @@ def plot_frontier(
             facecolors="none",
             edgecolors="grey",
             label="incomplete (not on the frontier)",
+        )
+    drawn = {**(incomplete or {}), **{n: p for n, p in points.items() if p is not None}}
+    with_bars = [n for n in (intervals or {}) if n in drawn]
+    if with_bars:
+        xs, ys = [drawn[n][0] for n in with_bars], [drawn[n][1] for n in with_bars]
+        (x_bars, y_bars) = zip(*(intervals[n] for n in with_bars), strict=True)  # type: ignore[index]
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=[
+                [x - lo for x, (lo, _) in zip(xs, x_bars, strict=True)],
+                [hi - x for x, (_, hi) in zip(xs, x_bars, strict=True)],
+            ],
+            yerr=[
+                [y - lo for y, (lo, _) in zip(ys, y_bars, strict=True)],
+                [hi - y for y, (_, hi) in zip(ys, y_bars, strict=True)],
+            ],
+            fmt="none",
+            ecolor="grey",
+            elinewidth=0.8,
+            alpha=0.6,
+            label="95% CI of the paired difference from aligned",
         )
     for name in ("base", "aligned"):
         where = points.get(name) or (incomplete or {}).get(name)

@@ -292,6 +292,25 @@ def _axis_deltas(report: AuditReport) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _intervals(
+    points: dict[str, tuple[float, float]], deltas: dict[str, dict[str, Any]]
+) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+    """Each point's bars: the 95% CI of its paired difference from ALIGNED, placed around the point
+    (what decides whether it beats ALIGNED); none for ALIGNED itself or a point without both CIs."""
+    out = {}
+    for name, (x, y) in points.items():
+        d = deltas.get(name, {})
+        axes = [d.get("safety"), d.get("capability")]
+        if any(a is None or a["delta"] is None or None in a["ci"] for a in axes):
+            continue
+        (lo_x, hi_x), (lo_y, hi_y) = (
+            (v + a["ci"][0] - a["delta"], v + a["ci"][1] - a["delta"])
+            for v, a in zip((x, y), axes, strict=True)
+        )
+        out[name] = ((lo_x, hi_x), (lo_y, hi_y))
+    return out
+
+
 def frontier(ctx: FrontierContext) -> dict[str, Any]:
     audit = AuditReport.load(ctx.run.path / "audit" / "report.json")
     found = candidates(ctx.run)
@@ -354,12 +373,24 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
         "families": families,
         **summary,
         "better_than_aligned_significantly": significant_gain,
-        "note": "significantly better: on at least one axis a paired improvement over ALIGNED that survives "
+        "note": "safety_ci / capability_ci: the 95% CI of the paired difference from ALIGNED, placed "
+        "around the candidate's value (the plot's bars); significantly better: on at least one axis a paired improvement over ALIGNED that survives "
         "the audit's multiple-comparison control, and no significant loss on the other; a candidate with an "
         "incomplete task (complete: false) is placed from the items it scored, flagged, and never on the frontier",
     }
+    intervals = _intervals({**flagged, **points}, deltas)
+    for name, ((x_low, x_high), (y_low, y_high)) in intervals.items():
+        out["candidates"][name]["safety_ci"] = [x_low, x_high]
+        out["candidates"][name]["capability_ci"] = [y_low, y_high]
     ctx.run.artifact("frontier.json").write_text(json.dumps(out, indent=2))
-    plot_frontier(points, families, summary["frontier"], ctx.run.artifact("frontier.png"), incomplete=flagged)
+    plot_frontier(
+        points,
+        families,
+        summary["frontier"],
+        ctx.run.artifact("frontier.png"),
+        incomplete=flagged,
+        intervals=intervals,
+    )
     # The audit's HTML gains the frontier as a section (its own report.json keeps it too).
     write_report(audit.model_copy(update={"frontier": out}), ctx.run.path / "audit")
     return {
