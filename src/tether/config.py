@@ -60,6 +60,20 @@ class ServedConfig(StrictModel):
     )
 
 
+class VLLMConfig(StrictModel):
+    """``engine.backend=vllm`` only: passed to ``vllm.LLM``."""
+
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0.0, le=1.0, description="Fraction of GPU memory vLLM may take (weights + KV cache)."
+    )
+    max_model_len: int | None = Field(None, ge=16, description="Context length; default: the model's.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over.")
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse a shared prefix's KV cache (scoring shares each item's context)."
+    )
+    seed: int = Field(0, description="vLLM's engine seed (each sampled request also gets its own).")
+
+
 class EngineConfig(StrictModel):
     """How models run. Shared by every stage that generates or scores."""
 
@@ -71,6 +85,11 @@ class EngineConfig(StrictModel):
     )
     served: ServedConfig = Field(
         default_factory=ServedConfig, description="Endpoint settings for served models (openai:NAME)."
+    )
+    vllm: VLLMConfig = Field(
+        default_factory=VLLMConfig,
+        description="vLLM settings (engine.backend=vllm; the transformers copy of the model then stays on "
+        "the CPU, for tokenising, training and interpretability).",
     )
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch (sorted by length first).")
     score_batch_size: int = Field(

@@ -39,9 +39,16 @@ def make_backend(loaded: LoadedModel, config: EngineConfig) -> Backend:
             config.decode_step,
             max_row_tokens=config.score_row_tokens,
         )
+    if config.backend == "vllm":
+        from tether.engine.vllm_backend import VLLMBackend, load_llm, merged_model_dir
+
+        options = config.vllm.model_dump(exclude={"seed"})
+        llm = load_llm(merged_model_dir(loaded), dtype=config.dtype, seed=config.vllm.seed, options=options)
+        return VLLMBackend(llm, loaded.tokenizer, HFBackend.eos_ids_of(loaded.model, loaded.tokenizer))
     raise TetherError(
-        f"engine backend '{config.backend}' is not available in this version",
-        hint="use engine.backend=hf; a vLLM backend is planned as the optional GPU extra",
+        f"engine backend '{config.backend}' is not available here",
+        where="engine.backend",
+        hint="use engine.backend=hf (or vllm on a GPU); a served model is a spec openai:NAME",
     )
 
 
@@ -59,7 +66,16 @@ class Engine:
     @classmethod
     def from_spec(cls, spec: str, config: EngineConfig | None = None, tracer: Tracer | None = None) -> Engine:
         config = config or EngineConfig()
-        return cls(load(spec, device=config.device, dtype=config.dtype), config, tracer)
+        # With vLLM on the GPU, the transformers copy only tokenises (and serves training and
+        # interpretability): it stays on the CPU instead of taking GPU memory beside vLLM.
+        if config.backend == "vllm":
+            from tether.engine.vllm_backend import require_vllm
+
+            require_vllm()
+        device = "cpu" if config.backend == "vllm" else config.device
+        return cls(
+            load(spec, device=device, dtype="auto" if device == "cpu" else config.dtype), config, tracer
+        )
 
     @property
     def model(self):

@@ -140,15 +140,20 @@ class HFBackend:
         self._llama_layers = _is_plain_llama(self._decoder)
 
     def _eos_ids(self) -> list[int]:
+        return self.eos_ids_of(self.model, self.tokenizer)
+
+    @staticmethod
+    def eos_ids_of(model, tokenizer) -> list[int]:
+        """Every id that ends a completion: the generation config's and the tokenizer's."""
         ids = set()
-        gen_config = getattr(self.model, "generation_config", None)
+        gen_config = getattr(model, "generation_config", None)
         configured = getattr(gen_config, "eos_token_id", None)
         if isinstance(configured, int):
             ids.add(configured)
         elif configured:
             ids.update(configured)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
+        if tokenizer.eos_token_id is not None:
+            ids.add(tokenizer.eos_token_id)
         return sorted(ids)
 
     # ------------------------------------------------------------------ generation
