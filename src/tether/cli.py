@@ -729,6 +729,8 @@ def config_validate(
 
     if kind is None:
         kind = next((k for k in CONFIG_CLASSES if k in path.stem.lower()), None)
+        if kind is None and "tax" in path.stem.lower():
+            kind = "cai"  # configs/tax.yaml is a CAI run (issue #18's run with a real tax)
         if kind is None:
             raise ConfigError(
                 f"cannot tell the config kind from '{path.name}'",
