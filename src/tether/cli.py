@@ -143,6 +143,7 @@ def _mount_areas() -> None:
     from tether.redteam.cli import app as redteam_app
     from tether.rlhf.cli import app as rlhf_app
     from tether.serve.cli import serve_command
+    from tether.train.cli import app as train_app
 
     app.add_typer(
         cai_app,
@@ -162,6 +163,11 @@ def _mount_areas() -> None:
         interp_app,
         name="interp",
         help="Interpretability: refusal direction and its drift across checkpoints, causal tracing, patching.",
+    )
+    app.add_typer(
+        train_app,
+        name="train",
+        help="Train one adapter (SFT, DPO) on a JSONL file; runs data-parallel under accelerate launch.",
     )
     app.command(
         "audit", help="Audit safety and capability of models/checkpoints; writes report.html and report.json."

@@ -304,6 +304,7 @@ def fit_with_trl(
         data_seed=config.seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # LoRA: every trainable weight is used in each forward
         **extra_args,
         **trainer_precision(trainable.device),
     )
@@ -321,16 +322,20 @@ def fit_with_trl(
     began = time.perf_counter()
     trainer.train()
     trainable.model = trainer.model
-    save_trained(trainable, out)
-    write_train_log(
-        out,
-        trainer.state.log_history,
-        trainer=kind,
-        model_spec=str(model_spec),
-        base=trainable.base_spec,
-        continued_adapter=trainable.continued_adapter,
-        **{counted: len(dataset)},
-        seconds=round(time.perf_counter() - began, 2),
-        config=config.model_dump(mode="json"),
-    )
+    # Under `accelerate launch` every process trains (gradients all-reduced); one writes.
+    if trainer.accelerator.is_main_process:
+        save_trained(trainable, out)
+        write_train_log(
+            out,
+            trainer.state.log_history,
+            trainer=kind,
+            model_spec=str(model_spec),
+            base=trainable.base_spec,
+            continued_adapter=trainable.continued_adapter,
+            **{counted: len(dataset)},
+            processes=trainer.accelerator.num_processes,
+            seconds=round(time.perf_counter() - began, 2),
+            config=config.model_dump(mode="json"),
+        )
+    trainer.accelerator.wait_for_everyone()
     return out
