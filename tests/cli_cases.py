@@ -316,6 +316,12 @@ CASES: list[Case] = [
     case("interp-dir-source", f"interp refusal-direction {T} --set split.harmful_sources=[harmbench]", "harmful_sources"),
     case("interp-dir-task", f"interp refusal-direction {T} --set capability_tasks=arc_esy", "capability_tasks", "arc_easy"),
     case("interp-dir-out-file", f"interp refusal-direction {T} --out {P}", "--out"),
+    # --- train
+    case("train-sft-fields", f"train sft {P} --base {T} --out {{d}}/t", "prompts.jsonl:1", "completion"),
+    case("train-dpo-latin1", f"train dpo {{d}}/latin1.jsonl --base {T} --out {{d}}/t", "latin1.jsonl:1", "UTF-8"),
+    case("train-sft-base-typo", f"train sft {P} --base defualt --out {{d}}/t", "defualt", "default"),
+    case("train-dpo-set", f"train dpo {P} --base {T} --set max_steps=0", "--set", "max_steps"),
+    case("train-sft-out-file", f"train sft {P} --base {T} --out {P}", "--out", "prompts.jsonl"),
     case("interp-trace-latin1", f"interp trace {T} --prompts {{d}}/latin1.jsonl", "latin1.jsonl:1", "UTF-8"),
     case("interp-trace-fields", f"interp trace {T} --prompts {P}", "prompts.jsonl:1", "subject"),
     case("interp-trace-model", "interp trace defualt", "MODEL", "default"),

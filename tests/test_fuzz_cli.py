@@ -55,7 +55,7 @@ def _leaf_commands() -> list[str]:
 
 
 def _command_of(argv: tuple[str, ...]) -> str:
-    groups = {"models", "runs", "config", "cai", "rlhf", "label", "redteam", "interp"}
+    groups = {"models", "runs", "config", "cai", "rlhf", "label", "redteam", "interp", "train"}
     return " ".join(argv[:2]) if argv[0] in groups else argv[0]
 
 

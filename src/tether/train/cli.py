@@ -93,16 +93,13 @@ def _train(
     if kind == "sft":
         from tether.train.sft import SFTTrainConfig as Config
         from tether.train.sft import train_sft as train
-
-        rows = read_lines(data, SFTLine)
     else:
         from tether.train.dpo import DPOTrainConfig as Config
         from tether.train.dpo import train_dpo as train
-
-        rows = read_lines(data, DPOLine)
     config = load_config(Config, config_path, overrides)
     _check_out(out_dir)
     check_spec(base, where="--base")
+    rows = read_lines(data, SFTLine if kind == "sft" else DPOLine)
     adapter = train(base, rows, out_dir, config)
     from accelerate import PartialState
 
