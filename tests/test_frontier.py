@@ -283,7 +283,8 @@ def test_no_candidates_is_an_error():
 
 
 def test_mitigations_not_built_yet_say_so():
-    assert "not built yet" in _config_error(["replay=[0.01]"])
+    assert "replay.fractions" in _config_error(["replay.fractions=[0.0]"])
+    assert "replay.fractions" in _config_error(["replay.fractions=[1.5]"])
     assert "not built yet" in _config_error(["retrain=true"])
     assert "not built yet" in _config_error(["multi_objective=[0.5]"])
 
@@ -522,3 +523,81 @@ def test_points_carry_the_ci_of_their_paired_difference_from_aligned(tmp_path):
         intervals=bars,
     )
     assert path.stat().st_size > 1000
+
+
+def test_replay_retrains_aligned_with_validation_side_capability_examples(tmp_path):
+    """Replay redoes ALIGNED's SFT (its recorded settings, its data) from BASE with a share of
+    capability examples, all from the validation side; each becomes a candidate; a rerun trains
+    nothing again."""
+    from tether.frontier.splits import item_side
+
+    aligned = tmp_path / "cai" / "round1" / "sft"
+    aligned.mkdir(parents=True)
+    (aligned / "train_log.json").write_text(
+        json.dumps({"trainer": "sft", "config": {"max_steps": 3, "learning_rate": 1e-3}})
+    )
+    rows = [{"prompt": f"harmful request {i}", "completion": f"I can't help with {i}."} for i in range(40)]
+    (aligned.parent / "sft_data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = []
+
+    def fake_train(base, examples, out, config):
+        calls.append((base, list(examples), config))
+        Path(out).mkdir(parents=True)
+        (Path(out) / "adapter_config.json").write_text("{}")
+        return Path(out)
+
+    overrides = [
+        *SMALL,
+        "replay.fractions=[0.2,0.05]",
+        "replay.tasks=arc_easy",
+        f"cache={tmp_path / 'c.sqlite'}",
+    ]
+    config = load_config(FrontierConfig, None, overrides)
+
+    def go(builder):
+        run = Run.create("fr", root=tmp_path, job="frontier", config=config)
+        return run, run_frontier(
+            config, "base", str(aligned), run, make_builder=lambda *a: builder, train_replay=fake_train,
+            say=lambda m: None, progress=False,
+        )  # fmt: skip
+
+    run, _ = go(FakeBuilder())
+    assert [len(examples) for _, examples, _ in calls] == [40 + 2, 40 + 10]  # 0.05 and 0.2 of the mix
+    for base, examples, settings in calls:
+        assert base == "base" and settings.max_steps == 3 and settings.learning_rate == 1e-3
+        replayed = [e for e in examples if "task" in e]
+        assert replayed and all(item_side("arc_easy", e["id"]) == "validation" for e in replayed)
+        assert sum(e["prompt"].startswith("harmful request") for e in examples) == 40
+    data = json.loads((run.path / "frontier.json").read_text())
+    assert {"replay-0.05", "replay-0.2"} <= set(data["candidates"])
+    assert data["families"]["replay"] == ["aligned", "replay-0.05", "replay-0.2"]
+    go(FakeBuilder())
+    assert len(calls) == 2  # finished replay stages are not trained again
+
+
+def test_replay_needs_aligned_training_settings(tmp_path):
+    from tether.frontier.pipeline import aligned_train_config
+
+    with pytest.raises(ConfigError) as exc:
+        aligned_train_config(str(tmp_path))
+    assert "train_log.json" in exc.value.render() and "replay.fractions" in exc.value.render()
+
+
+def test_a_trained_adapter_candidate_is_that_adapter(models):
+    """A replay candidate is its adapter loaded beside ALIGNED's: the logits of load(adapter), the
+    fingerprint load() gives it; other recipes still work after it."""
+    import torch
+
+    from tether.models.load import load
+
+    builder = CandidateBuilder(str(models["base"]), str(models["lora"]), CPU)
+    trained = Recipe("replay", adapter=str(models["capability"]))
+    engine = builder.engine("replay-x", trained)
+    engine._ready()
+    want = load(str(models["capability"]), device="cpu")
+    assert torch.allclose(_logits(builder.loaded.model, _ids()), _logits(want.model, _ids()), atol=1e-5)
+    assert engine.fingerprint == want.fingerprint
+    builder.activate(Recipe("reference", (1.0,)))
+    assert torch.allclose(
+        _logits(builder.loaded.model, _ids()), _logits(_load(models["lora"]), _ids()), atol=1e-5
+    )

@@ -48,10 +48,13 @@ class Recipe:
     weights: tuple[float, float] = (1.0, 1.0)
     density: float = 0.5
     seed: int = 0
+    adapter: str | None = None  # a LoRA adapter on BASE trained by the frontier (replay)
 
     def key(self, n_layers: int) -> dict[str, Any]:
         """The canonical description: per-layer α for interpolations (so per-block (a, a, a) and a
         single α = a are one candidate), the merge's parameters otherwise."""
+        if self.adapter:
+            return {"adapter": self.adapter}
         if self.merge:
             return {
                 "merge": self.merge,
@@ -65,7 +68,7 @@ class Recipe:
     @property
     def uniform(self) -> float | None:
         """The one α of an interpolation whose blocks all agree, else None."""
-        if self.merge or len(set(self.alphas)) != 1:
+        if self.merge or self.adapter or len(set(self.alphas)) != 1:
             return None
         return self.alphas[0]
 
@@ -212,6 +215,11 @@ class CandidateBuilder:
     # --------------------------------------------------------------------- identity
 
     def fingerprint(self, recipe: Recipe) -> str:
+        if recipe.adapter:
+            # What load(adapter) gives it, so an ordinary audit of the same adapter shares the cache.
+            from tether.models.cache import directory_fingerprint
+
+            return f"{self.base_fingerprint[:16]}+{directory_fingerprint(Path(recipe.adapter))[:16]}"
         if recipe.uniform == 0.0:
             return self.base_fingerprint
         if recipe.uniform == 1.0:
@@ -235,7 +243,9 @@ class CandidateBuilder:
         if ident == self._active:
             return
         self._active = None  # a failure half-way leaves no stale claim
-        if recipe.merge:
+        if recipe.adapter:
+            self._trained_adapter(recipe)
+        elif recipe.merge:
             self._merge(recipe)
         elif self.lora:
             self._scale_lora(recipe)
@@ -292,6 +302,21 @@ class CandidateBuilder:
                 combination_type=recipe.merge,
                 density=recipe.density,
             )
+        model.set_adapter(name)
+
+    def _trained_adapter(self, recipe: Recipe) -> None:
+        """A LoRA adapter on BASE trained by the frontier (replay): loaded beside ALIGNED's once,
+        then made the active one."""
+        if not self.lora:
+            raise ConfigError(
+                "replay candidates need ALIGNED to be a LoRA adapter (they are adapters on BASE too)",
+                where="replay.fractions",
+                hint="pass the aligned adapter directory as ALIGNED, or leave replay.fractions empty",
+            )
+        model = self.loaded.model
+        name = "trained-" + hashlib.sha256(str(recipe.adapter).encode()).hexdigest()[:12]
+        if name not in model.peft_config:
+            model.load_adapter(str(recipe.adapter), adapter_name=name)
         model.set_adapter(name)
 
     # --------------------------------------------------------------------- engines

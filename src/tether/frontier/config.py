@@ -56,6 +56,35 @@ class MergeConfig(StrictModel):
     )
 
 
+class ReplayConfig(StrictModel):
+    """Capability replay (InstructGPT's PPO-ptx idea, for SFT): ALIGNED's training redone from BASE
+    with the same settings (its ``train_log.json``) on its own data plus capability examples, a
+    share ``fraction`` of the mix. The examples are validation-side items of ``tasks`` (question →
+    correct answer), so the reported test side is never trained on."""
+
+    fractions: list[float] = Field(
+        default_factory=list,
+        description="Capability shares of the training mix, each in (0, 1), e.g. [0.01, 0.05, 0.2]; one "
+        "retrained candidate each.",
+    )
+    data: str | None = Field(
+        None,
+        description="ALIGNED's SFT data, JSONL of {prompt, completion} (default: sft_data.jsonl beside the "
+        "ALIGNED adapter directory, where `tether cai run` writes it).",
+    )
+    tasks: str = Field(
+        "arc_easy,sciq", description="Capability tasks whose validation-side items are replayed."
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        bad = [f for f in value if not 0.0 < f < 1.0]
+        if bad:
+            raise ValueError(f"replay fractions must be strictly between 0 and 1, got {bad[0]}")
+        return sorted(set(value))
+
+
 class FrontierConfig(StrictModel):
     """``tether frontier BASE ALIGNED``: candidates between BASE and ALIGNED, each audited on the test
     side of the tasks; the per-block search reads only the validation side."""
@@ -81,9 +110,9 @@ class FrontierConfig(StrictModel):
     merges: list[MergeConfig] = Field(
         default_factory=list, description="TIES/DARE merges of ALIGNED with capability_adapter."
     )
-    replay: list[float] = Field(
-        default_factory=list,
-        description=f"Capability replay fractions (e.g. [0.01, 0.05, 0.2]); {NOT_BUILT}.",
+    replay: ReplayConfig = Field(
+        default_factory=lambda: ReplayConfig(),
+        description="Capability replay: ALIGNED's SFT redone from BASE with capability examples mixed in.",
     )
     retrain: bool = Field(
         False, description=f"Targeted retraining on the domains the failure analysis flags; {NOT_BUILT}."
@@ -101,7 +130,7 @@ class FrontierConfig(StrictModel):
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
-    @field_validator("replay", "multi_objective")
+    @field_validator("multi_objective")
     @classmethod
     def _not_built_list(cls, value: list[float], info) -> list[float]:
         if value:
@@ -118,9 +147,10 @@ class FrontierConfig(StrictModel):
     @model_validator(mode="after")
     def _some_candidate(self) -> FrontierConfig:
         interp = self.interpolation.enabled and bool(self.interpolation.alphas)
-        if not (interp or self.per_block.enabled or self.merges):
+        if not (interp or self.per_block.enabled or self.merges or self.replay.fractions):
             raise ValueError(
-                "no candidates: interpolation.alphas is empty or disabled, per_block is disabled and merges is empty"
+                "no candidates: interpolation.alphas is empty or disabled, per_block is disabled, merges and "
+                "replay.fractions are empty"
             )
         if self.merges and not self.capability_adapter:
             raise ValueError("merges need capability_adapter (a LoRA adapter on BASE)")
@@ -134,6 +164,8 @@ def check_frontier_config(config: FrontierConfig) -> list:
     from tether.models.spec import check_spec
 
     problems = check_value("tasks", lambda: resolve_tasks(config.tasks))
+    if config.replay.fractions:
+        problems += check_value("replay.tasks", lambda: resolve_tasks(config.replay.tasks))
     if config.capability_adapter:
         problems += check_value(
             "capability_adapter", lambda: check_spec(config.capability_adapter, where="capability_adapter")
@@ -141,4 +173,11 @@ def check_frontier_config(config: FrontierConfig) -> list:
     return problems
 
 
-__all__ = ["FrontierConfig", "InterpolationConfig", "MergeConfig", "PerBlockConfig", "check_frontier_config"]
+__all__ = [
+    "FrontierConfig",
+    "InterpolationConfig",
+    "MergeConfig",
+    "PerBlockConfig",
+    "ReplayConfig",
+    "check_frontier_config",
+]

@@ -47,6 +47,8 @@ def default_builder(base: str, aligned: str, config: FrontierConfig) -> Candidat
 
 def candidate_name(recipe: Recipe) -> str:
     """base, aligned, interp-0.30, block-0.00-0.50-1.00, ties-w1,1-d0.5."""
+    if recipe.adapter:
+        return f"{recipe.family}-{Path(recipe.adapter).name}"
     if recipe.merge:
         w = ",".join(f"{x:g}" for x in recipe.weights)
         return f"{recipe.merge}-w{w}-d{recipe.density:g}"
@@ -67,6 +69,7 @@ def _recipe_json(recipe: Recipe) -> dict[str, Any]:
         "weights": list(recipe.weights),
         "density": recipe.density,
         "seed": recipe.seed,
+        "adapter": recipe.adapter,
     }
 
 
@@ -78,6 +81,7 @@ def _recipe(data: dict[str, Any]) -> Recipe:
         weights=tuple(data["weights"]),
         density=data["density"],
         seed=data["seed"],
+        adapter=data.get("adapter"),
     )
 
 
@@ -87,6 +91,9 @@ class FrontierContext(StageContext):
     base: str
     aligned: str
     make_builder: BuilderFactory = default_builder
+    train_replay: Callable[..., Any] | None = (
+        None  # (base, rows, out_dir, config) -> out_dir; None: train_sft
+    )
     progress: bool = True
     _builder: Any = None
     _tasks: list[Task] | None = None
@@ -146,11 +153,101 @@ def plan(ctx: FrontierContext) -> dict[str, Any]:
         Recipe(m.method, merge=m.method, weights=m.weights, density=m.density, seed=cfg.seed)
         for m in cfg.merges
     ]
+    recipes += [Recipe("replay", adapter=str(ctx.run.artifact(replay_dir(f)))) for f in cfg.replay.fractions]
     out: dict[str, dict[str, Any]] = {}
     for r in recipes:
         out.setdefault(candidate_name(r), _recipe_json(r))  # α = 0 and 1 are the references
     ctx.run.artifact("candidates.json").write_text(json.dumps(out, indent=2))
     return {"candidates": len(out), "names": list(out)}
+
+
+def replay_dir(fraction: float) -> str:
+    return f"replay/{fraction:g}"
+
+
+def replay_data_path(aligned: str, config: FrontierConfig) -> Path:
+    """ALIGNED's SFT data: ``replay.data``, else ``sft_data.jsonl`` beside the adapter directory."""
+    if config.replay.data:
+        return Path(config.replay.data)
+    return Path(aligned).expanduser().resolve().parent / "sft_data.jsonl"
+
+
+def aligned_train_config(aligned: str) -> dict[str, Any]:
+    """The settings ALIGNED was trained with (its ``train_log.json``), which replay redoes."""
+    path = Path(aligned).expanduser() / "train_log.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"replay redoes ALIGNED's training, but {path} is missing",
+            where="replay.fractions",
+            hint="replay needs an adapter trained by Tether (tether cai run, tether train sft); or leave replay.fractions empty",
+        )
+    log = json.loads(path.read_text(encoding="utf-8"))
+    if log.get("trainer") != "sft":
+        raise ConfigError(
+            f"replay redoes an SFT, but ALIGNED was trained by {log.get('trainer')!r}",
+            where="replay.fractions",
+            hint="pass an SFT adapter as ALIGNED, or leave replay.fractions empty",
+        )
+    return log["config"]
+
+
+def capability_examples(config: FrontierConfig) -> list[dict[str, str]]:
+    """Question → correct answer from the *validation* side of ``replay.tasks``: never a test item."""
+    from tether.evals.registry import resolve_tasks
+
+    rows = []
+    for task in split_tasks(resolve_tasks(config.replay.tasks), "validation", config.validation_fraction):
+        for item in task.load():
+            choices, answer = getattr(item, "choices", None), getattr(item, "answer_index", None)
+            if choices and answer is not None:
+                rows.append(
+                    {
+                        "id": str(item.id),
+                        "task": task.name,
+                        "prompt": item.question,
+                        "completion": str(choices[answer]),
+                    }
+                )
+    return rows
+
+
+def replay_stage(fraction: float) -> Callable[[FrontierContext], dict[str, Any]]:
+    def train(ctx: FrontierContext) -> dict[str, Any]:
+        import random
+
+        from tether.data.jsonl import iter_numbered
+        from tether.train.cli import SFTLine
+        from tether.train.sft import SFTTrainConfig, train_sft
+
+        out = ctx.run.artifact(replay_dir(fraction))
+        settings = aligned_train_config(ctx.aligned)
+        aligned_rows = [
+            line.model_dump() for _, line in iter_numbered(replay_data_path(ctx.aligned, ctx.config), SFTLine)
+        ]
+        pool = capability_examples(ctx.config)
+        wanted = round(fraction / (1.0 - fraction) * len(aligned_rows))
+        if wanted > len(pool):
+            raise ConfigError(
+                f"replay fraction {fraction:g} needs {wanted} capability examples; the validation side of "
+                f"{ctx.config.replay.tasks} has {len(pool)}",
+                where="replay.fractions",
+                hint="add tasks to replay.tasks or use a smaller fraction",
+            )
+        rng = random.Random(f"{ctx.config.seed}:{fraction}")
+        mixed = [*aligned_rows, *rng.sample(pool, wanted)]
+        rng.shuffle(mixed)
+        ctx.say(
+            f"replay {fraction:g}: ALIGNED's SFT redone from BASE on {len(aligned_rows)} + {wanted} capability examples"
+        )
+        (out.parent).mkdir(parents=True, exist_ok=True)
+        train = ctx.train_replay or train_sft
+        train(ctx.base, mixed, out, SFTTrainConfig(**settings))
+        ctx.run.artifact(f"{replay_dir(fraction)}.capability.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in mixed if "task" in r), encoding="utf-8"
+        )
+        return {"adapter": str(out), "aligned_examples": len(aligned_rows), "capability_examples": wanted}
+
+    return train
 
 
 def _spread(names: list[str], points: dict[str, tuple[float, float]], keep: int) -> list[str]:
@@ -336,6 +433,11 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
     for n, r in found.items():
         if r.merge:
             families.setdefault(r.merge, []).append(n)
+    replayed = sorted(
+        (n for n, r in found.items() if r.family == "replay"), key=lambda n: float(n.split("-", 1)[1])
+    )
+    if replayed:
+        families["replay"] = ["aligned", *replayed]
     significant_gain = []
     for n in points:
         d = deltas.get(n, {})
@@ -410,8 +512,20 @@ def frontier_stages(config: FrontierConfig, run: Run) -> tuple[list[Stage], Call
         first.append(Stage("search", search, needs=("plan",)))
 
     def rest() -> list[Stage]:
-        audits = [Stage(f"audit/{n}", audit_stage(n), needs=("plan",)) for n in _order(run)]
+        trained = {
+            candidate_name(Recipe("replay", adapter=replay_dir(f))): f for f in config.replay.fractions
+        }
+        replays = [Stage(replay_dir(f), replay_stage(f), needs=("plan",)) for f in config.replay.fractions]
+        audits = [
+            Stage(
+                f"audit/{n}",
+                audit_stage(n),
+                needs=("plan", *([replay_dir(trained[n])] if n in trained else [])),
+            )
+            for n in _order(run)
+        ]
         return [
+            *replays,
             *audits,
             Stage("report", report, needs=tuple(s.name for s in audits)),
             Stage("frontier", frontier, needs=("report",)),
@@ -427,6 +541,7 @@ def run_frontier(
     run: Run,
     *,
     make_builder: BuilderFactory = default_builder,
+    train_replay: Callable[..., Any] | None = None,
     say: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -437,6 +552,7 @@ def run_frontier(
         base=base,
         aligned=aligned,
         make_builder=make_builder,
+        train_replay=train_replay,
         say=say,
         progress=progress,
     )
