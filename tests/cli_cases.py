@@ -264,7 +264,7 @@ CASES: list[Case] = [
     # --- frontier
     case("frontier-alpha", f"frontier {T} {T} --set interpolation.alphas=[0.5,1.5]", "interpolation.alphas"),
     case("frontier-empty", f"frontier {T} {T} --set interpolation.alphas=[] --set per_block.enabled=false", "no candidates"),
-    case("frontier-replay", f"frontier {T} {T} --set replay=[0.01]", "replay", "not built yet"),
+    case("frontier-replay", f"frontier {T} {T} --set replay.fractions=[1.5]", "replay.fractions", "between 0 and 1"),
     case("frontier-model-typo", f"frontier defualt {T}", "BASE", "default"),
     case("frontier-out-file", f"frontier {T} {T} --out {P}", "--out"),
     case("frontier-tasks", f"frontier {T} {T} --set tasks=harmfull_refusal", "harmful_refusal"),
@@ -321,6 +321,8 @@ CASES: list[Case] = [
     case("train-dpo-latin1", f"train dpo {{d}}/latin1.jsonl --base {T} --out {{d}}/t", "latin1.jsonl:1", "UTF-8"),
     case("train-sft-base-typo", f"train sft {P} --base defualt --out {{d}}/t", "defualt", "default"),
     case("train-dpo-set", f"train dpo {P} --base {T} --set max_steps=0", "--set", "max_steps"),
+    case("train-reward-fields", f"train reward {P} --base {T} --out {{d}}/t", "prompts.jsonl:1", "chosen"),
+    case("train-reward-set", f"train reward {P} --base {T} --set epochs=0", "--set", "epochs"),
     case("train-sft-out-file", f"train sft {P} --base {T} --out {P}", "--out", "prompts.jsonl"),
     case("interp-trace-latin1", f"interp trace {T} --prompts {{d}}/latin1.jsonl", "latin1.jsonl:1", "UTF-8"),
     case("interp-trace-fields", f"interp trace {T} --prompts {P}", "prompts.jsonl:1", "subject"),

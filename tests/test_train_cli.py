@@ -86,3 +86,43 @@ def test_one_process_trains_and_prints_one_json_line(tmp_path, tiny_model_dir, k
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["trainer"] == kind and summary["processes"] == 1 and summary["adapter"] == str(out)
     assert (out / "adapter_config.json").exists()
+
+
+def test_two_process_reward_training_takes_the_single_process_steps(tmp_path, tiny_model_dir):
+    """The reward model's loop splits each step's prompt groups over the processes and sums the
+    gradients: two processes end with the weights one process ends with."""
+    from safetensors.torch import load_file
+
+    pairs = [
+        {"prompt": f"Summarise: item {i} is red.", "chosen": f"Item {i} is red.", "rejected": "Blue things."}
+        for i in range(12)
+    ]
+    data = _write(tmp_path / "pairs.jsonl", pairs)
+    settings = [
+        "--set",
+        "max_steps=2",
+        "--set",
+        "batch_size=4",
+        "--set",
+        "eval_fraction=0.2",
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+
+    def train(out: Path, processes: int) -> dict:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        command = [*launch, "-m", "tether.cli", "train", "reward", str(data), "--base", str(tiny_model_dir),
+                   "--out", str(out), *settings]  # fmt: skip
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        [line] = done.stdout.strip().splitlines()
+        return json.loads(line)
+
+    one, two = train(tmp_path / "one", 1), train(tmp_path / "two", 2)
+    assert (one["processes"], two["processes"]) == (1, 2) and one["steps"] == two["steps"] == 2
+    assert two["final_loss"] == pytest.approx(one["final_loss"], abs=1e-5)
+    for name in ("reward_head.safetensors", "adapter_model.safetensors"):
+        a, b = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+        assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a), name
+    assert not list((tmp_path / "two").glob(".reward_train_log.rank*"))  # the other process cleaned up

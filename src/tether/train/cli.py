@@ -1,4 +1,4 @@
-"""``tether train sft|dpo DATA --base SPEC --out DIR``: one trainer on a JSONL file, outside any
+"""``tether train sft|dpo|reward DATA --base SPEC --out DIR``: one trainer on a JSONL file, outside any
 pipeline, so that it can be launched data-parallel with accelerate:
 
     accelerate launch --num_processes 8 $(which tether) train sft runs/cai/round1/sft_data.jsonl \\
@@ -12,7 +12,10 @@ how the test checks the data-parallel path without a GPU).
 A pipeline (``tether cai run``) trains in its own single process; its training data is in its run
 directory (``round1/sft_data.jsonl``, ``rlaif/pairs.jsonl``) for this command.
 
-SFT lines are ``{"prompt", "completion"}``; DPO lines ``{"prompt", "chosen", "rejected"}``. A bad
+SFT lines are ``{"prompt", "completion"}``; DPO and reward lines ``{"prompt", "chosen",
+"rejected"}`` (reward: an optional ``doc_id``). The reward model's own loop splits each step's
+prompt groups over the processes and sums their gradients, so a step is the one a single process
+takes. A bad
 line is an error naming file:line before any model loads. stdout is one JSON object (the adapter
 directory and the numbers of the run); messages go to stderr.
 """
@@ -29,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tether.plain import out
 
 app = typer.Typer(
-    help="Train one adapter on a JSONL file (SFT or DPO); runs under accelerate launch.", no_args_is_help=True
+    help="Train one adapter on a JSONL file (SFT, DPO, reward model); runs under accelerate launch.",
+    no_args_is_help=True,
 )
 
 ConfigOption = Annotated[
@@ -59,6 +63,7 @@ class DPOLine(BaseModel):
     prompt: str = Field(min_length=1)
     chosen: str = Field(min_length=1)
     rejected: str = Field(min_length=1)
+    doc_id: str | None = None  # reward: held-out pairs are whole documents (default: the prompt)
 
 
 def read_lines(path: Path, model: type[BaseModel]) -> list[dict]:
@@ -82,6 +87,69 @@ def _check_out(out_dir: Path) -> None:
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir} is a file", where="--out")
+
+
+def _preference_pairs(rows: list[dict]) -> list:
+    import hashlib
+
+    from tether.data.records import PreferencePair
+
+    def key(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    return [
+        PreferencePair(
+            prompt=r["prompt"],
+            chosen=r["chosen"],
+            rejected=r["rejected"],
+            doc_id=r.get("doc_id") or key(r["prompt"]),
+            annotator="file",
+            reason="",
+            chosen_id=key(r["chosen"]),
+            rejected_id=key(r["rejected"]),
+        )  # fmt: skip
+        for r in rows
+    ]
+
+
+def _train_reward(
+    data: Path, base: str, out_dir: Path, config_path: Path | None, overrides: list[str] | None, device: str
+) -> None:
+    import sys
+
+    from accelerate import PartialState
+
+    from tether.config import load_config
+    from tether.errors import ConfigError
+    from tether.models.spec import check_spec
+    from tether.train.reward import REWARD_HEAD, RewardConfig, train_reward_model
+
+    config = load_config(RewardConfig, config_path, overrides)
+    if (out_dir / REWARD_HEAD).exists():
+        raise ConfigError(
+            f"{out_dir} already holds a reward model", where="--out", hint="pass a new directory"
+        )
+    _check_out(out_dir)
+    check_spec(base, where="--base")
+    pairs = _preference_pairs(read_lines(data, DPOLine))
+    report = train_reward_model(
+        base, pairs, out_dir, config, log=lambda m: print(m, file=sys.stderr), device=device
+    )
+    state = PartialState()
+    if state.is_main_process:
+        out(
+            json.dumps(
+                {
+                    "reward_model": str(out_dir),
+                    "pairs": len(pairs),
+                    "processes": state.num_processes,
+                    "steps": report.steps,
+                    "final_loss": report.final_loss,
+                    "eval_accuracy": report.eval_accuracy,
+                    "seconds": report.seconds,
+                }
+            )
+        )
 
 
 def _train(
@@ -144,3 +212,20 @@ def dpo_command(
 ) -> None:
     """DPO of a LoRA adapter on preference pairs."""
     _train("dpo", data, base, out_dir, config, set_)
+
+
+@app.command("reward")
+def reward_command(
+    data: Annotated[Path, typer.Argument(help="JSONL of {prompt, chosen, rejected[, doc_id]}.")],
+    base: BaseOption = "default",
+    out_dir: OutOption = Path("adapters/reward"),
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="auto (each process its own GPU under accelerate), cpu, cuda, cuda:N."),
+    ] = "auto",
+) -> None:
+    """A Bradley-Terry reward model (LoRA backbone + scalar head) on preference pairs; the pairs of
+    one document (doc_id, default the prompt) are held out together."""
+    _train_reward(data, base, out_dir, config, set_, device)

@@ -568,6 +568,15 @@ def train_reward_model(
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Under `accelerate launch` / torchrun, every process takes its share of each step's prompt
+    # groups and the gradients are summed across processes, so a step is the same step as in one
+    # process (same order, same loss); the main process alone writes.
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")  # on CPUs, accelerate joins torchrun's processes only when told
+    world, rank, main = state.num_processes, state.process_index, state.is_main_process
+    if world > 1 and device in ("auto", "cuda"):
+        device = str(state.device)
     torch.manual_seed(config.seed)
     model = model or RewardModel.from_spec(policy_spec, config, device=device, dtype=dtype)
     model.train()
@@ -583,8 +592,9 @@ def train_reward_model(
     began = time.perf_counter()
     step, losses, history, epoch_seconds = 0, [], [], []
     final = None  # the last evaluation: every epoch (the last included) ends with one
-    train_log = out_dir / "reward_train_log.jsonl"
+    train_log = out_dir / ("reward_train_log.jsonl" if main else f".reward_train_log.rank{rank}.jsonl")
     train_log.unlink(missing_ok=True)
+    trained = [*lora_params, *model.head.parameters()]
     with JsonlAppender(train_log) as appender:
         for epoch in range(config.epochs):
             epoch_began = time.perf_counter()
@@ -593,7 +603,7 @@ def train_reward_model(
                 batch = [groups[i] for i in order[start : start + config.batch_size]]
                 optimizer.zero_grad(set_to_none=True)
                 loss_value = 0.0
-                for pack in pack_groups(batch, config.micro_batch_size):
+                for pack in pack_groups(batch[rank::world], config.micro_batch_size):
                     ids, mask = model.batch(
                         [g.prompt for g in pack for _ in g.responses], [r for g in pack for r in g.responses]
                     )
@@ -606,7 +616,9 @@ def train_reward_model(
                     loss = loss / len(batch)
                     loss.backward()
                     loss_value += loss.item()
-                torch.nn.utils.clip_grad_norm_([*lora_params, *model.head.parameters()], 1.0)
+                if world > 1:
+                    loss_value = _sum_across_processes(trained, loss_value, model.device)
+                torch.nn.utils.clip_grad_norm_(trained, 1.0)
                 optimizer.step()
                 step += 1
                 losses.append(loss_value)
@@ -623,7 +635,7 @@ def train_reward_model(
                 if config.max_steps is not None and step >= config.max_steps:
                     break
             epoch_seconds.append(round(time.perf_counter() - epoch_began, 2))
-            if held:
+            if held and main:
                 eval_began = time.perf_counter()
                 result = final = _evaluate(model, held, config)
                 history.append(
@@ -642,6 +654,10 @@ def train_reward_model(
             if config.max_steps is not None and step >= config.max_steps:
                 break
 
+    if not main:
+        train_log.unlink(missing_ok=True)
+        state.wait_for_everyone()
+        return None  # type: ignore[return-value]  # the main process evaluates, saves and reports
     # Normalisation constants from the distinct training responses, so PPO sees rewards of unit scale.
     scores = score_distinct(model, train, batch_size=_score_batch(config))
     values = list(scores.values())
@@ -672,6 +688,18 @@ def train_reward_model(
         lora_layers=model.adapted_layers(),
     )
     (out_dir / "reward_report.json").write_text(
-        json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8"
+        json.dumps({**report.to_dict(), "processes": world}, indent=2) + "\n", encoding="utf-8"
     )
+    state.wait_for_everyone()
     return report
+
+
+def _sum_across_processes(params: Sequence[torch.Tensor], loss: float, device: torch.device) -> float:
+    """Sum each parameter's gradient (a process without a group this step contributes zeros) and
+    the loss over the processes; returns the summed loss."""
+    from accelerate.utils import reduce
+
+    for param in params:
+        grad = param.grad if param.grad is not None else torch.zeros_like(param)
+        param.grad = reduce(grad, reduction="sum")
+    return float(reduce(torch.tensor(loss, device=device), reduction="sum"))
