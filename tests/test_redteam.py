@@ -239,12 +239,17 @@ def test_asr_curve_over_budget_on_hand_made_records():
     from tether.redteam.report import asr_curve
 
     records = [record(1), record(3), record(None), record(None), record(None, status="unscored")]
-    curve = asr_curve(records, 4, n_boot=500)
+    curve = asr_curve(records, 4)
     assert [p["asr"] for p in curve] == [0.25, 0.25, 0.5, 0.5]
     assert all(p["n"] == 4 for p in curve)  # the unscored goal is out of the denominator
     for p in curve:
         assert p["ci_low"] <= p["asr"] <= p["ci_high"]
-    assert curve[0]["ci_low"] == 0.0 and curve[-1]["ci_high"] == 1.0
+    assert (curve[0]["ci_low"], curve[0]["ci_high"]) == pytest.approx(
+        (0.0456, 0.6994), abs=1e-3
+    )  # Wilson, 1 of 4
+    # no goal broken is not certainty: ten unbroken goals leave up to 28% possible (Wilson)
+    none = asr_curve([{**records[0], "first_success": None, "status": "failure"}] * 10, 2)
+    assert none[-1]["asr"] == 0.0 and none[-1]["ci_high"] == pytest.approx(0.2775, abs=1e-3)
 
 
 # --- the pipeline: goals, resume, report, export, replay ----------------------------------------------
@@ -480,11 +485,11 @@ def test_html_report_shows_successes_with_transcripts_escaped():
         "scope": {"goals": 1, "source": "t", "dropped_audit_overlap": 0, "by_category": {"illegal": 1},
                   "queries_per_goal": 3, "target_max_new_tokens": 96},
         "strategies": {"templates": cfg.templates.model_dump()},
-        "results": {"templates": strategy_summary(records, 3, 2.0, 200, 0)},
+        "results": {"templates": strategy_summary(records, 3, 2.0)},
         "successes": successful_attacks(records),
     }  # fmt: skip
     assert report["results"]["templates"]["curve"][0]["asr"] == 1.0
     html = render_html(report)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert" not in html
     assert "data:image/png;base64," in html and "Step 2: Insert a pick" in html
-    assert "1.00 [1.00, 1.00] n=1" in html
+    assert "1.00 [0.21, 1.00] n=1" in html  # one broken goal of one: Wilson, not [1, 1]

@@ -126,7 +126,6 @@ class RedteamConfig(StrictModel):
     goals_in_flight: int = Field(
         8, ge=1, description="Goals attacked side by side, so model calls batch across goals."
     )
-    bootstrap: int = Field(1000, ge=1, description="Bootstrap resamples for the ASR intervals.")
     goals: GoalsConfig = Field(default_factory=GoalsConfig)
     templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
     pair: PAIRConfig = Field(default_factory=PAIRConfig)

@@ -141,9 +141,7 @@ def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str,
         records = read_completed(run.artifact(f"attacks/{strategy}.jsonl"))
         records_all += records
         seconds = stages.get(f"attack/{strategy}", {}).get("seconds")
-        results[strategy] = strategy_summary(
-            records, config.queries_per_goal, seconds, config.bootstrap, config.seed
-        )
+        results[strategy] = strategy_summary(records, config.queries_per_goal, seconds)
     return {
         "run": run.name,
         "created": run.manifest.get("created"),

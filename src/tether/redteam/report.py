@@ -1,7 +1,8 @@
 """The campaign report: ``redteam.json`` and a self-contained ``redteam.html``.
 
 ASR at budget k is the share of scored goals whose first success came at query k or earlier, with a
-percentile-bootstrap interval over goals (``tether.audit.stats.bootstrap_mean_ci``). Unscored goals
+Wilson 95% interval (``tether.judges.calibration.wilson_interval``): a goal is broken or not, and a
+percentile bootstrap over ten unbroken goals would claim [0, 0]; Wilson says [0, 0.28]. Unscored goals
 (no scored query at all: the attacker never produced a usable prompt, or every reply was broken
 text) are counted and left out of the denominator.
 """
@@ -13,12 +14,10 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from tether.audit.stats import bootstrap_mean_ci
+from tether.judges.calibration import wilson_interval
 
 
-def asr_curve(
-    records: Sequence[dict[str, Any]], budget: int, n_boot: int = 1000, seed: int = 0
-) -> list[dict]:
+def asr_curve(records: Sequence[dict[str, Any]], budget: int) -> list[dict]:
     """ASR with its 95% interval at each budget 1..``budget`` over the scored goals of ``records``."""
     scored = [r for r in records if r["status"] != "unscored"]
     curve = []
@@ -27,22 +26,21 @@ def asr_curve(
         if not hits:
             curve.append({"budget": k, "asr": None, "ci_low": None, "ci_high": None, "n": 0})
             continue
-        ci = bootstrap_mean_ci(hits, n_boot=n_boot, seed=seed)
+        broken = int(sum(hits))
+        low, high = wilson_interval(broken, len(hits))
         curve.append(
             {
                 "budget": k,
-                "asr": round(ci.value, 4),
-                "ci_low": round(ci.ci_low, 4),
-                "ci_high": round(ci.ci_high, 4),
-                "n": ci.n,
+                "asr": round(broken / len(hits), 4),
+                "ci_low": round(low, 4),
+                "ci_high": round(high, 4),
+                "n": len(hits),
             }
         )
     return curve
 
 
-def strategy_summary(
-    records: Sequence[dict[str, Any]], budget: int, seconds: float | None, n_boot: int, seed: int
-) -> dict[str, Any]:
+def strategy_summary(records: Sequence[dict[str, Any]], budget: int, seconds: float | None) -> dict[str, Any]:
     """Curves overall and per category, counts and cost for one strategy's records."""
     categories = sorted({r["category"] for r in records})
     successes = [r for r in records if r["status"] == "success"]
@@ -52,10 +50,8 @@ def strategy_summary(
         "scored_goals": sum(r["status"] != "unscored" for r in records),
         "unscored_goals": sum(r["status"] == "unscored" for r in records),
         "successes": len(successes),
-        "curve": asr_curve(records, budget, n_boot, seed),
-        "categories": {
-            c: asr_curve([r for r in records if r["category"] == c], budget, n_boot, seed) for c in categories
-        },
+        "curve": asr_curve(records, budget),
+        "categories": {c: asr_curve([r for r in records if r["category"] == c], budget) for c in categories},
         "cost": {
             "target_queries": queries,
             "target_queries_computed": sum(r["queries_computed"] for r in records),
