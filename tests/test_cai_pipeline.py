@@ -133,6 +133,22 @@ def test_full_job_trains_audits_and_resumes(tiny_model_dir, tmp_path, fake_audit
         "spec": str(tiny_model_dir),
     }
 
+    # The loop's judge calls are spans under the loop stage, one child per prompt with its verdict.
+    from tether.tracing import SPANS_FILENAME, check_spans, read_spans
+
+    spans = read_spans(run.path / SPANS_FILENAME)
+    assert check_spans(spans) == []
+    by_id = {s["spanId"]: s for s in spans}
+    judged = [s for s in spans if "tether.judge.verdict" in s["attributes"]]
+
+    def stage_of(span):
+        while span is not None and not span["name"].startswith("stage "):
+            span = by_id.get(span["parentSpanId"])
+        return span and span["name"]
+
+    loop_items = [s for s in judged if stage_of(s) == "stage round1/loop"]
+    assert {s["attributes"]["tether.item.id"] for s in loop_items} >= train_ids  # each final, judged
+
     # A rerun finds every stage complete: no model is loaded, nothing is retrained.
     def no_training(*args, **kwargs):
         raise AssertionError("a finished stage was trained again")

@@ -381,7 +381,7 @@ def run_loop(
 ) -> tuple[list[Final], LoopStats]:
     """Run (or resume) one round of the loop over ``prompts``; return every prompt's Final record
     (kept or not, in prompt order) and the round's counts. ``critic`` defaults to ``engine``."""
-    from tether.judges import judge_many
+    from tether.evals.tasks._common import judge_traced
 
     config = config or LoopConfig()
     critic = critic or engine
@@ -524,7 +524,9 @@ def run_loop(
         if todo:
             last = config.passes - 1
             texts = [state.current(p.id, config.passes) for p in todo]
-            verdicts = judge_many(judge, [(p.text, t) for p, t in zip(todo, texts, strict=True)])
+            verdicts = judge_traced(
+                judge, [(p.text, t) for p, t in zip(todo, texts, strict=True)], [p.id for p in todo]
+            )
             # Ask the critic only where its answer decides: red-team prompts the judge saw no refusal in.
             ask = [
                 i
@@ -553,8 +555,10 @@ def run_loop(
                 if p.kind == "benign" and verdicts[i].label in ("refusal", "degenerate")
             ]
             firsts = [state.answers[todo[i].id].text for i in failed]
-            first_verdicts = judge_many(
-                judge, [(todo[i].text, t) for i, t in zip(failed, firsts, strict=True)]
+            first_verdicts = judge_traced(
+                judge,
+                [(todo[i].text, t) for i, t in zip(failed, firsts, strict=True)],
+                [f"{todo[i].id}#first" for i in failed],
             )
             restored: set[int] = set()
             for i, first, v in zip(failed, firsts, first_verdicts, strict=True):
@@ -621,7 +625,7 @@ def _decide(
 def _stats(
     prompts: Sequence[CAIPrompt], state: LoopState, finals: list[Final], judge: RefusalJudge, passes: int
 ) -> LoopStats:
-    from tether.judges import judge_many
+    from tether.evals.tasks._common import judge_traced
 
     stats = LoopStats(prompts=len(prompts), passes=passes)
     stats.harmful = sum(p.kind == "harmful" for p in prompts)
@@ -648,7 +652,9 @@ def _stats(
             stats.dropped_harmful_still_complies += 1
         else:  # FinalReason.REFUSES_BENIGN
             stats.dropped_benign_refused += 1
-    first = judge_many(judge, [(p.text, state.answers[p.id].text) for p in prompts])
+    first = judge_traced(
+        judge, [(p.text, state.answers[p.id].text) for p in prompts], [f"{p.id}#answer" for p in prompts]
+    )
     for kind in ("harmful", "benign"):
         idx = [i for i, p in enumerate(prompts) if p.kind == kind]
         setattr(stats, f"answer_refusal_rate_{kind}", _rate([first[i].label for i in idx]))
