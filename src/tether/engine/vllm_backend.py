@@ -51,7 +51,7 @@ def load_llm(model_dir: str | Path, *, dtype: str, seed: int, options: dict[str,
     return LLM(
         model=str(model_dir),
         tokenizer=str(model_dir),
-        dtype="auto" if dtype == "auto" else dtype,
+        dtype=dtype,
         seed=seed,
         **options,
     )

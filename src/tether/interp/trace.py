@@ -209,13 +209,19 @@ def _skipping(layers: Any, below: int, returns_tuple: bool) -> Iterator[None]:
     def passthrough(hidden_states: torch.Tensor, *_args: Any, **_kwargs: Any) -> Any:
         return (hidden_states,) if returns_tuple else hidden_states
 
+    # A layer may carry a forward of its own already (accelerate's device-map hooks set one): it is
+    # put back as it was.
+    saved = [layer.__dict__.get("forward") for layer in layers.layers[:below]]
     try:
         for layer in layers.layers[:below]:
             layer.forward = passthrough
         yield
     finally:
-        for layer in layers.layers[:below]:
-            layer.__dict__.pop("forward", None)
+        for layer, previous in zip(layers.layers[:below], saved, strict=True):
+            if previous is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = previous
 
 
 def reused_probs(
