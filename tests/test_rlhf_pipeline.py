@@ -97,6 +97,16 @@ def test_run_config_all_stages_then_resume(tiny_model_dir, tmp_path):
     assert report["train_pairs"] + report["eval_pairs"] == 6
     metrics = [json.loads(line) for line in (run_dir / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
+    # Each PPO update is a training-step span under the ppo stage, carrying its losses.
+    from tether.tracing import SPANS_FILENAME, check_spans, read_spans
+
+    spans = read_spans(run_dir / SPANS_FILENAME)
+    assert check_spans(spans) == []
+    updates = [s for s in spans if s["name"] == "train_step ppo"]
+    assert [s["attributes"]["tether.train.step"] for s in updates] == [1, 2]
+    assert all("tether.train.policy_loss" in s["attributes"] for s in updates)
+    stage = {s["spanId"]: s["name"] for s in spans if s["name"].startswith("stage ")}
+    assert {stage.get(s["parentSpanId"]) for s in updates} == {"stage ppo"}
     # The coverage rule term is logged beside the reward model's part.
     assert all(set(m["reward_terms"]) == {"reward_model", "coverage"} for m in metrics)
     assert all(0 <= m["reward_terms"]["coverage"] <= 1 for m in metrics)

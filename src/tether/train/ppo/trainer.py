@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
+from tether import tracing
 from tether.config import EngineConfig, StrictModel
 from tether.data.jsonl import JsonlAppender, read_completed, write_jsonl
 from tether.engine import Engine, Prompt, SamplingParams
@@ -515,6 +516,7 @@ def train_ppo(
 
             # --- 3. PPO update ----------------------------------------------------------------------
             t0 = time.perf_counter()
+            update_began = time.time_ns()
             query_ids, query_mask = left_pad(queries, pad_id, device)
             response_ids, response_mask = right_pad(responses, pad_id, device)
             ppo_step = rollout_and_update(
@@ -534,6 +536,18 @@ def train_ppo(
             kl_ctl.update(stats.kl_to_ref, len(batch))  # rollouts: the controller's horizon counts samples
             timings["forward_s"] = ppo_step.forward_s
             timings["update_s"] = time.perf_counter() - t0 - ppo_step.forward_s
+            # The update as a training-step span (rollouts and rewards are spans of their own).
+            tracing.item_span(
+                "train_step ppo",
+                update_began,
+                time.time_ns(),
+                {
+                    "tether.stage": "ppo",
+                    "tether.train.step": step,
+                    "tether.train.rollouts": len(batch),
+                    **{f"tether.train.{k}": float(v) for k, v in stats._asdict().items()},
+                },
+            )
 
             # --- 4. Validation and monitors ----------------------------------------------------------
             out_of_time = (
