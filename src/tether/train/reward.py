@@ -27,6 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -592,10 +593,11 @@ def train_reward_model(
     began = time.perf_counter()
     step, losses, history, epoch_seconds = 0, [], [], []
     final = None  # the last evaluation: every epoch (the last included) ends with one
-    train_log = out_dir / ("reward_train_log.jsonl" if main else f".reward_train_log.rank{rank}.jsonl")
-    train_log.unlink(missing_ok=True)
+    train_log = out_dir / "reward_train_log.jsonl"
+    if main:
+        train_log.unlink(missing_ok=True)
     trained = [*lora_params, *model.head.parameters()]
-    with JsonlAppender(train_log) as appender:
+    with JsonlAppender(train_log) if main else nullcontext() as appender:
         for epoch in range(config.epochs):
             epoch_began = time.perf_counter()
             order = torch.randperm(len(groups), generator=generator).tolist()
@@ -622,16 +624,17 @@ def train_reward_model(
                 optimizer.step()
                 step += 1
                 losses.append(loss_value)
-                appender.write(
-                    {
-                        "step": step,
-                        "epoch": epoch,
-                        "loss": loss_value,
-                        "groups": len(batch),
-                        "pairs": sum(len(g.pairs) for g in batch),
-                        "sequences": sum(len(g.responses) for g in batch),
-                    }
-                )
+                if main:
+                    appender.write(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": loss_value,
+                            "groups": len(batch),
+                            "pairs": sum(len(g.pairs) for g in batch),
+                            "sequences": sum(len(g.responses) for g in batch),
+                        }
+                    )
                 if config.max_steps is not None and step >= config.max_steps:
                     break
             epoch_seconds.append(round(time.perf_counter() - epoch_began, 2))
@@ -655,7 +658,6 @@ def train_reward_model(
                 break
 
     if not main:
-        train_log.unlink(missing_ok=True)
         state.wait_for_everyone()
         return None  # type: ignore[return-value]  # the main process evaluates, saves and reports
     # Normalisation constants from the distinct training responses, so PPO sees rewards of unit scale.
