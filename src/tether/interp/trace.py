@@ -104,6 +104,17 @@ def _answer_probs(model: Any, ids: torch.Tensor, answer: int) -> torch.Tensor:
     return torch.softmax(out.logits[:, -1].float(), dim=-1)[:, answer]
 
 
+def _corrupter(subject: Sequence[int], noises: torch.Tensor):
+    """A hook adding ``noises[r]`` to row r's subject-token embeddings (the corrupted run)."""
+
+    def corrupt(x: torch.Tensor, _name: str) -> torch.Tensor:
+        x = x.clone()
+        x[:, list(subject)] += noises.to(x.dtype)
+        return x
+
+    return corrupt
+
+
 def restored_probs(
     model: Any,
     ids: Sequence[int],
@@ -123,10 +134,7 @@ def restored_probs(
         for name, token in points:
             by_point.setdefault(name, []).append((row, token))
 
-    def corrupt(x: torch.Tensor, _name: str) -> torch.Tensor:
-        x = x.clone()
-        x[:, list(subject)] += noises.to(x.dtype)
-        return x
+    corrupt = _corrupter(subject, noises)
 
     def restorer(pairs: list[tuple[int, int]]):
         rows = torch.tensor([r for r, _ in pairs])
@@ -168,10 +176,7 @@ def _corrupted_runs(
     inputs: dict[int, torch.Tensor] = {}
     returns_tuple: list[bool] = []
 
-    def corrupt(x: torch.Tensor, _name: str) -> torch.Tensor:
-        x = x.clone()
-        x[:, list(subject)] += noises.to(x.dtype)
-        return x
+    corrupt = _corrupter(subject, noises)
 
     def keep(x: torch.Tensor, name: str) -> None:
         inputs[parse_name(name, len(layers))[0]] = x.detach()
