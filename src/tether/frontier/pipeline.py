@@ -215,15 +215,12 @@ def replay_stage(fraction: float) -> Callable[[FrontierContext], dict[str, Any]]
     def train(ctx: FrontierContext) -> dict[str, Any]:
         import random
 
-        from tether.data.jsonl import iter_numbered
-        from tether.train.cli import SFTLine
+        from tether.train.examples import SFTLine, read_lines
         from tether.train.sft import SFTTrainConfig, train_sft
 
         out = ctx.run.artifact(replay_dir(fraction))
         settings = aligned_train_config(ctx.aligned)
-        aligned_rows = [
-            line.model_dump() for _, line in iter_numbered(replay_data_path(ctx.aligned, ctx.config), SFTLine)
-        ]
+        aligned_rows = read_lines(replay_data_path(ctx.aligned, ctx.config), SFTLine)
         pool = capability_examples(ctx.config)
         wanted = round(fraction / (1.0 - fraction) * len(aligned_rows))
         if wanted > len(pool):
@@ -239,7 +236,7 @@ def replay_stage(fraction: float) -> Callable[[FrontierContext], dict[str, Any]]
         ctx.say(
             f"replay {fraction:g}: ALIGNED's SFT redone from BASE on {len(aligned_rows)} + {wanted} capability examples"
         )
-        (out.parent).mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
         train = ctx.train_replay or train_sft
         train(ctx.base, mixed, out, SFTTrainConfig(**settings))
         ctx.run.artifact(f"{replay_dir(fraction)}.capability.jsonl").write_text(

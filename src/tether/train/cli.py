@@ -15,8 +15,8 @@ directory (``round1/sft_data.jsonl``, ``rlaif/pairs.jsonl``) for this command.
 SFT lines are ``{"prompt", "completion"}``; DPO and reward lines ``{"prompt", "chosen",
 "rejected"}`` (reward: an optional ``doc_id``). The reward model's own loop splits each step's
 prompt groups over the processes and sums their gradients, so a step is the one a single process
-takes. A bad
-line is an error naming file:line before any model loads. stdout is one JSON object (the adapter
+takes. A bad line
+is an error naming file:line before any model loads. stdout is one JSON object (the adapter
 directory and the numbers of the run); messages go to stderr.
 """
 
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field
 
 from tether.plain import out
+from tether.train.examples import DPOLine, SFTLine, read_lines
 
 app = typer.Typer(
     help="Train one adapter on a JSONL file (SFT, DPO, reward model); runs under accelerate launch.",
@@ -48,32 +48,6 @@ BaseOption = Annotated[
 OutOption = Annotated[
     Path, typer.Option("--out", help="Adapter directory to write (must not hold an adapter yet).")
 ]
-
-
-class SFTLine(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str = Field(min_length=1)
-    completion: str = Field(min_length=1)
-
-
-class DPOLine(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str = Field(min_length=1)
-    chosen: str = Field(min_length=1)
-    rejected: str = Field(min_length=1)
-    doc_id: str | None = None  # reward: held-out pairs are whole documents (default: the prompt)
-
-
-def read_lines(path: Path, model: type[BaseModel]) -> list[dict]:
-    from tether.data.jsonl import iter_numbered
-    from tether.errors import DataError
-
-    rows = [line.model_dump() for _, line in iter_numbered(path, model)]
-    if not rows:
-        raise DataError("file has no training examples", where=str(path), hint="one JSON object per line")
-    return rows
 
 
 def _check_out(out_dir: Path) -> None:
