@@ -26,7 +26,8 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -212,6 +213,38 @@ def item_span(
         return
     s = sink.tracer.start_span(name, start_time=start_ns, attributes=_clean(attributes))
     s.end(end_time=max(end_ns, start_ns))
+
+
+def traced_verdicts(
+    name: str,
+    ids: Sequence[str],
+    judge_all: Callable[[], Sequence[Any]],
+    item_attributes: Sequence[Mapping[str, Any]] | None = None,
+) -> list[Any]:
+    """Run ``judge_all()`` (one verdict per id, each with ``label`` and ``score``) as one
+    ``judge NAME`` span with a child per item carrying its verdict, plus that item's
+    ``item_attributes`` (an attack id, a stage). The children share the batch's times."""
+    with span(f"judge {name}", {"tether.judge.name": name, "tether.batch.items": len(ids)}):
+        began = time.time_ns()
+        verdicts = list(judge_all())
+        if active() is not None:
+            ended = time.time_ns()
+            extras = item_attributes or [{}] * len(ids)
+            for item_id, verdict, extra in zip(ids, verdicts, extras, strict=True):
+                item_span(
+                    f"judge {name}",
+                    began,
+                    ended,
+                    {
+                        "tether.item.id": item_id,
+                        "tether.judge.name": name,
+                        "tether.judge.verdict": verdict.label,
+                        "tether.judge.score": verdict.score,
+                        "tether.latency.kind": "batch",
+                        **extra,
+                    },
+                )
+    return verdicts
 
 
 def set_attributes(s: Any, attributes: Mapping[str, Any]) -> None:

@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from tether import tracing
 from tether.engine.protocol import EngineLike
 from tether.engine.types import Completion, Prompt, SamplingParams
 from tether.judges.degenerate import detect_degenerate
@@ -596,6 +597,7 @@ def _answer_targets(
                 text=ask.text,
                 chat=True,
                 history=_history_messages(ask.history),
+                attack_id=_attack_id(state, ask, state.queries_computed + sent[li]),
             )
         )
     outcomes = _generate(target, prompts, params, stage)
@@ -604,11 +606,14 @@ def _answer_targets(
         for i, ((li, _), o) in enumerate(zip(keys, outcomes, strict=True))
         if not isinstance(o, BaseException) and o.text.strip()
     ]
-    verdicts = dict(
-        zip(
-            (i for i, _, _ in to_judge), judge_harm_many(judge, [(g, t) for _, g, t in to_judge]), strict=True
-        )
+    pairs = [(g, t) for _, g, t in to_judge]
+    judged = tracing.traced_verdicts(
+        getattr(judge, "name", type(judge).__name__),
+        [prompts[i].id for i, _, _ in to_judge],
+        lambda: judge_harm_many(judge, pairs),
+        [{"tether.attack.id": prompts[i].attack_id, "tether.stage": stage} for i, _, _ in to_judge],
     )
+    verdicts = dict(zip((i for i, _, _ in to_judge), judged, strict=True))
     for i, ((li, ai), outcome) in enumerate(zip(keys, outcomes, strict=True)):
         state, ask = live[li].state, live[li].asks[ai]
         state.queries_computed += 1
@@ -645,6 +650,13 @@ def _answer_targets(
         if success and state.first_success is None:
             state.first_success = query
         replies[(li, ai)] = Reply((text,), verdict, status, query)
+
+
+def _attack_id(state: GoalState, ask: Ask, computed: int) -> str:
+    """Names one target query in its spans: strategy, goal, query number, and the template or
+    mutation it came from when there is one."""
+    name = f"{state.strategy}/{state.goal.id}/{computed}"
+    return f"{name}/{ask.meta['attack']}" if ask.meta.get("attack") else name
 
 
 def _answer_attacker(

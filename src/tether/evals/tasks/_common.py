@@ -4,7 +4,6 @@ with Tether's status rules, and number parsing. ItemResults are built by ``tethe
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -133,25 +132,7 @@ def judge_traced(judge: RefusalJudge, pairs: list[tuple[str, str]], ids: list[st
     from tether.judges import judge_many
 
     name = getattr(judge, "name", type(judge).__name__)
-    with tracing.span(f"judge {name}", {"tether.judge.name": name, "tether.batch.items": len(pairs)}):
-        began = time.time_ns()
-        verdicts = judge_many(judge, pairs)
-        if tracing.active() is not None:
-            ended = time.time_ns()
-            for item_id, verdict in zip(ids, verdicts, strict=True):
-                tracing.item_span(
-                    f"judge {name}",
-                    began,
-                    ended,
-                    {
-                        "tether.item.id": item_id,
-                        "tether.judge.name": name,
-                        "tether.judge.verdict": verdict.label,
-                        "tether.judge.score": verdict.score,
-                        "tether.latency.kind": "batch",
-                    },
-                )
-    return verdicts
+    return tracing.traced_verdicts(name, ids, lambda: judge_many(judge, pairs))
 
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
