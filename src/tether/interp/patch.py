@@ -242,13 +242,19 @@ def report_stage(ctx: PatchContext) -> dict[str, Any]:
     plot_panel_rows(
         [
             [
-                (f"{k}: {m['spec']}\n{d.replace('_', ' ')}", m["directions"][d]["value"], m["positions"])
+                (
+                    f"{k}: {m['spec']}\n{d.replace('_', ' ')}"
+                    + (" (weak gap: noise)" if m["weak_gap"] else ""),
+                    m["directions"][d]["value"],
+                    m["positions"],
+                )
                 for k, m in models.items()
             ]
             for d in ctx.config.directions
         ],
         "activation patching of hook_resid_pre, normalised refusal score (0 harmless, 1 harmful)",
         ctx.run.artifact("patch.png"),
+        limits=(-0.5, 1.5),
     )
     write_patch_report(report, ctx.run)
     return {"report": "interp.html"}

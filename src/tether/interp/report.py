@@ -101,9 +101,11 @@ def plot_panel_rows(
     title: str,
     path: Path,
     xlabel: str = "layer",
+    limits: tuple[float, float] | None = None,
 ) -> None:
     """Rows of heat maps (patch: one row per direction, one panel per model) on one colour scale;
-    a missing value (None) is left blank."""
+    a missing value (None) is left blank. ``limits`` clips the scale (values beyond take the end
+    colours), so one noisy panel cannot wash out the others."""
     import numpy as np
 
     plt = _plt()
@@ -114,9 +116,18 @@ def plot_panel_rows(
     finite = [a[np.isfinite(a)] for row in arrays for a in row]
     values = np.concatenate(finite) if any(f.size for f in finite) else np.zeros(1)
     vmin, vmax = float(values.min()), float(values.max())
+    extend = "neither"
+    if limits is not None:
+        low, high = vmin < limits[0], vmax > limits[1]
+        extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
+            (low, high), "neither"
+        )
+        vmin, vmax = limits
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     height = max(2.4, 0.3 * max(a.shape[0] for row in arrays for a in row) + 1.4)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, height * n_rows), squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(4.6 * n_cols, height * n_rows), squeeze=False, layout="constrained"
+    )
     image = None
     for r, (row, arrs) in enumerate(zip(rows, arrays, strict=True)):
         for c, ((name, _, labels), arr) in enumerate(zip(row, arrs, strict=True)):
@@ -127,7 +138,7 @@ def plot_panel_rows(
             ax.set_xlabel(xlabel)
         for c in range(len(row), n_cols):
             axes[r][c].axis("off")
-    fig.colorbar(image, ax=[ax for row in axes for ax in row])
+    fig.colorbar(image, ax=[ax for row in axes for ax in row], extend=extend)
     fig.suptitle(title)
     _save(fig, path)
 
