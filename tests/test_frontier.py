@@ -285,8 +285,11 @@ def test_no_candidates_is_an_error():
 def test_mitigations_not_built_yet_say_so():
     assert "replay.fractions" in _config_error(["replay.fractions=[0.0]"])
     assert "replay.fractions" in _config_error(["replay.fractions=[1.5]"])
-    assert "not built yet" in _config_error(["retrain=true"])
+    assert "retrain.steps" in _config_error(["retrain=true"])  # a section now
+    assert "retrain" in _config_error(["retrain.steps=[0]"])
     assert "not built yet" in _config_error(["multi_objective=[0.5]"])
+    # configs and manifests written before retraining was built say `retrain: false`
+    assert load_config(FrontierConfig, None, ["retrain=false"]).retrain.steps == []
 
 
 def test_aligned_on_another_base_names_both(models):
@@ -557,7 +560,7 @@ def test_replay_retrains_aligned_with_validation_side_capability_examples(tmp_pa
     def go(builder):
         run = Run.create("fr", root=tmp_path, job="frontier", config=config)
         return run, run_frontier(
-            config, "base", str(aligned), run, make_builder=lambda *a: builder, train_replay=fake_train,
+            config, "base", str(aligned), run, make_builder=lambda *a: builder, train_adapter=fake_train,
             say=lambda m: None, progress=False,
         )  # fmt: skip
 
@@ -601,3 +604,100 @@ def test_a_trained_adapter_candidate_is_that_adapter(models):
     assert torch.allclose(
         _logits(builder.loaded.model, _ids()), _logits(_load(models["lora"]), _ids()), atol=1e-5
     )
+
+
+def test_flagged_domains_are_significant_regressions_else_falls():
+    from tether.audit.schema import CategoryDelta
+    from tether.frontier.pipeline import flagged_domains
+
+    def delta(task, category, value, regressed=False, signal=True, model="aligned"):
+        return CategoryDelta(
+            task=task, category=category, model=model, baseline="base", delta=value, ci_low=value - 0.1,
+            ci_high=value + 0.1, significant=regressed, n=50, regressed=regressed, signal=signal,
+        )  # fmt: skip
+
+    deltas = [
+        delta("sciq", None, -0.10, regressed=True),
+        delta("sciq", "physics", -0.2, regressed=True),  # covered by its whole task
+        delta("mmlu", "law", -0.3, regressed=True),
+        delta("mmlu", None, -0.02),
+        delta("arc_easy", None, -0.05),
+        delta("piqa", None, -0.4, regressed=True, signal=False),  # no signal: no claim
+        delta("sciq", None, -0.5, regressed=True, model="other"),
+    ]
+    flagged, basis = flagged_domains(deltas)
+    assert basis == "significant"
+    assert [(f["task"], f["category"]) for f in flagged] == [("sciq", None), ("mmlu", "law")]
+    flagged, basis = flagged_domains([d for d in deltas if not d.regressed] + [delta("boolq", None, 0.03)])
+    assert basis == "point estimate"
+    assert [(f["task"], f["category"]) for f in flagged] == [("mmlu", None), ("arc_easy", None)]
+    assert flagged_domains([delta("boolq", None, 0.03)])[0] == []
+
+
+def test_retrain_trains_aligned_on_flagged_validation_domains(tmp_path):
+    """Targeted retraining audits BASE and ALIGNED on the validation side, trains ALIGNED's adapter
+    (not BASE) on validation-side examples of the tasks it lost plus its own SFT data, and makes
+    each step count a candidate; a rerun trains nothing again."""
+    from tether.frontier.splits import item_side
+
+    aligned = tmp_path / "cai" / "round1" / "sft"
+    aligned.mkdir(parents=True)
+    (aligned / "adapter_config.json").write_text("{}")
+    (aligned / "train_log.json").write_text(json.dumps({"trainer": "sft", "config": {"max_length": 200}}))
+    rows = [{"prompt": f"harmful request {i}", "completion": f"I can't help with {i}."} for i in range(40)]
+    (aligned.parent / "sft_data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = []
+
+    def fake_train(spec, examples, out, config):
+        calls.append((spec, list(examples), config))
+        Path(out).mkdir(parents=True)
+        (Path(out) / "adapter_config.json").write_text("{}")
+        return Path(out)
+
+    overrides = [
+        *SMALL,
+        "per_block.enabled=false",
+        "interpolation.alphas=[1.0]",
+        "retrain.steps=[4,2]",
+        "retrain.max_examples=12",
+        "retrain.aligned_share=0.25",
+        f"cache={tmp_path / 'c.sqlite'}",
+    ]
+    config = load_config(FrontierConfig, None, overrides)
+
+    def go(builder):
+        run = Run.create("fr", root=tmp_path, job="frontier", config=config)
+        return run, run_frontier(
+            config, "base", str(aligned), run, make_builder=lambda *a: builder, train_adapter=fake_train,
+            say=lambda m: None, progress=False,
+        )  # fmt: skip
+
+    run, _ = go(FakeBuilder())
+    flag = json.loads((run.path / "retrain" / "flagged.json").read_text())
+    assert flag["tasks"] == ["mmlu"] and [f["task"] for f in flag["flagged"]] == ["mmlu"]
+    validation = json.loads((run.path / "retrain" / "validation" / "report.json").read_text())
+    assert {m["name"] for m in validation["models"]} == {"base", "aligned"}
+    assert [c[2].max_steps for c in calls] == [2, 4]
+    for spec, examples, settings in calls:
+        assert spec == str(aligned)  # ALIGNED's adapter trained further, not BASE
+        assert settings.max_length == 200 and settings.learning_rate == 1e-4
+        capability = [e for e in examples if isinstance(e, dict) and "task" in e]
+        assert len(capability) == 12 and all(e["task"] == "mmlu" for e in capability)
+        assert all(item_side("mmlu", e["id"]) == "validation" for e in capability)
+        assert len(examples) - len(capability) == 4  # a quarter of the mix is ALIGNED's own data
+    data = json.loads((run.path / "frontier.json").read_text())
+    assert data["families"]["retrain"] == ["aligned", "retrain-2", "retrain-4"]
+    assert data["candidates"]["retrain-4"]["adapter"].endswith("retrain/4")
+    go(FakeBuilder())
+    assert len(calls) == 2
+
+
+def test_retrain_needs_an_aligned_adapter(tmp_path):
+    config = load_config(FrontierConfig, None, [*SMALL, "per_block.enabled=false", "retrain.steps=[2]"])
+    run = Run.create("fr", root=tmp_path, job="frontier", config=config)
+    with pytest.raises(ConfigError) as exc:
+        run_frontier(
+            config, "base", "aligned", run, make_builder=lambda *a: FakeBuilder(), say=lambda m: None,
+            progress=False,
+        )  # fmt: skip
+    assert "retrain.steps" in exc.value.render() and "not a LoRA adapter" in exc.value.render()

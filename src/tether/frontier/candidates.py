@@ -48,7 +48,7 @@ class Recipe:
     weights: tuple[float, float] = (1.0, 1.0)
     density: float = 0.5
     seed: int = 0
-    adapter: str | None = None  # a LoRA adapter on BASE trained by the frontier (replay)
+    adapter: str | None = None  # a LoRA adapter on BASE trained by the frontier (replay, retraining)
 
     def key(self, n_layers: int) -> dict[str, Any]:
         """The canonical description: per-layer α for interpolations (so per-block (a, a, a) and a
@@ -305,13 +305,14 @@ class CandidateBuilder:
         model.set_adapter(name)
 
     def _trained_adapter(self, recipe: Recipe) -> None:
-        """A LoRA adapter on BASE trained by the frontier (replay): loaded beside ALIGNED's once,
-        then made the active one."""
+        """A LoRA adapter on BASE trained by the frontier (replay, retraining): loaded beside
+        ALIGNED's once, then made the active one."""
         if not self.lora:
+            field = "retrain.steps" if recipe.family == "retrain" else "replay.fractions"
             raise ConfigError(
-                "replay candidates need ALIGNED to be a LoRA adapter (they are adapters on BASE too)",
-                where="replay.fractions",
-                hint="pass the aligned adapter directory as ALIGNED, or leave replay.fractions empty",
+                f"{recipe.family} candidates need ALIGNED to be a LoRA adapter (they are adapters on BASE too)",
+                where=field,
+                hint=f"pass the aligned adapter directory as ALIGNED, or leave {field} empty",
             )
         model = self.loaded.model
         name = "trained-" + hashlib.sha256(str(recipe.adapter).encode()).hexdigest()[:12]

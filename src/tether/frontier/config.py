@@ -85,6 +85,48 @@ class ReplayConfig(StrictModel):
         return sorted(set(value))
 
 
+class RetrainConfig(StrictModel):
+    """Targeted retraining: ALIGNED's adapter trained a little further on the capability the failure
+    analysis says it lost. A validation-side audit of BASE and ALIGNED on the scored tasks flags the
+    tasks and categories where ALIGNED regressed significantly (paired, after the audit's
+    multiple-comparison control); when none is significant, those whose point estimate fell. The
+    examples are validation-side items of the flagged domains (question → correct answer), mixed with
+    a share of ALIGNED's own SFT data so the safety it learned is rehearsed too."""
+
+    steps: list[int] = Field(
+        default_factory=list,
+        description="Optimizer steps of the short SFT, one candidate each (e.g. [10, 30]); [] = off.",
+    )
+    tasks: str | None = Field(
+        None, description="Scored tasks the failure analysis looks at (default: the scored ones in `tasks`)."
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Validation-side items per task in the failure analysis (default: `limit`)."
+    )
+    learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate of the short SFT.")
+    batch_size: int = Field(8, ge=1, description="Examples per step.")
+    max_examples: int = Field(
+        400, ge=1, description="Capability examples at most (sampled from the flagged domains)."
+    )
+    aligned_share: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the mix taken from ALIGNED's SFT data (retrain.data or sft_data.jsonl beside it).",
+    )
+    data: str | None = Field(
+        None, description="ALIGNED's SFT data (default: sft_data.jsonl beside the adapter)."
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        bad = [v for v in value if v < 1]
+        if bad:
+            raise ValueError(f"retrain steps must be at least 1, got {bad[0]}")
+        return sorted(set(value))
+
+
 class FrontierConfig(StrictModel):
     """``tether frontier BASE ALIGNED``: candidates between BASE and ALIGNED, each audited on the test
     side of the tasks; the per-block search reads only the validation side."""
@@ -114,8 +156,9 @@ class FrontierConfig(StrictModel):
         default_factory=lambda: ReplayConfig(),
         description="Capability replay: ALIGNED's SFT redone from BASE with capability examples mixed in.",
     )
-    retrain: bool = Field(
-        False, description=f"Targeted retraining on the domains the failure analysis flags; {NOT_BUILT}."
+    retrain: RetrainConfig = Field(
+        default_factory=lambda: RetrainConfig(),
+        description="Targeted retraining: ALIGNED trained a little further on the capability domains it lost.",
     )
     multi_objective: list[float] = Field(
         default_factory=list, description=f"λ values of r_safety + λ·r_helpful; {NOT_BUILT}."
@@ -137,20 +180,25 @@ class FrontierConfig(StrictModel):
             raise ValueError(f"{info.field_name} {NOT_BUILT}; leave it empty ([])")
         return value
 
-    @field_validator("retrain")
+    @field_validator("retrain", mode="before")
     @classmethod
-    def _not_built_flag(cls, value: bool) -> bool:
-        if value:
-            raise ValueError(f"targeted retraining {NOT_BUILT}; set retrain: false")
+    def _retrain_section(cls, value):
+        # Configs and manifests from before targeted retraining was built say `retrain: false`.
+        if value is False or value is None:
+            return {}
+        if value is True:
+            raise ValueError("retrain is a section now: set retrain.steps, e.g. [10, 30]")
         return value
 
     @model_validator(mode="after")
     def _some_candidate(self) -> FrontierConfig:
         interp = self.interpolation.enabled and bool(self.interpolation.alphas)
-        if not (interp or self.per_block.enabled or self.merges or self.replay.fractions):
+        if not (
+            interp or self.per_block.enabled or self.merges or self.replay.fractions or self.retrain.steps
+        ):
             raise ValueError(
-                "no candidates: interpolation.alphas is empty or disabled, per_block is disabled, merges and "
-                "replay.fractions are empty"
+                "no candidates: interpolation.alphas is empty or disabled, per_block is disabled, merges, "
+                "replay.fractions and retrain.steps are empty"
             )
         if self.merges and not self.capability_adapter:
             raise ValueError("merges need capability_adapter (a LoRA adapter on BASE)")
@@ -166,6 +214,8 @@ def check_frontier_config(config: FrontierConfig) -> list:
     problems = check_value("tasks", lambda: resolve_tasks(config.tasks))
     if config.replay.fractions:
         problems += check_value("replay.tasks", lambda: resolve_tasks(config.replay.tasks))
+    if config.retrain.steps and config.retrain.tasks:
+        problems += check_value("retrain.tasks", lambda: resolve_tasks(config.retrain.tasks))
     if config.capability_adapter:
         problems += check_value(
             "capability_adapter", lambda: check_spec(config.capability_adapter, where="capability_adapter")
@@ -178,6 +228,7 @@ __all__ = [
     "InterpolationConfig",
     "MergeConfig",
     "PerBlockConfig",
+    "RetrainConfig",
     "ReplayConfig",
     "check_frontier_config",
 ]

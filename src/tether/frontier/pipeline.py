@@ -7,6 +7,12 @@ items a stage finished before an interruption):
 * ``search``: per-block interpolation. Every combination of ``per_block.grid`` over the blocks is
   audited on the **validation** side of the tasks (``validation/report.json``); the non-uniform
   combinations on the validation frontier, spread over safety, become candidates (``per_block.json``).
+* ``replay/<share>``: ALIGNED's SFT redone from BASE with capability examples mixed in.
+* ``retrain/flag``: the failure analysis behind targeted retraining: BASE and ALIGNED audited on the
+  **validation** side of the scored tasks (``retrain/validation/``); the tasks and categories where
+  ALIGNED regressed (``retrain/flagged.json``).
+* ``retrain/<steps>``: ALIGNED's adapter trained ``steps`` more steps on validation-side examples of
+  the flagged domains, mixed with its own SFT data.
 * ``audit/<candidate>``: one candidate on the **test** side, item by item into the cache. A finished
   candidate is never built again: its stage is skipped.
 * ``report``: the audit report over every candidate (``audit/report.json``, ``audit/report.html``),
@@ -91,9 +97,9 @@ class FrontierContext(StageContext):
     base: str
     aligned: str
     make_builder: BuilderFactory = default_builder
-    train_replay: Callable[..., Any] | None = (
-        None  # (base, rows, out_dir, config) -> out_dir; None: train_sft
-    )
+    # Trains replay's and retraining's adapters: (model spec, rows, out_dir, SFTTrainConfig) -> out_dir;
+    # None: tether.train.sft.train_sft.
+    train_adapter: Callable[..., Any] | None = None
     progress: bool = True
     _builder: Any = None
     _tasks: list[Task] | None = None
@@ -125,15 +131,23 @@ class FrontierContext(StageContext):
 
 
 def _audit(
-    ctx: FrontierContext, recipes: Mapping[str, Recipe], names: list[str], side: str, limit: int | None
+    ctx: FrontierContext,
+    recipes: Mapping[str, Recipe],
+    names: list[str],
+    side: str,
+    limit: int | None,
+    *,
+    tasks: list[Task] | None = None,
+    out: str | None = None,
 ) -> AuditReport:
     """An audit of the candidates ``names`` (built from ``recipes``) on one side of the split: the
-    validation side into ``validation/``, the test side into ``audit/``; items come from the shared
-    cache where an earlier stage scored them."""
+    validation side into ``validation/``, the test side into ``audit/`` (or ``out``); items come from
+    the shared cache where an earlier stage scored them. ``tasks``: that side of these tasks instead
+    of the frontier's."""
     return run_audit(
         names,
-        ctx.tasks(side),
-        ctx.run.path / ("validation" if side == "validation" else "audit"),
+        ctx.tasks(side) if tasks is None else split_tasks(tasks, side, ctx.config.validation_fraction),  # type: ignore[arg-type]
+        ctx.run.path / (out or ("validation" if side == "validation" else "audit")),
         limit=limit,
         seed=ctx.config.seed,
         engine_config=ctx.config.engine,
@@ -154,6 +168,7 @@ def plan(ctx: FrontierContext) -> dict[str, Any]:
         for m in cfg.merges
     ]
     recipes += [Recipe("replay", adapter=str(ctx.run.artifact(replay_dir(f)))) for f in cfg.replay.fractions]
+    recipes += [Recipe("retrain", adapter=str(ctx.run.artifact(retrain_dir(n)))) for n in cfg.retrain.steps]
     out: dict[str, dict[str, Any]] = {}
     for r in recipes:
         out.setdefault(candidate_name(r), _recipe_json(r))  # α = 0 and 1 are the references
@@ -191,12 +206,14 @@ def aligned_train_config(aligned: str) -> dict[str, Any]:
     return log["config"]
 
 
-def capability_examples(config: FrontierConfig) -> list[dict[str, str]]:
-    """Question → correct answer from the *validation* side of ``replay.tasks``: never a test item."""
-    from tether.evals.registry import resolve_tasks
-
+def capability_examples(
+    config: FrontierConfig, tasks: str | list[Task] | None = None
+) -> list[dict[str, str]]:
+    """Question → correct answer from the *validation* side of ``tasks`` (default ``replay.tasks``):
+    never a test item."""
+    chosen = resolve_tasks(config.replay.tasks if tasks is None else tasks)
     rows = []
-    for task in split_tasks(resolve_tasks(config.replay.tasks), "validation", config.validation_fraction):
+    for task in split_tasks(chosen, "validation", config.validation_fraction):
         for item in task.load():
             choices, answer = getattr(item, "choices", None), getattr(item, "answer_index", None)
             if choices and answer is not None:
@@ -204,6 +221,7 @@ def capability_examples(config: FrontierConfig) -> list[dict[str, str]]:
                     {
                         "id": str(item.id),
                         "task": task.name,
+                        "category": str(getattr(item, "category", "") or ""),
                         "prompt": item.question,
                         "completion": str(choices[answer]),
                     }
@@ -237,12 +255,153 @@ def replay_stage(fraction: float) -> Callable[[FrontierContext], dict[str, Any]]
             f"replay {fraction:g}: ALIGNED's SFT redone from BASE on {len(aligned_rows)} + {wanted} capability examples"
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        train = ctx.train_replay or train_sft
+        train = ctx.train_adapter or train_sft
         train(ctx.base, mixed, out, SFTTrainConfig(**settings))
         ctx.run.artifact(f"{replay_dir(fraction)}.capability.jsonl").write_text(
             "".join(json.dumps(r) + "\n" for r in mixed if "task" in r), encoding="utf-8"
         )
         return {"adapter": str(out), "aligned_examples": len(aligned_rows), "capability_examples": wanted}
+
+    return train
+
+
+RETRAIN_FLAG = "retrain/flag"
+
+
+def retrain_dir(steps: int) -> str:
+    return f"retrain/{steps}"
+
+
+def flagged_domains(deltas: list[Any], model: str = "aligned") -> tuple[list[dict[str, Any]], str]:
+    """The failure analysis's verdict for ``model`` against BASE: the tasks and categories with a
+    significant regression (``regressed``: after the audit's multiple-comparison control), and
+    ``"significant"``; when there is none, the whole tasks whose point estimate fell, and ``"point
+    estimate"``. Tasks without signal are never flagged; a flagged task covers its categories."""
+    mine = [d for d in deltas if d.model == model and d.signal is not False]
+    picked, basis = [d for d in mine if d.regressed], "significant"
+    if not picked:
+        picked, basis = [d for d in mine if d.category is None and d.delta < 0], "point estimate"
+    whole = {d.task for d in picked if d.category is None}
+    return [
+        {
+            "task": d.task,
+            "category": d.category,
+            "delta": d.delta,
+            "ci": [d.ci_low, d.ci_high],
+            "q_value": d.q_value,
+            "n": d.n,
+        }
+        for d in picked
+        if d.category is None or d.task not in whole
+    ], basis
+
+
+def _scored_tasks(ctx: FrontierContext) -> list[Task]:
+    cfg = ctx.config.retrain
+    tasks = [t for t in resolve_tasks(cfg.tasks or ctx.config.tasks) if t.kind == "score"]
+    if not tasks:
+        raise ConfigError(
+            "targeted retraining needs a scored capability task to find what ALIGNED lost",
+            where="retrain.tasks" if cfg.tasks else "tasks",
+            hint="add e.g. arc_easy,sciq,piqa (tasks with signal on the model)",
+        )
+    return tasks
+
+
+def retrain_flag(ctx: FrontierContext) -> dict[str, Any]:
+    """BASE and ALIGNED on the validation side of the scored tasks: what did ALIGNED lose?"""
+    from tether.train.lora import is_adapter_dir
+
+    if not is_adapter_dir(ctx.aligned):
+        raise ConfigError(
+            f"targeted retraining trains ALIGNED's adapter further, but {ctx.aligned} is not a LoRA adapter",
+            where="retrain.steps",
+            hint="pass the aligned adapter directory as ALIGNED, or leave retrain.steps empty",
+        )
+    tasks = _scored_tasks(ctx)
+    recipes = {"base": Recipe("reference", (0.0,)), "aligned": Recipe("reference", (1.0,))}
+    limit = ctx.config.retrain.limit or ctx.config.limit
+    ctx.say(
+        f"targeted retraining: BASE and ALIGNED on the validation side of {', '.join(t.name for t in tasks)}"
+    )
+    report = _audit(
+        ctx, recipes, ["base", "aligned"], "validation", limit, tasks=tasks, out="retrain/validation"
+    )
+    flagged, basis = flagged_domains(report.deltas)
+    if not flagged:
+        raise ConfigError(
+            "nothing to retrain: ALIGNED lost no capability on the validation side of "
+            + ", ".join(t.name for t in tasks),
+            where="retrain.steps",
+            hint="leave retrain.steps empty, or look at other tasks (retrain.tasks)",
+        )
+    data = {"basis": basis, "flagged": flagged, "tasks": [t.name for t in tasks], "limit": limit}
+    ctx.run.artifact("retrain/flagged.json").write_text(json.dumps(data, indent=2))
+    return {
+        "basis": basis,
+        "flagged": [f"{f['task']}:{f['category']}" if f["category"] else f["task"] for f in flagged],
+    }
+
+
+def retrain_examples(ctx: FrontierContext) -> list[dict[str, str]]:
+    """Validation-side examples of the flagged domains, at most ``retrain.max_examples``."""
+    import random
+
+    flag = json.loads(ctx.run.artifact("retrain/flagged.json").read_text())
+    tasks = {f["task"] for f in flag["flagged"] if f["category"] is None}
+    categories = {(f["task"], f["category"]) for f in flag["flagged"] if f["category"] is not None}
+    names = sorted(tasks | {t for t, _ in categories})
+    pool = [
+        r
+        for r in capability_examples(ctx.config, names)
+        if r["task"] in tasks or (r["task"], r["category"]) in categories
+    ]
+    rng = random.Random(f"{ctx.config.seed}:retrain")
+    return rng.sample(pool, min(len(pool), ctx.config.retrain.max_examples))
+
+
+def retrain_stage(steps: int) -> Callable[[FrontierContext], dict[str, Any]]:
+    def train(ctx: FrontierContext) -> dict[str, Any]:
+        import random
+
+        from tether.train.examples import SFTLine, read_lines
+        from tether.train.sft import SFTTrainConfig, train_sft
+
+        cfg = ctx.config.retrain
+        examples = retrain_examples(ctx)
+        mixed: list[Any] = list(examples)
+        rng = random.Random(f"{ctx.config.seed}:retrain:{steps}")
+        aligned_rows: list[Any] = []
+        if cfg.aligned_share > 0:
+            path = Path(cfg.data) if cfg.data else replay_data_path(ctx.aligned, ctx.config)
+            aligned_rows = read_lines(path, SFTLine)
+            wanted = min(
+                len(aligned_rows), round(cfg.aligned_share / (1 - cfg.aligned_share) * len(examples))
+            )
+            aligned_rows = rng.sample(aligned_rows, wanted)
+            mixed += aligned_rows
+        rng.shuffle(mixed)
+        log = Path(ctx.aligned).expanduser() / "train_log.json"
+        settings = json.loads(log.read_text(encoding="utf-8")).get("config", {}) if log.is_file() else {}
+        settings.update(
+            max_steps=steps, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, grad_accum=1,
+            warmup_steps=0, seed=ctx.config.seed,
+        )  # fmt: skip
+        out = ctx.run.artifact(retrain_dir(steps))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ctx.say(
+            f"retrain {steps}: ALIGNED's adapter {steps} more steps on {len(examples)} capability + "
+            f"{len(aligned_rows)} of its own examples"
+        )
+        (ctx.train_adapter or train_sft)(ctx.aligned, mixed, out, SFTTrainConfig(**settings))
+        ctx.run.artifact(f"{retrain_dir(steps)}.capability.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in examples), encoding="utf-8"
+        )
+        return {
+            "adapter": str(out),
+            "capability_examples": len(examples),
+            "aligned_examples": len(aligned_rows),
+        }
 
     return train
 
@@ -435,6 +594,11 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
     )
     if replayed:
         families["replay"] = ["aligned", *replayed]
+    retrained = sorted(
+        (n for n, r in found.items() if r.family == "retrain"), key=lambda n: int(n.split("-", 1)[1])
+    )
+    if retrained:
+        families["retrain"] = ["aligned", *retrained]
     significant_gain = []
     for n in points:
         d = deltas.get(n, {})
@@ -509,20 +673,27 @@ def frontier_stages(config: FrontierConfig, run: Run) -> tuple[list[Stage], Call
         first.append(Stage("search", search, needs=("plan",)))
 
     def rest() -> list[Stage]:
+        # A trained candidate's audit waits for the stage that trains it.
         trained = {
-            candidate_name(Recipe("replay", adapter=replay_dir(f))): f for f in config.replay.fractions
+            candidate_name(Recipe("replay", adapter=replay_dir(f))): replay_dir(f)
+            for f in config.replay.fractions
         }
-        replays = [Stage(replay_dir(f), replay_stage(f), needs=("plan",)) for f in config.replay.fractions]
+        trained |= {
+            candidate_name(Recipe("retrain", adapter=retrain_dir(n))): retrain_dir(n)
+            for n in config.retrain.steps
+        }
+        training = [Stage(replay_dir(f), replay_stage(f), needs=("plan",)) for f in config.replay.fractions]
+        if config.retrain.steps:
+            training.append(Stage(RETRAIN_FLAG, retrain_flag, needs=("plan",)))
+            training += [
+                Stage(retrain_dir(n), retrain_stage(n), needs=(RETRAIN_FLAG,)) for n in config.retrain.steps
+            ]
         audits = [
-            Stage(
-                f"audit/{n}",
-                audit_stage(n),
-                needs=("plan", *([replay_dir(trained[n])] if n in trained else [])),
-            )
+            Stage(f"audit/{n}", audit_stage(n), needs=("plan", *([trained[n]] if n in trained else [])))
             for n in _order(run)
         ]
         return [
-            *replays,
+            *training,
             *audits,
             Stage("report", report, needs=tuple(s.name for s in audits)),
             Stage("frontier", frontier, needs=("report",)),
@@ -538,7 +709,7 @@ def run_frontier(
     run: Run,
     *,
     make_builder: BuilderFactory = default_builder,
-    train_replay: Callable[..., Any] | None = None,
+    train_adapter: Callable[..., Any] | None = None,
     say: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -549,7 +720,7 @@ def run_frontier(
         base=base,
         aligned=aligned,
         make_builder=make_builder,
-        train_replay=train_replay,
+        train_adapter=train_adapter,
         say=say,
         progress=progress,
     )
