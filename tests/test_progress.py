@@ -16,6 +16,7 @@ def test_a_log_gets_plain_progress_lines_and_a_last_one(monkeypatch, capsys):
     lines = err.splitlines()
     assert lines[0].startswith("patching m0: 1/4 (25%), 0:00:00 elapsed, ~0:00:00 left")
     assert lines[-1].startswith("patching m0: 4/4 (100%)") and "left" not in lines[-1]
+    assert len(lines) == 2  # the end is not printed twice
 
 
 def test_lines_wait_for_the_interval_and_nested_bars_stay_quiet(monkeypatch, capsys):

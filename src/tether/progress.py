@@ -53,6 +53,7 @@ class _LineBar(_Bar):
         self.stream = stream or sys.stderr
         self.done = 0.0
         self.began = self.last = time.monotonic()
+        self.said: float | None = None  # the count last printed
 
     def advance(self, amount: float = 1) -> None:
         self.done += amount
@@ -65,6 +66,9 @@ class _LineBar(_Bar):
         self.description = text
 
     def say(self, now: float | None = None) -> None:
+        if self.said == self.done and now is None:  # the end, already printed as the last advance
+            return
+        self.said = self.done
         elapsed = (now or time.monotonic()) - self.began
         line = f"{self.description}: {self.done:g}"
         if self.total:
