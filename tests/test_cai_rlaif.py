@@ -135,3 +135,33 @@ def test_a_base_feedback_model_gets_the_completion_transcript():
     pairs, stats = label_pairs([_prompt("h")], answers, base_model, CONSTITUTION)
     assert [c.endswith("\nThe answer is:") for c in contexts(base_model)] == [True, True]  # both orders
     assert len(pairs) == 1 and pairs[0].chosen == GOOD and stats.position_a_rate_raw == 1.0
+
+
+def test_the_judges_agreement_check_is_traced(tmp_path):
+    """Each judged answer of a labelled pair is a judge item span named prompt_id/chosen or /rejected."""
+    from tether.runs import Run, Stage, StageContext, run_stages
+    from tether.tracing import SPANS_FILENAME, check_spans, read_spans
+
+    scorer = ScriptedEngine(score=biased_labeler(0.0))
+    answers = {"harm": (GOOD, BAD)}
+    run = Run.create("rlaif-spans", root=tmp_path, job="test")
+    found = []
+
+    def label(ctx) -> dict:
+        pairs, _ = label_pairs(
+            [_prompt("harm")], answers, scorer, CONSTITUTION, judge=default_refusal_judge()
+        )
+        found.extend(pairs)
+        return {}
+
+    run_stages(run, [Stage("label", label)], StageContext(run=run))
+    run.finish()
+    spans = read_spans(run.path / SPANS_FILENAME)
+    assert check_spans(spans) == []
+    items = {
+        s["attributes"]["tether.item.id"]: s["attributes"]["tether.judge.verdict"]
+        for s in spans
+        if s["name"].startswith("judge ") and "tether.item.id" in s["attributes"]
+    }
+    [pair] = found
+    assert items == {"harm/chosen": pair.chosen_refusal, "harm/rejected": pair.rejected_refusal}

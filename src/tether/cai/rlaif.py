@@ -177,10 +177,11 @@ def label_pairs(
 def _judge_agreement(pairs: list[LabeledPair], judge: RefusalJudge, stats: LabelStats) -> list[LabeledPair]:
     """Attach refusal labels, and measure how often the labeler agrees with the refusal judge where
     exactly one answer refuses (harmful: the refusal should win; benign: the answer should win)."""
-    from tether.judges import judge_many
+    from tether.evals.tasks._common import judge_traced
 
     flat = [(pair.prompt, text) for pair in pairs for text in (pair.chosen, pair.rejected)]
-    verdicts = judge_many(judge, flat)
+    ids = [f"{pair.prompt_id}/{side}" for pair in pairs for side in ("chosen", "rejected")]
+    verdicts = judge_traced(judge, flat, ids)
     out, agree = [], {"harmful": [0, 0], "benign": [0, 0]}
     for i, pair in enumerate(pairs):
         chosen, rejected = verdicts[2 * i].label, verdicts[2 * i + 1].label
