@@ -528,43 +528,52 @@ def test_points_carry_the_ci_of_their_paired_difference_from_aligned(tmp_path):
     assert path.stat().st_size > 1000
 
 
+class TrainedRun:
+    """A frontier run whose trained candidates (replay, retraining) go through a fake trainer: an
+    ALIGNED adapter directory with ``train_log`` and 40 SFT rows beside it; ``calls`` records each
+    training as (model spec, examples, settings)."""
+
+    def __init__(self, tmp_path, train_log: dict, overrides: list[str]):
+        self.tmp_path = tmp_path
+        self.aligned = tmp_path / "cai" / "round1" / "sft"
+        self.aligned.mkdir(parents=True)
+        (self.aligned / "adapter_config.json").write_text("{}")
+        (self.aligned / "train_log.json").write_text(json.dumps({"trainer": "sft", "config": train_log}))
+        rows = [
+            {"prompt": f"harmful request {i}", "completion": f"I can't help with {i}."} for i in range(40)
+        ]
+        (self.aligned.parent / "sft_data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self.config = load_config(FrontierConfig, None, [*overrides, f"cache={tmp_path / 'c.sqlite'}"])
+        self.calls: list = []
+
+    def train(self, spec, examples, out, config):
+        self.calls.append((spec, list(examples), config))
+        Path(out).mkdir(parents=True)
+        (Path(out) / "adapter_config.json").write_text("{}")
+        return Path(out)
+
+    def go(self):
+        run = Run.create("fr", root=self.tmp_path, job="frontier", config=self.config)
+        run_frontier(
+            self.config, "base", str(self.aligned), run, make_builder=lambda *a: FakeBuilder(),
+            train_adapter=self.train, say=lambda m: None, progress=False,
+        )  # fmt: skip
+        return run
+
+
 def test_replay_retrains_aligned_with_validation_side_capability_examples(tmp_path):
     """Replay redoes ALIGNED's SFT (its recorded settings, its data) from BASE with a share of
     capability examples, all from the validation side; each becomes a candidate; a rerun trains
     nothing again."""
     from tether.frontier.splits import item_side
 
-    aligned = tmp_path / "cai" / "round1" / "sft"
-    aligned.mkdir(parents=True)
-    (aligned / "train_log.json").write_text(
-        json.dumps({"trainer": "sft", "config": {"max_steps": 3, "learning_rate": 1e-3}})
+    trained = TrainedRun(
+        tmp_path,
+        {"max_steps": 3, "learning_rate": 1e-3},
+        [*SMALL, "replay.fractions=[0.2,0.05]", "replay.tasks=arc_easy"],
     )
-    rows = [{"prompt": f"harmful request {i}", "completion": f"I can't help with {i}."} for i in range(40)]
-    (aligned.parent / "sft_data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    calls = []
-
-    def fake_train(base, examples, out, config):
-        calls.append((base, list(examples), config))
-        Path(out).mkdir(parents=True)
-        (Path(out) / "adapter_config.json").write_text("{}")
-        return Path(out)
-
-    overrides = [
-        *SMALL,
-        "replay.fractions=[0.2,0.05]",
-        "replay.tasks=arc_easy",
-        f"cache={tmp_path / 'c.sqlite'}",
-    ]
-    config = load_config(FrontierConfig, None, overrides)
-
-    def go(builder):
-        run = Run.create("fr", root=tmp_path, job="frontier", config=config)
-        return run, run_frontier(
-            config, "base", str(aligned), run, make_builder=lambda *a: builder, train_adapter=fake_train,
-            say=lambda m: None, progress=False,
-        )  # fmt: skip
-
-    run, _ = go(FakeBuilder())
+    run = trained.go()
+    calls = trained.calls
     assert [len(examples) for _, examples, _ in calls] == [40 + 2, 40 + 10]  # 0.05 and 0.2 of the mix
     for base, examples, settings in calls:
         assert base == "base" and settings.max_steps == 3 and settings.learning_rate == 1e-3
@@ -574,7 +583,7 @@ def test_replay_retrains_aligned_with_validation_side_capability_examples(tmp_pa
     data = json.loads((run.path / "frontier.json").read_text())
     assert {"replay-0.05", "replay-0.2"} <= set(data["candidates"])
     assert data["families"]["replay"] == ["aligned", "replay-0.05", "replay-0.2"]
-    go(FakeBuilder())
+    trained.go()
     assert len(calls) == 2  # finished replay stages are not trained again
 
 
@@ -640,46 +649,27 @@ def test_retrain_trains_aligned_on_flagged_validation_domains(tmp_path):
     each step count a candidate; a rerun trains nothing again."""
     from tether.frontier.splits import item_side
 
-    aligned = tmp_path / "cai" / "round1" / "sft"
-    aligned.mkdir(parents=True)
-    (aligned / "adapter_config.json").write_text("{}")
-    (aligned / "train_log.json").write_text(json.dumps({"trainer": "sft", "config": {"max_length": 200}}))
-    rows = [{"prompt": f"harmful request {i}", "completion": f"I can't help with {i}."} for i in range(40)]
-    (aligned.parent / "sft_data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    calls = []
-
-    def fake_train(spec, examples, out, config):
-        calls.append((spec, list(examples), config))
-        Path(out).mkdir(parents=True)
-        (Path(out) / "adapter_config.json").write_text("{}")
-        return Path(out)
-
-    overrides = [
-        *SMALL,
-        "per_block.enabled=false",
-        "interpolation.alphas=[1.0]",
-        "retrain.steps=[4,2]",
-        "retrain.max_examples=12",
-        "retrain.aligned_share=0.25",
-        f"cache={tmp_path / 'c.sqlite'}",
-    ]
-    config = load_config(FrontierConfig, None, overrides)
-
-    def go(builder):
-        run = Run.create("fr", root=tmp_path, job="frontier", config=config)
-        return run, run_frontier(
-            config, "base", str(aligned), run, make_builder=lambda *a: builder, train_adapter=fake_train,
-            say=lambda m: None, progress=False,
-        )  # fmt: skip
-
-    run, _ = go(FakeBuilder())
+    trained = TrainedRun(
+        tmp_path,
+        {"max_length": 200},
+        [
+            *SMALL,
+            "per_block.enabled=false",
+            "interpolation.alphas=[1.0]",
+            "retrain.steps=[4,2]",
+            "retrain.max_examples=12",
+            "retrain.aligned_share=0.25",
+        ],
+    )
+    run = trained.go()
+    calls = trained.calls
     flag = json.loads((run.path / "retrain" / "flagged.json").read_text())
     assert flag["tasks"] == ["mmlu"] and [f["task"] for f in flag["flagged"]] == ["mmlu"]
     validation = json.loads((run.path / "retrain" / "validation" / "report.json").read_text())
     assert {m["name"] for m in validation["models"]} == {"base", "aligned"}
     assert [c[2].max_steps for c in calls] == [2, 4]
     for spec, examples, settings in calls:
-        assert spec == str(aligned)  # ALIGNED's adapter trained further, not BASE
+        assert spec == str(trained.aligned)  # ALIGNED's adapter trained further, not BASE
         assert settings.max_length == 200 and settings.learning_rate == 1e-4
         capability = [e for e in examples if isinstance(e, dict) and "task" in e]
         assert len(capability) == 12 and all(e["task"] == "mmlu" for e in capability)
@@ -688,7 +678,7 @@ def test_retrain_trains_aligned_on_flagged_validation_domains(tmp_path):
     data = json.loads((run.path / "frontier.json").read_text())
     assert data["families"]["retrain"] == ["aligned", "retrain-2", "retrain-4"]
     assert data["candidates"]["retrain-4"]["adapter"].endswith("retrain/4")
-    go(FakeBuilder())
+    trained.go()
     assert len(calls) == 2
 
 
