@@ -219,27 +219,31 @@ def select_stage(key: str) -> Callable[[DirectionContext], dict[str, Any]]:
                 )
                 bar.advance()
         tried, chosen = [], None
-        for p, layer in sorted(grid, key=lambda pl: bypass[pl]):
-            direction = candidates[p, layer]
-            induce = refusal_score(
-                last_logits(engine, rows["harmless"], addition_hooks(layer, direction), batch_size=bs), ids
-            )
-            ablated_h = last_logits(
-                engine, rows["harmless"], ablation_hooks(layers, direction), batch_size=bs
-            )
-            kl = float(kl_divergence(clean["harmless"], ablated_h).mean())
-            entry = {
-                "position": p,
-                "layer": layer,
-                "bypass": bypass[p, layer],
-                "induce": float(induce.mean()),
-                "kl": kl,
-            }
-            entry["passed"] = entry["induce"] > 0 and kl < cfg.kl_threshold
-            tried.append(entry)
-            if entry["passed"]:
-                chosen = entry
-                break
+        # Strongest ablation first, until one passes both filters: all of them when none does.
+        with progress_bar(f"{key} · filters", total=len(grid), enabled=ctx.progress) as bar:
+            for p, layer in sorted(grid, key=lambda pl: bypass[pl]):
+                direction = candidates[p, layer]
+                induce = refusal_score(
+                    last_logits(engine, rows["harmless"], addition_hooks(layer, direction), batch_size=bs),
+                    ids,
+                )
+                ablated_h = last_logits(
+                    engine, rows["harmless"], ablation_hooks(layers, direction), batch_size=bs
+                )
+                kl = float(kl_divergence(clean["harmless"], ablated_h).mean())
+                entry = {
+                    "position": p,
+                    "layer": layer,
+                    "bypass": bypass[p, layer],
+                    "induce": float(induce.mean()),
+                    "kl": kl,
+                }
+                entry["passed"] = entry["induce"] > 0 and kl < cfg.kl_threshold
+                tried.append(entry)
+                bar.advance()
+                if entry["passed"]:
+                    chosen = entry
+                    break
         fallback = chosen is None
         if fallback:
             chosen = tried[0]  # every candidate failed a filter: the strongest ablation, flagged
