@@ -148,6 +148,32 @@ class RedteamConfig(StrictModel):
     def attacker_spec(self) -> str:
         return self.attacker or self.target
 
+    def ceiling(self, strategy: str) -> tuple[int, str] | None:
+        """The most target queries ``strategy`` can spend on one goal with these settings, and how
+        that follows from them; None where only the data decides (templates) or the budget does."""
+        if strategy == "pair":
+            return self.pair.streams * self.pair.iterations, "pair.streams x pair.iterations"
+        if strategy == "tap":
+            t = self.tap  # the root's children, then up to width leaves x branching per depth
+            return t.branching + (
+                t.depth - 1
+            ) * t.width * t.branching, "tap.branching x (1 + (depth-1) x width)"
+        if strategy == "crescendo":
+            return self.crescendo.turns + self.crescendo.backtracks, "crescendo.turns + crescendo.backtracks"
+        return None
+
+    def short_budgets(self) -> dict[str, str]:
+        """Strategies that cannot spend ``queries_per_goal``: an unequal budget is no fair comparison."""
+        out = {}
+        for strategy in self.strategies:
+            found = self.ceiling(strategy)
+            if found and found[0] < self.queries_per_goal:
+                out[strategy] = (
+                    f"spends at most {found[0]} of the {self.queries_per_goal} queries a goal ({found[1]}); "
+                    "raise them for an equal budget"
+                )
+        return out
+
     def white_box_problem(self) -> str | None:
         """Why ``target`` cannot be attacked by the strategies listed (gcg needs local weights)."""
         from tether.engine.served import is_served

@@ -110,6 +110,8 @@ def attack_stage(strategy: str) -> Stage:
 
                 attack_ctx.white_box = WhiteBox.of(target)
             ctx.say(f"redteam {strategy}: {len(todo)} goal(s) to attack ({len(done)} already done)")
+            if strategy in (short := config.short_budgets()):
+                ctx.say(f"warning: redteam {strategy} {short[strategy]}")
             with JsonlAppender(path) as out:
                 run_goals(
                     todo,
@@ -158,6 +160,8 @@ def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str,
             for s in config.strategies
         },
         "results": results,
+        # Strategies whose settings cap them below queries_per_goal: their ASR is at a smaller budget.
+        "short_budgets": config.short_budgets(),
         "successes": successful_attacks(records_all),
     }
 
