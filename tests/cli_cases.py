@@ -268,6 +268,7 @@ CASES: list[Case] = [
     case("frontier-model-typo", f"frontier defualt {T}", "BASE", "default"),
     case("frontier-out-file", f"frontier {T} {T} --out {P}", "--out"),
     case("frontier-tasks", f"frontier {T} {T} --set tasks=harmfull_refusal", "harmful_refusal"),
+    case("frontier-retrain-full", f"frontier {T} {T} --set retrain.steps=[5]", "retrain.steps", "not a LoRA adapter"),
     # --- audit
     case("audit-no-models", "audit --tasks mmlu", "model"),
     case("audit-model-typo", "audit defualt --tasks mmlu --limit 1 --out {d}/audit", "default"),

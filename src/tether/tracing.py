@@ -223,7 +223,10 @@ def traced_verdicts(
 ) -> list[Any]:
     """Run ``judge_all()`` (one verdict per id, each with ``label`` and ``score``) as one
     ``judge NAME`` span with a child per item carrying its verdict, plus that item's
-    ``item_attributes`` (an attack id, a stage). The children share the batch's times."""
+    ``item_attributes`` (an attack id, a stage). The children share the batch's times. Nothing to
+    judge is no span."""
+    if not ids:
+        return list(judge_all())
     with span(f"judge {name}", {"tether.judge.name": name, "tether.batch.items": len(ids)}):
         began = time.time_ns()
         verdicts = list(judge_all())

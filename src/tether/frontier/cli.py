@@ -47,6 +47,10 @@ def frontier_command(
     check_spec(base, where="BASE")
     check_spec(aligned, where="ALIGNED")
     check_same_base(base, aligned, cfg.capability_adapter)
+    if cfg.retrain.steps:
+        from tether.frontier.pipeline import check_retrainable
+
+        check_retrainable(aligned)
     check_output_dir(out, flag="--out")
     manifest = out / "manifest.json"
     if manifest.exists():

@@ -308,16 +308,21 @@ def _scored_tasks(ctx: FrontierContext) -> list[Task]:
     return tasks
 
 
-def retrain_flag(ctx: FrontierContext) -> dict[str, Any]:
-    """BASE and ALIGNED on the validation side of the scored tasks: what did ALIGNED lose?"""
+def check_retrainable(aligned: str) -> None:
+    """Targeted retraining trains ALIGNED's adapter further: a full model is a one-line error."""
     from tether.train.lora import is_adapter_dir
 
-    if not is_adapter_dir(ctx.aligned):
+    if not is_adapter_dir(aligned):
         raise ConfigError(
-            f"targeted retraining trains ALIGNED's adapter further, but {ctx.aligned} is not a LoRA adapter",
+            f"targeted retraining trains ALIGNED's adapter further, but {aligned} is not a LoRA adapter",
             where="retrain.steps",
             hint="pass the aligned adapter directory as ALIGNED, or leave retrain.steps empty",
         )
+
+
+def retrain_flag(ctx: FrontierContext) -> dict[str, Any]:
+    """BASE and ALIGNED on the validation side of the scored tasks: what did ALIGNED lose?"""
+    check_retrainable(ctx.aligned)
     tasks = _scored_tasks(ctx)
     recipes = {"base": Recipe("reference", (0.0,)), "aligned": Recipe("reference", (1.0,))}
     limit = ctx.config.retrain.limit or ctx.config.limit

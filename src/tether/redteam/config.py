@@ -155,9 +155,8 @@ class RedteamConfig(StrictModel):
             return self.pair.streams * self.pair.iterations, "pair.streams x pair.iterations"
         if strategy == "tap":
             t = self.tap  # the root's children, then up to width leaves x branching per depth
-            return t.branching + (
-                t.depth - 1
-            ) * t.width * t.branching, "tap.branching x (1 + (depth-1) x width)"
+            most = t.branching + (t.depth - 1) * t.width * t.branching
+            return most, "tap.branching x (1 + (depth-1) x width)"
         if strategy == "crescendo":
             return self.crescendo.turns + self.crescendo.backtracks, "crescendo.turns + crescendo.backtracks"
         return None
