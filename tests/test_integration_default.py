@@ -94,3 +94,11 @@ def test_demo_runs_end_to_end(tmp_path):
     for path in span_files:
         spans = read_spans(path)
         assert spans and check_spans(spans) == [], path
+    # The answers' refusal verdicts are judge spans too, one per answer, each with its verdict.
+    answers = {a["prompt_id"]: a["refusal"] for a in map(json.loads, (run_dir / "answers.jsonl").open())}
+    judged = {
+        s["attributes"]["tether.item.id"]: s["attributes"]["tether.judge.verdict"]
+        for s in read_spans(run_dir / SPANS_FILENAME)
+        if s["name"].startswith("judge ") and "tether.item.id" in s["attributes"]
+    }
+    assert judged == answers

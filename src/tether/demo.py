@@ -151,6 +151,7 @@ def _prompts(config: DemoConfig):
 def answers_stage(ctx: DemoContext) -> dict:
     """Answer harmful and benign-but-edgy prompts; the refusal judge labels each answer."""
     from tether.engine import SamplingParams
+    from tether.evals.tasks._common import judge_traced
     from tether.judges import default_refusal_judge
 
     path = ctx.run.artifact("answers.jsonl")
@@ -158,15 +159,19 @@ def answers_stage(ctx: DemoContext) -> dict:
     todo = [p for p in _prompts(ctx.config) if p.id not in done]
     judge = default_refusal_judge()
     params = SamplingParams(max_new_tokens=ctx.config.max_new_tokens)
+    completions = ctx.engine().generate(todo, params, stage="demo") if todo else []
+    verdicts = judge_traced(
+        judge, [(p.text, c.text) for p, c in zip(todo, completions, strict=True)], [p.id for p in todo]
+    )
     with JsonlAppender(path) as out:
-        for prompt, completion in zip(todo, ctx.engine().generate(todo, params, stage="demo"), strict=True):
+        for prompt, completion, verdict in zip(todo, completions, verdicts, strict=True):
             out.write(
                 {
                     **completion.model_dump(),
                     "kind": prompt.kind,
                     "category": prompt.category,
                     "prompt": prompt.text,
-                    "refusal": judge.judge(prompt.text, completion.text).label,
+                    "refusal": verdict.label,
                 }
             )
     answers = read_completed(path)
