@@ -426,6 +426,53 @@ def test_frontier_run_selects_on_validation_reports_test_and_resumes(tmp_path):
     assert again.made == [] and summary2 == summary
 
 
+def test_levels_compare_validation_picks_on_the_test_side_from_the_cache(tmp_path):
+    overrides = [*SMALL, "per_block.grid=[0.5,1.0]", "per_block.levels=3"]
+    builder = FakeBuilder()
+    run, summary = _run(tmp_path, builder, overrides)
+    block = json.loads((run.path / "per_block.json").read_text())
+    validation = block["validation"]
+    # the single α's were audited on the validation side too (0 and 1 always)
+    assert {"base", "interp-0.50", "aligned"} <= set(validation)
+    levels = block["levels"]
+    assert len(levels) == 3
+    for level in levels:
+        for family in ("single", "per_block"):
+            if level[family] is not None:
+                assert validation[level[family]][0] >= level["threshold"]
+    # the fake BASE is the safest and most capable candidate: the single α picks it at every level;
+    # every per-block combination has α >= 0.5, so none reaches the levels near BASE's safety
+    assert [lv["single"] for lv in levels] == ["base"] * 3
+    compared = [k for k, lv in enumerate(levels) if lv["per_block"] is not None]
+    assert compared and len(compared) < 3
+    assert all(levels[k]["per_block"] in block["chosen"] for k in compared)  # audited on the test side
+    data = json.loads((run.path / "frontier.json").read_text())
+    lin = data["per_block_vs_single"]
+    for k, row in enumerate(lin["levels"]):
+        if k not in compared:
+            assert row["winner"] is None and "no per-block candidate" in row["reading"]
+            continue
+        # BASE beats each per-block pick, significantly on safety (it refuses none of the prompts)
+        assert (row["winner"], row["significant"]) == ("single", True)
+        assert row["per_block_minus_single"]["safety"]["delta"] < 0
+        assert set(row["test"]) == {row["single"], row["per_block"]}
+        assert (run.path / "levels" / str(k + 1) / "report.json").exists()
+    assert lin["single_wins"] == len(compared) and lin["per_block_wins"] == 0
+    assert lin["answer"] == "not replicated" and summary["per_block_vs_single"] == lin["reading"]
+    # the paired audits scored nothing: each pick's items were in the cache from its test audit
+    level_engines = builder.log[-2 * len(compared) :]
+    assert {n for n, _ in level_engines} == {"base"} | {levels[k]["per_block"] for k in compared}
+    assert all(not e.calls for _, e in level_engines)
+    html = (run.path / "audit" / "report.html").read_text()
+    assert "Per-block against a single α" in html and "not replicated" in html
+
+
+def test_levels_need_both_families():
+    assert "per_block.levels" in _config_error(["per_block.levels=5", "per_block.enabled=false"])
+    assert "per_block.levels" in _config_error(["per_block.levels=5", "interpolation.enabled=false"])
+    assert "per_block.levels" in _config_error(["per_block.levels=-1"])
+
+
 def test_an_interrupted_candidate_resumes_without_redoing_finished_ones(tmp_path):
     overrides = [*SMALL, "per_block.enabled=false"]
     builder = FakeBuilder(fail={"interp-0.50": KeyboardInterrupt()})

@@ -212,6 +212,7 @@ def _frontier_context(report: AuditReport) -> dict[str, Any] | None:
     return {
         "png": uri,
         "rows": rows,
+        "levels": _levels_context(data.get("per_block_vs_single")),
         "tasks": tasks,
         "frontier": ", ".join(data.get("frontier", [])),
         "hypervolume": _fmt(data.get("hypervolume"), 4),
@@ -221,6 +222,37 @@ def _frontier_context(report: AuditReport) -> dict[str, Any] | None:
         "aligned": data.get("aligned", ""),
         "note": data.get("note", ""),
     }
+
+
+def _levels_context(lin: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Per-block against a single α at each safety level (frontier.json's ``per_block_vs_single``)."""
+    if not lin:
+        return None
+
+    def paired(d: dict[str, Any] | None) -> str:
+        if not d or d.get("delta") is None:
+            return "—"
+        low, high = d["ci"]
+        star = " *" if d.get("significant") else ""
+        return f"{_fmt_delta(d['delta'])} [{_fmt_delta(low)}, {_fmt_delta(high)}]{star}"
+
+    rows = []
+    for lv in lin["levels"]:
+        vs = lv.get("per_block_minus_single", {})
+        winner = lv.get("winner") or "—"
+        rows.append(
+            {
+                "fraction": f"{lv['fraction']:.0%}",
+                "threshold": _fmt(lv["threshold"]),
+                "single": lv.get("single") or "none",
+                "per_block": lv.get("per_block") or "none",
+                "d_safety": paired(vs.get("safety")),
+                "d_capability": paired(vs.get("capability")),
+                "winner": winner + (", significantly" if lv.get("significant") else ""),
+                "note": lv.get("reading", ""),
+            }
+        )
+    return {"rows": rows, "reading": lin["reading"], "answer": lin["answer"]}
 
 
 def _category_png(report: AuditReport, task: str, categories: list[str]) -> str:

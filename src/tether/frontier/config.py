@@ -44,6 +44,13 @@ class PerBlockConfig(StrictModel):
     validation_limit: int | None = Field(
         None, ge=1, description="Items per task on the validation side (default: the audit limit)."
     )
+    levels: int = Field(
+        0,
+        ge=0,
+        description="Safety levels at which per-block is compared with a single α (Lin et al.'s question; "
+        "0 = off). The interpolation α's are audited on the validation side too; at each level each family's "
+        "best validation candidate is audited on the test side and the two are compared there.",
+    )
 
 
 class MergeConfig(StrictModel):
@@ -199,6 +206,11 @@ class FrontierConfig(StrictModel):
             raise ValueError(
                 "no candidates: interpolation.alphas is empty or disabled, per_block is disabled, merges, "
                 "replay.fractions and retrain.steps are empty"
+            )
+        if self.per_block.levels and not (self.per_block.enabled and interp):
+            raise ValueError(
+                "per_block.levels compares per-block with a single α: it needs per_block.enabled and "
+                "interpolation.alphas"
             )
         if self.merges and not self.capability_adapter:
             raise ValueError("merges need capability_adapter (a LoRA adapter on BASE)")

@@ -7,6 +7,8 @@ items a stage finished before an interruption):
 * ``search``: per-block interpolation. Every combination of ``per_block.grid`` over the blocks is
   audited on the **validation** side of the tasks (``validation/report.json``); the non-uniform
   combinations on the validation frontier, spread over safety, become candidates (``per_block.json``).
+  With ``per_block.levels`` the single α's are audited there too, and at each safety level each
+  family's best validation candidate is chosen (``tether.frontier.levels``).
 * ``replay/<share>``: ALIGNED's SFT redone from BASE with capability examples mixed in.
 * ``retrain/flag``: the failure analysis behind targeted retraining: BASE and ALIGNED audited on the
   **validation** side of the scored tasks (``retrain/validation/``); the tasks and categories where
@@ -19,7 +21,8 @@ items a stage finished before an interruption):
   with ALIGNED as the baseline, so each candidate's axes carry paired CIs against the unmitigated
   model. Every item comes from the cache, so no candidate is built here.
 * ``frontier``: ``frontier.json`` (points, frontier, hypervolume, who dominates ALIGNED) and
-  ``frontier.png``.
+  ``frontier.png``; with ``per_block.levels``, per-block against a single α at each level, paired on
+  the test side (``levels/<k>/``, from the cache) under ``per_block_vs_single``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from tether.errors import ConfigError
 from tether.evals.registry import Task, resolve_tasks
 from tether.frontier.candidates import CandidateBuilder, Recipe
 from tether.frontier.config import FrontierConfig
+from tether.frontier.levels import level_verdict, pick_at_levels, summarise
 from tether.frontier.pareto import frontier_summary, plot_frontier
 from tether.frontier.splits import split_tasks
 from tether.runs import Run, Stage, StageContext, run_stages
@@ -423,12 +427,21 @@ def _spread(names: list[str], points: dict[str, tuple[float, float]], keep: int)
 
 
 def search(ctx: FrontierContext) -> dict[str, Any]:
-    """Per-block α by a grid search on the validation side; the test side is never read here."""
+    """Per-block α by a grid search on the validation side; the test side is never read here. With
+    ``per_block.levels``, the single α's are audited there too and each family's best candidate at
+    each safety level is chosen (``tether.frontier.levels``)."""
     cfg = ctx.config.per_block
     recipes: dict[str, Recipe] = {"aligned": Recipe("reference", (1.0,))}
     for combo in itertools.product(sorted(set(cfg.grid)), repeat=cfg.blocks):
         r = Recipe("per-block", tuple(combo))
         recipes.setdefault(candidate_name(r), r)
+    grid = list(recipes)[1:]  # a uniform combination is named as the single α it equals
+    single: list[str] = []
+    if cfg.levels:
+        for a in sorted({0.0, 1.0, *ctx.config.interpolation.alphas}):
+            r = Recipe("interpolation", (a,)) if 0.0 < a < 1.0 else Recipe("reference", (a,))
+            single.append(candidate_name(r))
+            recipes.setdefault(single[-1], r)
 
     def audit(names: list[str]) -> AuditReport:
         return _audit(ctx, recipes, names, "validation", cfg.validation_limit or ctx.config.limit)
@@ -439,16 +452,29 @@ def search(ctx: FrontierContext) -> dict[str, Any]:
     # Its items are cached, so the full audit below does not score them again.
     _points(audit(["aligned"]))
     points = _points(audit(list(recipes)))
-    blocky = [n for n in points if recipes[n].uniform is None]
+    blocky = [n for n in points if recipes[n].family == "per-block" and recipes[n].uniform is None]
     front = [n for n, on in zip(blocky, pareto_front([points[n] for n in blocky]), strict=True) if on]
     chosen = _spread(front, points, cfg.keep)
-    data = {
+    data: dict[str, Any] = {
         "grid": cfg.grid,
         "blocks": cfg.blocks,
         "validation": {n: list(points[n]) for n in points},
         "validation_frontier": front,
-        "chosen": {n: _recipe_json(recipes[n]) for n in chosen},
     }
+    if cfg.levels:
+        if "base" not in points:
+            raise ConfigError(
+                "per_block.levels: BASE has an incomplete task on the validation side, so the safety "
+                "levels cannot be placed",
+                where="per_block.levels",
+                hint="raise per_block.validation_limit, or set per_block.levels=0",
+            )
+        levels = pick_at_levels(
+            points, single, grid, base="base", aligned="aligned", count=cfg.levels
+        )  # fmt: skip
+        data["levels"] = levels
+        chosen += [lv["per_block"] for lv in levels if lv["per_block"] and lv["per_block"] not in chosen]
+    data["chosen"] = {n: _recipe_json(recipes[n]) for n in chosen}
     ctx.run.artifact("per_block.json").write_text(json.dumps(data, indent=2))
     return {"combinations": len(recipes), "validation_frontier": len(front), "chosen": chosen}
 
@@ -569,6 +595,45 @@ def _intervals(
     return out
 
 
+def _axis_vs(report: AuditReport, model: str) -> dict[str, dict[str, Any]]:
+    """``model``'s paired differences from the report's baseline, per axis."""
+    return _axis_deltas(report).get(model, {})
+
+
+def level_comparison(ctx: FrontierContext, found: Mapping[str, Recipe]) -> dict[str, Any] | None:
+    """Lin et al.'s question on the test side: at each safety level, per-block's validation pick
+    against the single α's, paired on the same test items (``levels/<k>/``, every item from the
+    cache). None without ``per_block.levels``."""
+    path = ctx.run.artifact("per_block.json")
+    levels = json.loads(path.read_text()).get("levels") if path.exists() else None
+    if not levels:
+        return None
+    rows = []
+    for k, level in enumerate(levels, 1):
+        single, block = level["single"], level["per_block"]
+        row: dict[str, Any] = {**level}
+        if single is None or block is None:
+            missing = "single α" if single is None else "per-block"
+            row |= {
+                "winner": None,
+                "significant": False,
+                "reading": f"no {missing} candidate reaches this level on validation",
+            }
+        elif single == block:
+            row |= {"winner": "tie", "significant": False, "reading": "both families pick the same candidate"}
+        else:
+            # ALIGNED-free pairing: the single α's pick is the baseline, so the deltas read per-block − single.
+            paired = _audit(ctx, found, [single, block], "test", ctx.config.limit, out=f"levels/{k}")
+            vs = _axis_vs(paired, block)
+            placed = {
+                p.model: [p.safety, p.capability] for p in (paired.pareto.points if paired.pareto else [])
+            }
+            row |= {"test": {n: placed.get(n, [None, None]) for n in (single, block)}}
+            row |= {"per_block_minus_single": vs, **level_verdict(vs.get("safety"), vs.get("capability"))}
+        rows.append(row)
+    return {"levels": rows, **summarise(rows)}
+
+
 def frontier(ctx: FrontierContext) -> dict[str, Any]:
     audit = AuditReport.load(ctx.run.path / "audit" / "report.json")
     found = candidates(ctx.run)
@@ -646,6 +711,9 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
         "the audit's multiple-comparison control, and no significant loss on the other; a candidate with an "
         "incomplete task (complete: false) is placed from the items it scored, flagged, and never on the frontier",
     }
+    lin = level_comparison(ctx, found)
+    if lin is not None:
+        out["per_block_vs_single"] = lin
     intervals = _intervals({**flagged, **points}, deltas)
     for name, ((x_low, x_high), (y_low, y_high)) in intervals.items():
         out["candidates"][name]["safety_ci"] = [x_low, x_high]
@@ -667,6 +735,7 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
         "hypervolume": round(summary["hypervolume"], 6),
         "dominate_aligned": summary["dominate_aligned"],
         "better_than_aligned_significantly": significant_gain,
+        **({"per_block_vs_single": lin["reading"]} if lin is not None else {}),
     }
 
 
