@@ -287,7 +287,9 @@ def test_mitigations_not_built_yet_say_so():
     assert "replay.fractions" in _config_error(["replay.fractions=[1.5]"])
     assert "retrain.steps" in _config_error(["retrain=true"])  # a section now
     assert "retrain" in _config_error(["retrain.steps=[0]"])
-    assert "not built yet" in _config_error(["multi_objective=[0.5]"])
+    assert "multi_objective.lambdas" in _config_error(["multi_objective=[0.5]"])  # a section now
+    assert "multi_objective" in _config_error(["multi_objective.lambdas=[-1]"])
+    assert load_config(FrontierConfig, None, ["multi_objective=[]"]).multi_objective.lambdas == []
     # configs and manifests written before retraining was built say `retrain: false`
     assert load_config(FrontierConfig, None, ["retrain=false"]).retrain.steps == []
 
@@ -603,7 +605,7 @@ class TrainedRun:
         run = Run.create("fr", root=self.tmp_path, job="frontier", config=self.config)
         run_frontier(
             self.config, "base", str(self.aligned), run, make_builder=lambda *a: FakeBuilder(),
-            train_adapter=self.train, say=lambda m: None, progress=False,
+            train_adapter=self.train, train_preferences=self.train, say=lambda m: None, progress=False,
         )  # fmt: skip
         return run
 
@@ -738,3 +740,61 @@ def test_retrain_needs_an_aligned_adapter(tmp_path):
             progress=False,
         )  # fmt: skip
     assert "retrain.steps" in exc.value.render() and "not a LoRA adapter" in exc.value.render()
+
+
+MULTI = [
+    "tasks=harmful_refusal,overrefusal,mmlu",
+    "limit=10",
+    "interpolation.alphas=[0.0,1.0]",
+    "per_block.enabled=false",
+    "multi_objective.lambdas=[0,1]",
+    "multi_objective.helpful_tasks=overrefusal,mmlu",
+    "multi_objective.limit=10",
+    "multi_objective.pairs=12",
+    "multi_objective.steps=3",
+]
+
+
+def test_multi_objective_trains_aligned_on_validation_side_pairs_weighted_by_lambda(tmp_path):
+    """Safety pairs where ALIGNED's answer beat BASE's, helpfulness pairs where BASE's did and from
+    multiple-choice items, all from the validation side; DPO continues ALIGNED's adapter on a mix
+    with λ / (1 + λ) helpful, equal shares per helpful task; a rerun trains nothing."""
+    from tether.frontier.splits import item_side
+
+    trained = TrainedRun(tmp_path, {"max_steps": 3}, MULTI)
+    run = trained.go()
+    pairs = [json.loads(line) for line in (run.path / "multi" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(item_side(p["task"], p["id"].split("/", 1)[1]) == "validation" for p in pairs)
+    safety = [p for p in pairs if p["objective"] == "safety"]
+    # the fake ALIGNED refuses everything, BASE nothing: ALIGNED wins every harmful item, BASE every
+    # over-refusal item; each side's answer was regenerated for training
+    assert safety and all(p["task"] == "harmful_refusal" and p["chosen_by"] == "aligned" for p in safety)
+    assert all(p["chosen"] == REFUSAL and p["rejected"].startswith("Sure") for p in safety)
+    over = [p for p in pairs if p["task"] == "overrefusal"]
+    assert over and all(p["chosen_by"] == "base" and p["rejected"] == REFUSAL for p in over)
+    mc = [p for p in pairs if p["task"] == "mmlu"]
+    assert mc and all(p["chosen"] != p["rejected"] for p in mc)
+    calls = trained.calls
+    assert [len(examples) for _, examples, _ in calls] == [12, 12]
+    for spec, _, settings in calls:
+        assert spec == str(trained.aligned) and settings.max_steps == 3 and settings.beta == 0.1
+    only_safety, half = calls[0][1], calls[1][1]  # λ = 0, then λ = 1
+    assert all(p["objective"] == "safety" for p in only_safety)
+    assert sum(p["task"] == "overrefusal" for p in half) == 3 and sum(p["task"] == "mmlu" for p in half) == 3
+    data = json.loads((run.path / "frontier.json").read_text())
+    assert data["families"]["multi-objective"] == ["aligned", "multi-objective-0", "multi-objective-1"]
+    trained.go()
+    assert len(calls) == 2  # finished stages are not trained again
+
+
+def test_multi_objective_needs_an_adapter_and_pairs(tmp_path, models):
+    from tether.frontier.multi import mix
+    from tether.frontier.pipeline import check_adapter
+
+    with pytest.raises(ConfigError) as exc:
+        check_adapter(str(models["base"]), where="multi_objective.lambdas", purpose="it trains")
+    assert "multi_objective.lambdas" in exc.value.render() and "not a LoRA adapter" in exc.value.render()
+    with pytest.raises(ConfigError) as exc:
+        mix([], [{"task": "t", "objective": "helpful"}], 1.0, 10, 0)
+    assert exc.value.where == "multi_objective.lambdas" and "safety" in exc.value.message
+    assert len(mix([], [{"task": "t"}], 1e9, 10, 0)) == 10  # all helpful: no safety pair needed

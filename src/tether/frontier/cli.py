@@ -51,6 +51,10 @@ def frontier_command(
         from tether.frontier.pipeline import check_retrainable
 
         check_retrainable(aligned)
+    if cfg.multi_objective.lambdas:
+        from tether.frontier.pipeline import check_adapter
+
+        check_adapter(aligned, where="multi_objective.lambdas", purpose="multi-objective training continues")
     check_output_dir(out, flag="--out")
     manifest = out / "manifest.json"
     if manifest.exists():

@@ -9,7 +9,6 @@ from pydantic import Field, field_validator, model_validator
 from tether.config import EngineConfig, StrictModel
 
 Alpha = Annotated[float, Field(ge=0.0, le=1.0)]
-NOT_BUILT = "is not built yet in this version of `tether frontier`"
 
 
 class InterpolationConfig(StrictModel):
@@ -134,6 +133,47 @@ class RetrainConfig(StrictModel):
         return sorted(set(value))
 
 
+class MultiObjectiveConfig(StrictModel):
+    """Multi-objective preference training: ALIGNED's adapter trained further with DPO on a mix of
+    safety and helpfulness pairs, helpfulness making up λ / (1 + λ) of it; one candidate per λ. The
+    pairs come from the validation side only: where BASE and ALIGNED answer a task's item
+    differently, the better answer by the task's metric is chosen (``tether.frontier.multi``)."""
+
+    lambdas: list[float] = Field(
+        default_factory=list,
+        description="Helpfulness weights λ >= 0, one candidate each (e.g. [0.5, 1, 2]); [] = off.",
+    )
+    safety_tasks: str = Field(
+        "harmful_refusal", description="Generation tasks whose BASE/ALIGNED disagreements are safety pairs."
+    )
+    helpful_tasks: str = Field(
+        "overrefusal,arc_easy,sciq",
+        description="Helpfulness pairs: generation tasks as above; multiple-choice tasks give correct-vs-wrong "
+        "answers. Each task gets an equal share of the helpful pairs.",
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Validation-side items per generation task (default: `limit`)."
+    )
+    max_new_tokens: int = Field(
+        160, ge=1, description="Length the judged answers are regenerated to (greedy) for training."
+    )
+    pairs: int = Field(
+        80, ge=1, description="Pairs in each λ's mix (small pools are repeated evenly); steps × batch_size is one pass."
+    )
+    steps: int = Field(20, ge=1, description="DPO optimizer steps.")
+    learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate of the DPO.")
+    beta: float = Field(0.1, gt=0.0, description="DPO β: higher keeps the candidate closer to ALIGNED.")
+    batch_size: int = Field(4, ge=1, description="Pairs per step.")
+
+    @field_validator("lambdas")
+    @classmethod
+    def _weights(cls, value: list[float]) -> list[float]:
+        bad = [v for v in value if v < 0]
+        if bad:
+            raise ValueError(f"λ must be >= 0, got {bad[0]}")
+        return sorted(set(value))
+
+
 class FrontierConfig(StrictModel):
     """``tether frontier BASE ALIGNED``: candidates between BASE and ALIGNED, each audited on the test
     side of the tasks; the per-block search reads only the validation side."""
@@ -167,8 +207,9 @@ class FrontierConfig(StrictModel):
         default_factory=lambda: RetrainConfig(),
         description="Targeted retraining: ALIGNED trained a little further on the capability domains it lost.",
     )
-    multi_objective: list[float] = Field(
-        default_factory=list, description=f"λ values of r_safety + λ·r_helpful; {NOT_BUILT}."
+    multi_objective: MultiObjectiveConfig = Field(
+        default_factory=lambda: MultiObjectiveConfig(),
+        description="Multi-objective preference training: DPO on a λ-weighted mix of safety and helpfulness pairs.",
     )
     reference: tuple[float, float] = Field(
         (0.0, 0.0),
@@ -180,11 +221,16 @@ class FrontierConfig(StrictModel):
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
-    @field_validator("multi_objective")
+    @field_validator("multi_objective", mode="before")
     @classmethod
-    def _not_built_list(cls, value: list[float], info) -> list[float]:
-        if value:
-            raise ValueError(f"{info.field_name} {NOT_BUILT}; leave it empty ([])")
+    def _multi_section(cls, value):
+        # Configs and manifests from before multi-objective training was built say `multi_objective: []`.
+        if value is None or value == []:
+            return {}
+        if isinstance(value, list):
+            raise ValueError(
+                "multi_objective is a section now: set multi_objective.lambdas, e.g. [0.5, 1, 2]"
+            )
         return value
 
     @field_validator("retrain", mode="before")
@@ -201,11 +247,16 @@ class FrontierConfig(StrictModel):
     def _some_candidate(self) -> FrontierConfig:
         interp = self.interpolation.enabled and bool(self.interpolation.alphas)
         if not (
-            interp or self.per_block.enabled or self.merges or self.replay.fractions or self.retrain.steps
+            interp
+            or self.per_block.enabled
+            or self.merges
+            or self.replay.fractions
+            or self.retrain.steps
+            or self.multi_objective.lambdas
         ):
             raise ValueError(
                 "no candidates: interpolation.alphas is empty or disabled, per_block is disabled, merges, "
-                "replay.fractions and retrain.steps are empty"
+                "replay.fractions, retrain.steps and multi_objective.lambdas are empty"
             )
         if self.per_block.levels and not (self.per_block.enabled and interp):
             raise ValueError(
@@ -228,6 +279,11 @@ def check_frontier_config(config: FrontierConfig) -> list:
         problems += check_value("replay.tasks", lambda: resolve_tasks(config.replay.tasks))
     if config.retrain.steps and config.retrain.tasks:
         problems += check_value("retrain.tasks", lambda: resolve_tasks(config.retrain.tasks))
+    if config.multi_objective.lambdas:
+        for name in ("safety_tasks", "helpful_tasks"):
+            value = getattr(config.multi_objective, name)
+            if value:
+                problems += check_value(f"multi_objective.{name}", lambda v=value: resolve_tasks(v))
     if config.capability_adapter:
         problems += check_value(
             "capability_adapter", lambda: check_spec(config.capability_adapter, where="capability_adapter")
@@ -239,6 +295,7 @@ __all__ = [
     "FrontierConfig",
     "InterpolationConfig",
     "MergeConfig",
+    "MultiObjectiveConfig",
     "PerBlockConfig",
     "RetrainConfig",
     "ReplayConfig",

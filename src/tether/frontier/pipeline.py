@@ -15,6 +15,10 @@ items a stage finished before an interruption):
   ALIGNED regressed (``retrain/flagged.json``).
 * ``retrain/<steps>``: ALIGNED's adapter trained ``steps`` more steps on validation-side examples of
   the flagged domains, mixed with its own SFT data.
+* ``multi/pairs``: BASE and ALIGNED on the **validation** side of the pair tasks; where they
+  disagree, the better answer by the task's metric over the other (``multi/pairs.jsonl``).
+* ``multi/<λ>``: ALIGNED's adapter trained with DPO on a mix of safety and helpfulness pairs,
+  helpfulness λ / (1 + λ) of it (``tether.frontier.multi``).
 * ``audit/<candidate>``: one candidate on the **test** side, item by item into the cache. A finished
   candidate is never built again: its stage is skipped.
 * ``report``: the audit report over every candidate (``audit/report.json``, ``audit/report.html``),
@@ -44,6 +48,8 @@ from tether.evals.registry import Task, resolve_tasks
 from tether.frontier.candidates import CandidateBuilder, Recipe
 from tether.frontier.config import FrontierConfig
 from tether.frontier.levels import level_verdict, pick_at_levels, summarise
+from tether.frontier.multi import MULTI_PAIRS, multi_dir, pairs_stage
+from tether.frontier.multi import train_stage as multi_train_stage
 from tether.frontier.pareto import frontier_summary, plot_frontier
 from tether.frontier.splits import split_tasks
 from tether.runs import Run, Stage, StageContext, run_stages
@@ -104,6 +110,9 @@ class FrontierContext(StageContext):
     # Trains replay's and retraining's adapters: (model spec, rows, out_dir, SFTTrainConfig) -> out_dir;
     # None: tether.train.sft.train_sft.
     train_adapter: Callable[..., Any] | None = None
+    # Trains multi-objective candidates: (ALIGNED spec, pairs, out_dir, DPOTrainConfig) -> out_dir;
+    # None: tether.train.dpo.train_dpo.
+    train_preferences: Callable[..., Any] | None = None
     progress: bool = True
     _builder: Any = None
     _tasks: list[Task] | None = None
@@ -173,6 +182,10 @@ def plan(ctx: FrontierContext) -> dict[str, Any]:
     ]
     recipes += [Recipe("replay", adapter=str(ctx.run.artifact(replay_dir(f)))) for f in cfg.replay.fractions]
     recipes += [Recipe("retrain", adapter=str(ctx.run.artifact(retrain_dir(n)))) for n in cfg.retrain.steps]
+    recipes += [
+        Recipe("multi-objective", adapter=str(ctx.run.artifact(multi_dir(lam))))
+        for lam in cfg.multi_objective.lambdas
+    ]
     out: dict[str, dict[str, Any]] = {}
     for r in recipes:
         out.setdefault(candidate_name(r), _recipe_json(r))  # α = 0 and 1 are the references
@@ -312,16 +325,20 @@ def _scored_tasks(ctx: FrontierContext) -> list[Task]:
     return tasks
 
 
-def check_retrainable(aligned: str) -> None:
-    """Targeted retraining trains ALIGNED's adapter further: a full model is a one-line error."""
+def check_adapter(aligned: str, *, where: str, purpose: str) -> None:
+    """A mitigation that trains ALIGNED's adapter further: a full model is a one-line error."""
     from tether.train.lora import is_adapter_dir
 
     if not is_adapter_dir(aligned):
         raise ConfigError(
-            f"targeted retraining trains ALIGNED's adapter further, but {aligned} is not a LoRA adapter",
-            where="retrain.steps",
-            hint="pass the aligned adapter directory as ALIGNED, or leave retrain.steps empty",
+            f"{purpose} ALIGNED's adapter, but {aligned} is not a LoRA adapter",
+            where=where,
+            hint=f"pass the aligned adapter directory as ALIGNED, or leave {where} empty",
         )
+
+
+def check_retrainable(aligned: str) -> None:
+    check_adapter(aligned, where="retrain.steps", purpose="targeted retraining trains further")
 
 
 def retrain_flag(ctx: FrontierContext) -> dict[str, Any]:
@@ -669,6 +686,12 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
     )
     if retrained:
         families["retrain"] = ["aligned", *retrained]
+    weighted = sorted(
+        (n for n, r in found.items() if r.family == "multi-objective"),
+        key=lambda n: float(n.rsplit("-", 1)[1]),
+    )
+    if weighted:
+        families["multi-objective"] = ["aligned", *weighted]
     significant_gain = []
     for n in points:
         d = deltas.get(n, {})
@@ -756,7 +779,17 @@ def frontier_stages(config: FrontierConfig, run: Run) -> tuple[list[Stage], Call
             candidate_name(Recipe("retrain", adapter=retrain_dir(n))): retrain_dir(n)
             for n in config.retrain.steps
         }
+        trained |= {
+            candidate_name(Recipe("multi-objective", adapter=multi_dir(lam))): multi_dir(lam)
+            for lam in config.multi_objective.lambdas
+        }
         training = [Stage(replay_dir(f), replay_stage(f), needs=("plan",)) for f in config.replay.fractions]
+        if config.multi_objective.lambdas:
+            training.append(Stage(MULTI_PAIRS, pairs_stage, needs=("plan",)))
+            training += [
+                Stage(multi_dir(lam), multi_train_stage(lam), needs=(MULTI_PAIRS,))
+                for lam in config.multi_objective.lambdas
+            ]
         if config.retrain.steps:
             training.append(Stage(RETRAIN_FLAG, retrain_flag, needs=("plan",)))
             training += [
@@ -784,6 +817,7 @@ def run_frontier(
     *,
     make_builder: BuilderFactory = default_builder,
     train_adapter: Callable[..., Any] | None = None,
+    train_preferences: Callable[..., Any] | None = None,
     say: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -795,6 +829,7 @@ def run_frontier(
         aligned=aligned,
         make_builder=make_builder,
         train_adapter=train_adapter,
+        train_preferences=train_preferences,
         say=say,
         progress=progress,
     )
