@@ -158,7 +158,9 @@ class MultiObjectiveConfig(StrictModel):
         160, ge=1, description="Length the judged answers are regenerated to (greedy) for training."
     )
     pairs: int = Field(
-        80, ge=1, description="Pairs in each λ's mix (small pools are repeated evenly); steps × batch_size is one pass."
+        80,
+        ge=1,
+        description="Pairs in each λ's mix (small pools are repeated evenly); steps × batch_size is one pass.",
     )
     steps: int = Field(20, ge=1, description="DPO optimizer steps.")
     learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate of the DPO.")
