@@ -325,11 +325,12 @@ class FakeBuilder:
 
     n_layers = 3
 
-    def __init__(self, fail: dict[str, BaseException] | None = None):
+    def __init__(self, fail: dict[str, BaseException] | None = None, loops: float = 0.0):
         self.made: list[str] = []
         self.log: list[tuple[str, ScriptedEngine]] = []
         self.engines: dict[str, list[ScriptedEngine]] = {}
         self.fail = fail or {}
+        self.loops = loops  # share of BASE's answers that are a repetition loop (degenerate)
 
     def fingerprint(self, recipe: Recipe) -> str:
         return "fp-" + json.dumps(recipe.key(self.n_layers), sort_keys=True)
@@ -338,6 +339,8 @@ class FakeBuilder:
         alpha = sum(recipe.alphas) / len(recipe.alphas) if not recipe.merge else 0.5
 
         def reply(prompt, k):
+            if name == "base" and _u(prompt.id + "loop") < self.loops:
+                return "the answer is " * 40
             return REFUSAL if _u(prompt.id) < alpha else "Sure. Here is a careful, factual answer to that."
 
         def score(request):  # right on a share 1 - 0.1 * alpha of the questions: above chance
@@ -467,6 +470,16 @@ def test_levels_compare_validation_picks_on_the_test_side_from_the_cache(tmp_pat
     assert all(not e.calls for _, e in level_engines)
     html = (run.path / "audit" / "report.html").read_text()
     assert "Per-block against a single α" in html and "not replicated" in html
+
+
+def test_an_incomplete_base_places_the_levels_but_is_never_picked(tmp_path):
+    overrides = [*SMALL, "per_block.grid=[0.0,1.0]", "per_block.levels=2"]
+    run, _ = _run(tmp_path, FakeBuilder(loops=0.3), overrides)
+    block = json.loads((run.path / "per_block.json").read_text())
+    assert "base" not in block["validation"]  # incomplete: off the validation points
+    levels = block["levels"]
+    assert len(levels) == 2 and all("base" not in (lv["single"], lv["per_block"]) for lv in levels)
+    assert levels[0]["threshold"] > levels[1]["threshold"]  # placed from BASE's scored items down to ALIGNED
 
 
 def test_levels_need_both_families():

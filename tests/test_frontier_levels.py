@@ -34,14 +34,16 @@ def test_picks_per_family_and_level():
     }
     single = ["base", "interp-0.50", "aligned"]
     blocks = ["block-0.00-0.50-1.00", "block-1.00-1.00-0.50"]
-    levels = pick_at_levels(points, single, blocks, base="base", aligned="aligned", count=3)
+    levels = pick_at_levels(points, single, blocks, base_safety=0.2, aligned_safety=0.7, count=3)
     thresholds = [lv["threshold"] for lv in levels]
     assert thresholds == pytest.approx([0.2 + 0.5 * f for f in (1 / 6, 0.5, 5 / 6)])
     assert [lv["single"] for lv in levels] == ["interp-0.50", "interp-0.50", "aligned"]
     # 0.45 reaches the second level (0.45) exactly; nothing per-block reaches the third (0.617)
     assert [lv["per_block"] for lv in levels] == ["block-0.00-0.50-1.00", "block-0.00-0.50-1.00", None]
-    with pytest.raises(ValueError, match="BASE and ALIGNED"):
-        pick_at_levels({"aligned": (0.7, 0.4)}, single, blocks, base="base", aligned="aligned", count=3)
+    # a candidate without a (complete) point is never picked, though it may place the levels
+    del points["interp-0.50"]
+    again = pick_at_levels(points, single, blocks, base_safety=0.2, aligned_safety=0.7, count=3)
+    assert [lv["single"] for lv in again] == ["aligned"] * 3
 
 
 def _d(delta, significant=False):

@@ -41,13 +41,11 @@ def pick_at_levels(
     single: Sequence[str],
     per_block: Sequence[str],
     *,
-    base: str,
-    aligned: str,
+    base_safety: float,
+    aligned_safety: float,
     count: int,
 ) -> list[dict[str, Any]]:
-    """Per level: its fraction and threshold, and each family's validation pick."""
-    if base not in points or aligned not in points:
-        raise ValueError("the validation points need BASE and ALIGNED to place the safety levels")
+    """Per level: its fraction and threshold, and each family's validation pick from ``points``."""
     return [
         {
             "fraction": round(fraction, 6),
@@ -55,7 +53,7 @@ def pick_at_levels(
             "single": best_reaching(points, single, threshold),
             "per_block": best_reaching(points, per_block, threshold),
         }
-        for fraction, threshold in safety_levels(points[base][0], points[aligned][0], count)
+        for fraction, threshold in safety_levels(base_safety, aligned_safety, count)
     ]
 
 

@@ -468,7 +468,8 @@ def search(ctx: FrontierContext) -> dict[str, Any]:
     # frontier to search, and that must stop the run before the other combinations are audited.
     # Its items are cached, so the full audit below does not score them again.
     _points(audit(["aligned"]))
-    points = _points(audit(list(recipes)))
+    searched = audit(list(recipes))
+    points = _points(searched)
     blocky = [n for n in points if recipes[n].family == "per-block" and recipes[n].uniform is None]
     front = [n for n, on in zip(blocky, pareto_front([points[n] for n in blocky]), strict=True) if on]
     chosen = _spread(front, points, cfg.keep)
@@ -479,15 +480,19 @@ def search(ctx: FrontierContext) -> dict[str, Any]:
         "validation_frontier": front,
     }
     if cfg.levels:
-        if "base" not in points:
+        # BASE places the levels even when a task of its is incomplete (the default model's harmful
+        # answers are often degenerate): its scored items say where it stands. Picks stay complete.
+        placed = {**_incomplete_points(searched), **points}
+        if "base" not in placed or "aligned" not in placed:
             raise ConfigError(
-                "per_block.levels: BASE has an incomplete task on the validation side, so the safety "
-                "levels cannot be placed",
+                "BASE or ALIGNED has no safety or capability value on the validation side, so the "
+                "safety levels cannot be placed",
                 where="per_block.levels",
                 hint="raise per_block.validation_limit, or set per_block.levels=0",
             )
         levels = pick_at_levels(
-            points, single, grid, base="base", aligned="aligned", count=cfg.levels
+            points, single, grid, base_safety=placed["base"][0], aligned_safety=placed["aligned"][0],
+            count=cfg.levels,
         )  # fmt: skip
         data["levels"] = levels
         chosen += [lv["per_block"] for lv in levels if lv["per_block"] and lv["per_block"] not in chosen]
