@@ -74,7 +74,10 @@ def test_verdict_without_both_axes_names_no_winner():
 
 def test_the_answer_needs_significant_wins_at_three_of_five_levels():
     def rows(*spec):
-        return [{"winner": w, "significant": s} for w, s in spec]
+        return [
+            {"winner": w, "significant": s, "single": "a", "per_block": f"b{k}"}
+            for k, (w, s) in enumerate(spec)
+        ]
 
     win, win_ns, lose = ("per-block", True), ("per-block", False), ("single", True)
     assert summarise(rows(win, win, win, lose, lose))["answer"] == "replicated"
@@ -83,4 +86,6 @@ def test_the_answer_needs_significant_wins_at_three_of_five_levels():
     assert summarise(rows(win, win, lose, lose, lose))["answer"] == "not replicated"
     s = summarise(rows(win, lose, ("tie", False), (None, False), lose))
     assert (s["per_block_wins"], s["single_wins"], s["single_wins_significant"], s["needed"]) == (1, 2, 2, 3)
-    assert "1 of 5" in s["reading"]
+    assert "1 of 5" in s["reading"] and s["distinct_comparisons"] == 4  # the level without a winner: none
+    same = [{"winner": "per-block", "significant": True, "single": "a", "per_block": "b"}] * 3
+    assert summarise(same)["distinct_comparisons"] == 1

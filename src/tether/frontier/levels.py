@@ -86,6 +86,8 @@ def summarise(levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     wins_sig = sum(1 for lv in levels if lv.get("winner") == "per-block" and lv.get("significant"))
     losses = sum(1 for lv in levels if lv.get("winner") == "single")
     losses_sig = sum(1 for lv in levels if lv.get("winner") == "single" and lv.get("significant"))
+    # One candidate can be a family's best at several levels: count the distinct comparisons too.
+    distinct = len({(lv.get("single"), lv.get("per_block")) for lv in levels if lv.get("winner") is not None})
     need = math.ceil(0.6 * n) if n else 0
     if n and wins_sig >= need:
         answer = "replicated"
@@ -100,9 +102,11 @@ def summarise(levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "single_wins": losses,
         "single_wins_significant": losses_sig,
         "needed": need,
+        "distinct_comparisons": distinct,
         "answer": answer,
         "reading": f"per-block beats a single α at {wins} of {n} safety levels ({wins_sig} significantly); "
-        f"a single α beats per-block at {losses} ({losses_sig} significantly). Lin et al.'s finding: {answer}.",
+        f"a single α beats per-block at {losses} ({losses_sig} significantly); {distinct} distinct pairs of "
+        f"candidates. Lin et al.'s finding: {answer}.",
     }
 
 
