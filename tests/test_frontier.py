@@ -461,11 +461,13 @@ def test_levels_compare_validation_picks_on_the_test_side_from_the_cache(tmp_pat
         assert (row["winner"], row["significant"]) == ("single", True)
         assert row["per_block_minus_single"]["safety"]["delta"] < 0
         assert set(row["test"]) == {row["single"], row["per_block"]}
-        assert (run.path / "levels" / str(k + 1) / "report.json").exists()
+        assert (run.path / row["paired_in"] / "report.json").exists()
     assert lin["single_wins"] == len(compared) and lin["per_block_wins"] == 0
     assert lin["answer"] == "not replicated" and summary["per_block_vs_single"] == lin["reading"]
     # the paired audits scored nothing: each pick's items were in the cache from its test audit
-    level_engines = builder.log[-2 * len(compared) :]
+    pairs = {(levels[k]["single"], levels[k]["per_block"]) for k in compared}
+    assert lin["distinct_comparisons"] == len(pairs)
+    level_engines = builder.log[-2 * len(pairs) :]
     assert {n for n, _ in level_engines} == {"base"} | {levels[k]["per_block"] for k in compared}
     assert all(not e.calls for _, e in level_engines)
     html = (run.path / "audit" / "report.html").read_text()

@@ -631,6 +631,7 @@ def level_comparison(ctx: FrontierContext, found: Mapping[str, Recipe]) -> dict[
     if not levels:
         return None
     rows = []
+    compared: dict[tuple[str, str], dict[str, Any]] = {}  # one paired audit per distinct pair
     for k, level in enumerate(levels, 1):
         single, block = level["single"], level["per_block"]
         row: dict[str, Any] = {**level}
@@ -643,6 +644,8 @@ def level_comparison(ctx: FrontierContext, found: Mapping[str, Recipe]) -> dict[
             }
         elif single == block:
             row |= {"winner": "tie", "significant": False, "reading": "both families pick the same candidate"}
+        elif (single, block) in compared:
+            row |= compared[(single, block)]
         else:
             # ALIGNED-free pairing: the single α's pick is the baseline, so the deltas read per-block − single.
             paired = _audit(ctx, found, [single, block], "test", ctx.config.limit, out=f"levels/{k}")
@@ -650,8 +653,13 @@ def level_comparison(ctx: FrontierContext, found: Mapping[str, Recipe]) -> dict[
             placed = {
                 p.model: [p.safety, p.capability] for p in (paired.pareto.points if paired.pareto else [])
             }
-            row |= {"test": {n: placed.get(n, [None, None]) for n in (single, block)}}
-            row |= {"per_block_minus_single": vs, **level_verdict(vs.get("safety"), vs.get("capability"))}
+            compared[(single, block)] = {
+                "paired_in": f"levels/{k}",
+                "test": {n: placed.get(n, [None, None]) for n in (single, block)},
+                "per_block_minus_single": vs,
+                **level_verdict(vs.get("safety"), vs.get("capability")),
+            }
+            row |= compared[(single, block)]
         rows.append(row)
     return {"levels": rows, **summarise(rows)}
 
