@@ -89,3 +89,15 @@ def test_the_answer_needs_significant_wins_at_three_of_five_levels():
     assert "1 of 5" in s["reading"] and s["distinct_comparisons"] == 4  # the level without a winner: none
     same = [{"winner": "per-block", "significant": True, "single": "a", "per_block": "b"}] * 3
     assert summarise(same)["distinct_comparisons"] == 1
+    tested = [
+        {
+            "winner": "trade-off",
+            "per_block_minus_single": {"capability": {"mde": 0.2}, "safety": {"mde": 0.1}},
+        },
+        {
+            "winner": "trade-off",
+            "per_block_minus_single": {"capability": {"mde": 0.15}, "safety": {"mde": None}},
+        },
+    ]
+    out = summarise(tested)
+    assert out["mde"] == {"capability": 0.2, "safety": 0.1} and "0.20 on capability" in out["reading"]

@@ -88,6 +88,12 @@ def summarise(levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     losses_sig = sum(1 for lv in levels if lv.get("winner") == "single" and lv.get("significant"))
     # One candidate can be a family's best at several levels: count the distinct comparisons too.
     distinct = len({(lv.get("single"), lv.get("per_block")) for lv in levels if lv.get("winner") is not None})
+    # The smallest difference the paired tests could have seen, per axis (the largest over levels).
+    mde: dict[str, float] = {}
+    for lv in levels:
+        for axis, d in (lv.get("per_block_minus_single") or {}).items():
+            if d.get("mde") is not None:
+                mde[axis] = max(mde.get(axis, 0.0), float(d["mde"]))
     need = math.ceil(0.6 * n) if n else 0
     if n and wins_sig >= need:
         answer = "replicated"
@@ -103,10 +109,18 @@ def summarise(levels: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "single_wins_significant": losses_sig,
         "needed": need,
         "distinct_comparisons": distinct,
+        "mde": mde,
         "answer": answer,
         "reading": f"per-block beats a single α at {wins} of {n} safety levels ({wins_sig} significantly); "
         f"a single α beats per-block at {losses} ({losses_sig} significantly); {distinct} distinct pairs of "
-        f"candidates. Lin et al.'s finding: {answer}.",
+        f"candidates. Lin et al.'s finding: {answer}"
+        + (
+            " (the paired tests could see differences of "
+            + ", ".join(f"{v:.2f} on {k}" for k, v in sorted(mde.items()))
+            + " or more)."
+            if mde
+            else "."
+        ),
     }
 
 

@@ -594,6 +594,7 @@ def _axis_deltas(report: AuditReport) -> dict[str, dict[str, Any]]:
                 "q_value": p.q_value,
                 "significant": p.significant,
                 "regressed": p.regressed,
+                "mde": p.mde,
             }
     return out
 
