@@ -44,9 +44,11 @@ class _Tracer:
         self.records.append(fields)
 
 
-def test_sft_trains_lora_and_saves_a_loadable_adapter(tiny_model_dir, tmp_path):
+def test_sft_trains_lora_and_saves_a_loadable_adapter(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from tether.models import load
 
+    monkeypatch.delenv("TETHER_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("TETHER_PROGRESS_EVERY", "0")  # stderr is not a terminal here: a line per step
     tracer = _Tracer()
     config = SFTTrainConfig(max_steps=3, batch_size=2, max_length=64, learning_rate=1e-2, lora=SMALL_LORA)
     out = train_sft(str(tiny_model_dir), EXAMPLES, tmp_path / "sft", config, tracer=tracer)
@@ -57,6 +59,8 @@ def test_sft_trains_lora_and_saves_a_loadable_adapter(tiny_model_dir, tmp_path):
     assert len(losses) == 3 and all(loss > 0 for loss in losses)
     assert [r["step"] for r in tracer.records if "loss" in r] == [1, 2, 3]
     assert not (out / "ref").exists()
+    out_text, err = capsys.readouterr()
+    assert "train sft: 1/3" in err and "train sft: 3/3 (100%)" in err and "train sft" not in out_text
 
     # The saved adapter is not the zero-initialised one: LoRA B matrices start at 0 and must have moved.
     loaded = load(str(out))

@@ -241,6 +241,16 @@ def tracer_callback(tracer: Any, stage: str):
     return _TraceLogs()
 
 
+def _step_bar(bar: Any):
+    from transformers import TrainerCallback
+
+    class _StepBar(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            bar.advance(1)
+
+    return _StepBar()
+
+
 def write_train_log(out_dir: str | Path, log_history: list[dict], **info: Any) -> Path:
     """``train_log.json`` beside the weights: the settings and every logged step."""
     path = Path(out_dir) / "train_log.json"
@@ -320,7 +330,12 @@ def fit_with_trl(
 
     trainer.remove_callback(PrinterCallback)
     began = time.perf_counter()
-    trainer.train()
+    from tether.progress import progress_bar
+
+    # A bar on stderr, one step at a time: a CPU step can take tens of seconds.
+    with progress_bar(f"train {stage or kind}", total=config.max_steps) as bar:
+        trainer.add_callback(_step_bar(bar))
+        trainer.train()
     trainable.model = trainer.model
     # Under `accelerate launch` every process trains (gradients all-reduced); one writes.
     if trainer.accelerator.is_main_process:
