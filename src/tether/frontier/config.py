@@ -11,6 +11,14 @@ from tether.config import EngineConfig, StrictModel
 Alpha = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _distinct_sorted(values: list, ok, message: str) -> list:
+    """The values sorted without repeats; the first one ``ok`` rejects is an error."""
+    bad = [v for v in values if not ok(v)]
+    if bad:
+        raise ValueError(f"{message}, got {bad[0]}")
+    return sorted(set(values))
+
+
 class InterpolationConfig(StrictModel):
     """Weight interpolation (Lin et al. 2023): θ = (1 − α)·θ_base + α·θ_aligned; a LoRA adapter's
     delta is scaled by α instead."""
@@ -85,10 +93,9 @@ class ReplayConfig(StrictModel):
     @field_validator("fractions")
     @classmethod
     def _shares(cls, value: list[float]) -> list[float]:
-        bad = [f for f in value if not 0.0 < f < 1.0]
-        if bad:
-            raise ValueError(f"replay fractions must be strictly between 0 and 1, got {bad[0]}")
-        return sorted(set(value))
+        return _distinct_sorted(
+            value, lambda f: 0.0 < f < 1.0, "replay fractions must be strictly between 0 and 1"
+        )
 
 
 class RetrainConfig(StrictModel):
@@ -127,10 +134,7 @@ class RetrainConfig(StrictModel):
     @field_validator("steps")
     @classmethod
     def _positive(cls, value: list[int]) -> list[int]:
-        bad = [v for v in value if v < 1]
-        if bad:
-            raise ValueError(f"retrain steps must be at least 1, got {bad[0]}")
-        return sorted(set(value))
+        return _distinct_sorted(value, lambda v: v >= 1, "retrain steps must be at least 1")
 
 
 class MultiObjectiveConfig(StrictModel):
@@ -170,10 +174,7 @@ class MultiObjectiveConfig(StrictModel):
     @field_validator("lambdas")
     @classmethod
     def _weights(cls, value: list[float]) -> list[float]:
-        bad = [v for v in value if v < 0]
-        if bad:
-            raise ValueError(f"λ must be >= 0, got {bad[0]}")
-        return sorted(set(value))
+        return _distinct_sorted(value, lambda v: v >= 0, "λ must be >= 0")
 
 
 class FrontierConfig(StrictModel):
