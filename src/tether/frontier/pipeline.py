@@ -449,10 +449,11 @@ def search(ctx: FrontierContext) -> dict[str, Any]:
     each safety level is chosen (``tether.frontier.levels``)."""
     cfg = ctx.config.per_block
     recipes: dict[str, Recipe] = {"aligned": Recipe("reference", (1.0,))}
+    grid: list[str] = []  # a uniform combination is named as the single α it equals
     for combo in itertools.product(sorted(set(cfg.grid)), repeat=cfg.blocks):
         r = Recipe("per-block", tuple(combo))
-        recipes.setdefault(candidate_name(r), r)
-    grid = list(recipes)[1:]  # a uniform combination is named as the single α it equals
+        grid.append(candidate_name(r))
+        recipes.setdefault(grid[-1], r)
     single: list[str] = []
     if cfg.levels:
         for a in sorted({0.0, 1.0, *ctx.config.interpolation.alphas}):
@@ -618,11 +619,6 @@ def _intervals(
     return out
 
 
-def _axis_vs(report: AuditReport, model: str) -> dict[str, dict[str, Any]]:
-    """``model``'s paired differences from the report's baseline, per axis."""
-    return _axis_deltas(report).get(model, {})
-
-
 def level_comparison(ctx: FrontierContext, found: Mapping[str, Recipe]) -> dict[str, Any] | None:
     """Lin et al.'s question on the test side: at each safety level, per-block's validation pick
     against the single α's, paired on the same test items (``levels/<k>/``, every item from the
@@ -650,7 +646,7 @@ def level_comparison(ctx: FrontierContext, found: Mapping[str, Recipe]) -> dict[
         else:
             # ALIGNED-free pairing: the single α's pick is the baseline, so the deltas read per-block − single.
             paired = _audit(ctx, found, [single, block], "test", ctx.config.limit, out=f"levels/{k}")
-            vs = _axis_vs(paired, block)
+            vs = _axis_deltas(paired).get(block, {})
             placed = {
                 p.model: [p.safety, p.capability] for p in (paired.pareto.points if paired.pareto else [])
             }
