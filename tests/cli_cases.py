@@ -271,6 +271,7 @@ CASES: list[Case] = [
     case("frontier-retrain-full", f"frontier {T} {T} --set retrain.steps=[5]", "retrain.steps", "not a LoRA adapter"),
     case("frontier-multi-full", f"frontier {T} {T} --set multi_objective.lambdas=[1]", "multi_objective.lambdas", "not a LoRA adapter"),
     case("frontier-multi-task", f"frontier {T} {T} --set multi_objective.lambdas=[1] --set multi_objective.safety_tasks=harmfull", "multi_objective.safety_tasks"),
+    case("frontier-multi-mc", f"frontier {T} {T} --set multi_objective.lambdas=[1] --set multi_objective.safety_tasks=sciq", "multi_objective.safety_tasks", "generation task"),
     case("frontier-levels-off", f"frontier {T} {T} --set per_block.levels=5 --set per_block.enabled=false", "per_block.levels"),
     # --- audit
     case("audit-no-models", "audit --tasks mmlu", "model"),

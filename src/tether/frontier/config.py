@@ -271,6 +271,22 @@ class FrontierConfig(StrictModel):
         return self
 
 
+def _has_generation_task(config: FrontierConfig) -> None:
+    from tether.errors import ConfigError, TetherError
+    from tether.evals.registry import resolve_tasks
+
+    names = config.multi_objective.safety_tasks
+    try:
+        tasks = resolve_tasks(names) if names else []
+    except TetherError:
+        return  # an unknown task name is reported by its own check
+    if not any(t.kind == "generate" for t in tasks):
+        raise ConfigError(
+            f"safety pairs come from answers BASE and ALIGNED generate, but {names!r} names no generation task",
+            hint="e.g. harmful_refusal",
+        )
+
+
 def check_frontier_config(config: FrontierConfig) -> list:
     """What the config references, checked before any model loads: the tasks and the capability adapter."""
     from tether.config import check_value
@@ -287,6 +303,7 @@ def check_frontier_config(config: FrontierConfig) -> list:
             value = getattr(config.multi_objective, name)
             if value:
                 problems += check_value(f"multi_objective.{name}", lambda v=value: resolve_tasks(v))
+        problems += check_value("multi_objective.safety_tasks", lambda: _has_generation_task(config))
     if config.capability_adapter:
         problems += check_value(
             "capability_adapter", lambda: check_spec(config.capability_adapter, where="capability_adapter")
