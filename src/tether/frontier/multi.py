@@ -147,13 +147,12 @@ def mix(
     return out
 
 
-def _generation_tasks(ctx: FrontierContext, names: str) -> list[Task]:
+def _validation_side(ctx: FrontierContext, names: str, kind: str) -> list[Task]:
+    """The validation side of the tasks ``names`` of one kind (generate or score)."""
     from tether.frontier.splits import split_tasks
 
     tasks = resolve_tasks(names) if names else []
-    return split_tasks(
-        [t for t in tasks if t.kind == "generate"], "validation", ctx.config.validation_fraction
-    )  # type: ignore[arg-type]
+    return split_tasks([t for t in tasks if t.kind == kind], "validation", ctx.config.validation_fraction)  # type: ignore[arg-type]
 
 
 def pairs_stage(ctx: FrontierContext) -> dict[str, Any]:
@@ -164,16 +163,12 @@ def pairs_stage(ctx: FrontierContext) -> dict[str, Any]:
     from tether.engine.types import Prompt, SamplingParams
     from tether.frontier.candidates import Recipe
     from tether.frontier.pipeline import check_adapter
-    from tether.frontier.splits import split_tasks
 
     check_adapter(ctx.aligned, where=FIELD, purpose="multi-objective training continues")
     cfg = ctx.config.multi_objective
-    safety = _generation_tasks(ctx, cfg.safety_tasks)
-    helpful_all = resolve_tasks(cfg.helpful_tasks) if cfg.helpful_tasks else []
-    helpful_gen = _generation_tasks(ctx, cfg.helpful_tasks)
-    helpful_mc = split_tasks(
-        [t for t in helpful_all if t.kind == "score"], "validation", ctx.config.validation_fraction
-    )  # type: ignore[arg-type]
+    safety = _validation_side(ctx, cfg.safety_tasks, "generate")
+    helpful_gen = _validation_side(ctx, cfg.helpful_tasks, "generate")
+    helpful_mc = _validation_side(ctx, cfg.helpful_tasks, "score")
     objective = {t.name: "safety" for t in safety} | {t.name: "helpful" for t in helpful_gen}
     recipes = {"base": Recipe("reference", (0.0,)), "aligned": Recipe("reference", (1.0,))}
     limit = cfg.limit or ctx.config.limit
