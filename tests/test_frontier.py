@@ -804,10 +804,10 @@ def test_multi_objective_trains_aligned_on_validation_side_pairs_weighted_by_lam
 
 def test_multi_objective_needs_an_adapter_and_pairs(tmp_path, models):
     from tether.frontier.multi import mix
-    from tether.frontier.pipeline import check_adapter
+    from tether.frontier.pipeline import check_multi_trainable
 
     with pytest.raises(ConfigError) as exc:
-        check_adapter(str(models["base"]), where="multi_objective.lambdas", purpose="it trains")
+        check_multi_trainable(str(models["base"]))
     assert "multi_objective.lambdas" in exc.value.render() and "not a LoRA adapter" in exc.value.render()
     with pytest.raises(ConfigError) as exc:
         mix([], [{"task": "t", "objective": "helpful"}], 1.0, 10, 0)

@@ -52,9 +52,9 @@ def frontier_command(
 
         check_retrainable(aligned)
     if cfg.multi_objective.lambdas:
-        from tether.frontier.pipeline import check_adapter
+        from tether.frontier.pipeline import check_multi_trainable
 
-        check_adapter(aligned, where="multi_objective.lambdas", purpose="multi-objective training continues")
+        check_multi_trainable(aligned)
     check_output_dir(out, flag="--out")
     manifest = out / "manifest.json"
     if manifest.exists():

@@ -162,9 +162,9 @@ def pairs_stage(ctx: FrontierContext) -> dict[str, Any]:
     from tether.audit.sweep import run_task
     from tether.engine.types import Prompt, SamplingParams
     from tether.frontier.candidates import Recipe
-    from tether.frontier.pipeline import check_adapter
+    from tether.frontier.pipeline import check_multi_trainable
 
-    check_adapter(ctx.aligned, where=FIELD, purpose="multi-objective training continues")
+    check_multi_trainable(ctx.aligned)
     cfg = ctx.config.multi_objective
     safety = _validation_side(ctx, cfg.safety_tasks, "generate")
     helpful_gen = _validation_side(ctx, cfg.helpful_tasks, "generate")
@@ -177,9 +177,9 @@ def pairs_stage(ctx: FrontierContext) -> dict[str, Any]:
         "multi-objective pairs: BASE and ALIGNED on the validation side of "
         + ", ".join(t.name for t in [*safety, *helpful_gen])
     )
+    engines = {name: ctx.engine(name, recipe) for name, recipe in recipes.items()}
     with ResultCache(ctx.cache_path) as store:
-        for name in ("base", "aligned"):
-            engine = ctx.engine(name, recipes[name])
+        for name, engine in engines.items():
             for task in [*safety, *helpful_gen]:
                 sample = task.select(limit=limit, seed=ctx.config.seed)
                 done = run_task(
@@ -191,13 +191,13 @@ def pairs_stage(ctx: FrontierContext) -> dict[str, Any]:
     # The judged answers stop at the task's short generation budget; greedy decoding continues each
     # from the same opening, so the verdict still holds for the longer text DPO trains on.
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
-    for name in ("base", "aligned"):
+    for name, engine in engines.items():
         for role in ("chosen", "rejected"):
             mine = [p for p in judged if p[f"{role}_by"] == name]
             if not mine:
                 continue
             prompts = [Prompt(id=p["id"], text=p["prompt"], chat=True) for p in mine]
-            texts = ctx.engine(name, recipes[name]).generate(prompts, params, stage=MULTI_PAIRS)
+            texts = engine.generate(prompts, params, stage=MULTI_PAIRS)
             for p, completion in zip(mine, texts, strict=True):
                 p[role] = completion.text
     pairs = [*judged, *choice_pairs(helpful_mc, ctx.config.seed)]

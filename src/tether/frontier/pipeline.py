@@ -341,6 +341,10 @@ def check_retrainable(aligned: str) -> None:
     check_adapter(aligned, where="retrain.steps", purpose="targeted retraining trains further")
 
 
+def check_multi_trainable(aligned: str) -> None:
+    check_adapter(aligned, where="multi_objective.lambdas", purpose="multi-objective training continues")
+
+
 def retrain_flag(ctx: FrontierContext) -> dict[str, Any]:
     """BASE and ALIGNED on the validation side of the scored tasks: what did ALIGNED lose?"""
     check_retrainable(ctx.aligned)
