@@ -7,6 +7,10 @@ Prints ``name: ratio`` lines:
   * scoring: >=100 real MMLU + HellaSwag items x 4 choices, the engine's prefix-sharing scorer vs one
     forward pass per (context, choice) with a full-vocabulary log_softmax (log-likelihoods must agree
     within 1e-4);
+  * slots (``--only slots``): 128 chat prompts x 64 new greedy tokens through the decode loop with
+    ``engine.decode_slots`` 16 against 128 (the default), tokens/s and K/V cache size of each (greedy
+    text must be identical): how much the real jobs, which generate for many prompts at once, gain
+    from more sequences in flight;
   * achieved GFLOP/s of the engine against a plain ``torch.mm`` peak measured in the same run.
 
 Run: ``python benchmarks/engine.py [--threads 2] [--items 120]``.
@@ -133,6 +137,56 @@ def bench_generation(engine: Engine, new_tokens: int, compare_transformers: bool
     return (engine_tokens / seconds["engine"]) / naive_rate, seconds["engine"], engine_tokens
 
 
+SLOT_STYLES = [
+    "",
+    "Answer briefly: ",
+    "In simple words, ",
+    "For a ten-year-old: ",
+    "As a teacher would put it: ",
+    "Step by step: ",
+    "In one paragraph: ",
+    "Quickly, ",
+]
+
+
+def bench_slots(engine: Engine, new_tokens: int, few: int = 16, many: int = 128) -> float:
+    """The decode loop with ``few`` against ``many`` slots on 128 prompts, A-B-B-A; returns the ratio
+    of tokens/s (many / few)."""
+    prompts = [
+        Prompt(id=f"{k}-{i}", text=style + text)
+        for k, style in enumerate(SLOT_STYLES)
+        for i, text in enumerate(GEN_PROMPTS)
+    ]
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
+    sides = {
+        slots: Engine(
+            engine.loaded, engine.config.model_copy(update={"decode_slots": slots, "decode_loop": "tether"})
+        )
+        for slots in (few, many)
+    }
+
+    def run(slots: int):
+        return lambda: [
+            (c.text, c.completion_tokens) for c in sides[slots].generate(prompts, params, progress=False)
+        ]
+
+    (few_1, few_2), few_s, (many_1, many_2), many_s = abba(run(few), run(many))
+    assert few_1 == few_2 and many_1 == many_2, "greedy output is not deterministic"
+    same = sum(a[0] == b[0] for a, b in zip(few_1, many_1, strict=True))
+    tokens = sum(n for _, n in few_1)
+    capacity = max(len(sides[few].encode_prompt(p, new_tokens)[0]) for p in prompts) + new_tokens
+    for slots, seconds in ((few, few_s), (many, many_s)):
+        loop = sides[slots].backend._loop
+        fitted = loop.fitting_slots(slots, capacity)
+        cache_mb = fitted * capacity * loop.kv_bytes_per_token / 2**20
+        print(
+            f"slots: {slots} slots ({fitted} within engine.kv_cache_mb): {tokens} tok in {seconds:.1f}s "
+            f"({tokens / seconds:.1f} tok/s); K/V cache {cache_mb:.0f} MiB"
+        )
+    print(f"slots: identical greedy text, {many} slots vs {few}: {same}/{len(prompts)}")
+    return few_s / many_s
+
+
 def scoring_items(n: int) -> list[ScoreRequest]:
     from tether.data import sources
     from tether.evals import formats
@@ -188,7 +242,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--items", type=int, default=120)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--only", choices=("generation", "scoring"), help="Run one of the two comparisons.")
+    parser.add_argument(
+        "--only",
+        choices=("generation", "scoring", "slots"),
+        help="Run one comparison (default: generation and scoring).",
+    )
     parser.add_argument(
         "--compare-transformers",
         action="store_true",
@@ -202,6 +260,14 @@ def main() -> None:
     params = engine.loaded.num_parameters
     peak = matmul_peak_gflops(args.threads)
     print(f"torch.mm peak: {peak:.1f} GFLOP/s ({args.threads} threads)")
+    if args.only == "slots":
+        ratio = bench_slots(engine, args.new_tokens)
+        print(
+            f"generation_128_slots_over_16_tok_per_s: {ratio:.2f}x "
+            "(tokens/s with 128 decode slots / with 16; above 1: more slots are faster)"
+        )
+        print(f"after: {load()}")
+        return
     if args.only != "scoring":
         gen_ratio, gen_s, gen_tokens = bench_generation(engine, args.new_tokens, args.compare_transformers)
         again = matmul_peak_gflops(args.threads)
@@ -215,7 +281,8 @@ def main() -> None:
         achieved = 2 * params * gen_tokens / gen_s / 1e9
         print(
             f"generation_fraction_of_mm_peak: {achieved / peak:.2f} "
-            f"({achieved:.1f} GFLOP/s of {peak:.1f} GFLOP/s measured torch.mm peak, batch {engine.config.batch_size})"
+            f"({achieved:.1f} GFLOP/s of {peak:.1f} GFLOP/s measured torch.mm peak, "
+            f"{min(engine.config.decode_slots, len(GEN_PROMPTS))} sequences in flight)"
         )
     if args.only != "generation":
         score_ratio, score_s, score_tokens = bench_scoring(engine, args.items)

@@ -171,6 +171,38 @@ def test_decode_loop_greedy_equals_transformers_generate(tiny_model_dir, slots):
     assert [c.text for c in out] == [c.text for c in old.generate(PROMPTS, SamplingParams(max_new_tokens=20))]
 
 
+def test_decode_loop_slots_fit_the_kv_budget(tiny_model_dir):
+    """engine.decode_slots sets the sequences in flight and engine.kv_cache_mb caps them: a budget
+    for one sequence runs one slot at a time, with the same greedy text as 64 slots."""
+    from tether.engine.decode import DecodeLoop
+
+    loaded = load(str(tiny_model_dir))
+    wide = Engine(loaded, EngineConfig(decode_slots=64, decode_loop="tether"))
+    out = wide.generate(PROMPTS, SamplingParams(max_new_tokens=20), progress=False)
+    loop = DecodeLoop(loaded.model, loaded.tokenizer, wide.eos_token_ids, wide.backend.pad_id, "cpu")
+    config = loaded.model.config
+    per_token = (
+        config.num_hidden_layers
+        * 2
+        * config.num_key_value_heads
+        * (config.hidden_size // config.num_attention_heads)
+        * 4
+    )
+    assert loop.kv_bytes_per_token == per_token
+    assert loop.fitting_slots(64, 100) == 64  # no budget
+    loop.kv_cache_bytes = 3 * 100 * per_token + 1
+    assert loop.fitting_slots(64, 100) == 3
+    assert loop.fitting_slots(2, 100) == 2
+    loop.kv_cache_bytes = 1
+    assert loop.fitting_slots(64, 100) == 1
+    narrow = Engine(loaded, EngineConfig(decode_slots=64, kv_cache_mb=1, decode_loop="tether"))
+    narrow.backend._kv_cache_bytes = per_token * 40
+    assert [
+        c.token_ids for c in narrow.generate(PROMPTS, SamplingParams(max_new_tokens=20), progress=False)
+    ] == [c.token_ids for c in out]
+    assert narrow.backend._loop.fitting_slots(64, 40) == 1
+
+
 def test_decode_loop_on_a_lora_policy(tiny_model_dir):
     """PPO validates its LoRA policy greedily through the engine: adapters stay active in the loop."""
     from dataclasses import replace
@@ -457,3 +489,18 @@ def test_pack_shares_prefixes_and_masks_ancestors():
     assert plan_rows([a, b], 4) == [[0], [1]]
     assert split.input_ids.tolist() == [[1, 2, 3, 0, 0], [1, 2, 4, 5, 9]]
     assert split.ancestors[0, 3].tolist() == [False, False, False, True, False]
+
+
+def test_prefill_batches_join_short_prompts_of_similar_length():
+    """Short prompts of similar length share a prefill; a long prompt, or one that would pad a batch
+    by more than a quarter of its width or push it past the token budget, starts its own."""
+    from tether.engine.decode import prefill_batches
+
+    assert prefill_batches(list("abcdefg"), [300, 120, 110, 100, 90, 40, 35]) == [
+        ["a"],
+        ["b", "c", "d", "e"],
+        ["f", "g"],
+    ]
+    assert prefill_batches(list(range(5)), [30] * 5, budget=60) == [[0, 1], [2, 3], [4]]
+    assert prefill_batches(["x"], [5000]) == [["x"]]
+    assert prefill_batches([], []) == []

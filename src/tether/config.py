@@ -91,7 +91,26 @@ class EngineConfig(StrictModel):
         description="vLLM settings (engine.backend=vllm; the transformers copy of the model then stays on "
         "the CPU, for tokenising, training and interpretability).",
     )
-    batch_size: int = Field(16, ge=1, description="Prompts per generation batch (sorted by length first).")
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="Prompts per generation batch (sorted by length first) where generation runs in "
+        "batches: transformers' generate (sampling under decode_loop=auto) and vLLM.",
+    )
+    decode_slots: int = Field(
+        128,
+        ge=1,
+        description="Sequences Tether's decode loop keeps in flight (a finished one's slot takes the next "
+        "prompt), within kv_cache_mb. More slots share each read of the weights among more tokens: "
+        "on a 2-core CPU 128 slots generate about twice the tokens/s of 16 (benchmarks/README.md). "
+        "Greedy and seeded sampled outputs do not depend on it.",
+    )
+    kv_cache_mb: int = Field(
+        1024,
+        ge=1,
+        description="Memory for the decode loop's key/value cache, in MiB: a call whose prompts are long "
+        "runs fewer slots (each holds its prompt and max_new_tokens), never more memory.",
+    )
     score_batch_size: int = Field(
         64, ge=1, description="Multiple-choice items per scoring batch, at most (see score_batch_tokens)."
     )

@@ -38,6 +38,7 @@ def make_backend(loaded: LoadedModel, config: EngineConfig) -> Backend:
             loaded.device,
             config.decode_step,
             max_row_tokens=config.score_row_tokens,
+            kv_cache_bytes=config.kv_cache_mb * 2**20,
         )
     if config.backend == "vllm":
         from tether.engine.vllm_backend import VLLMBackend, load_llm, merged_model_dir
@@ -166,16 +167,18 @@ class Engine:
     ) -> list[Completion]:
         """Complete every prompt ``params.n`` times; results come back in input order.
 
-        Prompts are taken longest first, ``engine.batch_size`` sequences in flight at once.
-        ``batch_size`` (prompts in flight) and ``sort_by_length=False`` fix the plan instead: a caller
-        that must reproduce earlier samples (PPO's rollouts) keeps its plan. Tether's decode loop
-        (``engine.decode_loop``) refills a finished sequence's slot with the next prompt at once;
-        transformers' generate runs the prompts batch by batch, sampling seeded per batch."""
+        Prompts are taken longest first. Tether's decode loop (``engine.decode_loop``) keeps
+        ``engine.decode_slots`` sequences in flight (fewer when ``engine.kv_cache_mb`` says so) and
+        refills a finished sequence's slot with the next prompt at once; transformers' generate runs
+        ``engine.batch_size`` sequences a batch, sampling seeded per batch. ``batch_size`` (prompts in
+        flight) and ``sort_by_length=False`` fix the plan instead: a caller that must reproduce
+        earlier samples (PPO's rollouts) keeps its plan."""
         params = params or SamplingParams()
         encoded = [self.encode_prompt(p, params.max_new_tokens) for p in prompts]
         order = list(range(len(prompts)))
         if sort_by_length:
             order.sort(key=lambda i: -len(encoded[i][0]))
+        slots = batch_size * params.n if batch_size is not None else self.config.decode_slots
         if batch_size is None:
             batch_size = (
                 max(1, self.config.batch_size // params.n) if params.n > 1 else self.config.batch_size
@@ -225,9 +228,7 @@ class Engine:
             progress_bar(f"generate {stage or ''}".strip(), total=len(prompts), enabled=progress) as bar,
         ):
             if self._uses_decode_loop(params, [encoded[i][0] for i in order]):
-                stream = self.backend.decode(
-                    [encoded[i][0] for i in order], params, batch_size * params.n, keys=order
-                )
+                stream = self.backend.decode([encoded[i][0] for i in order], params, slots, keys=order)
                 for position, samples, latency in stream:
                     # The loop yields a prompt as it finishes, with its time since admission: its own span.
                     end_ns = time.time_ns()

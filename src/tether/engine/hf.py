@@ -123,6 +123,7 @@ class HFBackend:
         *,
         max_row_tokens: int = 512,
         head_chunk: int = 64,
+        kv_cache_bytes: int = 2**30,
     ):
         self.model = model
         self.max_row_tokens = max_row_tokens  # scoring: prefix-tree nodes per packed row
@@ -137,6 +138,7 @@ class HFBackend:
         self._softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
         self._loop: DecodeLoop | None = None
         self._decode_step = decode_step
+        self._kv_cache_bytes = kv_cache_bytes
         self._llama_layers = _is_plain_llama(self._decoder)
 
     def _eos_ids(self) -> list[int]:
@@ -216,7 +218,13 @@ class HFBackend:
         prompts finish, ``slots`` sequences in flight; ``keys`` seed each prompt's samples."""
         if self._loop is None:
             self._loop = DecodeLoop(
-                self.model, self.tokenizer, self.eos_ids, self.pad_id, self.device, self._decode_step
+                self.model,
+                self.tokenizer,
+                self.eos_ids,
+                self.pad_id,
+                self.device,
+                self._decode_step,
+                kv_cache_bytes=self._kv_cache_bytes,
             )
         return self._loop.run(prompts, params, slots, keys=keys)
 
