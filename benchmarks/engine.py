@@ -11,6 +11,10 @@ Prints ``name: ratio`` lines:
     ``engine.decode_slots`` 16 against 128 (the default), tokens/s and K/V cache size of each (greedy
     text must be identical): how much the real jobs, which generate for many prompts at once, gain
     from more sequences in flight;
+  * sampling (``--only sampling``): the same 128 prompts sampled with the CAI loop's settings
+    (temperature 0.7, top-p 0.9), transformers' generate in batches of ``engine.batch_size``
+    (``engine.decode_loop=auto``, the default for sampling) against the decode loop
+    (``engine.decode_loop=tether``); the two draw different samples, so only speed is compared;
   * achieved GFLOP/s of the engine against a plain ``torch.mm`` peak measured in the same run.
 
 Run: ``python benchmarks/engine.py [--threads 2] [--items 120]``.
@@ -187,6 +191,33 @@ def bench_slots(engine: Engine, new_tokens: int, few: int = 16, many: int = 128)
     return few_s / many_s
 
 
+def bench_sampling(engine: Engine, new_tokens: int) -> float:
+    """Sampled decoding of 128 prompts, transformers' generate against the decode loop, A-B-B-A;
+    returns the ratio of tokens/s (decode loop / transformers)."""
+    prompts = [
+        Prompt(id=f"{k}-{i}", text=style + text)
+        for k, style in enumerate(SLOT_STYLES)
+        for i, text in enumerate(GEN_PROMPTS)
+    ]
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.7, top_p=0.9, seed=0)
+    sides = {
+        mode: Engine(engine.loaded, engine.config.model_copy(update={"decode_loop": mode}))
+        for mode in ("transformers", "tether")
+    }
+
+    def run(mode: str):
+        return lambda: sum(c.completion_tokens for c in sides[mode].generate(prompts, params, progress=False))
+
+    (hf_1, hf_2), hf_s, (loop_1, loop_2), loop_s = abba(run("transformers"), run("tether"))
+    hf_rate, loop_rate = (hf_1 + hf_2) / 2 / hf_s, (loop_1 + loop_2) / 2 / loop_s
+    print(
+        f"sampling: transformers' generate, batches of {engine.config.batch_size}: {hf_1} tok in {hf_s:.1f}s "
+        f"({hf_rate:.1f} tok/s); decode loop, {engine.config.decode_slots} slots: {loop_1} tok in "
+        f"{loop_s:.1f}s ({loop_rate:.1f} tok/s)"
+    )
+    return loop_rate / hf_rate
+
+
 def scoring_items(n: int) -> list[ScoreRequest]:
     from tether.data import sources
     from tether.evals import formats
@@ -244,7 +275,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument(
         "--only",
-        choices=("generation", "scoring", "slots"),
+        choices=("generation", "scoring", "slots", "sampling"),
         help="Run one comparison (default: generation and scoring).",
     )
     parser.add_argument(
@@ -265,6 +296,14 @@ def main() -> None:
         print(
             f"generation_128_slots_over_16_tok_per_s: {ratio:.2f}x "
             "(tokens/s with 128 decode slots / with 16; above 1: more slots are faster)"
+        )
+        print(f"after: {load()}")
+        return
+    if args.only == "sampling":
+        ratio = bench_sampling(engine, args.new_tokens)
+        print(
+            f"sampling_decode_loop_over_transformers_tok_per_s: {ratio:.2f}x "
+            "(tokens/s of the decode loop / of transformers' generate; above 1: the loop is faster)"
         )
         print(f"after: {load()}")
         return
