@@ -218,6 +218,21 @@ def bench_sampling(engine: Engine, new_tokens: int) -> float:
     return loop_rate / hf_rate
 
 
+# --only NAME: (comparison, printed ratio name, how the ratio reads).
+DECODE_COMPARISONS = {
+    "slots": (
+        bench_slots,
+        "generation_128_slots_over_16_tok_per_s",
+        "tokens/s with 128 decode slots / with 16; above 1: more slots are faster",
+    ),
+    "sampling": (
+        bench_sampling,
+        "sampling_decode_loop_over_transformers_tok_per_s",
+        "tokens/s of the decode loop / of transformers' generate; above 1: the loop is faster",
+    ),
+}
+
+
 def scoring_items(n: int) -> list[ScoreRequest]:
     from tether.data import sources
     from tether.evals import formats
@@ -275,7 +290,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument(
         "--only",
-        choices=("generation", "scoring", "slots", "sampling"),
+        choices=("generation", "scoring", *DECODE_COMPARISONS),
         help="Run one comparison (default: generation and scoring).",
     )
     parser.add_argument(
@@ -291,20 +306,9 @@ def main() -> None:
     params = engine.loaded.num_parameters
     peak = matmul_peak_gflops(args.threads)
     print(f"torch.mm peak: {peak:.1f} GFLOP/s ({args.threads} threads)")
-    if args.only == "slots":
-        ratio = bench_slots(engine, args.new_tokens)
-        print(
-            f"generation_128_slots_over_16_tok_per_s: {ratio:.2f}x "
-            "(tokens/s with 128 decode slots / with 16; above 1: more slots are faster)"
-        )
-        print(f"after: {load()}")
-        return
-    if args.only == "sampling":
-        ratio = bench_sampling(engine, args.new_tokens)
-        print(
-            f"sampling_decode_loop_over_transformers_tok_per_s: {ratio:.2f}x "
-            "(tokens/s of the decode loop / of transformers' generate; above 1: the loop is faster)"
-        )
+    if args.only in DECODE_COMPARISONS:
+        bench, name, reading = DECODE_COMPARISONS[args.only]
+        print(f"{name}: {bench(engine, args.new_tokens):.2f}x ({reading})")
         print(f"after: {load()}")
         return
     if args.only != "scoring":
