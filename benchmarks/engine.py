@@ -153,14 +153,19 @@ SLOT_STYLES = [
 ]
 
 
-def bench_slots(engine: Engine, new_tokens: int, few: int = 16, many: int = 128) -> float:
-    """The decode loop with ``few`` against ``many`` slots on 128 prompts, A-B-B-A; returns the ratio
-    of tokens/s (many / few)."""
-    prompts = [
+def many_prompts() -> list[Prompt]:
+    """The 16 generation prompts in each of the 8 phrasings of ``SLOT_STYLES``: 128 chat prompts."""
+    return [
         Prompt(id=f"{k}-{i}", text=style + text)
         for k, style in enumerate(SLOT_STYLES)
         for i, text in enumerate(GEN_PROMPTS)
     ]
+
+
+def bench_slots(engine: Engine, new_tokens: int, few: int = 16, many: int = 128) -> float:
+    """The decode loop with ``few`` against ``many`` slots on 128 prompts, A-B-B-A; returns the ratio
+    of tokens/s (many / few)."""
+    prompts = many_prompts()
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
     sides = {
         slots: Engine(
@@ -194,11 +199,7 @@ def bench_slots(engine: Engine, new_tokens: int, few: int = 16, many: int = 128)
 def bench_sampling(engine: Engine, new_tokens: int) -> float:
     """Sampled decoding of 128 prompts, transformers' generate against the decode loop, A-B-B-A;
     returns the ratio of tokens/s (decode loop / transformers)."""
-    prompts = [
-        Prompt(id=f"{k}-{i}", text=style + text)
-        for k, style in enumerate(SLOT_STYLES)
-        for i, text in enumerate(GEN_PROMPTS)
-    ]
+    prompts = many_prompts()
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.7, top_p=0.9, seed=0)
     sides = {
         mode: Engine(engine.loaded, engine.config.model_copy(update={"decode_loop": mode}))

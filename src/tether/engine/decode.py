@@ -40,6 +40,7 @@ from transformers.cache_utils import Cache
 
 from tether.engine.backend import Sample
 from tether.engine.types import SamplingParams
+from tether.models.padding import left_pad, positions_from_mask
 
 StepMode = Literal["eager", "compiled", "cuda_graph"]
 STATIC_CAPACITY_STEP = 128
@@ -163,18 +164,16 @@ def prefill_batches(
     batch while its left-padded size (rows x widest) stays within ``budget`` tokens and no row is
     padded by more than a quarter of the width; any other prompt goes alone."""
     batches: list[list] = []
-    lows: list[int] = []
-    highs: list[int] = []
+    high = low = 0  # the longest and shortest prompt of the last batch
     for item, length in zip(items, lengths, strict=True):
-        if batches and highs[-1] <= longest and length <= longest:
-            high, low = max(highs[-1], length), min(lows[-1], length)
-            if high * (len(batches[-1]) + 1) <= budget and 4 * (high - low) <= high:
+        if batches and high <= longest and length <= longest:
+            wide, narrow = max(high, length), min(low, length)
+            if wide * (len(batches[-1]) + 1) <= budget and 4 * (wide - narrow) <= wide:
                 batches[-1].append(item)
-                highs[-1], lows[-1] = high, low
+                high, low = wide, narrow
                 continue
         batches.append([item])
-        highs.append(length)
-        lows.append(length)
+        high = low = length
     return batches
 
 
@@ -412,27 +411,18 @@ class DecodeLoop:
         first new tokens. One prompt runs alone, as a one-prompt ``generate`` does; several are
         left-padded and masked as transformers' batched ``generate`` does, so every prompt's last
         position, the one whose logits are kept, is the batch's last column."""
-        width = max(len(prompt) for _, prompt in admissions)
-        ids = torch.full((len(admissions), width), self.pad_id, dtype=torch.long, device=self.device)
-        for row, (_, prompt) in enumerate(admissions):
-            ids[row, width - len(prompt) :] = torch.tensor(list(prompt), device=self.device)
+        ids, attention = left_pad([list(prompt) for _, prompt in admissions], self.pad_id, self.device)
         if len(admissions) == 1:
             out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         else:
-            attention = (
-                torch.arange(width, device=self.device)
-                >= torch.tensor(
-                    [width - len(prompt) for _, prompt in admissions], device=self.device
-                ).unsqueeze(1)
-            ).long()
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)
             out = self.model(
                 input_ids=ids,
                 attention_mask=attention,
-                position_ids=positions,
+                position_ids=positions_from_mask(attention),
                 use_cache=True,
                 logits_to_keep=1,
             )
+        width = ids.shape[1]
         for row, (slots, prompt) in enumerate(admissions):
             cache.load(slots, out.cache, len(prompt), row=row, start=width - len(prompt))
             mask[slots] = False

@@ -123,7 +123,7 @@ class HFBackend:
         *,
         max_row_tokens: int = 512,
         head_chunk: int = 64,
-        kv_cache_bytes: int = 2**30,
+        kv_cache_bytes: int | None = None,
     ):
         self.model = model
         self.max_row_tokens = max_row_tokens  # scoring: prefix-tree nodes per packed row
