@@ -489,6 +489,9 @@ def test_pack_shares_prefixes_and_masks_ancestors():
     assert plan_rows([a, b], 4) == [[0], [1]]
     assert split.input_ids.tolist() == [[1, 2, 3, 0, 0], [1, 2, 4, 5, 9]]
     assert split.ancestors[0, 3].tolist() == [False, False, False, True, False]
+    # the forward runs only the real nodes: flat cells of row 0's first 3 and all of row 1
+    assert split.real_cells().tolist() == [0, 1, 2, 5, 6, 7, 8, 9]
+    assert split.real_tokens == 8
 
 
 def test_prefill_batches_join_short_prompts_of_similar_length():

@@ -92,7 +92,18 @@ class PackedBatch:
     token_target: np.ndarray
     token_owner: np.ndarray
     num_continuations: int
-    real_tokens: int  # nodes actually run (without padding)
+    row_lengths: np.ndarray  # real nodes per row; the rest of each row is padding
+
+    @property
+    def real_tokens(self) -> int:
+        """Nodes actually run (without padding)."""
+        return int(self.row_lengths.sum())
+
+    def real_cells(self) -> np.ndarray:
+        """Flat indices (row * width + column) of the real nodes, ascending."""
+        width = self.input_ids.shape[1]
+        columns = np.arange(width)
+        return np.flatnonzero(columns[None, :] < self.row_lengths[:, None])
 
 
 def plan_rows(requests: list[EncodedScore], max_row_tokens: int) -> list[list[int]]:
@@ -172,7 +183,7 @@ def pack(requests: list[EncodedScore], max_row_tokens: int, pad_id: int) -> Pack
         token_target=np.asarray(targets, dtype=np.int64),
         token_owner=np.asarray(owners, dtype=np.int64),
         num_continuations=owner,
-        real_tokens=sum(len(t.tokens) for t in tries),
+        row_lengths=np.asarray([len(t.tokens) for t in tries], dtype=np.int64),
     )
 
 
