@@ -14,6 +14,11 @@ from tether.engine.types import SamplingParams
 from tether.errors import TetherError
 from tether.models.padding import left_pad
 
+# Scoring's LM head runs this many logits at a time (fp32: 100 MB): 512 rows of SmolLM2's 49k
+# vocabulary, whose head matmul ran 1.7x faster per row at 512 rows than at 64 on a 2-core CPU;
+# a model with a larger vocabulary gets fewer rows, not more memory.
+HEAD_CHUNK_LOGITS = 512 * 49152
+
 
 def _unwrap(model):
     """The plain causal LM inside a PEFT wrapper (adapters stay active: they live in its modules)."""
@@ -136,14 +141,12 @@ class HFBackend:
         decode_step: StepMode = "eager",
         *,
         max_row_tokens: int = 512,
-        head_chunk: int = 512,
+        head_chunk: int | None = None,
         kv_cache_bytes: int | None = None,
     ):
         self.model = model
         self.max_row_tokens = max_row_tokens  # scoring: prefix-tree nodes per packed row
-        # scoring: LM-head rows per chunk (chunk x vocab fp32 logits at once: 100 MB for SmolLM2 at
-        # 512). On a 2-core CPU the head's matmul ran 1.7x faster per row at 512 rows than at 64.
-        self.head_chunk = head_chunk
+        self.head_chunk = head_chunk  # scoring: LM-head rows per chunk (None: HEAD_CHUNK_LOGITS / vocab)
         self.tokenizer = tokenizer
         self.device = device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -151,6 +154,8 @@ class HFBackend:
         causal_lm = _unwrap(model)
         self._decoder = causal_lm.get_decoder()
         self._head = causal_lm.get_output_embeddings()
+        if self.head_chunk is None:
+            self.head_chunk = max(1, HEAD_CHUNK_LOGITS // self._head.weight.shape[0])
         self._softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
         self._loop: DecodeLoop | None = None
         self._decode_step = decode_step
