@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 
@@ -507,3 +509,56 @@ def test_prefill_batches_join_short_prompts_of_similar_length():
     assert prefill_batches(list(range(5)), [30] * 5, budget=60) == [[0, 1], [2, 3], [4]]
     assert prefill_batches(["x"], [5000]) == [["x"]]
     assert prefill_batches([], []) == []
+
+
+def _nucleus_by_full_sort(scores: torch.Tensor, top_p: float) -> list[dict[int, float]]:
+    """Reference: sort the whole vocabulary, keep tokens while the probability before them < top_p."""
+    out = []
+    for row in scores:
+        probs = row.softmax(-1)
+        values, order = probs.sort(descending=True)
+        keep = (values.cumsum(-1) - values) < top_p if top_p < 1.0 else values > 0
+        out.append({int(t): float(v) for t, v in zip(order[keep], values[keep], strict=True)})
+    return out
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.999, 1.0])
+def test_nucleus_matches_a_full_sort_also_for_flat_rows(top_p):
+    """Peaked rows (nucleus within the top-k candidates) and flat rows (nucleus past them, redone over
+    the whole vocabulary) in one batch give the same tokens and probabilities as a full sort."""
+    from tether.engine.decode import NUCLEUS_CANDIDATES, nucleus
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = 4 * NUCLEUS_CANDIDATES
+    peaked = torch.randn(3, vocab, generator=gen) * 8
+    flat = torch.randn(2, vocab, generator=gen) * 0.1
+    scores = torch.cat([peaked, flat])
+    tokens, probs = nucleus(scores, top_p)
+    want = _nucleus_by_full_sort(scores, top_p)
+    for row in range(len(scores)):
+        got = {int(t): float(p) for t, p in zip(tokens[row], probs[row], strict=True) if p > 0}
+        assert got.keys() == want[row].keys()
+        assert [got[t] for t in sorted(got)] == pytest.approx([want[row][t] for t in sorted(got)], rel=1e-5)
+    if top_p < 1.0:
+        assert max(len(w) for w in want[:3]) < NUCLEUS_CANDIDATES < min(len(w) for w in want[3:])
+
+
+def test_decode_loop_sampling_draws_from_the_nucleus_distribution():
+    """Many seeded draws from one row land on the nucleus's tokens at their renormalised
+    probabilities (within 4 standard errors), never outside it; an empty row gets the pad id."""
+    from tether.engine.decode import DecodeLoop, _Sequence
+
+    logits = torch.full((1, 50), -30.0)
+    logits[0, [3, 7, 11, 20]] = torch.tensor([2.0, 1.5, 1.0, -1.0])  # 20 is past a 0.9 nucleus
+    loop = DecodeLoop.__new__(DecodeLoop)
+    loop.pad_id = 0
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=1)
+    sequence = _Sequence(prompt=0, sample=0, generator=torch.Generator().manual_seed(1), stop=None)
+    draws = 4000
+    counts = collections.Counter(loop._select(logits, [sequence, None], params)[0] for _ in range(draws))
+    assert loop._select(logits, [sequence, None], params)[1] == 0
+    assert set(counts) <= {3, 7, 11}
+    kept = logits[0, [3, 7, 11]].softmax(-1)
+    for token, p in zip([3, 7, 11], kept.tolist(), strict=True):
+        se = (p * (1 - p) / draws) ** 0.5
+        assert abs(counts[token] / draws - p) < 4 * se

@@ -14,8 +14,8 @@ concatenation every step and rebuilds the attention mask every step. :class:`Dec
   generation time on a 2-core CPU;
 * keeps a ``(slots, 1, 1, capacity)`` boolean attention mask that it updates in place, one column a
   step, and hands to the model ready-made, so transformers builds none;
-* selects tokens on the device (``argmax``, or ``multinomial`` with one seeded generator per
-  sequence, so a sequence's samples do not depend on which slot or step it ran in), and checks stop
+* selects tokens on the device (``argmax``, or a draw from the nucleus with one seeded generator
+  per sequence, so a sequence's samples do not depend on which slot or step it ran in), and checks stop
   strings on each sequence's new text only (:class:`StopMatcher`).
 
 A decode step is one forward of the model with ``slots`` one-token rows. Eagerly (the default) a
@@ -182,6 +182,41 @@ def sequence_seed(seed: int, prompt: int, sample: int) -> int:
     return (seed * 1_000_003 + prompt) * 1_009 + sample
 
 
+NUCLEUS_CANDIDATES = 256  # top-k candidates that hold the nucleus of almost every real decode step
+
+
+def nucleus(scores: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nucleus (top-p) sampling's candidates for each row of ``scores`` (``(rows, vocab)``, already
+    divided by the temperature): ``(tokens, probs)``, both ``(rows, k)``, tokens by falling
+    probability, ``probs`` their softmax probabilities over the whole vocabulary with every token
+    past the nucleus set to 0 (not renormalised). The nucleus is the smallest set of most probable
+    tokens whose probability reaches ``top_p`` (at least one token); ``top_p >= 1`` keeps all.
+
+    The candidates are the top :data:`NUCLEUS_CANDIDATES` tokens; a row whose nucleus does not end
+    among them is redone over the whole vocabulary, so the result is exact either way."""
+    vocab = scores.shape[-1]
+    if top_p >= 1.0:
+        tokens = torch.arange(vocab, device=scores.device).expand_as(scores)
+        return tokens, scores.softmax(-1)
+    normaliser = scores.logsumexp(-1, keepdim=True)
+
+    k = min(NUCLEUS_CANDIDATES, vocab)
+    top, tokens = scores.topk(k, dim=-1)
+    probs = (top - normaliser).exp()
+    reached = probs.sum(-1) >= top_p
+    if k < vocab and not bool(reached.all()):
+        wide = scores[~reached]
+        wide_top, wide_tokens = wide.sort(dim=-1, descending=True)
+        wide_probs = (wide_top - normaliser[~reached]).exp()
+        full_tokens = torch.zeros_like(scores, dtype=tokens.dtype)
+        full_probs = torch.zeros_like(scores)
+        full_tokens[:, :k], full_probs[:, :k] = tokens, probs
+        full_tokens[~reached], full_probs[~reached] = wide_tokens, wide_probs
+        tokens, probs = full_tokens, full_probs
+    before = probs.cumsum(-1) - probs
+    return tokens, probs.masked_fill(before >= top_p, 0.0)
+
+
 class DecodeLoop:
     """Greedy or sampled decoding of many prompts through a fixed number of slots (module docstring).
 
@@ -232,23 +267,29 @@ class DecodeLoop:
     def _select(
         self, logits: torch.Tensor, rows: list[_Sequence | None], params: SamplingParams
     ) -> list[int]:
-        """The next token of every row of ``logits`` (float32, ``(rows, vocab)``); empty rows get pad."""
+        """The next token of every row of ``logits`` (float32, ``(rows, vocab)``); empty rows get pad.
+
+        Sampling draws one uniform number from the sequence's own generator and inverts the
+        cumulative distribution of its nucleus (:func:`nucleus`), which is what ``multinomial``
+        does, without a full-vocabulary sort or one ``multinomial`` call over the vocabulary per
+        row: at 128 rows of a 49k vocabulary those took 0.7 s a step on a 2-core CPU, more than the
+        model's forward."""
         if params.temperature == 0:
             return logits.argmax(-1).tolist()
-        scores = logits / params.temperature
-        if params.top_p < 1.0:
-            # The smallest set of tokens whose probability reaches top_p (always at least one).
-            sorted_scores, order = scores.sort(dim=-1, descending=True)
-            before = sorted_scores.softmax(-1).cumsum(-1) - sorted_scores.softmax(-1)
-            sorted_scores = sorted_scores.masked_fill(before >= params.top_p, float("-inf"))
-            scores = sorted_scores.scatter(-1, order, sorted_scores)
-        probs = scores.softmax(-1)
-        out = []
-        for row, seq in enumerate(rows):
-            if seq is None:
-                out.append(self.pad_id)
-            else:
-                out.append(int(torch.multinomial(probs[row], 1, generator=seq.generator)))
+        out = [self.pad_id] * len(rows)
+        live = [row for row, seq in enumerate(rows) if seq is not None]
+        if not live:
+            return out
+        tokens, probs = nucleus(logits[live] / params.temperature, params.top_p)
+        cdf = probs.cumsum(-1)
+        draws = torch.cat(
+            [torch.rand(1, generator=rows[row].generator, device=logits.device) for row in live]
+        )
+        picks = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True)
+        last = (probs > 0).sum(-1, keepdim=True) - 1  # a draw that rounds up to the total takes the last
+        chosen = tokens.gather(-1, torch.minimum(picks, last)).squeeze(-1).tolist()
+        for row, token in zip(live, chosen, strict=True):
+            out[row] = token
         return out
 
     # ------------------------------------------------------------------ the loop
