@@ -543,22 +543,25 @@ def test_nucleus_matches_a_full_sort_also_for_flat_rows(top_p):
         assert max(len(w) for w in want[:3]) < NUCLEUS_CANDIDATES < min(len(w) for w in want[3:])
 
 
-def test_decode_loop_sampling_draws_from_the_nucleus_distribution():
+@pytest.mark.parametrize("top_p", [0.9, 1.0])
+def test_decode_loop_sampling_draws_from_the_nucleus_distribution(top_p):
     """Many seeded draws from one row land on the nucleus's tokens at their renormalised
-    probabilities (within 4 standard errors), never outside it; an empty row gets the pad id."""
+    probabilities (within 4 standard errors), never outside it; an empty row gets the pad id.
+    With top_p 1 the candidates stay in vocabulary order, with zero-probability tokens between."""
     from tether.engine.decode import DecodeLoop, _Sequence
 
-    logits = torch.full((1, 50), -30.0)
+    logits = torch.full((1, 50), -200.0)  # exp underflows to 0
+    nucleus_tokens = [3, 7, 11] if top_p < 1 else [3, 7, 11, 20]
     logits[0, [3, 7, 11, 20]] = torch.tensor([2.0, 1.5, 1.0, -1.0])  # 20 is past a 0.9 nucleus
     loop = DecodeLoop.__new__(DecodeLoop)
     loop.pad_id = 0
-    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=1)
+    params = SamplingParams(temperature=1.0, top_p=top_p, max_new_tokens=1)
     sequence = _Sequence(prompt=0, sample=0, generator=torch.Generator().manual_seed(1), stop=None)
     draws = 4000
     counts = collections.Counter(loop._select(logits, [sequence, None], params)[0] for _ in range(draws))
     assert loop._select(logits, [sequence, None], params)[1] == 0
-    assert set(counts) <= {3, 7, 11}
-    kept = logits[0, [3, 7, 11]].softmax(-1)
-    for token, p in zip([3, 7, 11], kept.tolist(), strict=True):
+    assert set(counts) <= set(nucleus_tokens)
+    kept = logits[0, nucleus_tokens].softmax(-1)
+    for token, p in zip(nucleus_tokens, kept.tolist(), strict=True):
         se = (p * (1 - p) / draws) ** 0.5
         assert abs(counts[token] / draws - p) < 4 * se

@@ -286,7 +286,8 @@ class DecodeLoop:
             [torch.rand(1, generator=rows[row].generator, device=logits.device) for row in live]
         )
         picks = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True)
-        last = (probs > 0).sum(-1, keepdim=True) - 1  # a draw that rounds up to the total takes the last
+        # A draw that rounds up to the total takes the last token with a probability.
+        last = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)
         chosen = tokens.gather(-1, torch.minimum(picks, last)).squeeze(-1).tolist()
         for row, token in zip(live, chosen, strict=True):
             out[row] = token
