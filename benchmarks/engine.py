@@ -15,6 +15,10 @@ Prints ``name: ratio`` lines:
     (temperature 0.7, top-p 0.9), transformers' generate in batches of ``engine.batch_size``
     (``engine.decode_loop=auto``, the default for sampling) against the decode loop
     (``engine.decode_loop=tether``); the two draw different samples, so only speed is compared;
+  * prefix (``--only prefix``): CAI critique requests (the shipped constitution's few-shot critique
+    prompt for 64 real harmful prompts of the CAI train side, with the model's own greedy answers),
+    sampled with the CAI loop's critique settings through the decode loop with
+    ``engine.prefix_reuse`` off against on: time of each, and the prompt tokens reuse skips;
   * achieved GFLOP/s of the engine against a plain ``torch.mm`` peak measured in the same run.
 
 Run: ``python benchmarks/engine.py [--threads 2] [--items 120]``.
@@ -219,6 +223,54 @@ def bench_sampling(engine: Engine, new_tokens: int) -> float:
     return loop_rate / hf_rate
 
 
+def critique_requests(engine: Engine, count: int = 64) -> list[Prompt]:
+    """The CAI loop's critique requests for ``count`` harmful train prompts, as configs/cai.yaml builds
+    them (chat style, two worked examples), with the model's greedy 48-token answers."""
+    from tether.cai.constitution import load_constitution
+    from tether.cai.loop import critique_text
+    from tether.cai.prompts import load_harmful, make_split
+
+    harmful = load_harmful(["harmbench", "advbench"], exclude_categories=["copyright"], max_chars=600)
+    chosen = make_split(harmful, count=count, heldout_fraction=0.5, seed=0).train
+    answers = engine.generate(
+        [Prompt(id=p.id, text=p.text) for p in chosen], SamplingParams(max_new_tokens=48), progress=False
+    )
+    constitution = load_constitution("configs/constitution.yaml")
+    requests = []
+    for p, answer in zip(chosen, answers, strict=True):
+        principle = constitution.sample(p.kind, f"{p.id}/round1/pass0", 0)
+        examples = constitution.examples_for(principle, p.kind, 2, f"0/{p.id}/0")
+        text = critique_text(p.text, answer.text.strip(), principle, examples=examples)
+        requests.append(Prompt(id=p.id, text=text))
+    return requests
+
+
+def bench_prefix(engine: Engine, new_tokens: int) -> float:
+    """CAI critique requests sampled through the decode loop with prefix reuse off and on, A-B-B-A;
+    returns the ratio of times (on / off)."""
+    prompts = critique_requests(engine)
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.7, top_p=0.9, seed=0)
+    sides = {
+        mode: Engine(
+            engine.loaded,
+            engine.config.model_copy(update={"decode_loop": "tether", "prefix_reuse": mode}),
+        )
+        for mode in ("off", "on")
+    }
+
+    def run(mode: str):
+        return lambda: sum(c.completion_tokens for c in sides[mode].generate(prompts, params, progress=False))
+
+    (off_1, _), off_s, (on_1, _), on_s = abba(run("off"), run("on"))
+    tokens = sum(len(sides["on"].encode_prompt(p, new_tokens)[0]) for p in prompts)
+    reused = sides["on"].backend._loop.reused_tokens // 2  # two timed runs
+    print(
+        f"prefix: {len(prompts)} critique requests, {tokens} prompt tokens ({reused} reused, "
+        f"{reused / tokens:.0%}); reuse off: {off_1} new tok in {off_s:.1f}s; on: {on_1} new tok in {on_s:.1f}s"
+    )
+    return on_s / off_s
+
+
 # --only NAME: (comparison, printed ratio name, how the ratio reads).
 DECODE_COMPARISONS = {
     "slots": (
@@ -230,6 +282,11 @@ DECODE_COMPARISONS = {
         bench_sampling,
         "sampling_decode_loop_over_transformers_tok_per_s",
         "tokens/s of the decode loop / of transformers' generate; above 1: the loop is faster",
+    ),
+    "prefix": (
+        bench_prefix,
+        "critique_time_prefix_reuse_over_none",
+        "time with engine.prefix_reuse=on / with off; below 1: reuse is faster",
     ),
 }
 

@@ -277,6 +277,59 @@ def test_decode_loop_sampling_is_seeded_per_sequence(tiny_model_dir):
     assert len({tuple(t) for t in first[:3]}) > 1  # a prompt's samples differ from each other
 
 
+SHARED = "You are a careful assistant. Here is a worked example of a good answer. " * 12
+PREFIXED = [
+    Prompt(id=f"p{i}", text=SHARED + ending)
+    for i, ending in enumerate(["Why is the sky blue?", "Name three fruits.", "Why is grass green?", "Hi"])
+]
+
+
+def test_prefill_on_a_shared_prefix_matches_a_full_prefill(tiny_model_dir):
+    """A prompt prefilled on the cached keys and values of its predecessor's shared prefix gets the
+    same first-token logits and the same cache as one prefilled whole."""
+    from tether.engine.decode import DecodeLoop
+
+    loaded = load(str(tiny_model_dir))
+    engine = Engine(loaded, EngineConfig(decode_loop="tether"))
+    first, second = (engine.encode_prompt(p, 8)[0] for p in PREFIXED[:2])
+    loop = DecodeLoop(loaded.model, loaded.tokenizer, engine.eos_token_ids, engine.backend.pad_id, "cpu")
+    with torch.no_grad():
+        whole = loop._prefill_alone(second, reuse=False)
+        loop._last_prefill = (first, loop._prefill_alone(first, reuse=False).cache)
+        reused = loop._prefill_alone(second, reuse=True)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    assert shared > 100 and loop.reused_tokens == shared
+    torch.testing.assert_close(reused.logits, whole.logits, atol=1e-5, rtol=1e-4)
+    for a, b in zip(reused.cache.layers, whole.cache.layers, strict=True):
+        assert a.keys.shape == b.keys.shape == (1, a.keys.shape[1], len(second), a.keys.shape[3])
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("slots", [1, 4])
+def test_decode_loop_reuses_shared_prefixes(tiny_model_dir, slots):
+    """engine.prefix_reuse=on: prompts run in token order, each long one prefilled past the prefix it
+    shares with the one before, with greedy text equal to generate's; 'auto' reuses only when sampling."""
+    loaded = load(str(tiny_model_dir))
+    engine = Engine(loaded, EngineConfig(decode_slots=slots, decode_loop="tether", prefix_reuse="on"))
+    out = engine.generate(PREFIXED, SamplingParams(max_new_tokens=10), progress=False)
+    encoded = sorted(engine.encode_prompt(p, 10)[0] for p in PREFIXED)
+    expected = sum(
+        next(i for i, (a, b) in enumerate(zip(x, y, strict=False)) if a != b)
+        for x, y in zip(encoded, encoded[1:], strict=False)
+    )
+    assert engine.backend._loop.reused_tokens == expected > 300
+    for prompt, completion in zip(PREFIXED, out, strict=True):
+        ids = engine.encode_prompt(prompt, 10)[0]
+        assert completion.token_ids == _hf_greedy(loaded, ids, 10, engine.eos_token_ids), prompt.id
+
+    auto = Engine(loaded, EngineConfig(decode_slots=slots, decode_loop="tether"))
+    auto.generate(PREFIXED, SamplingParams(max_new_tokens=4), progress=False)
+    assert auto.backend._loop.reused_tokens == 0
+    auto.generate(PREFIXED, SamplingParams(max_new_tokens=4, temperature=0.8), progress=False)
+    assert auto.backend._loop.reused_tokens == expected
+
+
 def test_stop_matcher_follows_multibyte_text(tiny_model_dir):
     """Stop strings are found on the text decoded so far, token by token, even when a character is
     split across tokens, and at the first token whose text completes them."""
@@ -509,6 +562,17 @@ def test_prefill_batches_join_short_prompts_of_similar_length():
     assert prefill_batches(list(range(5)), [30] * 5, budget=60) == [[0, 1], [2, 3], [4]]
     assert prefill_batches(["x"], [5000]) == [["x"]]
     assert prefill_batches([], []) == []
+
+
+def test_admission_order_puts_shared_prefixes_side_by_side():
+    """Longest first; with prefix reuse, prompts too long to share a prefill go first, in token order."""
+    from tether.engine.decode import PREFILL_BATCH_MAX_PROMPT, admission_order
+
+    long = PREFILL_BATCH_MAX_PROMPT + 1
+    prompts = [[5] * 10, [2, 9] + [0] * long, [7] * 30, [2, 3] + [0] * long, [3] * (long + 5)]
+    assert admission_order(prompts, reuse=False) == [4, 1, 3, 2, 0]
+    assert admission_order(prompts, reuse=True) == [3, 1, 4, 2, 0]
+    assert admission_order([], reuse=True) == []
 
 
 def _nucleus_by_full_sort(scores: torch.Tensor, top_p: float) -> list[dict[int, float]]:

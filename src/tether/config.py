@@ -146,6 +146,14 @@ class EngineConfig(StrictModel):
         "batch; 'auto': Tether's loop for greedy decoding and transformers' for sampling, which keeps "
         "the samples of earlier releases for a given seed and batch plan.",
     )
+    prefix_reuse: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Tether's decode loop prefills a long prompt on the keys and values of the prefix it "
+        "shares with the prompt before it (long prompts then run in token order, so prompts with the "
+        "same few-shot block sit side by side). The rest runs with fewer rows, so its floats may differ "
+        "in the last bits: 'auto' reuses for sampled decoding only, so greedy text stays identical to "
+        "transformers' generate; 'on' for greedy as well; 'off' never.",
+    )
     decode_step: Literal["eager", "compiled", "cuda_graph"] = Field(
         "eager",
         description="How Tether's decode loop runs a step: eagerly; through torch.compile (every step "

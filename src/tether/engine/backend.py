@@ -64,6 +64,10 @@ class Backend(Protocol):
         """Whether :meth:`decode` can run sequences of ``tokens`` tokens."""
         ...
 
+    def decode_order(self, prompts: list[list[int]], params: SamplingParams) -> list[int]:
+        """The order in which :meth:`decode` runs ``prompts`` fastest (indices into ``prompts``)."""
+        ...
+
     def score(self, requests: list[EncodedScore]) -> list[TokenScores]:
         """Summed continuation log-probs for a batch of requests."""
         ...

@@ -12,6 +12,13 @@ concatenation every step and rebuilds the attention mask every step. :class:`Dec
   runs exactly as a one-prompt ``generate`` would), and each prompt's K/V is copied into the slots
   of its ``n`` samples. One at a time, the prefills of 64 short chat prompts were 39% of their
   generation time on a 2-core CPU;
+* with ``prefix_reuse`` on, prefills a long prompt on top of the keys and values of the tokens it
+  shares with the long prompt prefilled before it, running only the rest. Long prompts are then
+  admitted in token order (:func:`admission_order`), so that prompts sharing a prefix (a few-shot
+  block) are neighbours: CAI's critique and revision requests share about half their tokens this
+  way. The rest runs with fewer rows, so its floats can differ in the last bits from a full
+  prefill ('auto' reuses prefixes for sampled decoding only, and greedy decoding stays identical
+  to ``generate``). On the CAI loop stage no sample changed (README "Engine");
 * keeps a ``(slots, 1, 1, capacity)`` boolean attention mask that it updates in place, one column a
   step, and hands to the model ready-made, so transformers builds none;
 * selects tokens on the device (``argmax``, or a draw from the nucleus with one seeded generator
@@ -36,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
 
 from tether.engine.backend import Sample
 from tether.engine.types import SamplingParams
@@ -52,6 +59,7 @@ PREFILL_BATCH_TOKENS = 4096
 # key/value heads (harmful_refusal's long prompts prefilled 1.5x slower batched). A batch pads by
 # at most a quarter of its width.
 PREFILL_BATCH_MAX_PROMPT = 128
+PrefixReuse = Literal["auto", "on", "off"]
 
 
 class StopMatcher:
@@ -177,6 +185,35 @@ def prefill_batches(
     return batches
 
 
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` have in common."""
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return min(len(a), len(b))
+
+
+def admission_order(prompts: Sequence[Sequence[int]], reuse: bool) -> list[int]:
+    """The order in which to admit ``prompts``: longest first, so that prompts of similar length are
+    prefilled together. With ``reuse``, the prompts too long to share a prefill go first, in token
+    order, so that each follows the one it shares its longest prefix with."""
+
+    def key(index: int) -> tuple:
+        prompt = prompts[index]
+        if reuse and len(prompt) > PREFILL_BATCH_MAX_PROMPT:
+            return (0, list(prompt))
+        return (1, -len(prompt))
+
+    return sorted(range(len(prompts)), key=key)
+
+
+def reuses_prefixes(mode: PrefixReuse, params: SamplingParams) -> bool:
+    """Whether a call with ``params`` prefills prompts on their predecessor's shared prefix: 'auto'
+    does for sampled decoding, whose samples are the loop's own, and not for greedy decoding, which
+    stays identical to transformers' generate."""
+    return mode == "on" or (mode == "auto" and params.temperature > 0)
+
+
 def sequence_seed(seed: int, prompt: int, sample: int) -> int:
     """The sampling seed of one sequence: depends on the call's seed and its place in the call only."""
     return (seed * 1_000_003 + prompt) * 1_009 + sample
@@ -234,6 +271,7 @@ class DecodeLoop:
         step: StepMode = "eager",
         *,
         kv_cache_bytes: int | None = None,
+        prefix_reuse: PrefixReuse = "auto",
     ):
         if step == "cuda_graph" and torch.device(device).type != "cuda":
             raise ValueError("step='cuda_graph' needs a CUDA device")
@@ -246,6 +284,10 @@ class DecodeLoop:
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.num_layers = int(config.num_hidden_layers)
         self.kv_cache_bytes = kv_cache_bytes
+        self.prefix_reuse = prefix_reuse
+        # The last prompt prefilled alone: its tokens and transformers cache, the next one's prefix.
+        self._last_prefill: tuple[list[int], Cache] | None = None
+        self.reused_tokens = 0  # prompt tokens whose keys and values came from the previous prefill
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         element = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
@@ -317,6 +359,8 @@ class DecodeLoop:
             capacity = -(-capacity // STATIC_CAPACITY_STEP) * STATIC_CAPACITY_STEP
         slots = self.fitting_slots(max(1, min(slots, len(prompts) * n)), capacity)
         cache, mask, forward = self._state(slots, capacity)
+        reuse = reuses_prefixes(self.prefix_reuse, params)
+        self._last_prefill = None
         rows: list[_Sequence | None] = [None] * slots
         lengths = [0] * slots  # tokens in each slot's cache
         last = [self.pad_id] * slots  # the token each slot feeds next
@@ -376,6 +420,7 @@ class DecodeLoop:
                         cache,
                         [(torch.tensor(group, device=self.device), prompts[p]) for p, group in batch],
                         mask,
+                        reuse=reuse,
                     )
                     for (prompt, group), row_logits in zip(batch, logits, strict=True):
                         tokens = self._select(
@@ -388,22 +433,25 @@ class DecodeLoop:
                                 free.append(slot)
                 free.sort()
 
-        yield from admit()
-        while any(rows):
-            live = [s for s in range(slots) if rows[s] is not None]
-            cache.write_index.copy_(torch.tensor(lengths, device=self.device))
-            # Each slot's new token sees itself (an empty slot's index is 0, already visible).
-            mask.scatter_(3, cache.write_index.view(-1, 1, 1, 1), True)
-            cache.width = capacity if static else max(lengths[s] for s in live) + 1
-            ids = torch.tensor(last, device=self.device).view(slots, 1)
-            logits = forward(ids, cache, mask[:, :, :, : cache.width])
-            tokens = self._select(logits, rows, params)
-            for slot in live:
-                lengths[slot] += 1
-                if accept(slot, tokens[slot]):
-                    yield from finish(slot)
-            if waiting and not all(rows):
-                yield from admit()
+        try:
+            yield from admit()
+            while any(rows):
+                live = [s for s in range(slots) if rows[s] is not None]
+                cache.write_index.copy_(torch.tensor(lengths, device=self.device))
+                # Each slot's new token sees itself (an empty slot's index is 0, already visible).
+                mask.scatter_(3, cache.write_index.view(-1, 1, 1, 1), True)
+                cache.width = capacity if static else max(lengths[s] for s in live) + 1
+                ids = torch.tensor(last, device=self.device).view(slots, 1)
+                logits = forward(ids, cache, mask[:, :, :, : cache.width])
+                tokens = self._select(logits, rows, params)
+                for slot in live:
+                    lengths[slot] += 1
+                    if accept(slot, tokens[slot]):
+                        yield from finish(slot)
+                if waiting and not all(rows):
+                    yield from admit()
+        finally:
+            self._last_prefill = None  # tens of MB of keys and values
 
     def _state(self, slots: int, capacity: int) -> tuple[SlotCache, torch.Tensor, Callable]:
         """A cache and mask for ``slots`` x ``capacity`` (an empty slot sees column 0 only, so its
@@ -446,17 +494,27 @@ class DecodeLoop:
 
     @torch.no_grad()
     def _prefill(
-        self, cache: SlotCache, admissions: Sequence[tuple[torch.Tensor, Sequence[int]]], mask: torch.Tensor
+        self,
+        cache: SlotCache,
+        admissions: Sequence[tuple[torch.Tensor, Sequence[int]]],
+        mask: torch.Tensor,
+        *,
+        reuse: bool = False,
     ) -> torch.Tensor:
         """Prefill the prompts of ``admissions`` (each with the slots of its samples) in one forward,
         copy each prompt's K/V into its slots, and return the logits ``(prompts, vocab)`` of their
-        first new tokens. One prompt runs alone, as a one-prompt ``generate`` does; several are
+        first new tokens. One prompt runs alone, as a one-prompt ``generate`` does (with ``reuse``,
+        only past the prefix it shares with the previous prompt that ran alone); several are
         left-padded and masked as transformers' batched ``generate`` does, so every prompt's last
         position, the one whose logits are kept, is the batch's last column."""
-        ids, attention = left_pad([list(prompt) for _, prompt in admissions], self.pad_id, self.device)
         if len(admissions) == 1:
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            prompt = list(admissions[0][1])
+            out = self._prefill_alone(prompt, reuse)
+            width = len(prompt)
+            if reuse:
+                self._last_prefill = (prompt, out.cache)
         else:
+            ids, attention = left_pad([list(prompt) for _, prompt in admissions], self.pad_id, self.device)
             out = self.model(
                 input_ids=ids,
                 attention_mask=attention,
@@ -464,12 +522,35 @@ class DecodeLoop:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        width = ids.shape[1]
+            width = ids.shape[1]
         for row, (slots, prompt) in enumerate(admissions):
             cache.load(slots, out.cache, len(prompt), row=row, start=width - len(prompt))
             mask[slots] = False
             mask[slots, :, :, : len(prompt)] = True
         return out.logits[:, -1].float()
+
+    def _prefill_alone(self, prompt: list[int], reuse: bool):
+        """One prompt's prefill forward; with ``reuse``, on a copy of the keys and values of the prefix
+        it shares with the last prompt prefilled alone (its last token always runs: its logits are
+        the first new token's)."""
+        shared = 0
+        if reuse and self._last_prefill is not None:
+            before, before_cache = self._last_prefill
+            shared = min(shared_prefix(prompt, before), len(prompt) - 1)
+        if shared == 0:
+            ids = torch.tensor([prompt], device=self.device)
+            return self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        self.reused_tokens += shared
+        prefix = DynamicCache(
+            [(layer.keys[:, :, :shared], layer.values[:, :, :shared]) for layer in before_cache.layers]
+        )
+        return self.model(
+            input_ids=torch.tensor([prompt[shared:]], device=self.device),
+            position_ids=torch.arange(shared, len(prompt), device=self.device).view(1, -1),
+            cache=prefix,
+            use_cache=True,
+            logits_to_keep=1,
+        )
 
 
 class _GraphedStep:

@@ -39,6 +39,7 @@ def make_backend(loaded: LoadedModel, config: EngineConfig) -> Backend:
             config.decode_step,
             max_row_tokens=config.score_row_tokens,
             kv_cache_bytes=config.kv_cache_mb * 2**20,
+            prefix_reuse=config.prefix_reuse,
         )
     if config.backend == "vllm":
         from tether.engine.vllm_backend import VLLMBackend, load_llm, merged_model_dir
@@ -167,8 +168,9 @@ class Engine:
     ) -> list[Completion]:
         """Complete every prompt ``params.n`` times; results come back in input order.
 
-        Prompts are taken longest first. Tether's decode loop (``engine.decode_loop``) keeps
-        ``engine.decode_slots`` sequences in flight (fewer when ``engine.kv_cache_mb`` says so) and
+        Prompts are taken longest first (the decode loop takes long prompts in token order where
+        it reuses shared prefixes: ``engine.prefix_reuse``). Tether's decode loop
+        (``engine.decode_loop``) keeps ``engine.decode_slots`` sequences in flight (fewer when ``engine.kv_cache_mb`` says so) and
         refills a finished sequence's slot with the next prompt at once; transformers' generate runs
         ``engine.batch_size`` sequences a batch, sampling seeded per batch. ``batch_size`` (prompts in
         flight) and ``sort_by_length=False`` fix the plan instead: a caller that must reproduce
@@ -176,7 +178,10 @@ class Engine:
         params = params or SamplingParams()
         encoded = [self.encode_prompt(p, params.max_new_tokens) for p in prompts]
         order = list(range(len(prompts)))
-        if sort_by_length:
+        decode_loop = self._uses_decode_loop(params, [e[0] for e in encoded])
+        if sort_by_length and decode_loop:
+            order = self.backend.decode_order([e[0] for e in encoded], params)
+        elif sort_by_length:
             order.sort(key=lambda i: -len(encoded[i][0]))
         slots = batch_size * params.n if batch_size is not None else self.config.decode_slots
         if batch_size is None:
@@ -227,7 +232,7 @@ class Engine:
             self.tracer.span(f"{operation} {self.name}", attributes, client=True) as call,
             progress_bar(f"generate {stage or ''}".strip(), total=len(prompts), enabled=progress) as bar,
         ):
-            if self._uses_decode_loop(params, [encoded[i][0] for i in order]):
+            if decode_loop:
                 stream = self.backend.decode([encoded[i][0] for i in order], params, slots, keys=order)
                 for position, samples, latency in stream:
                     # The loop yields a prompt as it finishes, with its time since admission: its own span.

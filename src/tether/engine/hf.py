@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import torch
 
 from tether.engine.backend import EchoScores, EncodedScore, Sample, TokenScores
-from tether.engine.decode import DecodeLoop, StepMode, StopMatcher
+from tether.engine.decode import (
+    DecodeLoop,
+    PrefixReuse,
+    StepMode,
+    StopMatcher,
+    admission_order,
+    reuses_prefixes,
+)
 from tether.engine.packing import pack
 from tether.engine.types import SamplingParams
 from tether.errors import TetherError
@@ -143,6 +150,7 @@ class HFBackend:
         max_row_tokens: int = 512,
         head_chunk: int | None = None,
         kv_cache_bytes: int | None = None,
+        prefix_reuse: PrefixReuse = "auto",
     ):
         self.model = model
         self.max_row_tokens = max_row_tokens  # scoring: prefix-tree nodes per packed row
@@ -160,6 +168,7 @@ class HFBackend:
         self._loop: DecodeLoop | None = None
         self._decode_step = decode_step
         self._kv_cache_bytes = kv_cache_bytes
+        self._prefix_reuse = prefix_reuse
         self._llama_layers = _is_plain_llama(self._decoder)
 
     def _eos_ids(self) -> list[int]:
@@ -232,6 +241,10 @@ class HFBackend:
         window = getattr(causal_lm.config.get_text_config(), "sliding_window", None)
         return not window or tokens <= window
 
+    def decode_order(self, prompts: list[list[int]], params: SamplingParams) -> list[int]:
+        """The order :meth:`decode` runs ``prompts`` fastest in (:func:`admission_order`)."""
+        return admission_order(prompts, reuses_prefixes(self._prefix_reuse, params))
+
     def decode(
         self, prompts: list[list[int]], params: SamplingParams, slots: int, keys: list[int] | None = None
     ) -> Iterator[tuple[int, list[Sample], float]]:
@@ -246,6 +259,7 @@ class HFBackend:
                 self.device,
                 self._decode_step,
                 kv_cache_bytes=self._kv_cache_bytes,
+                prefix_reuse=self._prefix_reuse,
             )
         return self._loop.run(prompts, params, slots, keys=keys)
 
