@@ -170,19 +170,21 @@ class Engine:
 
         Prompts are taken longest first (the decode loop takes long prompts in token order where
         it reuses shared prefixes: ``engine.prefix_reuse``). Tether's decode loop
-        (``engine.decode_loop``) keeps ``engine.decode_slots`` sequences in flight (fewer when ``engine.kv_cache_mb`` says so) and
-        refills a finished sequence's slot with the next prompt at once; transformers' generate runs
+        (``engine.decode_loop``) keeps ``engine.decode_slots`` sequences in flight (fewer when
+        ``engine.kv_cache_mb`` says so) and refills a finished sequence's slot with the next prompt
+        at once; transformers' generate runs
         ``engine.batch_size`` sequences a batch, sampling seeded per batch. ``batch_size`` (prompts in
         flight) and ``sort_by_length=False`` fix the plan instead: a caller that must reproduce
         earlier samples (PPO's rollouts) keeps its plan."""
         params = params or SamplingParams()
         encoded = [self.encode_prompt(p, params.max_new_tokens) for p in prompts]
+        ids = [e[0] for e in encoded]
         order = list(range(len(prompts)))
-        decode_loop = self._uses_decode_loop(params, [e[0] for e in encoded])
+        decode_loop = self._uses_decode_loop(params, ids)
         if sort_by_length and decode_loop:
-            order = self.backend.decode_order([e[0] for e in encoded], params)
+            order = self.backend.decode_order(ids, params)
         elif sort_by_length:
-            order.sort(key=lambda i: -len(encoded[i][0]))
+            order.sort(key=lambda i: -len(ids[i]))
         slots = batch_size * params.n if batch_size is not None else self.config.decode_slots
         if batch_size is None:
             batch_size = (
@@ -206,7 +208,7 @@ class Engine:
                 {
                     "gen_ai.operation.name": operation,
                     "gen_ai.request.model": self.name,
-                    "gen_ai.usage.input_tokens": len(encoded[i][0]),
+                    "gen_ai.usage.input_tokens": len(ids[i]),
                     "gen_ai.usage.output_tokens": sum(c.completion_tokens for c in results[i]),
                     "gen_ai.response.finish_reasons": [c.finish_reason for c in results[i]],
                     "tether.item.id": prompts[i].id,
@@ -233,7 +235,7 @@ class Engine:
             progress_bar(f"generate {stage or ''}".strip(), total=len(prompts), enabled=progress) as bar,
         ):
             if decode_loop:
-                stream = self.backend.decode([encoded[i][0] for i in order], params, slots, keys=order)
+                stream = self.backend.decode([ids[i] for i in order], params, slots, keys=order)
                 for position, samples, latency in stream:
                     # The loop yields a prompt as it finishes, with its time since admission: its own span.
                     end_ns = time.time_ns()
@@ -245,7 +247,7 @@ class Engine:
                 for batch_index, start in enumerate(range(0, len(order), batch_size)):
                     chunk = order[start : start + batch_size]
                     began, start_ns = time.perf_counter(), time.time_ns()
-                    samples = self.backend.generate([encoded[i][0] for i in chunk], params, batch_index)
+                    samples = self.backend.generate([ids[i] for i in chunk], params, batch_index)
                     latency = time.perf_counter() - began
                     end_ns = time.time_ns()
                     # One forward serves the whole batch: each item gets its share, its span the batch's times.
@@ -254,7 +256,7 @@ class Engine:
                         collect(i, prompt_samples, share, "batch", start_ns, end_ns, share)
                     bar.advance(len(chunk))
             if call is not None:
-                call.set_attribute("gen_ai.usage.input_tokens", sum(len(e[0]) for e in encoded))
+                call.set_attribute("gen_ai.usage.input_tokens", sum(map(len, ids)))
                 call.set_attribute(
                     "gen_ai.usage.output_tokens",
                     sum(c.completion_tokens for cs in results.values() for c in cs),
