@@ -15,6 +15,9 @@ Prints ``name: ratio`` lines:
     (temperature 0.7, top-p 0.9), transformers' generate in batches of ``engine.batch_size``
     (``engine.decode_loop=auto``, the default for sampling) against the decode loop
     (``engine.decode_loop=tether``); the two draw different samples, so only speed is compared;
+  * head (``--only head``): the decode loop with the LM head packed for oneDNN (``engine.packed_head``,
+    the default on a CPU in float32) against the plain head, on the 16 and the 128 prompts above
+    (greedy text must be identical);
   * prefix (``--only prefix``): CAI critique requests (the shipped constitution's few-shot critique
     prompt for 64 real harmful prompts of the CAI train side, with the model's own greedy answers),
     sampled with the CAI loop's critique settings through the decode loop with
@@ -200,6 +203,42 @@ def bench_slots(engine: Engine, new_tokens: int, few: int = 16, many: int = 128)
     return few_s / many_s
 
 
+def bench_head(engine: Engine, new_tokens: int) -> float:
+    """The decode loop with the LM head packed for oneDNN (``engine.packed_head``, the default) against
+    the plain head, A-B-B-A, on the 16 generation prompts and on the 128 of ``--only slots``; returns
+    the time ratio (packed / plain) on the 16, where a step has the fewest rows."""
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
+    ratio = 0.0
+    for label, prompts in (
+        ("16 prompts", [Prompt(id=str(i), text=t) for i, t in enumerate(GEN_PROMPTS)]),
+        ("128 prompts", many_prompts()),
+    ):
+        sides = {
+            packed: Engine(
+                engine.loaded,
+                engine.config.model_copy(update={"packed_head": packed, "decode_loop": "tether"}),
+            )
+            for packed in (False, True)
+        }
+
+        def run(packed: bool, sides=sides, prompts=prompts):
+            return lambda: [
+                (c.text, c.completion_tokens) for c in sides[packed].generate(prompts, params, progress=False)
+            ]
+
+        (plain_1, plain_2), plain_s, (packed_1, packed_2), packed_s = abba(run(False), run(True))
+        assert plain_1 == plain_2 and packed_1 == packed_2, "greedy output is not deterministic"
+        same = sum(a[0] == b[0] for a, b in zip(plain_1, packed_1, strict=True))
+        tokens = sum(n for _, n in plain_1)
+        print(
+            f"head: {label}: plain head {plain_s:.1f}s ({tokens / plain_s:.1f} tok/s), packed head "
+            f"{packed_s:.1f}s ({sum(n for _, n in packed_1) / packed_s:.1f} tok/s): packed takes "
+            f"{packed_s / plain_s:.2f}x the plain head's time; identical greedy text {same}/{len(prompts)}"
+        )
+        ratio = ratio or packed_s / plain_s
+    return ratio
+
+
 def bench_sampling(engine: Engine, new_tokens: int) -> float:
     """Sampled decoding of 128 prompts, transformers' generate against the decode loop, A-B-B-A;
     returns the ratio of tokens/s (decode loop / transformers)."""
@@ -287,6 +326,11 @@ DECODE_COMPARISONS = {
         bench_prefix,
         "critique_time_prefix_reuse_over_none",
         "time with engine.prefix_reuse=on / with off; below 1: reuse is faster",
+    ),
+    "head": (
+        bench_head,
+        "generation_time_packed_head_over_plain",
+        "16 prompts: time with engine.packed_head=true / with false; below 1: the packed head is faster",
     ),
 }
 

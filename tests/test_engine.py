@@ -330,6 +330,67 @@ def test_decode_loop_reuses_shared_prefixes(tiny_model_dir, slots):
     assert auto.backend._loop.reused_tokens == expected
 
 
+def test_decode_steps_use_the_packed_lm_head(tiny_model_dir, monkeypatch):
+    """On a float32 CPU model each decode step computes its logits with the LM head packed for oneDNN
+    (within 1e-4 of the plain head's), greedy text stays generate's, and the head is plain again after
+    every step and after a call cut short; engine.packed_head=false, a bfloat16 head or a head with a
+    forward of its own get the plain head."""
+    from tether.engine import decode
+
+    class Stub(torch.nn.Module):
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def get_output_embeddings(self):
+            return self.head
+
+    torch.manual_seed(0)
+    biased = torch.nn.Linear(8, 50)
+    head, forward = decode.packed_lm_head(Stub(biased))
+    x = torch.randn(3, 2, 8)
+    torch.testing.assert_close(forward(x), biased(x), atol=1e-4, rtol=1e-4)
+    assert decode.packed_lm_head(Stub(torch.nn.Linear(8, 50).to(torch.bfloat16))) is None
+    own = torch.nn.Linear(8, 50)
+    own.forward = lambda x: x
+    assert decode.packed_lm_head(Stub(own)) is None
+
+    calls = collections.Counter()
+    real = decode.packed_lm_head
+
+    def counting(model):
+        head, forward = real(model)
+
+        def counted(x):
+            calls[x.shape[0]] += 1
+            return forward(x)
+
+        return head, counted
+
+    monkeypatch.setattr(decode, "packed_lm_head", counting)
+    loaded = load(str(tiny_model_dir))
+    head = loaded.model.get_output_embeddings()
+    engine = Engine(loaded, EngineConfig(decode_slots=2, decode_loop="tether"))
+    out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=12), progress=False)
+    assert calls[2] > 0 and set(calls) == {2}  # two slots a step
+    assert "forward" not in head.__dict__ and engine.backend._loop._head is None
+    for prompt, completion in zip(PROMPTS, out, strict=True):
+        ids = engine.encode_prompt(prompt, 12)[0]
+        assert completion.token_ids == _hf_greedy(loaded, ids, 12, engine.eos_token_ids), prompt.id
+
+    cut = engine.backend._loop.run([engine.encode_prompt(p, 12)[0] for p in PROMPTS], SamplingParams(), 2)
+    next(cut)
+    cut.close()
+    assert "forward" not in head.__dict__ and engine.backend._loop._head is None
+
+    calls.clear()
+    plain = Engine(loaded, EngineConfig(decode_slots=2, decode_loop="tether", packed_head=False))
+    assert [c.token_ids for c in plain.generate(PROMPTS, SamplingParams(max_new_tokens=12))] == [
+        c.token_ids for c in out
+    ]
+    assert not calls
+
+
 def test_stop_matcher_follows_multibyte_text(tiny_model_dir):
     """Stop strings are found on the text decoded so far, token by token, even when a character is
     split across tokens, and at the first token whose text completes them."""

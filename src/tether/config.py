@@ -154,6 +154,14 @@ class EngineConfig(StrictModel):
         "in the last bits: 'auto' reuses for sampled decoding only, so greedy text stays identical to "
         "transformers' generate; 'on' for greedy as well; 'off' never.",
     )
+    packed_head: bool = Field(
+        True,
+        description="On a CPU in float32, Tether's decode loop computes each step's next-token logits "
+        "with a copy of the LM head's weight packed for oneDNN, made once per call: the head is a step's "
+        "largest matmul, and at a step's few rows plain F.linear runs it at a third of the CPU's matmul "
+        "peak. Its logits differ from the plain head's in the last bits (about 1e-4), as a batch's do "
+        "from one row's; false uses the plain head.",
+    )
     decode_step: Literal["eager", "compiled", "cuda_graph"] = Field(
         "eager",
         description="How Tether's decode loop runs a step: eagerly; through torch.compile (every step "

@@ -21,6 +21,9 @@ concatenation every step and rebuilds the attention mask every step. :class:`Dec
   to ``generate``). On the CAI loop stage no sample changed (README "Engine");
 * keeps a ``(slots, 1, 1, capacity)`` boolean attention mask that it updates in place, one column a
   step, and hands to the model ready-made, so transformers builds none;
+* on a CPU in float32, computes a step's logits with the LM head's weight packed for oneDNN
+  (:func:`packed_lm_head`): at a step's few rows the head is the largest matmul, and plain
+  ``F.linear`` runs it at about a third of the matmul peak;
 * selects tokens on the device (``argmax``, or a draw from the nucleus with one seeded generator
   per sequence, so a sequence's samples do not depend on which slot or step it ran in), and checks stop
   strings on each sequence's new text only (:class:`StopMatcher`).
@@ -39,6 +42,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -214,6 +218,51 @@ def reuses_prefixes(mode: PrefixReuse, params: SamplingParams) -> bool:
     return mode == "on" or (mode == "auto" and params.temperature > 0)
 
 
+def packed_lm_head(model) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """``(head, forward)``: the model's LM head and a forward for it that runs one oneDNN matmul on a
+    copy of its weight packed for that, or None where that does not apply (a head that is not a
+    plain float32 ``nn.Linear`` on the CPU, one with a forward of its own already, or a torch
+    without oneDNN's linear).
+
+    At a decode step's few rows the head's ``[vocab, d]`` matmul is the step's largest, and plain
+    ``F.linear`` runs it at about a third of the matmul peak on an AVX2 CPU: 26 ms of a 150 ms step
+    at 16 rows for SmolLM2-135M's 49k x 576 head, against 11 ms packed. The copy is made per call
+    (57 ms there), so a policy trained between calls is read as it is now."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or "forward" in head.__dict__:
+        return None
+    weight = head.weight
+    cpu_float32 = weight.device.type == "cpu" and weight.dtype == torch.float32
+    if not cpu_float32 or not torch.backends.mkldnn.is_available():
+        return None
+    ops = torch.ops.mkldnn
+    try:
+        packed = ops._reorder_linear_weight(weight.detach(), 16)
+    except (AttributeError, RuntimeError):  # a torch built without these private oneDNN ops
+        return None
+    bias = head.bias.detach() if head.bias is not None else None
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        rows = ops._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
+        return rows.view(*x.shape[:-1], -1)
+
+    return head, forward
+
+
+@contextmanager
+def _head_forward(packed: tuple[torch.nn.Module, Callable] | None) -> Iterator[None]:
+    """The packed head's forward in force for one model call (nothing when ``packed`` is None)."""
+    if packed is None:
+        yield
+        return
+    head, forward = packed
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
+
+
 def sequence_seed(seed: int, prompt: int, sample: int) -> int:
     """The sampling seed of one sequence: depends on the call's seed and its place in the call only."""
     return (seed * 1_000_003 + prompt) * 1_009 + sample
@@ -272,6 +321,7 @@ class DecodeLoop:
         *,
         kv_cache_bytes: int | None = None,
         prefix_reuse: PrefixReuse = "auto",
+        packed_head: bool = True,
     ):
         if step == "cuda_graph" and torch.device(device).type != "cuda":
             raise ValueError("step='cuda_graph' needs a CUDA device")
@@ -285,6 +335,8 @@ class DecodeLoop:
         self.num_layers = int(config.num_hidden_layers)
         self.kv_cache_bytes = kv_cache_bytes
         self.prefix_reuse = prefix_reuse
+        self.packed_head = packed_head
+        self._head: tuple[torch.nn.Module, Callable] | None = None  # packed_lm_head's, during a call
         # The last prompt prefilled alone: its tokens and transformers cache, the next one's prefix.
         self._last_prefill: tuple[list[int], Cache] | None = None
         self.reused_tokens = 0  # prompt tokens whose keys and values came from the previous prefill
@@ -361,6 +413,8 @@ class DecodeLoop:
         cache, mask, forward = self._state(slots, capacity)
         reuse = reuses_prefixes(self.prefix_reuse, params)
         self._last_prefill = None
+        # Decode steps only: a prompt prefilled alone keeps the plain head, as a one-prompt generate.
+        self._head = packed_lm_head(self.model) if self.packed_head and not static else None
         rows: list[_Sequence | None] = [None] * slots
         lengths = [0] * slots  # tokens in each slot's cache
         last = [self.pad_id] * slots  # the token each slot feeds next
@@ -452,6 +506,7 @@ class DecodeLoop:
                     yield from admit()
         finally:
             self._last_prefill = None  # tens of MB of keys and values
+            self._head = None  # and the packed head's copy of its weight
 
     def _state(self, slots: int, capacity: int) -> tuple[SlotCache, torch.Tensor, Callable]:
         """A cache and mask for ``slots`` x ``capacity`` (an empty slot sees column 0 only, so its
@@ -482,14 +537,15 @@ class DecodeLoop:
     @torch.no_grad()
     def _forward(self, ids: torch.Tensor, cache: SlotCache, mask: torch.Tensor) -> torch.Tensor:
         """One decode step: the next-token logits ``(slots, vocab)`` in float32."""
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=cache.write_index.view(-1, 1),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with _head_forward(self._head):
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=cache.write_index.view(-1, 1),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         return out.logits[:, -1].float()
 
     @torch.no_grad()

@@ -40,6 +40,7 @@ def make_backend(loaded: LoadedModel, config: EngineConfig) -> Backend:
             max_row_tokens=config.score_row_tokens,
             kv_cache_bytes=config.kv_cache_mb * 2**20,
             prefix_reuse=config.prefix_reuse,
+            packed_head=config.packed_head,
         )
     if config.backend == "vllm":
         from tether.engine.vllm_backend import VLLMBackend, load_llm, merged_model_dir

@@ -151,6 +151,7 @@ class HFBackend:
         head_chunk: int | None = None,
         kv_cache_bytes: int | None = None,
         prefix_reuse: PrefixReuse = "auto",
+        packed_head: bool = True,
     ):
         self.model = model
         self.max_row_tokens = max_row_tokens  # scoring: prefix-tree nodes per packed row
@@ -169,6 +170,7 @@ class HFBackend:
         self._decode_step = decode_step
         self._kv_cache_bytes = kv_cache_bytes
         self._prefix_reuse = prefix_reuse
+        self._packed_head = packed_head
         self._llama_layers = _is_plain_llama(self._decoder)
 
     def _eos_ids(self) -> list[int]:
@@ -260,6 +262,7 @@ class HFBackend:
                 self._decode_step,
                 kv_cache_bytes=self._kv_cache_bytes,
                 prefix_reuse=self._prefix_reuse,
+                packed_head=self._packed_head,
             )
         return self._loop.run(prompts, params, slots, keys=keys)
 
