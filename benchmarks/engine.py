@@ -169,26 +169,32 @@ def many_prompts() -> list[Prompt]:
     ]
 
 
+def greedy_abba(engine: Engine, prompts: list[Prompt], params: SamplingParams, field: str, a, b):
+    """Greedy decoding of ``prompts`` through the decode loop with config ``field`` = ``a`` against
+    ``b``, A-B-B-A: ``(engines by value, (a's outputs, seconds), (b's outputs, seconds), prompts with
+    identical text)``; an output is ``(text, tokens)`` per prompt, and both runs of a side must agree."""
+    sides = {
+        value: Engine(engine.loaded, engine.config.model_copy(update={field: value, "decode_loop": "tether"}))
+        for value in (a, b)
+    }
+
+    def run(value):
+        return lambda: [
+            (c.text, c.completion_tokens) for c in sides[value].generate(prompts, params, progress=False)
+        ]
+
+    (a_1, a_2), a_seconds, (b_1, b_2), b_seconds = abba(run(a), run(b))
+    assert a_1 == a_2 and b_1 == b_2, "greedy output is not deterministic"
+    same = sum(x[0] == y[0] for x, y in zip(a_1, b_1, strict=True))
+    return sides, (a_1, a_seconds), (b_1, b_seconds), same
+
+
 def bench_slots(engine: Engine, new_tokens: int, few: int = 16, many: int = 128) -> float:
     """The decode loop with ``few`` against ``many`` slots on 128 prompts, A-B-B-A; returns the ratio
     of tokens/s (many / few)."""
     prompts = many_prompts()
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
-    sides = {
-        slots: Engine(
-            engine.loaded, engine.config.model_copy(update={"decode_slots": slots, "decode_loop": "tether"})
-        )
-        for slots in (few, many)
-    }
-
-    def run(slots: int):
-        return lambda: [
-            (c.text, c.completion_tokens) for c in sides[slots].generate(prompts, params, progress=False)
-        ]
-
-    (few_1, few_2), few_s, (many_1, many_2), many_s = abba(run(few), run(many))
-    assert few_1 == few_2 and many_1 == many_2, "greedy output is not deterministic"
-    same = sum(a[0] == b[0] for a, b in zip(few_1, many_1, strict=True))
+    sides, (few_1, few_s), (_, many_s), same = greedy_abba(engine, prompts, params, "decode_slots", few, many)
     tokens = sum(n for _, n in few_1)
     capacity = max(len(sides[few].encode_prompt(p, new_tokens)[0]) for p in prompts) + new_tokens
     for slots, seconds in ((few, few_s), (many, many_s)):
@@ -213,22 +219,9 @@ def bench_head(engine: Engine, new_tokens: int) -> float:
         ("16 prompts", [Prompt(id=str(i), text=t) for i, t in enumerate(GEN_PROMPTS)]),
         ("128 prompts", many_prompts()),
     ):
-        sides = {
-            packed: Engine(
-                engine.loaded,
-                engine.config.model_copy(update={"packed_head": packed, "decode_loop": "tether"}),
-            )
-            for packed in (False, True)
-        }
-
-        def run(packed: bool, sides=sides, prompts=prompts):
-            return lambda: [
-                (c.text, c.completion_tokens) for c in sides[packed].generate(prompts, params, progress=False)
-            ]
-
-        (plain_1, plain_2), plain_s, (packed_1, packed_2), packed_s = abba(run(False), run(True))
-        assert plain_1 == plain_2 and packed_1 == packed_2, "greedy output is not deterministic"
-        same = sum(a[0] == b[0] for a, b in zip(plain_1, packed_1, strict=True))
+        _, (plain_1, plain_s), (packed_1, packed_s), same = greedy_abba(
+            engine, prompts, params, "packed_head", False, True
+        )
         tokens = sum(n for _, n in plain_1)
         print(
             f"head: {label}: plain head {plain_s:.1f}s ({tokens / plain_s:.1f} tok/s), packed head "
