@@ -332,9 +332,9 @@ def test_decode_loop_reuses_shared_prefixes(tiny_model_dir, slots):
 
 def test_decode_steps_use_the_packed_lm_head(tiny_model_dir, monkeypatch):
     """On a float32 CPU model each decode step computes its logits with the LM head packed for oneDNN
-    (within 1e-4 of the plain head's), greedy text stays generate's, and the head is plain again after
-    every step and after a call cut short; engine.packed_head=false, a bfloat16 head or a head with a
-    forward of its own get the plain head."""
+    (within 1e-4 of the plain head's), greedy text stays generate's, the head is plain again after
+    every step and after a call cut short, and the packed copy is remade only when the weight changes;
+    engine.packed_head=false, a bfloat16 head or a head with a forward of its own get the plain head."""
     from tether.engine import decode
 
     class Stub(torch.nn.Module):
@@ -359,6 +359,7 @@ def test_decode_steps_use_the_packed_lm_head(tiny_model_dir, monkeypatch):
     real = decode.packed_lm_head
 
     def counting(model):
+        calls["packed"] += 1
         head, forward = real(model)
 
         def counted(x):
@@ -372,7 +373,7 @@ def test_decode_steps_use_the_packed_lm_head(tiny_model_dir, monkeypatch):
     head = loaded.model.get_output_embeddings()
     engine = Engine(loaded, EngineConfig(decode_slots=2, decode_loop="tether"))
     out = engine.generate(PROMPTS, SamplingParams(max_new_tokens=12), progress=False)
-    assert calls[2] > 0 and set(calls) == {2}  # two slots a step
+    assert calls[2] > 0 and set(calls) == {2, "packed"} and calls["packed"] == 1  # two slots a step
     assert "forward" not in head.__dict__ and engine.backend._loop._head is None
     for prompt, completion in zip(PROMPTS, out, strict=True):
         ids = engine.encode_prompt(prompt, 12)[0]
@@ -382,6 +383,11 @@ def test_decode_steps_use_the_packed_lm_head(tiny_model_dir, monkeypatch):
     next(cut)
     cut.close()
     assert "forward" not in head.__dict__ and engine.backend._loop._head is None
+    assert calls["packed"] == 1  # the weight has not changed: the copy is kept
+    with torch.no_grad():
+        head.weight.mul_(1.0)  # written in place, as an optimizer step writes it
+    engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=2), progress=False)
+    assert calls["packed"] == 2
 
     calls.clear()
     plain = Engine(loaded, EngineConfig(decode_slots=2, decode_loop="tether", packed_head=False))

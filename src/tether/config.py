@@ -157,7 +157,7 @@ class EngineConfig(StrictModel):
     packed_head: bool = Field(
         True,
         description="On a CPU in float32, Tether's decode loop computes each step's next-token logits "
-        "with a copy of the LM head's weight packed for oneDNN, made once per call: the head is a step's "
+        "with a copy of the LM head's weight packed for oneDNN, kept until the weight changes: the head is a step's "
         "largest matmul, and at a step's few rows plain F.linear runs it at a third of the CPU's matmul "
         "peak. Its logits differ from the plain head's in the last bits (about 1e-4), as a batch's do "
         "from one row's; false uses the plain head.",

@@ -226,8 +226,8 @@ def packed_lm_head(model) -> tuple[torch.nn.Module, Callable[[torch.Tensor], tor
 
     At a decode step's few rows the head's ``[vocab, d]`` matmul is the step's largest, and plain
     ``F.linear`` runs it at about a third of the matmul peak on an AVX2 CPU: 26 ms of a 150 ms step
-    at 16 rows for SmolLM2-135M's 49k x 576 head, against 11 ms packed. The copy is made per call
-    (57 ms there), so a policy trained between calls is read as it is now."""
+    at 16 rows for SmolLM2-135M's 49k x 576 head, against 11 ms packed. Packing takes 57 ms there;
+    :class:`DecodeLoop` keeps the copy until the weight changes."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear or "forward" in head.__dict__:
         return None
@@ -337,6 +337,8 @@ class DecodeLoop:
         self.prefix_reuse = prefix_reuse
         self.packed_head = packed_head
         self._head: tuple[torch.nn.Module, Callable] | None = None  # packed_lm_head's, during a call
+        # The packed head, the weight it was packed from and that weight's version, kept across calls.
+        self._packed: tuple[tuple[torch.nn.Module, Callable], torch.Tensor, int] | None = None
         # The last prompt prefilled alone: its tokens and transformers cache, the next one's prefix.
         self._last_prefill: tuple[list[int], Cache] | None = None
         self.reused_tokens = 0  # prompt tokens whose keys and values came from the previous prefill
@@ -414,7 +416,7 @@ class DecodeLoop:
         reuse = reuses_prefixes(self.prefix_reuse, params)
         self._last_prefill = None
         # Decode steps only: a prompt prefilled alone keeps the plain head, as a one-prompt generate.
-        self._head = packed_lm_head(self.model) if self.packed_head and not static else None
+        self._head = self._packed_lm_head() if self.packed_head and not static else None
         rows: list[_Sequence | None] = [None] * slots
         lengths = [0] * slots  # tokens in each slot's cache
         last = [self.pad_id] * slots  # the token each slot feeds next
@@ -506,7 +508,21 @@ class DecodeLoop:
                     yield from admit()
         finally:
             self._last_prefill = None  # tens of MB of keys and values
-            self._head = None  # and the packed head's copy of its weight
+            self._head = None
+
+    def _packed_lm_head(self) -> tuple[torch.nn.Module, Callable] | None:
+        """:func:`packed_lm_head` of the model, packed again only when the head's weight has changed
+        since the last call: another tensor, or the same one written in place (an optimizer step or
+        a ``load_state_dict`` bumps its version), so a policy trained between calls is read as it is."""
+        if self._packed is not None:
+            packed, weight, version = self._packed
+            head = packed[0]
+            unchanged = head.weight is weight and weight._version == version
+            if unchanged and self.model.get_output_embeddings() is head and "forward" not in head.__dict__:
+                return packed
+        packed = packed_lm_head(self.model)
+        self._packed = None if packed is None else (packed, packed[0].weight, packed[0].weight._version)
+        return packed
 
     def _state(self, slots: int, capacity: int) -> tuple[SlotCache, torch.Tensor, Callable]:
         """A cache and mask for ``slots`` x ``capacity`` (an empty slot sees column 0 only, so its
