@@ -26,6 +26,17 @@ def test_yaml_and_overrides(tmp_path):
     assert config.engine.batch_size == 4
 
 
+def test_prefix_reuse_on_and_off_survive_yaml_booleans(tmp_path):
+    # YAML 1.1 reads a bare on/off as true/false; the field's own words must still work.
+    path = tmp_path / "c.yaml"
+    path.write_text("engine:\n  prefix_reuse: off\n")
+    assert load_config(Outer, path, []).engine.prefix_reuse == "off"
+    assert load_config(Outer, path, ["engine.prefix_reuse=on"]).engine.prefix_reuse == "on"
+    assert load_config(Outer, path, ["engine.prefix_reuse=auto"]).engine.prefix_reuse == "auto"
+    with pytest.raises(ConfigError, match="prefix_reuse"):
+        load_config(Outer, path, ["engine.prefix_reuse=sometimes"])
+
+
 def test_every_error_named_with_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("steps: many\ninner:\n  rate: 0.5\n  colour: red\nengine:\n  batch_size: 0\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tether.errors import ConfigError, TetherError
 from tether.inputs import read_text
@@ -175,6 +175,12 @@ class EngineConfig(StrictModel):
         description="Tokens per sequence (prompt + new tokens) that the static KV cache holds; None: "
         "the model's context window. A longer prompt is truncated or refused per 'truncation'.",
     )
+
+    @field_validator("prefix_reuse", mode="before")
+    @classmethod
+    def _on_off_from_yaml(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean, in a config file and in --set alike.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 # ---------------------------------------------------------------------------------------------------
