@@ -180,7 +180,7 @@ class EngineConfig(StrictModel):
     @classmethod
     def _on_off_from_yaml(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare on/off as a boolean, in a config file and in --set alike.
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        return ("on" if value else "off") if isinstance(value, bool) else value
 
 
 # ---------------------------------------------------------------------------------------------------
