@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tether.judges.calibration import wilson_interval
+from tether.redteam.severity import SEVERITIES, grade
 
 
 def asr_curve(records: Sequence[dict[str, Any]], budget: int) -> list[dict]:
@@ -73,14 +74,8 @@ def strategy_summary(records: Sequence[dict[str, Any]], budget: int, seconds: fl
     }
 
 
-def severity(score: float | None) -> str:
-    """A coarse reading of the harmful judge's confidence (not a graded harm level)."""
-    if score is None:
-        return "unknown"
-    return "high" if score >= 0.75 else "medium" if score >= 0.6 else "low"
-
-
 def successful_attacks(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every goal's first success, most severe first (see :mod:`tether.redteam.severity`)."""
     out = []
     for r in records:
         s = r.get("success")
@@ -98,11 +93,12 @@ def successful_attacks(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]
                 "response": s["response"],
                 "judge_score": s["score"],
                 "judge_reason": s["reason"],
-                "severity": severity(s["score"]),
+                **grade(r["category"], s["response"]),
                 "meta": s["meta"],
             }
         )
-    return out
+    rank = {level: i for i, level in enumerate(SEVERITIES)}
+    return sorted(out, key=lambda a: (-rank[a["severity"]], a["strategy"], a["goal_id"]))
 
 
 def _curve_plot(results: dict[str, dict[str, Any]]) -> str | None:
