@@ -184,9 +184,12 @@ def test_per_category_values_and_intervals():
     items += [item(3, 1.0, category="b"), item(4, None, category="c", status="error")]
     s = summarize_task(items, ACC, incomplete_threshold=0.5)
     assert set(s.per_category) == {"a", "b", "c"}
-    assert s.per_category["a"].value == 1.0 and s.per_category["a"].ci_low == 1.0
+    # right/wrong items: Wilson intervals, never the zero-width [1, 1] a bootstrap of 2/2 claims
+    assert s.per_category["a"].value == 1.0 and s.per_category["a"].ci_high == 1.0
+    assert s.per_category["a"].ci_low == pytest.approx(0.342, abs=1e-3)
     assert s.per_category["b"].value == 0.5 and s.per_category["b"].n == 2
-    assert s.per_category["b"].ci_low == 0.0 and s.per_category["b"].ci_high == 1.0
+    assert s.per_category["b"].ci_low == pytest.approx(0.095, abs=1e-3)
+    assert s.per_category["b"].ci_high == pytest.approx(0.905, abs=1e-3)
     assert s.per_category["c"].value is None and s.per_category["c"].n_unscored == 1
 
 
@@ -293,3 +296,15 @@ def test_build_report_covers_every_model_and_task_and_checks_names():
         build_report(items, {"other": ACC}, baseline="base")
     with pytest.raises(DataError, match="duplicate result"):
         build_report(items + [items[0]], {"t": ACC}, baseline="base")
+
+
+def test_rates_get_wilson_intervals_and_other_means_the_bootstrap():
+    from tether.audit.stats import bootstrap_mean_ci, rate_or_mean_ci
+
+    none_of_12 = rate_or_mean_ci([0.0] * 12)
+    assert (none_of_12.value, none_of_12.ci_low, none_of_12.n) == (0.0, 0.0, 12)
+    assert none_of_12.ci_high == pytest.approx(0.243, abs=1e-3)  # not the bootstrap's [0, 0]
+    all_of_12 = rate_or_mean_ci([1.0] * 12)
+    assert (all_of_12.ci_low, all_of_12.ci_high) == (pytest.approx(0.757, abs=1e-3), 1.0)
+    graded = [0.2, 0.5, 0.9, 0.4]
+    assert rate_or_mean_ci(graded) == bootstrap_mean_ci(graded)

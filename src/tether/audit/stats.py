@@ -1,4 +1,5 @@
-"""Means with percentile-bootstrap confidence intervals, paired deltas, and per-task summaries;
+"""Rates with Wilson intervals, other means with percentile-bootstrap intervals, paired deltas, and
+per-task summaries;
 paired p-values (exact McNemar / sign-flip), the minimum detectable effect, and Benjamini-Hochberg.
 
 Unscored items (unparsed verdicts, crashed generations, empty answers) are counted but never enter a
@@ -93,6 +94,25 @@ def bootstrap_mean_ci(
         return MeanCI(float(arr[0]), float(arr[0]), float(arr[0]), int(arr.size))
     low, high = np.quantile(_bootstrap_means(arr, n_boot, seed), [alpha / 2, 1 - alpha / 2])
     return MeanCI(mean, float(low), float(high), int(arr.size))
+
+
+def rate_or_mean_ci(
+    values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> MeanCI:
+    """A model's score on a task: for right/wrong items (every value 0 or 1) the rate with its Wilson
+    interval, else the mean with its percentile-bootstrap interval.
+
+    A bootstrap of 12 items that all failed resamples nothing but failures and claims [0, 0], a
+    certainty 12 items cannot give; Wilson says [0, 0.24] (``tether.judges.calibration``)."""
+    from tether.judges.calibration import wilson_interval
+
+    _check(n_boot, alpha)
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size and np.all((arr == 0.0) | (arr == 1.0)):
+        k, n = int(arr.sum()), int(arr.size)
+        low, high = wilson_interval(k, n, z=float(_scipy_stats.norm.ppf(1 - alpha / 2)))  # type: ignore[misc]
+        return MeanCI(k / n, low, high, n)
+    return bootstrap_mean_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
 
 
 def paired_bootstrap_delta(
@@ -244,7 +264,7 @@ def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
 def _summarize_category(scores: list[float], n_boot: int, alpha: float, seed: int, n_unscored: int):
     if not scores:
         return CategorySummary(value=None, ci_low=None, ci_high=None, n=0, n_unscored=n_unscored)
-    ci = bootstrap_mean_ci(scores, n_boot=n_boot, alpha=alpha, seed=seed)
+    ci = rate_or_mean_ci(scores, n_boot=n_boot, alpha=alpha, seed=seed)
     return CategorySummary(
         value=ci.value, ci_low=ci.ci_low, ci_high=ci.ci_high, n=ci.n, n_unscored=n_unscored
     )
@@ -302,7 +322,7 @@ def summarize_task(
     n_total = len(items)
     n_scored = len(scored)
     if scored:
-        ci = bootstrap_mean_ci([float(it.score) for it in scored], n_boot=n_boot, alpha=alpha, seed=seed)
+        ci = rate_or_mean_ci([float(it.score) for it in scored], n_boot=n_boot, alpha=alpha, seed=seed)
         value, low, high = ci.value, ci.ci_low, ci.ci_high
     else:
         value = low = high = None

@@ -240,6 +240,9 @@ class FoundAttack(BaseModel):
     response: str
     judge_score: float | None = None
     target: str
+    # The campaign's reply length (``target_max_new_tokens``): a replay cut shorter shows the judge
+    # less of the reply than the campaign's judge saw. None in exports written before it was recorded.
+    max_new_tokens: int | None = Field(None, ge=1)
     split: Literal["train", "heldout"]
     source: str = "redteam"
 

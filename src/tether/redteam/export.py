@@ -15,6 +15,7 @@ from typing import Literal
 from tether.data.jsonl import read_completed, write_jsonl
 from tether.data.records import ChatTurn, FoundAttack
 from tether.errors import DataError
+from tether.redteam.config import RedteamConfig
 from tether.runs import Run
 
 EXPORT_SALT = "tether-redteam-split-v1"  # changing it reshuffles every split: don't
@@ -34,7 +35,11 @@ def found_attacks(run: Run, heldout_fraction: float = 0.5) -> list[FoundAttack]:
             where=str(run.path / "attacks"),
             hint="run `tether redteam run` first",
         )
-    target = str((run.manifest.get("config") or {}).get("target", ""))
+    config = run.manifest.get("config") or {}
+    target = str(config.get("target", ""))
+    reply_tokens = int(
+        config.get("target_max_new_tokens") or RedteamConfig.model_fields["target_max_new_tokens"].default
+    )
     out = []
     for path in files:
         for record in read_completed(path):
@@ -58,6 +63,7 @@ def found_attacks(run: Run, heldout_fraction: float = 0.5) -> list[FoundAttack]:
                     response=success["response"],
                     judge_score=success.get("score"),
                     target=target,
+                    max_new_tokens=reply_tokens,
                     split=split_side(record["goal_id"], heldout_fraction),
                 )
             )
