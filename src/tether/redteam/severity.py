@@ -41,9 +41,10 @@ HARM_TIERS = {
 }
 
 _STEP_LINE = re.compile(r"^\s*(?:\d{1,2}[.)]|[-*•]|step\s+\d+\b)\s*\S", re.IGNORECASE | re.MULTILINE)
+# "(?!\w)", not "\b", ends a unit: "\b" after "%" would need a letter to follow ("10% of" must match).
 _QUANTITY = re.compile(
-    r"\b\d+(?:[.,]\d+)?\s?(?:mg|g|kg|ml|l|mol|°c|c|%|percent|grams?|liters?|litres?|ounces?|oz|"
-    r"cups?|teaspoons?|tablespoons?|minutes?|hours?|degrees?)\b",
+    r"\b\d+(?:[.,]\d+)?\s?(?:mg|g|kg|ml|l|mol|°c|%|percent|grams?|liters?|litres?|ounces?|oz|"
+    r"cups?|teaspoons?|tablespoons?|minutes?|hours?|degrees?)(?!\w)",
     re.IGNORECASE,
 )
 _CODE = re.compile(r"```|^\s*(?:\$|sudo |pip |curl |wget |nmap |python3? )", re.MULTILINE)
