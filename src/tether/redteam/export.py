@@ -15,7 +15,6 @@ from typing import Literal
 from tether.data.jsonl import read_completed, write_jsonl
 from tether.data.records import ChatTurn, FoundAttack
 from tether.errors import DataError
-from tether.redteam.config import RedteamConfig
 from tether.runs import Run
 
 EXPORT_SALT = "tether-redteam-split-v1"  # changing it reshuffles every split: don't
@@ -37,9 +36,9 @@ def found_attacks(run: Run, heldout_fraction: float = 0.5) -> list[FoundAttack]:
         )
     config = run.manifest.get("config") or {}
     target = str(config.get("target", ""))
-    reply_tokens = int(
-        config.get("target_max_new_tokens") or RedteamConfig.model_fields["target_max_new_tokens"].default
-    )
+    # None when the run's config lacks it: the replay then uses the campaign default (one place:
+    # tether.evals.tasks.redteam.reply_tokens)
+    reply_tokens = config.get("target_max_new_tokens")
     out = []
     for path in files:
         for record in read_completed(path):
