@@ -8,7 +8,8 @@
    over MiniLM embeddings and the rule features (``tether.judges.trained``), fit on
    ``data/judges/labelled.jsonl`` split ``build`` (items people called degenerate left out: the rules
    catch those first); refusal adds PyRIT's ``refusal.csv``. The test split is never read here.
-3. ``validation.json``: every variant (rules, trained, and with ``--llm`` the LLM yes/no judge on
+3. ``validation.json``: every variant (rules, trained, for harmful content the rules behind the goal gate
+   (``tether.judges.ongoal``), and with ``--llm`` the LLM yes/no judge on
    SmolLM2-135M-Instruct) on every set of ``tether.judges.calibration.EVAL_SETS``. The LLM figures
    are slow on a CPU (an hour or more); they are cached under $TETHER_CACHE/judge_validation, and a
    run without ``--llm`` keeps the LLM rows of the sheet it replaces.
@@ -27,6 +28,7 @@ from tether.judges.calibration import Figures, compute_sheet, format_row, load_s
 from tether.judges.degenerate import detect_degenerate
 from tether.judges.harmful import LLMHarmfulJudge, RuleHarmfulJudge
 from tether.judges.labelled import LABELLED_PATH, composition, read_labelled
+from tether.judges.ongoal import GoalGate
 from tether.judges.refusal import LLMRefusalJudge, RuleRefusalJudge, refusal_evidence
 from tether.judges.trained import (
     LinearHead,
@@ -158,6 +160,8 @@ def variants(target: str, scorer=None) -> dict:
         "rules": RuleRefusalJudge() if target == "refusal" else RuleHarmfulJudge(),
         "trained-minilm-logreg": TrainedJudge(target),  # type: ignore[arg-type]
     }
+    if target == "harmful":
+        out["rules+goal-gate"] = GoalGate(out["rules"])
     if scorer is not None:
         cls = LLMRefusalJudge if target == "refusal" else LLMHarmfulJudge
         out[LLM_NAME] = cls(scorer, max_response_chars=LLM_MAX_RESPONSE_CHARS, name=LLM_NAME)

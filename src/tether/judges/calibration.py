@@ -8,7 +8,9 @@ Sets (``EVAL_SETS``), per target:
   reported as such, never as validation.
 - ``harmful`` (attack success): the labelled test split's *harmful* requests, PyRIT's
   ``scorer_evals/objective/*.csv`` (human_score 1 = the harmful objective was achieved) and
-  ``scorer_evals/harm/*.csv`` (harm scored 0–1 by one to three people; harmful = their mean ≥ 0.5).
+  ``scorer_evals/harm/*.csv`` (harm scored 0–1 by one to three people; harmful = their mean ≥ 0.5),
+  and the team's labelled red-team replies (``attacks:heldout``; ``attacks:rt50`` fixed the goal
+  gate's thresholds, so it is reported as built from).
 - ``degenerate``: every item of the labelled test split, people's ``degenerate`` label.
 
 Figures: accuracy, precision, recall and false-positive rate (for refusal: the false-refusal rate on
@@ -55,6 +57,7 @@ class Example(BaseModel):
     prompt: str
     response: str
     truth: bool
+    attack: str | None = None  # the prompt the target saw, when it is not ``prompt`` (a red-team attack)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
@@ -247,6 +250,35 @@ def labelled_set(target: Target, split: Literal["build", "test"], path: Path | N
     return [Example(where=it.id, prompt=it.prompt, response=it.response, truth=it.is_refusal) for it in items]
 
 
+def attack_set(name: str, *, borderline_is_harmful: bool = False, root: Path | None = None) -> list[Example]:
+    """The team's labelled red-team replies (``data/judges/attacks/NAME.jsonl``, ``GUIDE.md`` there):
+    prompt = the goal, attack = what the target saw, truth = labelled ``yes`` (or ``borderline`` too)."""
+    from tether.judges.labelled import LABELLED_PATH
+
+    path = (root or LABELLED_PATH.parent / "attacks") / f"{name}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: labelled attack replies not found", where=str(path))
+    examples = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("label") not in ("yes", "borderline", "no"):
+            raise DataError(
+                f"label must be yes, borderline or no, got {row.get('label')!r}", where=f"{path}:{line_no}"
+            )
+        examples.append(
+            Example(
+                where=f"{path.name}:{line_no}",
+                prompt=row["goal"],
+                attack=row["attack"],
+                response=row["response"],
+                truth=row["label"] == "yes" or (borderline_is_harmful and row["label"] == "borderline"),
+            )
+        )
+    return examples
+
+
 @dataclass(frozen=True)
 class EvalSet:
     """A labelled set for one target. ``degenerate_is_positive``: the set's labels count a degenerate
@@ -267,7 +299,9 @@ EVAL_SETS: tuple[EvalSet, ...] = (
     EvalSet("labelled:test", "harmful", "validation", lambda: labelled_set("harmful", "test")),
     EvalSet("pyrit:objective", "harmful", "validation", lambda: pyrit_set("objective")),
     EvalSet("pyrit:harm", "harmful", "validation", lambda: pyrit_set("harm")),
+    EvalSet("attacks:heldout", "harmful", "validation", lambda: attack_set("heldout")),
     EvalSet("labelled:build", "harmful", "built from", lambda: labelled_set("harmful", "build")),
+    EvalSet("attacks:rt50", "harmful", "built from", lambda: attack_set("rt50")),
     EvalSet("labelled:test", "degenerate", "validation", lambda: labelled_set("degenerate", "test")),
     EvalSet("labelled:build", "degenerate", "built from", lambda: labelled_set("degenerate", "build")),
 )
@@ -284,8 +318,14 @@ def predictions(
     pairs = [(e.prompt, e.response) for e in examples]
     if target == "degenerate":
         return [bool(judge(p, r)) for p, r in pairs]
+    by_attack = getattr(judge, "judge_attacks", None)
     batch = getattr(judge, "judge_batch", None)
-    verdicts = list(batch(pairs)) if callable(batch) else [judge.judge(p, r) for p, r in pairs]
+    if callable(by_attack):  # a judge that reads the attack too (the goal gate)
+        verdicts = list(by_attack([(e.prompt, e.attack or e.prompt, e.response) for e in examples]))
+    elif callable(batch):
+        verdicts = list(batch(pairs))
+    else:
+        verdicts = [judge.judge(p, r) for p, r in pairs]
     positive = "refusal" if target == "refusal" else "harmful"
     out: list[bool | str] = []
     for v in verdicts:
@@ -319,7 +359,8 @@ def validate(
 def examples_fingerprint(examples: Sequence[Example]) -> str:
     digest = hashlib.sha256()
     for e in examples:
-        digest.update(json.dumps([e.prompt, e.response, e.truth]).encode("utf-8"))
+        fields = [e.prompt, e.response, e.truth] + ([e.attack] if e.attack is not None else [])
+        digest.update(json.dumps(fields).encode("utf-8"))
     return digest.hexdigest()[:16]
 
 
@@ -420,6 +461,7 @@ __all__ = [
     "format_row",
     "judge_fingerprint",
     "labelled_set",
+    "attack_set",
     "predictions",
     "pyrit_set",
     "read_pyrit_scored",

@@ -41,7 +41,8 @@ from tether import tracing
 from tether.engine.protocol import EngineLike
 from tether.engine.types import Completion, Prompt, SamplingParams
 from tether.judges.degenerate import detect_degenerate
-from tether.judges.harmful import HarmJudge, HarmVerdict, judge_harm_many
+from tether.judges.harmful import HarmJudge, HarmVerdict
+from tether.judges.ongoal import judge_attacks_many
 from tether.judges.refusal import RuleRefusalJudge
 from tether.redteam.config import RedteamConfig
 from tether.redteam.goals import Goal
@@ -602,18 +603,17 @@ def _answer_targets(
         )
     outcomes = _generate(target, prompts, params, stage)
     to_judge = [
-        (i, live[li].state.goal.text, o.text)
+        (i, (live[li].state.goal.text, prompts[i].text, o.text))
         for i, ((li, _), o) in enumerate(zip(keys, outcomes, strict=True))
         if not isinstance(o, BaseException) and o.text.strip()
     ]
-    pairs = [(g, t) for _, g, t in to_judge]
     judged = tracing.traced_verdicts(
         getattr(judge, "name", type(judge).__name__),
-        [prompts[i].id for i, _, _ in to_judge],
-        lambda: judge_harm_many(judge, pairs),
-        [{"tether.attack.id": prompts[i].attack_id, "tether.stage": stage} for i, _, _ in to_judge],
+        [prompts[i].id for i, _ in to_judge],
+        lambda: judge_attacks_many(judge, [triple for _, triple in to_judge]),
+        [{"tether.attack.id": prompts[i].attack_id, "tether.stage": stage} for i, _ in to_judge],
     )
-    verdicts = dict(zip((i for i, _, _ in to_judge), judged, strict=True))
+    verdicts = dict(zip((i for i, _ in to_judge), judged, strict=True))
     for i, ((li, ai), outcome) in enumerate(zip(keys, outcomes, strict=True)):
         state, ask = live[li].state, live[li].asks[ai]
         state.queries_computed += 1

@@ -31,7 +31,7 @@ from tether.redteam.report import render_html, strategy_summary, successful_atta
 from tether.runs import Run, Stage, StageContext, run_stages
 
 
-def make_judge(name: str) -> HarmJudge:
+def bare_judge(name: str) -> HarmJudge:
     from tether.judges.harmful import RuleHarmfulJudge, default_harmful_judge
 
     if name == "rules":
@@ -41,6 +41,22 @@ def make_judge(name: str) -> HarmJudge:
 
         return TrainedJudge("harmful")
     return default_harmful_judge()
+
+
+def make_judge(config: RedteamConfig, embedder: Callable[[], Embedder] | None = None) -> HarmJudge:
+    """The campaign's success judge: the configured judge behind the goal gate unless it is off."""
+    judge = bare_judge(config.judge)
+    gate = config.goal_gate
+    if not gate.enabled:
+        return judge
+    from tether.judges.ongoal import GoalGate
+
+    return GoalGate(
+        judge,
+        embedder() if embedder is not None else None,
+        min_goal_similarity=gate.min_goal_similarity,
+        max_attack_lean=gate.max_attack_lean,
+    )
 
 
 def load_templates(config: RedteamConfig) -> list[Any]:
@@ -203,7 +219,7 @@ def run_redteam(
         say=say,
         config=config,
         engines=EnginePool(config.engine, run.tracer, load_engine),
-        judge=judge or make_judge(config.judge),
+        judge=judge or make_judge(config, embedder),
         **({"embedder": embedder} if embedder is not None else {}),
     )
     with ctx.engines:
