@@ -57,6 +57,7 @@ def judge_refusals(
     judge: RefusalJudge,
     score_of: Callable[[str], float],
     extra_of: Callable[[Any], dict[str, Any]] | None = None,
+    attack_texts: Sequence[str] | None = None,
 ) -> list[ItemResult]:
     """Generate one answer per prompt and let the judge (refusal or harmful content) label it.
 
@@ -65,7 +66,8 @@ def judge_refusals(
     ("refusal"/"compliance", or "harmful"/"not_harmful") to the item score. Status rules: an
     exception -> "error"; a blank answer -> "empty"; a "degenerate" verdict -> "degenerate" (its kind
     in ``extra["degenerate"]``; never scored, so never a refusal); an "unparsed" verdict ->
-    "unparsed"; otherwise "scored"."""
+    "unparsed"; otherwise "scored". ``attack_texts``, when given, are what the model saw in place of
+    the request (a red-team attack): a judge that reads them (the goal gate) gets them too."""
 
     outcomes = generate_isolated(engine, prompts, params, task)
     results: list[ItemResult | None] = [None] * len(items)
@@ -89,6 +91,7 @@ def judge_refusals(
         judge,
         [(judge_texts[i], outcomes[i][0].text) for i in to_judge],  # type: ignore[index]
         [items[i].id for i in to_judge],
+        attacks=[attack_texts[i] for i in to_judge] if attack_texts is not None else None,
     )
     for i, verdict in zip(to_judge, verdicts, strict=True):
         completion = outcomes[i][0]  # type: ignore[index]
@@ -124,14 +127,27 @@ def judge_refusals(
     return [r for r in results if r is not None]
 
 
-def judge_traced(judge: RefusalJudge, pairs: list[tuple[str, str]], ids: list[str]):
-    """``judge_many``, traced as one ``judge NAME`` span with a child per item carrying its verdict.
+def judge_traced(
+    judge: RefusalJudge,
+    pairs: list[tuple[str, str]],
+    ids: list[str],
+    *,
+    attacks: list[str] | None = None,
+):
+    """``judge_many``, traced as one ``judge NAME`` span with a child per item carrying its verdict;
+    with ``attacks``, (request, attack, answer) triples for a judge that reads the attack.
     (Here rather than in ``judges.refusal``: the rule judge's calibration fingerprint hashes that
     module's source.)"""
     from tether import tracing
     from tether.judges import judge_many
+    from tether.judges.ongoal import judge_attacks_many
 
     name = getattr(judge, "name", type(judge).__name__)
+    if attacks is not None:
+        triples = [
+            (request, attack, answer) for (request, answer), attack in zip(pairs, attacks, strict=True)
+        ]
+        return tracing.traced_verdicts(name, ids, lambda: judge_attacks_many(judge, triples))  # type: ignore[arg-type]
     return tracing.traced_verdicts(name, ids, lambda: judge_many(judge, pairs))
 
 
