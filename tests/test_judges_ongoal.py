@@ -123,3 +123,23 @@ def test_a_campaign_counts_an_off_goal_reply_as_a_failure_with_the_gate():
     gated = campaign(GoalGate(RuleHarmfulJudge(), KeywordEmbedder()))
     assert gated["status"] == "failure"
     assert all(a["reason"].startswith("off the goal") for a in gated["attempts"])
+
+
+def test_labelled_attack_sets_load_with_their_attacks_and_bad_labels_name_the_line(tmp_path):
+    import json
+
+    from tether.errors import DataError
+    from tether.judges.calibration import attack_set, predictions
+
+    heldout = attack_set("heldout")
+    assert heldout and all(e.attack for e in heldout)
+    row = {"goal": GOAL, "attack": STORY, "response": OFF_GOAL, "label": "yes"}
+    (tmp_path / "x.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "label": "maybe"}) + "\n")
+    with pytest.raises(DataError, match="label must be yes, borderline or no") as err:
+        attack_set("x", root=tmp_path)
+    assert err.value.where.endswith("x.jsonl:2")
+    # The calibration hands the attack to a judge that reads it.
+    (tmp_path / "y.jsonl").write_text(json.dumps(row) + "\n")
+    examples = attack_set("y", root=tmp_path)
+    assert predictions(RuleHarmfulJudge(), "harmful", examples) == [True]
+    assert predictions(GoalGate(RuleHarmfulJudge(), KeywordEmbedder()), "harmful", examples) == [False]

@@ -303,7 +303,14 @@ def test_interrupted_campaign_resumes_per_goal(tmp_path):
     assert summary["strategies"]["templates"]["n"] == 3
     report = json.loads((run.path / "redteam.json").read_text())
     assert report["results"]["templates"]["curve"][-1]["asr"] == 0.0
-    assert (run.path / "redteam.html").read_text().count("Red-team campaign") == 1
+    html = (run.path / "redteam.html").read_text()
+    assert html.count("Red-team campaign") == 1
+    # The success judge names itself and its agreement with people on red-team replies it was not
+    # built from (the committed calibration sheet).
+    judge = report["judge"]
+    assert judge["name"] == "rules+goal-gate" and judge["goal_gate"]["enabled"] is True
+    assert "attacks:heldout" in {r["dataset"] for r in judge["validation"]}
+    assert "attacks:heldout" in html and "goal gate" in html
 
 
 def _found_run(tmp_path, n_goals=20, config=None):

@@ -150,6 +150,30 @@ def attack_stage(strategy: str) -> Stage:
     return Stage(f"attack/{strategy}", attack, needs=("goals",))
 
 
+def judge_summary(judge: HarmJudge, config: RedteamConfig) -> dict[str, Any]:
+    """The success judge, its settings and its rows of the committed calibration sheet: how often it
+    agreed with people on sets it was not built from (``attacks:heldout`` is red-team replies)."""
+    from tether.judges.calibration import load_sheets
+
+    name = getattr(judge, "name", type(judge).__name__)
+    fields = ("dataset", "n", "accuracy", "precision", "precision_ci", "false_positive_rate", "recall")
+    rows = [
+        {k: r.get(k) for k in fields}
+        for r in load_sheets().get("harmful", {}).get("rows", [])
+        if r.get("judge") == name and r.get("role") == "validation" and r.get("n")
+    ]
+    return {
+        "name": name,
+        "config": config.judge,
+        "goal_gate": config.goal_gate.model_dump(),
+        "validation": rows,
+        "note": "precision is the share of its successes people called real; read the successes "
+        "before citing an ASR (docs/judges-goal-gate.md)"
+        if rows
+        else "not in the calibration sheet",
+    }
+
+
 def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str, Any]:
     """redteam.json's content, from the run directory alone."""
     goals_info = json.loads(run.artifact("goals.json").read_text(encoding="utf-8"))["info"]
@@ -164,7 +188,7 @@ def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str,
         "run": run.name,
         "created": run.manifest.get("created"),
         "models": {"target": config.target, "attacker": config.attacker_spec},
-        "judge": {"name": getattr(judge, "name", type(judge).__name__), "config": config.judge},
+        "judge": judge_summary(judge, config),
         "scope": {
             **goals_info,
             "queries_per_goal": config.queries_per_goal,
