@@ -313,6 +313,25 @@ def test_interrupted_campaign_resumes_per_goal(tmp_path):
     assert "attacks:heldout" in html and "goal gate" in html
 
 
+def test_a_campaign_resumed_with_other_judge_settings_says_so(tmp_path):
+    from tether.redteam.pipeline import run_redteam
+    from tether.runs import Run
+
+    bare = campaign_config(goal_gate={"enabled": False})
+    first = ScriptedEngine(VAGUE, fail_on_call={2: KeyboardInterrupt()})
+    run = Run.create("rt", root=tmp_path, job="redteam", config=bare)
+    with pytest.raises(KeyboardInterrupt):
+        run_redteam(bare, run, load_engine=lambda *a: first, say=lambda m: None)
+    gated = campaign_config()
+    run = Run.create("rt", root=tmp_path, config=gated)
+    run_redteam(gated, run, load_engine=lambda *a: ScriptedEngine(VAGUE), say=lambda m: None)
+    report = json.loads((run.path / "redteam.json").read_text())
+    assert report["judge"]["changed_during_run"] == [
+        {"judge": "default", "goal_gate": bare.goal_gate.model_dump()}
+    ]
+    assert "Mixed judges" in (run.path / "redteam.html").read_text()
+
+
 def _found_run(tmp_path, n_goals=20, config=None):
     """A run directory with hand-made attack records: every goal broken once, one multi-turn."""
     from tether.runs import Run

@@ -174,6 +174,19 @@ def judge_summary(judge: HarmJudge, config: RedteamConfig) -> dict[str, Any]:
     }
 
 
+def judge_changes(run: Run, config: RedteamConfig) -> list[dict[str, Any]]:
+    """Earlier judge settings of a resumed run that differ from this one's (the manifest keeps every
+    replaced config): goals finished before the change were judged by those."""
+    now = {"judge": config.judge, "goal_gate": config.goal_gate.model_dump()}
+    earlier = []
+    for entry in run.manifest.get("config_history", []):
+        old = entry.get("config") or {}
+        setting = {"judge": old.get("judge", "default"), "goal_gate": old.get("goal_gate")}
+        if setting != now and setting not in earlier:
+            earlier.append(setting)
+    return earlier
+
+
 def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str, Any]:
     """redteam.json's content, from the run directory alone."""
     goals_info = json.loads(run.artifact("goals.json").read_text(encoding="utf-8"))["info"]
@@ -188,7 +201,7 @@ def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str,
         "run": run.name,
         "created": run.manifest.get("created"),
         "models": {"target": config.target, "attacker": config.attacker_spec},
-        "judge": judge_summary(judge, config),
+        "judge": {**judge_summary(judge, config), "changed_during_run": judge_changes(run, config)},
         "scope": {
             **goals_info,
             "queries_per_goal": config.queries_per_goal,
