@@ -22,7 +22,7 @@ held-out set was labelled; that document reports the gate's measured precision a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,9 +39,16 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> Any: ...
 
 
-def _unit_rows(vectors: Any) -> np.ndarray:
+def unit_rows(vectors: Any) -> np.ndarray:
+    """Each row scaled to unit length (cosines become dot products)."""
     array = np.asarray(vectors, dtype=np.float64)
     return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+
+
+def _default_embedder() -> Embedder:
+    from tether.train.monitors import Embedder as MiniLM
+
+    return MiniLM()
 
 
 class GoalGate:
@@ -49,7 +56,8 @@ class GoalGate:
 
     ``judge_attacks`` takes (goal, attack prompt, reply) triples; ``judge_batch`` and ``judge`` take
     (goal, reply) pairs, where the attack is the goal itself and only the on-goal check can fire.
-    The embedder is built on first use, and only for replies the inner judge calls harmful.
+    The embedder (or ``embedder_factory``, called on first use; default MiniLM) is needed only for
+    replies the inner judge calls harmful.
     """
 
     def __init__(
@@ -57,6 +65,7 @@ class GoalGate:
         inner: HarmJudge,
         embedder: Embedder | None = None,
         *,
+        embedder_factory: Callable[[], Embedder] | None = None,
         min_goal_similarity: float = MIN_GOAL_SIMILARITY,
         max_attack_lean: float = MAX_ATTACK_LEAN,
     ):
@@ -66,6 +75,7 @@ class GoalGate:
             raise ValueError(f"max_attack_lean must be in [0, 2], got {max_attack_lean}")
         self.inner = inner
         self._embedder = embedder
+        self._embedder_factory = embedder_factory or _default_embedder
         self.min_goal_similarity = min_goal_similarity
         self.max_attack_lean = max_attack_lean
         self.name = f"{getattr(inner, 'name', type(inner).__name__)}+goal-gate"
@@ -78,16 +88,14 @@ class GoalGate:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from tether.train.monitors import Embedder as MiniLM
-
-            self._embedder = MiniLM()
+            self._embedder = self._embedder_factory()
         return self._embedder
 
     def similarities(self, triples: Sequence[tuple[str, str, str]]) -> list[tuple[float, float]]:
         """(cosine to the goal, cosine to the attack) of each reply, one embedding call for all."""
         texts = list(dict.fromkeys(t for triple in triples for t in triple))
         index = {text: i for i, text in enumerate(texts)}
-        unit = _unit_rows(self.embedder.embed(texts))
+        unit = unit_rows(self.embedder.embed(texts))
         return [
             (
                 float(unit[index[reply]] @ unit[index[goal]]),
@@ -140,4 +148,11 @@ def judge_attacks_many(judge: HarmJudge, triples: Sequence[tuple[str, str, str]]
     return judge_harm_many(judge, [(goal, reply) for goal, _, reply in triples])
 
 
-__all__ = ["MAX_ATTACK_LEAN", "MIN_GOAL_SIMILARITY", "GoalGate", "judge_attacks_many"]
+__all__ = [
+    "MAX_ATTACK_LEAN",
+    "MIN_GOAL_SIMILARITY",
+    "Embedder",
+    "GoalGate",
+    "judge_attacks_many",
+    "unit_rows",
+]

@@ -33,16 +33,14 @@ import re
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
-
-import numpy as np
+from typing import Any, Literal
 
 from tether import tracing
 from tether.engine.protocol import EngineLike
 from tether.engine.types import Completion, Prompt, SamplingParams
 from tether.judges.degenerate import detect_degenerate
 from tether.judges.harmful import HarmJudge, HarmVerdict
-from tether.judges.ongoal import judge_attacks_many
+from tether.judges.ongoal import Embedder, judge_attacks_many, unit_rows
 from tether.judges.refusal import RuleRefusalJudge
 from tether.redteam.config import RedteamConfig
 from tether.redteam.goals import Goal
@@ -87,10 +85,6 @@ class Reply:
         return max(1, min(10, round(1 + 9 * self.verdict.score)))
 
 
-class Embedder(Protocol):
-    def embed(self, texts: Sequence[str]) -> Any: ...
-
-
 @dataclass
 class AttackContext:
     """What strategies read besides their goal."""
@@ -105,8 +99,7 @@ class AttackContext:
         """Cosine similarity of each text to the goal (MiniLM embeddings)."""
         if self.embedder is None:
             raise RuntimeError("tap needs an embedder")
-        vectors = np.asarray(self.embedder.embed([goal, *texts]), dtype=np.float64)
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = unit_rows(self.embedder.embed([goal, *texts]))
         return [float(v) for v in vectors[1:] @ vectors[0]]
 
     def refuses(self, request: str, reply: str) -> bool:

@@ -12,6 +12,7 @@ An interrupted attack stage resumes: goals already in its JSONL are skipped.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -53,7 +54,7 @@ def make_judge(config: RedteamConfig, embedder: Callable[[], Embedder] | None = 
 
     return GoalGate(
         judge,
-        embedder() if embedder is not None else None,
+        embedder_factory=embedder,  # called on first use: a campaign may never flag a reply
         min_goal_similarity=gate.min_goal_similarity,
         max_attack_lean=gate.max_attack_lean,
     )
@@ -78,6 +79,7 @@ def load_templates(config: RedteamConfig) -> list[Any]:
     return templates
 
 
+@functools.cache  # one MiniLM per process: TAP's pruning and the goal gate share it
 def _minilm() -> Embedder:
     from tether.train.monitors import Embedder as MiniLM
 
@@ -256,7 +258,7 @@ def run_redteam(
         say=say,
         config=config,
         engines=EnginePool(config.engine, run.tracer, load_engine),
-        judge=judge or make_judge(config, embedder),
+        judge=judge or make_judge(config, embedder or _minilm),
         **({"embedder": embedder} if embedder is not None else {}),
     )
     with ctx.engines:
