@@ -149,6 +149,27 @@ def test_weighted_axis_test_pools_items_when_item_weighted():
     assert task["mde"] == pytest.approx(2.801585**2 * 0.5 / 50, abs=1e-5)
 
 
+def test_weighted_interval_is_newcombe_per_task_combined_by_mover():
+    """With base scores, a right/wrong stratum gets Newcombe's interval: one stratum alone is exactly
+    paired_delta's; two are combined by MOVER, so an axis on which the models agree on all 140 items
+    still has an interval (a bootstrap would say [0, 0])."""
+    from tether.audit.stats import paired_delta
+
+    base = np.r_[np.ones(30), np.zeros(10)]
+    new = np.r_[np.ones(25), np.zeros(10), np.ones(5)]
+    one = weighted_paired_test([(1.0, new - base, base)])
+    ref = paired_delta(dict(enumerate(base)), dict(enumerate(new)))
+    assert (one["ci_low"], one["ci_high"]) == pytest.approx((ref.ci_low, ref.ci_high))
+    agree_a, agree_b = np.ones(100), np.r_[np.ones(20), np.zeros(20)]
+    both = weighted_paired_test([(100.0, np.zeros(100), agree_a), (40.0, np.zeros(40), agree_b)])
+    lo_a = paired_delta(dict(enumerate(agree_a)), dict(enumerate(agree_a))).ci_low
+    lo_b = paired_delta(dict(enumerate(agree_b)), dict(enumerate(agree_b))).ci_low
+    expected = math.sqrt((100 / 140 * lo_a) ** 2 + (40 / 140 * lo_b) ** 2)
+    assert both["delta"] == 0.0
+    assert both["ci_low"] == pytest.approx(-expected) and both["ci_high"] == pytest.approx(expected)
+    assert 0.0 < expected < min(-lo_a, -lo_b)
+
+
 # --- Benjamini-Hochberg --------------------------------------------------------------------------
 
 

@@ -13,7 +13,8 @@ from tether.audit import (
     category_deltas,
     find_flips,
     is_significant,
-    paired_bootstrap_delta,
+    newcombe_paired_interval,
+    paired_delta,
     summarize_task,
 )
 from tether.errors import ConfigError, DataError
@@ -88,30 +89,80 @@ def test_empty_values_and_bad_arguments_raise():
         bootstrap_mean_ci([1.0], n_boot=0)
 
 
-# --- paired_bootstrap_delta --------------------------------------------------------------------
+# --- paired_delta --------------------------------------------------------------------
 
 
 def test_known_paired_delta():
-    """diffs = [0, 1, 0, 0] (item b flipped 0 -> 1): delta .25; resampled mean k/4 with
-    k ~ Binomial(4, .25): P(k=0) = .32 so the low end is 0; P(k<=2) = .949 < .975 <= P(k<=3) so the
-    high end is .75. The interval contains 0: not significant."""
+    """diffs = [0, 1, 0, 0] (item b flipped 0 -> 1): delta .25. Right/wrong items get Newcombe's
+    interval: Wilson for new 4/4 is (.5101, 1) and for base 3/4 (.3006, .9544); a margin is empty
+    so phi = 0; low = .25 - sqrt((1 - .5101)**2 + (.9544 - .75)**2) = -.2808, high = .25 +
+    sqrt((.75 - .3006)**2 + (1 - 1)**2) = .6994. The interval contains 0: not significant."""
     base = {"a": 1.0, "b": 0.0, "c": 1.0, "d": 1.0}
     new = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
-    d = paired_bootstrap_delta(base, new)
+    d = paired_delta(base, new)
     assert d.delta == 0.25
-    assert (d.ci_low, d.ci_high) == (0.0, 0.75)
+    assert d.ci_low == pytest.approx(-0.2808, abs=1e-4)
+    assert d.ci_high == pytest.approx(0.6994, abs=1e-4)
     assert d.n == 4
     assert not d.significant
+
+
+def test_graded_paired_delta_is_bootstrapped():
+    """diffs = [0, .5, 0, 0] on graded scores: the percentile bootstrap, k/4 * .5 with
+    k ~ Binomial(4, .25): P(k=0) = .32 so the low end is 0; P(k<=2) = .949 < .975 <= P(k<=3) so the
+    high end is .375."""
+    base = {"a": 0.5, "b": 0.0, "c": 0.5, "d": 0.5}
+    new = {"a": 0.5, "b": 0.5, "c": 0.5, "d": 0.5}
+    d = paired_delta(base, new)
+    assert (d.delta, d.ci_low, d.ci_high) == (0.125, 0.0, 0.375)
+
+
+def test_models_that_agree_on_every_item_still_get_an_interval():
+    """40 items both right: a bootstrap resamples only zero differences and claims [0, 0]. Newcombe:
+    Wilson for 40/40 has low end 40 / (40 + 1.96**2) = .9124, so the difference is +-.0876."""
+    ids = [str(i) for i in range(40)]
+    d = paired_delta(dict.fromkeys(ids, 1.0), dict.fromkeys(ids, 1.0))
+    assert d.delta == 0.0
+    assert d.ci_low == pytest.approx(-0.0876, abs=1e-4)
+    assert d.ci_high == pytest.approx(0.0876, abs=1e-4)
+    assert not d.significant
+
+
+def test_paired_rate_interval_covers_where_the_bootstrap_does_not():
+    """20 correlated right/wrong pairs, true rates .90 -> .95: Newcombe's interval holds the true
+    difference at least 95% of the time; the bootstrap's, drawn from the few items that flipped,
+    does in about two thirds of samples (measured: .999 and .66 over 1,500 draws)."""
+    rng = np.random.default_rng(1)
+    covered_newcombe = covered_bootstrap = 0
+    draws = 400
+    for _ in range(draws):
+        shared = rng.random(20)
+        own = np.where(rng.random(20) < 0.9, shared, rng.random(20))
+        base, new = (shared < 0.90).astype(float), (own < 0.95).astype(float)
+        low, high = newcombe_paired_interval(base, new)
+        covered_newcombe += low <= 0.05 <= high
+        boot = bootstrap_mean_ci(new - base, n_boot=200, seed=int(rng.integers(1 << 30)))
+        covered_bootstrap += boot.ci_low <= 0.05 <= boot.ci_high
+    assert covered_newcombe / draws >= 0.95
+    assert covered_bootstrap / draws < 0.85
+
+
+def test_newcombe_refuses_graded_or_unpaired_values():
+    with pytest.raises(ValueError, match="0/1"):
+        newcombe_paired_interval([0.5, 1.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="0/1"):
+        newcombe_paired_interval([1.0, 1.0], [1.0])
 
 
 def test_paired_delta_uses_only_shared_items_and_ignores_order():
     base = {"a": 1.0, "b": 1.0, "x": 0.0}
     new = {"b": 0.0, "a": 0.0, "y": 1.0}
-    d = paired_bootstrap_delta(base, new)
+    d = paired_delta(base, new)
     assert d.n == 2
     assert d.delta == -1.0
-    assert d.significant  # every paired item dropped by 1: the interval is [-1, -1]
-    assert paired_bootstrap_delta(dict(reversed(base.items())), new) == d
+    assert d.significant  # both paired items dropped by 1: Newcombe says [-1, -0.070]
+    assert (d.ci_low, round(d.ci_high, 3)) == (-1.0, -0.07)
+    assert paired_delta(dict(reversed(base.items())), new) == d
 
 
 def test_pairing_detects_a_small_consistent_change_that_unpaired_cis_miss():
@@ -123,9 +174,7 @@ def test_pairing_detects_a_small_consistent_change_that_unpaired_cis_miss():
     flip = np.flatnonzero(base_scores == 0)[:30]
     new_scores[flip] = 1.0
     ids = [str(i) for i in range(300)]
-    d = paired_bootstrap_delta(
-        dict(zip(ids, base_scores, strict=True)), dict(zip(ids, new_scores, strict=True))
-    )
+    d = paired_delta(dict(zip(ids, base_scores, strict=True)), dict(zip(ids, new_scores, strict=True)))
     assert d.delta == pytest.approx(0.1)
     assert d.significant and d.ci_low > 0
     a, b = bootstrap_mean_ci(base_scores), bootstrap_mean_ci(new_scores)
@@ -134,7 +183,7 @@ def test_pairing_detects_a_small_consistent_change_that_unpaired_cis_miss():
 
 def test_no_shared_items_raises():
     with pytest.raises(ValueError, match="share no item"):
-        paired_bootstrap_delta({"a": 1.0}, {"b": 1.0})
+        paired_delta({"a": 1.0}, {"b": 1.0})
 
 
 def test_is_significant():
@@ -221,10 +270,12 @@ def test_category_deltas_pair_scored_items_per_category():
     assert set(by_cat) == {None, "x", "y"}
     # whole task over the 7 paired items: diffs -1,-1,-1,-1,+1,0,0 -> -3/7
     assert by_cat[None].delta == pytest.approx(-3 / 7) and by_cat[None].n == 7
-    # x: all four drop by 1 -> degenerate interval at -1, but 4 paired items can never reach
-    # significance (exact p = 2 * 0.5**4 = 0.125): shown, untestable, never flagged.
+    # x: all four drop by 1 -> Newcombe [-1, -1 + sqrt(2) * (1 - .5101)] = [-1, -.307], but 4
+    # paired items can never reach significance (exact p = 2 * 0.5**4 = 0.125): shown,
+    # untestable, never flagged.
     x = by_cat["x"]
-    assert (x.delta, x.ci_low, x.ci_high, x.n) == (-1.0, -1.0, -1.0, 4)
+    assert (x.delta, x.ci_low, x.n) == (-1.0, -1.0, 4)
+    assert x.ci_high == pytest.approx(-0.307, abs=1e-3)
     assert x.p_value == 0.125 and not x.testable and x.mde is None
     assert not x.significant and not x.regressed and x.q_value is None
     # y: items 4,5,6 -> diffs +1,0,0 -> +1/3, interval includes 0

@@ -46,7 +46,8 @@ from tether.audit.stats import (
     MeanCI,
     bootstrap_mean_ci,
     is_significant,
-    paired_bootstrap_delta,
+    newcombe_paired_interval,
+    paired_delta,
     summarize_task,
 )
 
@@ -85,7 +86,8 @@ __all__ = [
     "is_right",
     "is_significant",
     "oriented",
-    "paired_bootstrap_delta",
+    "newcombe_paired_interval",
+    "paired_delta",
     "pareto_front",
     "pareto_points",
     "render_html",

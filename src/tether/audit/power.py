@@ -51,8 +51,10 @@ from tether.audit.schema import (
 from tether.audit.stats import (
     PairedTest,
     benjamini_hochberg,
+    bootstrap_mean_ci,
     mde,
     min_testable_n,
+    paired_delta,
     paired_test,
     planned_discordance,
     sign_flip_pvalue,
@@ -140,7 +142,7 @@ def paired_diffs(index: Index, task: str, model: str, baseline: str) -> list[tup
 
 
 def weighted_paired_test(
-    strata: Sequence[tuple[float, np.ndarray]],
+    strata: Sequence[tuple[float, np.ndarray] | tuple[float, np.ndarray, np.ndarray]],
     *,
     n_boot: int = 1000,
     alpha: float = ALPHA,
@@ -148,14 +150,19 @@ def weighted_paired_test(
     seed: int = 0,
 ) -> dict[str, float | None]:
     """The paired change of a weighted mean of task means: delta = sum_s w_s * mean(d_s), with
-    weights normalised to 1 over the strata that have items.
+    weights normalised to 1 over the strata that have items. A stratum is (weight, diffs) or
+    (weight, diffs, base scores).
 
-    Interval: bootstrap within each stratum, combined with the weights. p-value: the sign-flip test
+    Interval: each stratum's own (Newcombe's paired interval where its base and new scores are
+    right/wrong, else a bootstrap of its diffs), combined by MOVER (Zou & Donner 2008: the lower
+    end sum_s w_s d_s - sqrt(sum_s w_s^2 (d_s - l_s)^2), the upper end alike); the strata hold
+    different items, so they are independent. p-value: the sign-flip test
     of sum_i c_i * d_i with c_i = w_s / n_s (exact McNemar when every c_i * d_i has the same size,
     as on an item-weighted axis of right/wrong items). MDE: (z_{1-a/2} + z_power) *
     sqrt(sum_s w_s^2 * m2_s / n_s), floored as ``stats.mde`` is, in units of the heaviest item."""
-    strata = [(w, np.asarray(d, dtype=np.float64)) for w, d in strata if len(d) and w > 0]
-    if not strata:
+    kept = [(float(s[0]), np.asarray(s[1], dtype=np.float64), s[2] if len(s) > 2 else None) for s in strata]  # type: ignore[misc]
+    kept = [(w, d, base) for w, d, base in kept if d.size and w > 0]
+    if not kept:
         return {
             "delta": None,
             "ci_low": None,
@@ -164,28 +171,37 @@ def weighted_paired_test(
             "mde": None,
             "discordance": None,
         }
-    total = sum(w for w, _ in strata)
-    weights = [w / total for w, _ in strata]
-    delta = float(sum(w * d.mean() for w, (_, d) in zip(weights, strata, strict=True)))
-    boots = np.zeros(n_boot)
-    for k, (w, (_, d)) in enumerate(zip(weights, strata, strict=True)):
-        rng = np.random.default_rng(seed + 7919 * k)
-        boots += w * d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-    low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    scaled = np.concatenate([w / d.size * d for w, (_, d) in zip(weights, strata, strict=True)])
-    n = int(sum(d.size for _, d in strata))
-    variance = sum(w**2 * float(np.mean(d**2)) / d.size for w, (_, d) in zip(weights, strata, strict=True))
-    heaviest = max(w / d.size for w, (_, d) in zip(weights, strata, strict=True))
+    total = sum(w for w, _, _ in kept)
+    weights = [w / total for w, _, _ in kept]
+    diffs = [d for _, d, _ in kept]
+    means = [float(d.mean()) for d in diffs]
+    delta = float(sum(w * m for w, m in zip(weights, means, strict=True)))
+    spread_low = spread_high = 0.0
+    for k, (w, m, (_, d, base)) in enumerate(zip(weights, means, kept, strict=True)):
+        if base is not None:
+            base = np.asarray(base, dtype=np.float64)
+            ci = paired_delta(
+                dict(enumerate(base)), dict(enumerate(base + d)), n_boot, alpha, seed + 7919 * k
+            )
+            low_k, high_k = ci.ci_low, ci.ci_high
+        else:
+            _, low_k, high_k, _ = bootstrap_mean_ci(d, n_boot=n_boot, alpha=alpha, seed=seed + 7919 * k)
+        spread_low += (w * (m - low_k)) ** 2
+        spread_high += (w * (high_k - m)) ** 2
+    scaled = np.concatenate([w / d.size * d for w, d in zip(weights, diffs, strict=True)])
+    n = int(sum(d.size for d in diffs))
+    variance = sum(w**2 * float(np.mean(d**2)) / d.size for w, d in zip(weights, diffs, strict=True))
+    heaviest = max(w / d.size for w, d in zip(weights, diffs, strict=True))
     k_min = min_testable_n(alpha)
     detectable = None
     if n >= k_min:
         z = _z(alpha, power)
         detectable = max(z * math.sqrt(variance), max(z * z, k_min) * heaviest)
-    pooled = np.concatenate([d for _, d in strata])
+    pooled = np.concatenate(diffs)
     return {
         "delta": delta,
-        "ci_low": float(low),
-        "ci_high": float(high),
+        "ci_low": delta - math.sqrt(spread_low),
+        "ci_high": delta + math.sqrt(spread_high),
         "p_value": sign_flip_pvalue(scaled, seed=seed),
         "mde": detectable,
         "discordance": float(np.mean(pooled**2)),
@@ -354,13 +370,15 @@ def _variance(results: Iterable[ItemResult]) -> tuple[int, float | None]:
 
 def _axis_strata(
     index: Index, axis: AxisSpec, metrics: Mapping[str, MetricSpec], model: str, baseline: str
-) -> list[tuple[float, np.ndarray]]:
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
     strata = []
     for task in axis.tasks:
-        d = np.array([diff for _, diff in paired_diffs(index, task, model, baseline)], dtype=np.float64)
+        pairs = paired_diffs(index, task, model, baseline)
+        d = np.array([diff for _, diff in pairs], dtype=np.float64)
+        base = np.array([float(b.score) for b, _ in pairs], dtype=np.float64)
         if not metrics[task].higher_is_better:
-            d = -d  # the axis averages oriented values
-        strata.append((float(d.size) if axis.weighting == "item" else 1.0, d))
+            d, base = -d, 1.0 - base  # the axis averages oriented values (right/wrong stays right/wrong)
+        strata.append((float(d.size) if axis.weighting == "item" else 1.0, d, base))
     return strata
 
 

@@ -297,13 +297,13 @@ def _rate(results: Sequence[Any]) -> dict[str, Any]:
 
 
 def _paired(base: Sequence[Any], new: Sequence[Any], seed: int) -> dict[str, Any] | None:
-    from tether.audit.stats import paired_bootstrap_delta
+    from tether.audit.stats import paired_delta
 
     a = {r.item_id: r.score for r in base if r.status == "scored"}
     b = {r.item_id: r.score for r in new if r.status == "scored"}
     if not a.keys() & b.keys():
         return None
-    d = paired_bootstrap_delta(a, b, seed=seed)
+    d = paired_delta(a, b, seed=seed)
     return {"delta": d.delta, "ci": [d.ci_low, d.ci_high], "n": d.n, "significant": d.significant}
 
 
@@ -361,14 +361,14 @@ def _capability(ctx: DirectionContext, engines: dict[str, Any]) -> dict[str, Any
                     pooled[n].update(
                         {f"{task.name}/{r.item_id}": r.score for r in rs if r.status == "scored"}
                     )
-    from tether.audit.stats import paired_bootstrap_delta
+    from tether.audit.stats import paired_delta
 
     out["pooled_tasks"] = [t for t, e in out["tasks"].items() if e["signal"]]
     out["pooled_vs_clean"] = {}
     for n in engines:
         if n == "clean" or not pooled["clean"].keys() & pooled[n].keys():
             continue
-        d = paired_bootstrap_delta(pooled["clean"], pooled[n], seed=cfg.seed)
+        d = paired_delta(pooled["clean"], pooled[n], seed=cfg.seed)
         out["pooled_vs_clean"][n] = {
             "delta": d.delta,
             "ci": [d.ci_low, d.ci_high],

@@ -155,7 +155,7 @@ def compare_models(
         )
         gen_seconds[name] = sum(r["seconds"] for r in summaries[name].values())
 
-    from tether.audit.stats import paired_bootstrap_delta
+    from tether.audit.stats import paired_delta
 
     baseline = next(iter(models))
     rows = []
@@ -172,7 +172,7 @@ def compare_models(
             base_per_document = per_document
         else:
             for proxy in DELTA_PROXIES:
-                deltas[proxy] = paired_bootstrap_delta(
+                deltas[proxy] = paired_delta(
                     {k: v[proxy] for k, v in base_per_document.items()},
                     {k: v[proxy] for k, v in per_document.items()},
                     n_boot=2000,
