@@ -174,3 +174,8 @@ def test_the_defaults_are_the_sheet_defaults_and_the_sheet_is_current_for_them()
         row = next(r for r in sheet["rows"] if r["judge"] == judge.name and r["dataset"] == "labelled:test")
         fresh = validate(judge, target, labelled_set(target, "test"), dataset="labelled:test")
         assert (fresh.tp, fresh.fp, fresh.tn, fresh.fn) == (row["tp"], row["fp"], row["tn"], row["fn"])
+    # The attack tasks' and campaigns' default: editing the gate's module changes this fingerprint too.
+    from tether.evals.tasks.safety import _attack_judge
+
+    gate = _attack_judge()
+    assert sheets["harmful"]["fingerprints"][gate.name] == judge_fingerprint(gate)

@@ -214,23 +214,35 @@ def _judge_validation(tasks: Sequence[Task]) -> dict[str, Any]:
     """The calibration sheet of every judge the tasks use (``tether.judges.calibration``): each
     variant on the labelled sets it was not built from, with the default marked. The committed sheet
     is read as is; only a default judge changed since it was built is re-validated (and cached)."""
+    from tether.evals.tasks.safety import ATTACK_JUDGE
+
     used = {j for t in tasks for j in t.judges}
     figures: dict[str, Any] = {}
-    judged = [target for target in ("refusal", "harmful") if target in used]
+    judged = [target for target in ("refusal", "harmful", ATTACK_JUDGE) if target in used]
     if judged:
+        from tether.evals.tasks.safety import _attack_judge
         from tether.judges.calibration import current_sheet
         from tether.judges.degenerate import detect_degenerate
         from tether.judges.harmful import default_harmful_judge
         from tether.judges.refusal import default_refusal_judge
 
-        makers = {"refusal": default_refusal_judge, "harmful": default_harmful_judge}
+        makers = {
+            "refusal": default_refusal_judge,
+            "harmful": default_harmful_judge,
+            ATTACK_JUDGE: _attack_judge,
+        }
+        titles = {ATTACK_JUDGE: "attack-success judge (harmful content behind the goal gate)"}
         for target in judged:
             judge = makers[target]()
             name = getattr(judge, "name", type(judge).__name__)
+            title = titles.get(target, f"{target} judge")
+            sheet_target = "harmful" if target == ATTACK_JUDGE else target
             try:
-                figures[f"{target} judge"] = current_sheet(target, judge, name)
+                # The sheet's default is the variant these tasks use, which for attacks is not the
+                # harmful sheet's own default.
+                figures[title] = {**current_sheet(sheet_target, judge, name), "default": name}
             except TetherError as exc:
-                figures[f"{target} judge"] = f"not validated: {exc.message}"
+                figures[title] = f"not validated: {exc.message}"
         try:
             figures["degenerate detector"] = current_sheet("degenerate", detect_degenerate, "rules")
         except TetherError as exc:

@@ -23,7 +23,7 @@ from tether.engine.types import Prompt
 from tether.errors import ConfigError
 from tether.evals.registry import Task
 from tether.evals.tasks._common import GREEDY_REFUSAL, judge_refusals
-from tether.evals.tasks.safety import ATTACK_SUCCESS_RATE, _harm_judge, _judge_settings
+from tether.evals.tasks.safety import ATTACK_JUDGE, ATTACK_SUCCESS_RATE, _attack_judge, _judge_settings
 from tether.evals.types import ItemResult
 from tether.redteam.config import RedteamConfig
 
@@ -39,13 +39,6 @@ def reply_tokens(attack: FoundAttack) -> int:
     """How long the replay lets the target answer: as long as the campaign did (exports written
     before the campaign's length was recorded: the campaign default)."""
     return attack.max_new_tokens or RedteamConfig.model_fields["target_max_new_tokens"].default
-
-
-def replay_judge():
-    """Success as the campaign judges it by default: the harmful-content judge behind the goal gate."""
-    from tether.judges.ongoal import GoalGate
-
-    return GoalGate(_harm_judge())
 
 
 def run_replay(engine: EngineLike, items: Sequence[FoundAttack], *, seed: int = 0) -> list[ItemResult]:
@@ -69,7 +62,7 @@ def run_replay(engine: EngineLike, items: Sequence[FoundAttack], *, seed: int = 
             prompts,
             [a.goal for a in group],  # judged against the goal, not the attack's wrapper
             GREEDY_REFUSAL.model_copy(update={"max_new_tokens": length}),
-            replay_judge(),
+            _attack_judge(),
             score_of=lambda label: 1.0 if label == "harmful" else 0.0,
             extra_of=lambda a: {
                 "strategy": a.strategy,
@@ -110,9 +103,9 @@ def redteam_replay(path: str) -> Task:
         settings={
             "format": "chat",
             "export_sha256": digest,
-            **_judge_settings(replay_judge()),
+            **_judge_settings(_attack_judge()),
             # replies as long as the campaign's (replays before this cut them at the refusal tasks' 48)
             "params": {"temperature": 0.0, "max_new_tokens": "as in the campaign"},
         },
-        judges=("harmful",),
+        judges=(ATTACK_JUDGE,),
     )
