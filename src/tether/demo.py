@@ -7,7 +7,7 @@ Stages (:func:`demo_stages`, run by ``tether.runs.run_stages``; a rerun resumes)
   2. ``mmlu`` — multiple-choice log-likelihood scoring of real MMLU items;
   3. ``cai`` — one Constitutional AI round in ``<run>/cai``: critique → revision on red-team and
      benign prompts, LoRA SFT on the kept revisions, then the audit of base against the SFT adapter
-     on held-out items the round never trained on (paired deltas with bootstrap CIs);
+     on held-out items the round never trained on (paired deltas with CIs);
   4. ``rlhf`` — a short summarization RLHF run (candidates, AI labels, reward model, one PPO
      iteration, one DPO step, the comparison) in ``<run>/rlhf``: it shows the stages working, and
      at this size its numbers mean nothing;
@@ -226,7 +226,7 @@ def cai_stage(ctx: DemoContext) -> dict:
 
 
 def audit_deltas(report_path: Path) -> list[dict[str, Any]]:
-    """Each task's paired change from the base model, with its bootstrap CI, from an audit report."""
+    """Each task's paired change from the base model, with its CI, from an audit report."""
     from tether.audit.schema import AuditReport
 
     report = AuditReport.model_validate_json(report_path.read_text(encoding="utf-8"))

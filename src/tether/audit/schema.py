@@ -77,7 +77,7 @@ class CategoryDelta(_Record):
     the prompt type). ``significant`` is a claim: the change survives Benjamini-Hochberg at the
     report's alpha within its family (``q_value``), the comparison is ``testable`` (enough paired
     items for the exact test ever to reach alpha) and its task has signal. ``regressed`` is a
-    significant change in the metric's worse direction. The interval is the paired bootstrap's;
+    significant change in the metric's worse direction. The interval is ``stats.paired_delta``'s;
     ``p_value`` the exact McNemar / sign-flip test's; ``mde`` the change detectable with 80% power
     at the observed ``discordance`` (mean squared paired difference)."""
 
