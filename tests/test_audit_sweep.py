@@ -259,18 +259,15 @@ def test_generation_tasks_report_degenerate_answers_without_changing_scores(tmp_
     assert all("degenerate" not in r.extra for r in scored_only.results)
 
 
-def test_the_report_prints_the_attack_judge_figures_for_a_jailbreak_audit(tmp_path, monkeypatch):
+def test_the_report_prints_the_harmful_judge_figures_for_a_jailbreak_audit(tmp_path, monkeypatch):
     from tether.audit.report import render_html
     from tether.audit.sweep import _judge_validation
     from tether.evals.registry import get_task
 
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     figures = _judge_validation([get_task("jailbreak")])
-    title = "attack-success judge (harmful content behind the goal gate)"
-    assert set(figures) == {title, "degenerate detector"}
-    sheet = figures[title]
-    assert sheet["default"] == "rules+goal-gate"
-    assert not any("recomputed" in note for note in sheet["notes"])  # the committed sheet is current
+    assert set(figures) == {"harmful judge", "degenerate detector"}
+    sheet = figures["harmful judge"]
     rows = {(r["judge"], r["dataset"]): r for r in sheet["rows"]}
     for dataset in ("labelled:test", "pyrit:objective", "pyrit:harm"):
         assert (
@@ -281,6 +278,5 @@ def test_the_report_prints_the_attack_judge_figures_for_a_jailbreak_audit(tmp_pa
         ["m"], ["jailbreak"], tmp_path / "audit", limit=2, load_engine=Loader(), cache=False, progress=False
     )
     html = render_html(report, tmp_path / "r.html").read_text(encoding="utf-8")
-    assert f"{title} — default: rules+goal-gate" in html
-    assert "pyrit:objective" in html and "labelled:test" in html and "attacks:heldout" in html
+    assert "harmful judge — default: rules" in html and "pyrit:objective" in html and "labelled:test" in html
     assert "false-alarm rate" in html and "degenerate detector" in html

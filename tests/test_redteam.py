@@ -413,6 +413,32 @@ def test_replay_task_replays_the_heldout_half_judged_by_harmful(tmp_path):
         get_task(f"redteam_replay:{tmp_path / 'missing.jsonl'}")
 
 
+def test_the_replay_report_prints_the_goal_gated_judges_calibration(tmp_path, monkeypatch):
+    """The replay judges behind the goal gate, so its report shows that variant's rows (marked the
+    default), not the bare rules' sheet; the jailbreak task keeps the bare rules and their sheet."""
+    from tether.audit.sweep import _judge_validation
+    from tether.evals.registry import get_task
+    from tether.redteam.export import export_run
+
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "found.jsonl"
+    export_run(_found_run(tmp_path), out)
+    figures = _judge_validation([get_task(f"redteam_replay:{out}")])
+    title = "attack-success judge (harmful content behind the goal gate)"
+    assert set(figures) == {title, "degenerate detector"}
+    sheet = figures[title]
+    assert sheet["default"] == "rules+goal-gate"
+    assert not any("recomputed" in note for note in sheet["notes"])  # the committed sheet is current
+    datasets = {
+        r["dataset"] for r in sheet["rows"] if r["judge"] == "rules+goal-gate" and r["role"] == "validation"
+    }
+    assert {"attacks:heldout", "pyrit:objective", "labelled:test"} <= datasets
+    both = _judge_validation([get_task("jailbreak")])
+    assert (
+        set(both) == {"harmful judge", "degenerate detector"} and both["harmful judge"]["default"] == "rules"
+    )
+
+
 def test_replay_judges_behind_the_goal_gate_with_the_attack_it_replayed(tmp_path):
     """An off-goal reply the bare rules call harmful (steps and quantities about something else) is
     not a replay success: the replay judges as a campaign does by default (real MiniLM here)."""
