@@ -12,9 +12,10 @@ The rules, in the order the report applies them (formulas in ``tether.audit.stat
   its tasks' rates (lower-is-better rates enter as 1 - rate). Both are the Pareto plot's axes and
   what ``tether gate`` reads.
 * **Paired tests.** Each checkpoint is compared with the baseline on the items both scored: an
-  interval (``stats.paired_delta``: Newcombe's for right/wrong items, else a bootstrap), an exact McNemar / sign-flip p-value, the observed discordance and the minimum
-  detectable effect (80% power, two-sided alpha = 0.05). An axis is tested the same way on its
-  pooled items (each item weighted as the axis weighs it).
+  interval (``stats.paired_delta``: Newcombe's for right/wrong items, else a bootstrap), an exact
+  McNemar / sign-flip p-value, the observed discordance and the minimum detectable effect (80%
+  power, two-sided alpha = 0.05). An axis is tested the same way on its pooled items (each item
+  weighted as the axis weighs it); its interval combines its tasks' by MOVER.
 * **Multiple comparisons.** Benjamini-Hochberg at alpha within each family: the categories of one
   task for one checkpoint; the prompt types of one task for one checkpoint; the tasks of one
   checkpoint (the summary); the two axes of one checkpoint. A comparison with fewer than
