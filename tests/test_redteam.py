@@ -573,6 +573,43 @@ def test_html_report_shows_successes_with_transcripts_escaped():
     assert "1.00 [0.21, 1.00] n=1" in html  # one broken goal of one: Wilson, not [1, 1]
 
 
+def test_adaptive_strategies_are_compared_with_the_templates_paired_over_goals():
+    """12 goals: templates break 2 (g0, g1), PAIR breaks 6 (g0, g2..g6; g6 only at query 8), g11 is
+    unscored for PAIR. Paired over the 11 goals both scored, at budget 5: templates 2/11, PAIR 5/11
+    (g0 shared, 4 only PAIR, 1 only templates): exact McNemar p = 2 * P(X <= 1 | 5, .5) = .375."""
+    from tether.redteam.report import render_html, strategy_summary, versus_reference
+
+    def record(strategy, goal, first=None, status=None):
+        return {"strategy": strategy, "goal_id": f"g{goal}", "first_success": first,
+                "status": status or ("success" if first else "failed")}  # fmt: skip
+
+    templates = [record("templates", g, 1 if g in (0, 1) else None) for g in range(12)]
+    pair = [record("pair", g, {0: 2, 2: 3, 3: 1, 4: 5, 5: 4, 6: 8}.get(g)) for g in range(11)]
+    pair.append(record("pair", 11, status="unscored"))
+    out = versus_reference({"templates": templates, "pair": pair}, budget=5)
+    v = out["pair"]
+    assert (v["n"], v["reference_asr"], v["asr"]) == (11, round(2 / 11, 4), round(5 / 11, 4))
+    assert (v["broken_only_by_this"], v["broken_only_by_reference"]) == (4, 1)
+    assert v["p_value"] == 0.375 and v["ratio"] == 2.5
+    assert v["ci_low"] < 0 < v["ci_high"]  # 2.5x in point estimate, not a significant difference
+    assert versus_reference({"pair": pair}, budget=5) == {}
+    assert versus_reference({"templates": templates, "tap": []}, budget=5) == {"tap": {"n": 0}}
+    report = {
+        "run": "r", "created": "now", "models": {"target": "fake", "attacker": "fake"},
+        "judge": {"name": "rules", "config": "rules"},
+        "scope": {"goals": 12, "source": "t", "dropped_audit_overlap": 0, "by_category": {},
+                  "queries_per_goal": 5, "target_max_new_tokens": 96},
+        "strategies": {}, "successes": [],
+        "results": {name: strategy_summary([{**r, "category": "c", "queries": 5, "queries_computed": 5,
+                    "unscored_queries": 0, "attacker_calls": 0, "unscored_attacker": [], "pruned": [],
+                    "backtracks": 0, "target_tokens": 0, "attacker_tokens": 0} for r in rs], 5, 1.0)
+                    for name, rs in (("templates", templates), ("pair", pair))},
+        "versus_templates": out,
+    }  # fmt: skip
+    html = render_html(report)
+    assert "Against the static templates" in html and "+0.273 [" in html and "4 / 1" in html
+
+
 def test_short_budgets_name_the_strategies_that_cannot_spend_the_budget():
     from pathlib import Path
 

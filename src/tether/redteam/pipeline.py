@@ -28,7 +28,13 @@ from tether.judges.harmful import HarmJudge
 from tether.redteam.attacks import AttackContext, Embedder, run_goals
 from tether.redteam.config import RedteamConfig
 from tether.redteam.goals import Goal, select_goals
-from tether.redteam.report import render_html, strategy_summary, successful_attacks
+from tether.redteam.report import (
+    REFERENCE,
+    render_html,
+    strategy_summary,
+    successful_attacks,
+    versus_reference,
+)
 from tether.runs import Run, Stage, StageContext, run_stages
 
 
@@ -193,10 +199,11 @@ def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str,
     """redteam.json's content, from the run directory alone."""
     goals_info = json.loads(run.artifact("goals.json").read_text(encoding="utf-8"))["info"]
     stages = run.manifest.get("stages", {})
-    results, records_all = {}, []
+    results, records_all, by_strategy = {}, [], {}
     for strategy in config.strategies:
         records = read_completed(run.artifact(f"attacks/{strategy}.jsonl"))
         records_all += records
+        by_strategy[strategy] = records
         seconds = stages.get(f"attack/{strategy}", {}).get("seconds")
         results[strategy] = strategy_summary(records, config.queries_per_goal, seconds)
     return {
@@ -215,6 +222,8 @@ def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str,
             for s in config.strategies
         },
         "results": results,
+        # Adaptive strategies against the static templates, paired over the goals both scored.
+        "versus_templates": versus_reference(by_strategy, config.queries_per_goal, REFERENCE),
         # Strategies whose settings cap them below queries_per_goal: their ASR is at a smaller budget.
         "short_budgets": config.short_budgets(),
         "successes": successful_attacks(records_all),

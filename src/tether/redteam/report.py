@@ -14,8 +14,11 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from tether.audit.stats import mde, newcombe_paired_interval, sign_flip_pvalue
 from tether.judges.calibration import wilson_interval
 from tether.redteam.severity import SEVERITIES, grade
+
+REFERENCE = "templates"
 
 
 def asr_curve(records: Sequence[dict[str, Any]], budget: int) -> list[dict]:
@@ -72,6 +75,51 @@ def strategy_summary(records: Sequence[dict[str, Any]], budget: int, seconds: fl
             "seconds_per_goal": round(seconds / len(records), 2) if seconds and records else None,
         },
     }
+
+
+def _broken(record: dict[str, Any], budget: int) -> float:
+    return 1.0 if record["first_success"] is not None and record["first_success"] <= budget else 0.0
+
+
+def versus_reference(
+    by_strategy: dict[str, Sequence[dict[str, Any]]], budget: int, reference: str = REFERENCE
+) -> dict[str, Any]:
+    """Each strategy against ``reference`` (the static templates) on the goals both scored: ASR at
+    ``budget`` on those goals, the paired difference with Newcombe's interval, the exact McNemar
+    p-value over the goals only one of them broke, the MDE, and the ratio the issue's "2x the
+    templates" target reads. Empty when the reference did not run or nothing else did."""
+    if reference not in by_strategy:
+        return {}
+    ref = {r["goal_id"]: r for r in by_strategy[reference] if r["status"] != "unscored"}
+    out: dict[str, Any] = {}
+    for name, records in by_strategy.items():
+        if name == reference:
+            continue
+        mine = {r["goal_id"]: r for r in records if r["status"] != "unscored"}
+        shared = sorted(ref.keys() & mine.keys())
+        if not shared:
+            out[name] = {"n": 0}
+            continue
+        base = [_broken(ref[g], budget) for g in shared]
+        new = [_broken(mine[g], budget) for g in shared]
+        low, high = newcombe_paired_interval(base, new)
+        diffs = [b - a for a, b in zip(base, new, strict=True)]
+        ref_asr, asr = sum(base) / len(shared), sum(new) / len(shared)
+        detectable = mde(len(shared), sum(d * d for d in diffs) / len(shared))
+        out[name] = {
+            "n": len(shared),
+            "reference_asr": round(ref_asr, 4),
+            "asr": round(asr, 4),
+            "delta": round(asr - ref_asr, 4),
+            "ci_low": round(low, 4),
+            "ci_high": round(high, 4),
+            "p_value": round(sign_flip_pvalue(diffs), 4),
+            "mde": None if detectable is None else round(detectable, 4),
+            "broken_only_by_this": sum(d > 0 for d in diffs),
+            "broken_only_by_reference": sum(d < 0 for d in diffs),
+            "ratio": round(asr / ref_asr, 3) if ref_asr else None,
+        }
+    return out
 
 
 def successful_attacks(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
