@@ -55,7 +55,7 @@ from tether.audit.stats import (
     bootstrap_mean_ci,
     mde,
     min_testable_n,
-    paired_delta,
+    paired_interval,
     paired_test,
     planned_discordance,
     sign_flip_pvalue,
@@ -181,10 +181,7 @@ def weighted_paired_test(
     for k, (w, m, (_, d, base)) in enumerate(zip(weights, means, kept, strict=True)):
         if base is not None:
             base = np.asarray(base, dtype=np.float64)
-            ci = paired_delta(
-                dict(enumerate(base)), dict(enumerate(base + d)), n_boot, alpha, seed + 7919 * k
-            )
-            low_k, high_k = ci.ci_low, ci.ci_high
+            low_k, high_k = paired_interval(base, base + d, n_boot=n_boot, alpha=alpha, seed=seed + 7919 * k)
         else:
             _, low_k, high_k, _ = bootstrap_mean_ci(d, n_boot=n_boot, alpha=alpha, seed=seed + 7919 * k)
         spread_low += (w * (m - low_k)) ** 2

@@ -176,12 +176,19 @@ def paired_delta(
         raise ValueError("paired_delta: the two result sets share no item id")
     b_arr = np.array([base[i] for i in shared], dtype=np.float64)
     n_arr = np.array([new[i] for i in shared], dtype=np.float64)
-    diffs = n_arr - b_arr
-    if _right_wrong(b_arr) and _right_wrong(n_arr):
-        low, high = newcombe_paired_interval(b_arr, n_arr, alpha)
-        return DeltaCI(float(diffs.mean()), low, high, len(shared), is_significant(low, high))
-    ci = bootstrap_mean_ci(diffs, n_boot=n_boot, alpha=alpha, seed=seed)
-    return DeltaCI(ci.value, ci.ci_low, ci.ci_high, ci.n, is_significant(ci.ci_low, ci.ci_high))
+    low, high = paired_interval(b_arr, n_arr, n_boot=n_boot, alpha=alpha, seed=seed)
+    return DeltaCI(float((n_arr - b_arr).mean()), low, high, len(shared), is_significant(low, high))
+
+
+def paired_interval(
+    base: np.ndarray, new: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """The interval of mean(new - base) over aligned arrays: Newcombe's when every score is right/wrong,
+    else the percentile bootstrap of the differences."""
+    if _right_wrong(base) and _right_wrong(new):
+        return newcombe_paired_interval(base, new, alpha)
+    ci = bootstrap_mean_ci(new - base, n_boot=n_boot, alpha=alpha, seed=seed)
+    return ci.ci_low, ci.ci_high
 
 
 # --- paired tests, power and multiple comparisons ------------------------------------------------

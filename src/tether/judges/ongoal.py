@@ -22,6 +22,7 @@ held-out set was labelled; that document reports the gate's measured precision a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -45,7 +46,8 @@ def unit_rows(vectors: Any) -> np.ndarray:
     return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
 
 
-def _default_embedder() -> Embedder:
+@functools.cache  # one MiniLM per process: TAP's pruning, campaigns' and replays' gates share it
+def shared_minilm() -> Embedder:
     from tether.train.monitors import Embedder as MiniLM
 
     return MiniLM()
@@ -75,7 +77,7 @@ class GoalGate:
             raise ValueError(f"max_attack_lean must be in [0, 2], got {max_attack_lean}")
         self.inner = inner
         self._embedder = embedder
-        self._embedder_factory = embedder_factory or _default_embedder
+        self._embedder_factory = embedder_factory or shared_minilm
         self.min_goal_similarity = min_goal_similarity
         self.max_attack_lean = max_attack_lean
         self.name = f"{getattr(inner, 'name', type(inner).__name__)}+goal-gate"
@@ -154,5 +156,6 @@ __all__ = [
     "Embedder",
     "GoalGate",
     "judge_attacks_many",
+    "shared_minilm",
     "unit_rows",
 ]

@@ -12,7 +12,6 @@ An interrupted attack stage resumes: goals already in its JSONL are skipped.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Callable
@@ -25,11 +24,11 @@ from tether.data.jsonl import JsonlAppender, read_completed
 from tether.engine.pool import EngineLoader, EnginePool
 from tether.errors import ConfigError
 from tether.judges.harmful import HarmJudge
+from tether.judges.ongoal import shared_minilm
 from tether.redteam.attacks import AttackContext, Embedder, run_goals
 from tether.redteam.config import RedteamConfig
 from tether.redteam.goals import Goal, select_goals
 from tether.redteam.report import (
-    REFERENCE,
     render_html,
     strategy_summary,
     successful_attacks,
@@ -85,13 +84,6 @@ def load_templates(config: RedteamConfig) -> list[Any]:
     return templates
 
 
-@functools.cache  # one MiniLM per process: TAP's pruning and the goal gate share it
-def _minilm() -> Embedder:
-    from tether.train.monitors import Embedder as MiniLM
-
-    return MiniLM()
-
-
 @dataclass(kw_only=True)
 class RedteamContext(StageContext):
     """What the red-team stages share."""
@@ -99,7 +91,7 @@ class RedteamContext(StageContext):
     config: RedteamConfig
     engines: EnginePool
     judge: HarmJudge
-    embedder: Callable[[], Embedder] = _minilm
+    embedder: Callable[[], Embedder] = shared_minilm
 
     def goals(self) -> list[Goal]:
         data = json.loads(self.run.artifact("goals.json").read_text(encoding="utf-8"))
@@ -223,7 +215,7 @@ def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str,
         },
         "results": results,
         # Adaptive strategies against the static templates, paired over the goals both scored.
-        "versus_templates": versus_reference(by_strategy, config.queries_per_goal, REFERENCE),
+        "versus_templates": versus_reference(by_strategy, config.queries_per_goal),
         # Strategies whose settings cap them below queries_per_goal: their ASR is at a smaller budget.
         "short_budgets": config.short_budgets(),
         "successes": successful_attacks(records_all),
@@ -267,7 +259,7 @@ def run_redteam(
         say=say,
         config=config,
         engines=EnginePool(config.engine, run.tracer, load_engine),
-        judge=judge or make_judge(config, embedder or _minilm),
+        judge=judge or make_judge(config, embedder or shared_minilm),
         **({"embedder": embedder} if embedder is not None else {}),
     )
     with ctx.engines:

@@ -14,7 +14,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from tether.audit.stats import mde, newcombe_paired_interval, sign_flip_pvalue
+from tether.audit.stats import paired_test
 from tether.judges.calibration import wilson_interval
 from tether.redteam.severity import SEVERITIES, grade
 
@@ -100,23 +100,21 @@ def versus_reference(
         if not shared:
             out[name] = {"n": 0}
             continue
-        base = [_broken(ref[g], budget) for g in shared]
-        new = [_broken(mine[g], budget) for g in shared]
-        low, high = newcombe_paired_interval(base, new)
-        diffs = [b - a for a, b in zip(base, new, strict=True)]
-        ref_asr, asr = sum(base) / len(shared), sum(new) / len(shared)
-        detectable = mde(len(shared), sum(d * d for d in diffs) / len(shared))
+        base = {g: _broken(ref[g], budget) for g in shared}
+        new = {g: _broken(mine[g], budget) for g in shared}
+        test = paired_test(base, new)  # right/wrong per goal: Newcombe's interval, exact McNemar
+        ref_asr, asr = sum(base.values()) / len(shared), sum(new.values()) / len(shared)
         out[name] = {
-            "n": len(shared),
+            "n": test.n,
             "reference_asr": round(ref_asr, 4),
             "asr": round(asr, 4),
-            "delta": round(asr - ref_asr, 4),
-            "ci_low": round(low, 4),
-            "ci_high": round(high, 4),
-            "p_value": round(sign_flip_pvalue(diffs), 4),
-            "mde": None if detectable is None else round(detectable, 4),
-            "broken_only_by_this": sum(d > 0 for d in diffs),
-            "broken_only_by_reference": sum(d < 0 for d in diffs),
+            "delta": round(test.delta, 4),
+            "ci_low": round(test.ci_low, 4),
+            "ci_high": round(test.ci_high, 4),
+            "p_value": round(test.p_value, 4),
+            "mde": None if test.mde is None else round(test.mde, 4),
+            "broken_only_by_this": sum(new[g] > base[g] for g in shared),
+            "broken_only_by_reference": sum(new[g] < base[g] for g in shared),
             "ratio": round(asr / ref_asr, 3) if ref_asr else None,
         }
     return out
