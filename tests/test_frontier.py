@@ -813,3 +813,79 @@ def test_multi_objective_needs_an_adapter_and_pairs(tmp_path, models):
         mix([], [{"task": "t", "objective": "helpful"}], 1.0, 10, 0)
     assert exc.value.where == "multi_objective.lambdas" and "safety" in exc.value.message
     assert len(mix([], [{"task": "t"}], 1e9, 10, 0)) == 10  # all helpful: no safety pair needed
+
+
+# --- tax recovered --------------------------------------------------------------------------------------
+
+
+def test_the_report_gives_each_candidates_share_of_the_tax_recovered(tmp_path):
+    """frontier.json's recovery: per candidate, the share of ALIGNED's over-refusal loss it recovers,
+    computed from the cached test items of BASE, ALIGNED and the candidate; shown in the HTML."""
+    run, summary = _run(tmp_path, FakeBuilder(), [*SMALL, "per_block.enabled=false"])
+    data = json.loads((run.path / "frontier.json").read_text())
+    rec = data["recovery"]
+    assert rec["reference"] == "aligned" and set(rec["components"]) == {"overrefusal", "capability"}
+    assert rec["components"]["overrefusal"]["direction"] == "loss"
+    assert rec["components"]["overrefusal"]["shift_significant"]
+    assert set(rec["candidates"]) == {"interp-0.50"}
+    value = {n: c["tasks"]["overrefusal"]["value"] for n, c in data["candidates"].items()}
+    row = rec["candidates"]["interp-0.50"]["components"]["overrefusal"]
+    want = (value["interp-0.50"] - value["aligned"]) / (value["base"] - value["aligned"])
+    assert row["share"] == pytest.approx(want) and 0 < want < 1
+    assert summary["meets_recovery_bars"] == rec["meets"]
+    html = (run.path / "audit" / "report.html").read_text()
+    assert 'id="recovery"' in html and "loss recovered" in html
+
+
+def test_a_rerun_plans_again_and_redo_report_recomputes_from_the_cache(tmp_path):
+    """A candidate a changed config adds is built and audited on resume (the finished ones are not),
+    and the report is redone; --redo-report recomputes frontier.json without scoring anything."""
+    first = [*SMALL, "per_block.enabled=false", "interpolation.alphas=[0.0,1.0]"]
+    run, _ = _run(tmp_path, FakeBuilder(), first)
+    assert json.loads((run.path / "frontier.json").read_text())["recovery"]["candidates"] == {}
+    more = FakeBuilder()
+    _run(tmp_path, more, [*SMALL, "per_block.enabled=false"])
+    scored = {n for n, e in more.log if e.calls or e.scored}
+    assert scored == {"interp-0.50"}
+    data = json.loads((run.path / "frontier.json").read_text())
+    assert "interp-0.50" in data["candidates"] and "interp-0.50" in data["recovery"]["candidates"]
+    (run.path / "frontier.json").unlink()
+    again = FakeBuilder()
+    config = load_config(
+        FrontierConfig, None, [*SMALL, "per_block.enabled=false", f"cache={tmp_path / 'cache.sqlite'}"]
+    )
+    resumed = Run.create("fr", root=tmp_path, job="frontier", config=config)
+    run_frontier(
+        config, "base", "aligned", resumed, make_builder=lambda *a: again, say=lambda m: None,
+        progress=False, redo_report=True,
+    )  # fmt: skip
+    assert json.loads((run.path / "frontier.json").read_text())["candidates"] == data["candidates"]
+    assert again.made and not any(e.calls or e.scored for _, e in again.log)
+
+
+def test_recovery_can_be_measured_against_an_unmitigated_model(tmp_path):
+    """When ALIGNED is itself a mitigation (a chain), recovery.unmitigated names the model the shares
+    are measured against: it is audited as a candidate and ALIGNED gets shares of its own."""
+    unmitigated = tmp_path / "tax" / "sft"
+    unmitigated.mkdir(parents=True)
+    (unmitigated / "adapter_config.json").write_text("{}")
+    run, _ = _run(
+        tmp_path, FakeBuilder(), [*SMALL, "per_block.enabled=false", f"recovery.unmitigated={unmitigated}"]
+    )
+    data = json.loads((run.path / "frontier.json").read_text())
+    assert (
+        "unmitigated" in data["candidates"] and data["candidates"]["unmitigated"]["family"] == "unmitigated"
+    )
+    rec = data["recovery"]
+    assert rec["reference"] == "unmitigated" and "aligned" in rec["candidates"]
+    # the fake builds the unmitigated adapter like ALIGNED (α = 1): ALIGNED recovers none of its loss
+    assert rec["candidates"]["aligned"]["components"]["overrefusal"]["share"] == pytest.approx(0.0)
+
+
+def test_an_unmitigated_model_that_is_not_an_adapter_on_base_is_an_error(models):
+    with pytest.raises(ConfigError) as exc:
+        check_same_base(str(models["base"]), str(models["lora"]), None, str(models["base"]))
+    assert "recovery.unmitigated" in exc.value.render()
+    with pytest.raises(ConfigError) as exc:
+        check_same_base(str(models["base"]), str(models["lora"]), None, str(models["lora_other"]))
+    assert "recovery.unmitigated" in exc.value.render() and "not on BASE" in exc.value.render()

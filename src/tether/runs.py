@@ -248,6 +248,14 @@ class Run:
     def is_complete(self, stage: str) -> bool:
         return self.manifest.get("stages", {}).get(stage, {}).get("status") == "complete"
 
+    def reopen(self, *stages: str) -> None:
+        """Mark finished stages to run again on the next ``run_stages`` (their timings are kept)."""
+        for name in stages:
+            entry = self.manifest.get("stages", {}).get(name)
+            if entry is not None and entry.get("status") == "complete":
+                entry["status"] = "reopened"
+        self.save()
+
     @contextmanager
     def stage(self, name: str, **info: Any) -> Iterator[dict[str, Any]]:
         """Time a stage and record its status; an exception (Ctrl-C included) marks it interrupted."""

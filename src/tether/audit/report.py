@@ -213,6 +213,7 @@ def _frontier_context(report: AuditReport) -> dict[str, Any] | None:
         "png": uri,
         "rows": rows,
         "levels": _levels_context(data.get("per_block_vs_single")),
+        "recovery": _recovery_context(data.get("recovery")),
         "tasks": tasks,
         "frontier": ", ".join(data.get("frontier", [])),
         "hypervolume": _fmt(data.get("hypervolume"), 4),
@@ -221,6 +222,57 @@ def _frontier_context(report: AuditReport) -> dict[str, Any] | None:
         "base": data.get("base", ""),
         "aligned": data.get("aligned", ""),
         "note": data.get("note", ""),
+    }
+
+
+def _recovery_context(rec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The tax-recovery table (frontier.json's ``recovery``): a column per component, headed by the
+    unmitigated model's shift from BASE."""
+    if not rec or not rec.get("candidates"):
+        return None
+    names = list(rec["components"])
+    columns = []
+    for name in names:
+        row = rec["components"][name]
+        if "shift" not in row:
+            columns.append({"name": name, "header": "no items", "read": False})
+            continue
+        low, high = row["shift"]["ci"]
+        kind = "gain kept" if row["direction"] == "gain" else "loss recovered"
+        shift = f"{_fmt_delta(row['shift']['delta'])} [{_fmt_delta(low)}, {_fmt_delta(high)}]"
+        columns.append(
+            {
+                "name": name,
+                "header": f"{kind}; shift {shift}"
+                + ("" if row["shift_significant"] else ", not significant"),
+                "read": row["shift_significant"],
+            }
+        )
+
+    def cell(row: dict[str, Any] | None) -> dict[str, Any]:
+        if row is None or row["share"] is None:
+            return {"text": "—", "read": False}
+        low, high = row["share_ci"]
+        interval = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
+        return {"text": f"{row['share']:.2f}{interval}, n {row['n']}", "read": row["shift_significant"]}
+
+    verdict = {True: "yes", False: "no", None: "—"}
+    rows = [
+        {
+            "name": n,
+            "cells": [cell(c["components"].get(name)) for name in names],
+            "meets": verdict[c["meets"]] + (" (at lower bound too)" if c["meets_at_lower_bound"] else ""),
+        }
+        for n, c in rec["candidates"].items()
+    ]
+    return {
+        "reference": rec["reference"],
+        "keep": f"{rec['keep']:.0%}",
+        "recover": f"{rec['recover']:.0%}",
+        "meets": ", ".join(rec["meets"]) or "none",
+        "meets_low": ", ".join(rec["meets_at_lower_bound"]) or "none",
+        "columns": columns,
+        "rows": rows,
     }
 
 

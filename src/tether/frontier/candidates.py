@@ -127,17 +127,30 @@ def base_fingerprint(spec: str) -> str:
     return (directory_fingerprint(source) if isinstance(source, Path) else f"hf:{source}")[:32]
 
 
-def check_same_base(base: str, aligned: str, capability: str | None = None) -> None:
-    """Before any model loads: an adapter (ALIGNED, the capability adapter) must sit on BASE. An
-    error names both models."""
+def check_same_base(
+    base: str, aligned: str, capability: str | None = None, unmitigated: str | None = None
+) -> None:
+    """Before any model loads: an adapter (ALIGNED, the capability adapter, the unmitigated model
+    recovery is measured against) must sit on BASE. An error names both models."""
     if is_adapter(base):
         raise ConfigError(
             f"BASE {base} is a LoRA adapter; the frontier interpolates from a full base model",
             where="BASE",
             hint="pass the adapter's base model as BASE",
         )
+    if unmitigated is not None and not is_adapter(unmitigated):
+        raise ConfigError(
+            f"recovery.unmitigated {unmitigated} is not a LoRA adapter; the frontier builds every model it "
+            "audits from BASE",
+            where="recovery.unmitigated",
+            hint="pass the unmitigated aligned adapter (trained on BASE), or leave it empty to measure against ALIGNED",
+        )
     want = base_fingerprint(base)[:16]
-    for spec, where in ((aligned, "ALIGNED"), (capability, "capability_adapter")):
+    for spec, where in (
+        (aligned, "ALIGNED"),
+        (capability, "capability_adapter"),
+        (unmitigated, "recovery.unmitigated"),
+    ):
         if spec is None or not is_adapter(spec):
             continue
         recorded = adapter_base_spec(spec)
@@ -305,10 +318,14 @@ class CandidateBuilder:
         model.set_adapter(name)
 
     def _trained_adapter(self, recipe: Recipe) -> None:
-        """A LoRA adapter on BASE trained by the frontier (replay, retraining): loaded beside
+        """A LoRA adapter on BASE (trained by the frontier, or the unmitigated model): loaded beside
         ALIGNED's once, then made the active one."""
         if not self.lora:
-            field = "retrain.steps" if recipe.family == "retrain" else "replay.fractions"
+            field = {
+                "retrain": "retrain.steps",
+                "multi-objective": "multi_objective.lambdas",
+                "unmitigated": "recovery.unmitigated",
+            }.get(recipe.family, "replay.fractions")
             raise ConfigError(
                 f"{recipe.family} candidates need ALIGNED to be a LoRA adapter (they are adapters on BASE too)",
                 where=field,

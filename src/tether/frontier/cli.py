@@ -29,6 +29,14 @@ def frontier_command(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config field: key.path=value (repeatable).")
     ] = None,
+    redo_report: Annotated[
+        bool,
+        typer.Option(
+            "--redo-report",
+            help="Recompute the report and frontier.json of a finished run from its cache (nothing is built "
+            "or audited again), e.g. after an upgrade or with another recovery.keep/recover.",
+        ),
+    ] = False,
 ) -> None:
     """Interpolated, per-block and merged candidates between BASE and ALIGNED, each audited on held-out
     items; writes frontier.json, frontier.png and the audit report into --out."""
@@ -46,7 +54,7 @@ def frontier_command(
     cfg = load_config(FrontierConfig, config, set_ or [], check=check_frontier_config)
     check_spec(base, where="BASE")
     check_spec(aligned, where="ALIGNED")
-    check_same_base(base, aligned, cfg.capability_adapter)
+    check_same_base(base, aligned, cfg.capability_adapter, cfg.recovery.unmitigated)
     if cfg.retrain.steps:
         from tether.frontier.pipeline import check_retrainable
 
@@ -78,7 +86,9 @@ def frontier_command(
     run = Run.create(out.name, root=out.parent, job="frontier", config=record, seed=cfg.seed)
     console.print(f"run directory: {run.path}")
     with recording_outcome(run):
-        summary = run_frontier(cfg, base, aligned, run, say=lambda m: console.print(m))
+        summary = run_frontier(
+            cfg, base, aligned, run, say=lambda m: console.print(m), redo_report=redo_report
+        )
     run.finish("complete", frontier="frontier.json")
     typer.echo(json.dumps({"run": str(run.path), **summary}))
 

@@ -177,6 +177,27 @@ class MultiObjectiveConfig(StrictModel):
         return _distinct_sorted(value, lambda v: v >= 0, "λ must be >= 0")
 
 
+class RecoveryConfig(StrictModel):
+    """What the report measures recovery against (``tether.frontier.recovery``): per candidate, the
+    share of the unmitigated model's gain it keeps and of its loss it recovers, and whether an
+    operating point meets both bars."""
+
+    unmitigated: str | None = Field(
+        None,
+        description="The unmitigated aligned model the shares are measured against, when ALIGNED is itself "
+        "a mitigation (a chain, e.g. the replay adapter as ALIGNED): a LoRA adapter on BASE. Default: ALIGNED.",
+    )
+    keep: float = Field(
+        0.9, ge=0.0, description="Bar on every gain kept (issue #18: 90% of harmful refusal)."
+    )
+    recover: float = Field(
+        0.7,
+        ge=0.0,
+        description="Bar on every loss recovered (issue #18: 70% of capability and over-refusal).",
+    )
+    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples behind each share's interval.")
+
+
 class FrontierConfig(StrictModel):
     """``tether frontier BASE ALIGNED``: candidates between BASE and ALIGNED, each audited on the test
     side of the tasks; the per-block search reads only the validation side."""
@@ -213,6 +234,10 @@ class FrontierConfig(StrictModel):
     multi_objective: MultiObjectiveConfig = Field(
         default_factory=lambda: MultiObjectiveConfig(),
         description="Multi-objective preference training: DPO on a λ-weighted mix of safety and helpfulness pairs.",
+    )
+    recovery: RecoveryConfig = Field(
+        default_factory=lambda: RecoveryConfig(),
+        description="Shares of the alignment gain kept and of its tax recovered, per candidate.",
     )
     reference: tuple[float, float] = Field(
         (0.0, 0.0),
@@ -308,6 +333,11 @@ def check_frontier_config(config: FrontierConfig) -> list:
         problems += check_value(
             "capability_adapter", lambda: check_spec(config.capability_adapter, where="capability_adapter")
         )
+    if config.recovery.unmitigated:
+        problems += check_value(
+            "recovery.unmitigated",
+            lambda: check_spec(config.recovery.unmitigated, where="recovery.unmitigated"),
+        )
     return problems
 
 
@@ -317,6 +347,7 @@ __all__ = [
     "MergeConfig",
     "MultiObjectiveConfig",
     "PerBlockConfig",
+    "RecoveryConfig",
     "RetrainConfig",
     "ReplayConfig",
     "check_frontier_config",

@@ -51,10 +51,13 @@ from tether.frontier.levels import level_verdict, pick_at_levels, summarise
 from tether.frontier.multi import MULTI_PAIRS, multi_dir, pairs_stage
 from tether.frontier.multi import train_stage as multi_train_stage
 from tether.frontier.pareto import frontier_summary, plot_frontier
+from tether.frontier.recovery import recovery
 from tether.frontier.splits import split_tasks
 from tether.runs import Run, Stage, StageContext, run_stages
 
 BuilderFactory = Callable[[str, str, FrontierConfig], Any]
+# The model recovery is measured against when ALIGNED is itself a mitigation (recovery.unmitigated).
+UNMITIGATED = "unmitigated"
 
 
 def default_builder(base: str, aligned: str, config: FrontierConfig) -> CandidateBuilder:
@@ -62,7 +65,9 @@ def default_builder(base: str, aligned: str, config: FrontierConfig) -> Candidat
 
 
 def candidate_name(recipe: Recipe) -> str:
-    """base, aligned, interp-0.30, block-0.00-0.50-1.00, ties-w1,1-d0.5."""
+    """base, aligned, unmitigated, interp-0.30, block-0.00-0.50-1.00, ties-w1,1-d0.5."""
+    if recipe.family == UNMITIGATED:
+        return UNMITIGATED
     if recipe.adapter:
         return f"{recipe.family}-{Path(recipe.adapter).name}"
     if recipe.merge:
@@ -186,6 +191,10 @@ def plan(ctx: FrontierContext) -> dict[str, Any]:
         Recipe("multi-objective", adapter=str(ctx.run.artifact(multi_dir(lam))))
         for lam in cfg.multi_objective.lambdas
     ]
+    if cfg.recovery.unmitigated:
+        recipes.append(
+            Recipe(UNMITIGATED, adapter=str(Path(cfg.recovery.unmitigated).expanduser().resolve()))
+        )
     out: dict[str, dict[str, Any]] = {}
     for r in recipes:
         out.setdefault(candidate_name(r), _recipe_json(r))  # α = 0 and 1 are the references
@@ -665,6 +674,65 @@ def level_comparison(ctx: FrontierContext, found: Mapping[str, Recipe]) -> dict[
     return {"levels": rows, **summarise(rows)}
 
 
+def tax_recovery(ctx: FrontierContext, audit: AuditReport) -> dict[str, Any] | None:
+    """Per candidate, the share of the unmitigated model's gain it keeps and of its loss it recovers
+    on each safety task and on the capability axis (``tether.frontier.recovery``), from the cached
+    test-side items of BASE, the unmitigated model and the candidate. None without a frontier or
+    without BASE's items."""
+    cfg = ctx.config.recovery
+    if audit.pareto is None:
+        return None
+    reference = UNMITIGATED if cfg.unmitigated else "aligned"
+    fingerprints = {m.name: m.fingerprint for m in audit.models if m.fingerprint}
+    if "base" not in fingerprints or reference not in fingerprints:
+        return None
+    spec = audit.pareto.spec
+    components = {t: ([t], "task") for t in spec.safety.tasks}
+    components["capability"] = (list(spec.capability.tasks), spec.capability.weighting)
+    tasks = {t.name: t for t in ctx.tasks("test")}
+    samples = _samples(ctx)
+    scores: dict[tuple[str, str], dict[str, float]] = {}
+    with ResultCache(ctx.cache_path) as store:
+        for model, fingerprint in fingerprints.items():
+            for name in {t for ts, _ in components.values() for t in ts}:
+                version = tasks[name].version(ctx.config.seed)
+                found = store.get(fingerprint, name, version, [it.id for it in samples[name]])
+                scores[model, name] = {
+                    i: float(r.score)
+                    for i, r in found.items()
+                    if r.status == "scored" and r.score is not None
+                }
+    shares = recovery(
+        scores,
+        {n: tasks[n].metric.higher_is_better for n in tasks},
+        components,
+        base="base",
+        reference=reference,
+        candidates=[m for m in fingerprints if m not in ("base", reference)],
+        keep=cfg.keep,
+        recover=cfg.recover,
+        n_boot=cfg.bootstrap,
+        seed=ctx.config.seed,
+    )
+    per_candidate = shares["candidates"]
+    return {
+        "reference": reference,
+        "keep": cfg.keep,
+        "recover": cfg.recover,
+        "components": {
+            c: {"tasks": ts, "weighting": w, **shares["shifts"].get(c, {})}
+            for c, (ts, w) in components.items()
+        },
+        "meets": [n for n, r in per_candidate.items() if r["meets"]],
+        "meets_at_lower_bound": [n for n, r in per_candidate.items() if r["meets_at_lower_bound"]],
+        "candidates": per_candidate,
+        "note": "share: the gain kept (where the unmitigated model gained over BASE) or the loss recovered "
+        "(where it lost), on the test items all three scored, with a stratified bootstrap 95% interval; a "
+        "component whose shift (unmitigated vs BASE, paired) is not significant is shown but not read; meets: "
+        "every read gain kept >= keep and every read loss recovered >= recover (point estimates)",
+    }
+
+
 def frontier(ctx: FrontierContext) -> dict[str, Any]:
     audit = AuditReport.load(ctx.run.path / "audit" / "report.json")
     found = candidates(ctx.run)
@@ -751,6 +819,9 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
     lin = level_comparison(ctx, found)
     if lin is not None:
         out["per_block_vs_single"] = lin
+    recovered = tax_recovery(ctx, audit)
+    if recovered is not None:
+        out["recovery"] = recovered
     intervals = _intervals({**flagged, **points}, deltas)
     for name, ((x_low, x_high), (y_low, y_high)) in intervals.items():
         out["candidates"][name]["safety_ci"] = [x_low, x_high]
@@ -773,6 +844,7 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
         "dominate_aligned": summary["dominate_aligned"],
         "better_than_aligned_significantly": significant_gain,
         **({"per_block_vs_single": lin["reading"]} if lin is not None else {}),
+        **({"meets_recovery_bars": recovered["meets"]} if recovered is not None else {}),
     }
 
 
@@ -834,8 +906,10 @@ def run_frontier(
     train_preferences: Callable[..., Any] | None = None,
     say: Callable[[str], None] = print,
     progress: bool = True,
+    redo_report: bool = False,
 ) -> dict[str, Any]:
-    """Every stage not yet finished in ``run``; the ``frontier`` stage's summary."""
+    """Every stage not yet finished in ``run``; the ``frontier`` stage's summary. ``redo_report``
+    recomputes the report and frontier.json from the cache (nothing is built or audited again)."""
     ctx = FrontierContext(
         run=run,
         config=config,
@@ -848,7 +922,14 @@ def run_frontier(
         progress=progress,
     )
     first, rest = frontier_stages(config, run)
+    planned = run.artifact("candidates.json")
+    before = planned.read_text() if planned.exists() else None
+    # Planning is cheap and reads only the config: it runs every time, so candidates a changed config
+    # adds are built and audited (finished ones stay, their stages complete).
+    run.reopen("plan")
     run_stages(run, first, ctx)
+    if redo_report or planned.read_text() != before:
+        run.reopen("report", "frontier")
     summaries = run_stages(run, [*first, *rest()], ctx)  # the first ones are finished: skipped
     return summaries["frontier"]
 
