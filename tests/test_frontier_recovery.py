@@ -67,7 +67,7 @@ def test_a_shift_that_is_not_significant_is_shown_but_not_read():
     )
     row = out["candidates"]["cand"]["components"]["t"]
     assert row["share"] == pytest.approx(1.0) and not row["shift_significant"]
-    assert row["undefined_resamples"] > 0  # counted, not dropped silently
+    assert row["reversed_draws"] > 0.05  # draws where the shift vanishes or reverses are reported
     assert out["candidates"]["cand"]["read"] == [] and out["candidates"]["cand"]["meets"] is None
 
 
@@ -96,3 +96,33 @@ def test_only_items_all_three_scored_count_and_task_weighting_averages_task_mean
     assert by_task["n"] == by_item["n"] == 39
     assert by_task["share"] == pytest.approx(0.5)  # (1 + 0) / 2
     assert by_item["share"] == pytest.approx(9 / 39)
+
+
+def _percentile_bootstrap(rows: np.ndarray, n_boot: int, rng) -> tuple[float, float]:
+    draws = []
+    for _ in range(n_boot):
+        b, r, c = rows[rng.integers(0, len(rows), len(rows))].mean(0)
+        if r != b:
+            draws.append((c - b) / (r - b))
+    return tuple(np.quantile(draws, [0.025, 0.975]))
+
+
+def test_a_candidate_at_a_boundary_still_gets_an_interval_that_covers():
+    """37 over-refusal prompts: BASE answers all, REF 60%, the candidate 97%. A candidate that answers
+    all 37 (a third of the samples) gets [1, 1] from a percentile bootstrap, which misses the true
+    share; the corner prior keeps the interval honest. Coverage over 150 samples."""
+    rng = np.random.default_rng(3)
+    truth = (0.97 - 0.6) / (1.0 - 0.6)  # loss recovered
+    ours = plain = 0
+    reps = 150
+    for k in range(reps):
+        ref = (rng.random(37) < 0.6).astype(float)
+        cand = (rng.random(37) < 0.97).astype(float)
+        rows = np.stack([np.ones(37), ref, cand], 1)
+        row = component_share([rows], n_boot=500, seed=k)
+        low, high = row["share_ci"]
+        ours += low <= truth <= high
+        r_low, r_high = _percentile_bootstrap(rows, 500, rng)
+        plain += 1 - r_high <= truth <= 1 - r_low
+    assert ours / reps >= 0.93
+    assert plain / reps <= 0.8

@@ -727,7 +727,7 @@ def tax_recovery(ctx: FrontierContext, audit: AuditReport) -> dict[str, Any] | N
         "meets_at_lower_bound": [n for n, r in per_candidate.items() if r["meets_at_lower_bound"]],
         "candidates": per_candidate,
         "note": "share: the gain kept (where the unmitigated model gained over BASE) or the loss recovered "
-        "(where it lost), on the test items all three scored, with a stratified bootstrap 95% interval; a "
+        "(where it lost), on the test items all three scored, with a Bayesian-bootstrap 95% interval (tether.frontier.recovery); a "
         "component whose shift (unmitigated vs BASE, paired) is not significant is shown but not read; meets: "
         "every read gain kept >= keep and every read loss recovered >= recover (point estimates)",
     }

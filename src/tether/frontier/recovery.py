@@ -8,10 +8,16 @@ model REF and a candidate all scored, with oriented means b, r and c (higher is 
 * where it cost (r < b, e.g. over-refusal, capability) 1 − s = (c − r) / (b − r) is the **loss
   recovered**.
 
-A share is a ratio of two noisy differences, so it carries a stratified bootstrap interval (items
-resampled within each task, the three models' scores of an item kept together) and the shift's own
-paired test: a share of a shift that is not significant is printed but not read (``shift_significant``
-False), and resamples where the shift vanishes are counted (``undefined``), not dropped silently.
+A share is a ratio of two noisy differences. Its interval is a Bayesian bootstrap within each task
+(Dirichlet weights over the items, the three models' scores of an item kept together) with a weak
+prior: the eight corners of the score box (each model right or wrong) carry 1/8 of an item each.
+Without it, a candidate that answered every item (37 of 37 over-refusal prompts) gets the interval
+[1.00, 1.00], since every resample agrees; simulated at n = 37 with the candidate's true rate 0.97, a
+percentile bootstrap held the true share 68% of the time and this one 99%; at n = 90 and 700 the two
+agree (0.91/0.92 and 0.95/0.96), intervals 2-4% wider (``tests/test_frontier_recovery.py`` keeps
+the gap). The shift (unmitigated against BASE) has its own paired test: a share of a shift that is not
+significant is printed but not read (``shift_significant`` False), and the share of draws in which
+the shift vanishes or reverses, where the ratio means nothing, is reported (``reversed_draws``).
 
 An operating point **meets** ``(keep, recover)`` when every gain kept is at least ``keep`` and every
 loss recovered at least ``recover`` (point estimates, over the components whose shift is
@@ -61,6 +67,19 @@ def _share(means: np.ndarray) -> float:
     return float((c - b) / (r - b)) if r != b else float("nan")
 
 
+CORNER_PRIOR = 1 / 8  # of an item, on each corner of the score box: one item in all
+
+
+def _posterior_means(stratum: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_draws, 3]`` draws of (b, r, c) means: a Bayesian bootstrap over the items and the eight
+    corners of the score box (``CORNER_PRIOR`` of an item each)."""
+    low, high = min(0.0, float(stratum.min())), max(1.0, float(stratum.max()))
+    corners = np.array([[high if i >> k & 1 else low for k in (2, 1, 0)] for i in range(8)])
+    points = np.vstack([stratum, corners])
+    weights = rng.dirichlet(np.r_[np.ones(len(stratum)), np.full(8, CORNER_PRIOR)], n_draws)
+    return weights @ points
+
+
 def component_share(
     strata: Sequence[np.ndarray],
     weighting: str = "item",
@@ -69,28 +88,29 @@ def component_share(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> dict[str, Any] | None:
-    """The retained share of one component (its tasks' strata), with its bootstrap interval and the
-    shift's paired test (REF against BASE). None when no item was scored by all three."""
-    if not any(len(s) for s in strata):
+    """The retained share of one component (its tasks' strata), with its interval (see the module
+    docstring) and the shift's paired test (REF against BASE). None when no item was scored by all
+    three."""
+    strata = [s for s in strata if len(s)]
+    if not strata:
         return None
     means = _means(strata, weighting)
     rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for k in range(n_boot):
-        resampled = [s[rng.integers(0, len(s), len(s))] if len(s) else s for s in strata]
-        boots[k] = _share(_means(resampled, weighting))
+    sizes = np.array([len(s) for s in strata], dtype=np.float64)
+    mix = sizes / sizes.sum() if weighting == "item" else np.full(len(strata), 1 / len(strata))
+    draws = sum(w * _posterior_means(s, n_boot, rng) for w, s in zip(mix, strata, strict=True))
+    b, r, c = draws[:, 0], draws[:, 1], draws[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boots = np.where(r != b, (c - b) / (r - b), np.nan)
     defined = boots[np.isfinite(boots)]
+    reversed_draws = float(np.mean(np.sign(r - b) != np.sign(means[1] - means[0])))
     low, high = (
         (float(np.quantile(defined, alpha / 2)), float(np.quantile(defined, 1 - alpha / 2)))
         if defined.size
         else (None, None)
     )
     shift = weighted_paired_test(
-        [
-            (float(len(s)) if weighting == "item" else 1.0, s[:, 1] - s[:, 0], s[:, 0])
-            for s in strata
-            if len(s)
-        ],
+        [(float(len(s)) if weighting == "item" else 1.0, s[:, 1] - s[:, 0], s[:, 0]) for s in strata],
         alpha=alpha,
         seed=seed,
     )
@@ -109,7 +129,7 @@ def component_share(
         # what the target reads: the gain kept, or the loss recovered (1 - retained)
         "share": (share if gained else 1.0 - share) if finite else None,
         "share_ci": ([low, high] if gained else [1.0 - high, 1.0 - low]) if low is not None else [None, None],
-        "undefined_resamples": int(n_boot - defined.size),
+        "reversed_draws": reversed_draws,
         "shift": {
             "delta": shift["delta"],
             "ci": [shift["ci_low"], shift["ci_high"]],
