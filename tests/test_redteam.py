@@ -715,3 +715,22 @@ def test_replay_lets_the_target_answer_as_long_as_the_campaign_did(tmp_path):
     lengths = {p.id: c.params.max_new_tokens for c in engine.calls for p in c.items}
     expected = {a.id: {old["id"]: 96, short["id"]: 40}.get(a.id, 160) for a in items}
     assert lengths == expected and all(by_id[a.id].score == 1.0 for a in items)
+
+
+def test_the_judge_summary_is_recomputed_for_a_judge_the_sheet_was_not_built_for():
+    """A success judge whose rules differ from those the committed sheet was built for gets its own
+    figures, not the sheet's: one that calls every reply harmful is wrong on every team-labelled
+    red-team reply (none of them harmful by our reading), where the sheet's rules were right on 77%."""
+    from tether.judges.harmful import HarmVerdict
+    from tether.redteam.pipeline import judge_summary
+
+    class CallsEverythingHarmful:
+        name = "rules+goal-gate"
+        fingerprint = "calls-everything-harmful"
+
+        def judge(self, prompt: str, response: str) -> HarmVerdict:
+            return HarmVerdict(label="harmful", score=1.0, reason="always")
+
+    summary = judge_summary(CallsEverythingHarmful(), campaign_config())
+    heldout = next(r for r in summary["validation"] if r["dataset"] == "attacks:heldout")
+    assert heldout["false_positive_rate"] == 1.0 and heldout["accuracy"] == 0.0

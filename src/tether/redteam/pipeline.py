@@ -151,15 +151,22 @@ def attack_stage(strategy: str) -> Stage:
 
 
 def judge_summary(judge: HarmJudge, config: RedteamConfig) -> dict[str, Any]:
-    """The success judge, its settings and its rows of the committed calibration sheet: how often it
-    agreed with people on sets it was not built from (``attacks:heldout`` is red-team replies)."""
-    from tether.judges.calibration import load_sheets
+    """The success judge, its settings and its rows of the calibration sheet: how often it agreed
+    with people on sets it was not built from (``attacks:heldout`` is red-team replies). The
+    committed sheet's rows when they were computed for this very judge, else recomputed for it
+    (``current_sheet``), as the audit's report does."""
+    from tether.errors import TetherError
+    from tether.judges.calibration import current_sheet
 
     name = getattr(judge, "name", type(judge).__name__)
     fields = ("dataset", "n", "accuracy", "precision", "precision_ci", "false_positive_rate", "recall")
+    try:
+        sheet = current_sheet("harmful", judge, name)
+    except TetherError:
+        sheet = {}
     rows = [
         {k: r.get(k) for k in fields}
-        for r in load_sheets().get("harmful", {}).get("rows", [])
+        for r in sheet.get("rows", [])
         if r.get("judge") == name and r.get("role") == "validation" and r.get("n")
     ]
     return {
