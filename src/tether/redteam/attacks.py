@@ -336,7 +336,9 @@ def pair_attack(goal: Goal, state: GoalState, ctx: AttackContext) -> AttackGen:
 def tap_attack(goal: Goal, state: GoalState, ctx: AttackContext) -> AttackGen:
     """A tree of refinements: each leaf's attacker proposes ``branching`` children; children whose
     MiniLM similarity to the goal is under ``on_topic_threshold`` are pruned before any query; the
-    target answers the rest and the ``width`` best-scored become the next leaves."""
+    target answers the rest and the ``width`` best-scored become the next leaves. A depth whose
+    children are all unusable or pruned keeps its leaves for the next depth (``depth`` bounds the
+    attacker's rounds)."""
     cfg = ctx.config.tap
     system = PAIR_SYSTEM.replace("{goal}", goal.text)
     reference = echo_reference(system, goal.text)
@@ -374,7 +376,9 @@ def tap_attack(goal: Goal, state: GoalState, ctx: AttackContext) -> AttackGen:
                 on_topic.append((prompt, sim))
         on_topic = on_topic[: state.left]
         if not on_topic:
-            return
+            # Every child pruned: the leaves are asked again at the next depth, as when no child was
+            # usable, rather than ending the goal unscored after one round of a weak attacker.
+            continue
         replies = yield [
             Ask("target", p, meta={"depth": depth, "similarity": round(s, 4)}) for p, s in on_topic
         ]
