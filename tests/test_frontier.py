@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,8 +182,16 @@ def test_same_alphas_share_a_fingerprint_and_endpoints_reuse_the_models(models):
     assert candidate_name(Recipe("per-block", (0.5, 0.5, 0.5))) == "interp-0.50"
 
 
-def test_ties_and_dare_merges_go_through_peft(models):
+def _deltas(builder, adapter: str) -> dict[str, Any]:
+    return {n: m.get_delta_weight(adapter) for n, m in builder._lora_layers() if adapter in m.lora_A}
+
+
+def test_merges_go_through_peft_on_the_deltas_not_the_factors(models):
+    """A linear merge is exactly w_a * delta_aligned + w_c * delta_capability; TIES works on those
+    deltas (task vectors) too, not on the A and B factors apart, which for adapters trained apart
+    adds B_1 A_2 cross terms far from TIES of the deltas."""
     import torch
+    from peft.utils.merge_utils import ties
 
     builder = CandidateBuilder(
         str(models["base"]), str(models["lora"]), CPU, capability_spec=str(models["capability"])
@@ -190,12 +199,23 @@ def test_ties_and_dare_merges_go_through_peft(models):
     ids = _ids()
     builder.activate(Recipe("interpolation", (1.0,)))
     aligned = _logits(builder.loaded.model, ids)
+    own, capability = _deltas(builder, "default"), _deltas(builder, "capability")
+    base = {n: m.base_layer.weight.detach().clone() for n, m in builder._lora_layers()}
+    builder.activate(Recipe("linear", merge="linear", weights=(0.7, 0.3)))
+    merged = _deltas(builder, builder.loaded.model.active_adapter)
+    for name, delta in merged.items():
+        assert torch.allclose(delta, 0.7 * own[name] + 0.3 * capability[name], atol=1e-6), name
     for method in ("ties", "dare_linear", "dare_ties"):
         builder.activate(Recipe(method, merge=method, density=0.5))
         assert builder.loaded.model.active_adapter.startswith("merge-")
         assert not torch.allclose(_logits(builder.loaded.model, ids), aligned)
+    builder.activate(Recipe("ties", merge="ties", weights=(1.0, 0.5), density=1.0))
+    for name, module in builder._lora_layers():
+        want = ties([own[name], capability[name]], torch.tensor([1.0, 0.5]), 1.0, "total")
+        assert torch.allclose(module.base_layer.weight - base[name], want, atol=1e-6), name
     builder.activate(Recipe("interpolation", (1.0,)))  # back on the aligned adapter
     assert torch.allclose(_logits(builder.loaded.model, ids), aligned)
+    assert all(torch.equal(m.base_layer.weight, base[n]) for n, m in builder._lora_layers())
 
 
 def test_candidate_engines_set_their_weights_when_used(models):

@@ -58,6 +58,7 @@ class Recipe:
         if self.merge:
             return {
                 "merge": self.merge,
+                "on": "deltas",  # not the A/B factors apart, as merges before 2026-12-03 were
                 "weights": list(self.weights),
                 "density": self.density,
                 "seed": self.seed,
@@ -224,6 +225,8 @@ class CandidateBuilder:
         self.loaded.model.eval()
         self.n_layers = _count_layers(self.loaded.model)
         self._active: str | None = None
+        self._base_weights: dict[str, Any] | None = None  # LoRA'd modules' own weights, kept by a merge
+        self._weights_moved = False
 
     # --------------------------------------------------------------------- identity
 
@@ -256,6 +259,8 @@ class CandidateBuilder:
         if ident == self._active:
             return
         self._active = None  # a failure half-way leaves no stale claim
+        if self.lora:
+            self._restore_base()
         if recipe.adapter:
             self._trained_adapter(recipe)
         elif recipe.merge:
@@ -294,7 +299,17 @@ class CandidateBuilder:
             module.set_scale("default", param_alpha(name, per_layer, embed, head))
 
     def _merge(self, recipe: Recipe) -> None:
+        """The aligned and the capability adapters merged on their deltas (task vectors).
+
+        ``linear`` is PEFT's ``cat``: the factors stacked, exactly w_a * delta_a + w_c * delta_c, as
+        an adapter. TIES and DARE are PEFT's ``merge_utils`` on the two deltas of each LoRA'd module,
+        written into that module's base weight with the adapters switched off (undone by the next
+        activation). Not ``add_weighted_adapter``'s ``ties``/``dare_*``: they combine the A and the B
+        factors apart, so two adapters trained apart merge into B_1 A_2 cross terms (136% off TIES of
+        the deltas on a test model); nor its ``*_svd`` variants, which take one rank for modules of
+        every shape (33% off at the sum of the two ranks, and a full rank fails on k_proj)."""
         import torch
+        from peft.utils import merge_utils
 
         if not self.capability_fingerprint:
             raise ConfigError(
@@ -303,19 +318,46 @@ class CandidateBuilder:
                 hint="set capability_adapter to a LoRA adapter trained on capability data from the same BASE",
             )
         model = self.loaded.model
-        for _, module in self._lora_layers():
+        layers = self._lora_layers()
+        for _, module in layers:
             module.set_scale("default", 1.0)
-        name = f"merge-{self.fingerprint(recipe)[-12:]}"
-        if name not in model.peft_config:
-            torch.manual_seed(recipe.seed)  # DARE drops at random
-            model.add_weighted_adapter(
-                ["default", "capability"],
-                list(recipe.weights),
-                name,
-                combination_type=recipe.merge,
-                density=recipe.density,
-            )
-        model.set_adapter(name)
+        if recipe.merge == "linear":
+            name = f"merge-{self.fingerprint(recipe)[-12:]}"
+            if name not in model.peft_config:
+                model.add_weighted_adapter(
+                    ["default", "capability"], list(recipe.weights), name, combination_type="cat"
+                )
+            model.set_adapter(name)
+            return
+        weights = torch.tensor(recipe.weights)
+        combine = {
+            "ties": lambda deltas: merge_utils.ties(deltas, weights, recipe.density, "total"),
+            "dare_linear": lambda deltas: merge_utils.dare_linear(deltas, weights, recipe.density),
+            "dare_ties": lambda deltas: merge_utils.dare_ties(deltas, weights, recipe.density, "total"),
+        }[recipe.merge]
+        if self._base_weights is None:
+            self._base_weights = {n: m.base_layer.weight.detach().clone() for n, m in layers}
+        torch.manual_seed(recipe.seed)  # DARE drops at random
+        with torch.no_grad():
+            for name, module in layers:
+                own = module.get_delta_weight("default")
+                merged = combine([own, module.get_delta_weight("capability")])
+                weight = module.base_layer.weight
+                weight.copy_((self._base_weights[name] + merged.to(weight.device)).to(weight.dtype))
+        model.base_model.disable_adapter_layers()
+        self._weights_moved = True
+
+    def _restore_base(self) -> None:
+        """Undo a TIES/DARE merge: the LoRA'd modules' base weights back, the adapters on again."""
+        import torch
+
+        if not self._weights_moved:
+            return
+        with torch.no_grad():
+            for name, module in self._lora_layers():
+                module.base_layer.weight.copy_(self._base_weights[name])
+        self.loaded.model.base_model.enable_adapter_layers()
+        self._weights_moved = False
 
     def _trained_adapter(self, recipe: Recipe) -> None:
         """A LoRA adapter on BASE (trained by the frontier, or the unmitigated model): loaded beside

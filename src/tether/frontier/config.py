@@ -61,12 +61,21 @@ class PerBlockConfig(StrictModel):
 
 
 class MergeConfig(StrictModel):
-    """A PEFT ``add_weighted_adapter`` merge of the aligned adapter with the capability adapter."""
+    """A PEFT ``add_weighted_adapter`` merge of the aligned adapter with the capability adapter, on
+    their full weight deltas (task vectors), not on their A and B factors apart."""
 
-    method: Literal["ties", "dare_linear", "dare_ties"] = Field(..., description="PEFT combination_type.")
+    method: Literal["linear", "ties", "dare_linear", "dare_ties"] = Field(
+        ...,
+        description="linear: w_aligned * delta_aligned + w_capability * delta_capability, exact (PEFT 'cat'; "
+        "with weights (1 - w, w) a rewarded soup); ties, dare_linear, dare_ties: TIES/DARE on the deltas "
+        "(PEFT's *_svd variants, kept at the sum of the two ranks).",
+    )
     weights: tuple[float, float] = Field((1.0, 1.0), description="Weights of (aligned, capability).")
     density: float = Field(
-        0.5, gt=0.0, le=1.0, description="Fraction of each delta kept (TIES trim, DARE keep)."
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of each delta kept (TIES trim, DARE keep); unused by linear.",
     )
 
 
@@ -221,7 +230,7 @@ class FrontierConfig(StrictModel):
         None, description="A LoRA adapter on BASE trained for capability; needed by merges."
     )
     merges: list[MergeConfig] = Field(
-        default_factory=list, description="TIES/DARE merges of ALIGNED with capability_adapter."
+        default_factory=list, description="Linear, TIES and DARE merges of ALIGNED with capability_adapter."
     )
     replay: ReplayConfig = Field(
         default_factory=lambda: ReplayConfig(),

@@ -65,14 +65,14 @@ def default_builder(base: str, aligned: str, config: FrontierConfig) -> Candidat
 
 
 def candidate_name(recipe: Recipe) -> str:
-    """base, aligned, unmitigated, interp-0.30, block-0.00-0.50-1.00, ties-w1,1-d0.5."""
+    """base, aligned, unmitigated, interp-0.30, block-0.00-0.50-1.00, ties-w1,1-d0.5, linear-w0.7,0.3."""
     if recipe.family == UNMITIGATED:
         return UNMITIGATED
     if recipe.adapter:
         return f"{recipe.family}-{Path(recipe.adapter).name}"
     if recipe.merge:
         w = ",".join(f"{x:g}" for x in recipe.weights)
-        return f"{recipe.merge}-w{w}-d{recipe.density:g}"
+        return f"linear-w{w}" if recipe.merge == "linear" else f"{recipe.merge}-w{w}-d{recipe.density:g}"
     if recipe.uniform == 0.0:
         return "base"
     if recipe.uniform == 1.0:
