@@ -24,9 +24,14 @@ items a stage finished before an interruption):
 * ``report``: the audit report over every candidate (``audit/report.json``, ``audit/report.html``),
   with ALIGNED as the baseline, so each candidate's axes carry paired CIs against the unmitigated
   model. Every item comes from the cache, so no candidate is built here.
-* ``frontier``: ``frontier.json`` (points, frontier, hypervolume, who dominates ALIGNED) and
-  ``frontier.png``; with ``per_block.levels``, per-block against a single α at each level, paired on
-  the test side (``levels/<k>/``, from the cache) under ``per_block_vs_single``.
+* ``frontier``: ``frontier.json`` (points, frontier, hypervolume, who dominates ALIGNED, and under
+  ``recovery`` each candidate's share of the unmitigated model's gain kept and loss recovered, see
+  ``tether.frontier.recovery``) and ``frontier.png``; with ``per_block.levels``, per-block against a
+  single α at each level, paired on the test side (``levels/<k>/``, from the cache) under
+  ``per_block_vs_single``.
+
+``plan`` runs again on every call (it reads only the config), so a changed config's new candidates
+are built and audited on resume, and the report is redone when the candidates changed.
 """
 
 from __future__ import annotations
