@@ -909,3 +909,22 @@ def test_an_unmitigated_model_that_is_not_an_adapter_on_base_is_an_error(models)
     with pytest.raises(ConfigError) as exc:
         check_same_base(str(models["base"]), str(models["lora"]), None, str(models["lora_other"]))
     assert "recovery.unmitigated" in exc.value.render() and "not on BASE" in exc.value.render()
+
+
+def test_a_confirmation_reads_only_items_outside_the_choosing_runs_sample(tmp_path):
+    """recovery.fresh_from_seed: the shares count only test-side items that seed's default sample
+    (the run the candidates were chosen from) did not hold; full audits every test-side item."""
+    from tether.evals.registry import get_task
+    from tether.frontier.splits import split_task
+
+    overrides = [*SMALL, "per_block.enabled=false", "seed=1", "recovery.fresh_from_seed=0"]
+    run, _ = _run(tmp_path, FakeBuilder(), overrides)
+    rec = json.loads((run.path / "frontier.json").read_text())["recovery"]
+    assert "outside seed 0" in rec["items"]
+    task = split_task(get_task("overrefusal"), "test")
+    seen = {it.id for it in task.select(limit=20, seed=0)}
+    fresh = [it for it in task.select(limit=20, seed=1) if it.id not in seen]
+    assert 0 < len(fresh) < 20
+    assert rec["candidates"]["interp-0.50"]["components"]["overrefusal"]["n"] == len(fresh)
+    config = load_config(FrontierConfig, None, ["full=true"])
+    assert config.full and len(task.select(limit=None, seed=0, full=True)) == len(task.load())

@@ -267,6 +267,7 @@ def _recovery_context(rec: dict[str, Any] | None) -> dict[str, Any] | None:
     ]
     return {
         "reference": rec["reference"],
+        "items": rec.get("items", "test side"),
         "keep": f"{rec['keep']:.0%}",
         "recover": f"{rec['recover']:.0%}",
         "meets": ", ".join(rec["meets"]) or "none",

@@ -205,6 +205,12 @@ class RecoveryConfig(StrictModel):
         description="Bar on every loss recovered (issue #18: 70% of capability and over-refusal).",
     )
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples behind each share's interval.")
+    fresh_from_seed: int | None = Field(
+        None,
+        description="A confirmation: the shares are computed only on test-side items outside the default "
+        "sample of this seed (the items a frontier run with that seed reported, which choosing the "
+        "candidates may have read). Use with full: true.",
+    )
 
 
 class FrontierConfig(StrictModel):
@@ -218,6 +224,10 @@ class FrontierConfig(StrictModel):
         description="Items per task on the test side, at most (default: each task's default sample).",
     )
     seed: int = Field(0, description="Sampling seed of the audit items.")
+    full: bool = Field(
+        False,
+        description="Audit every test-side item instead of each task's default sample (`limit` still caps).",
+    )
     validation_fraction: float = Field(
         0.5,
         gt=0.0,

@@ -162,6 +162,7 @@ def _audit(
     *,
     tasks: list[Task] | None = None,
     out: str | None = None,
+    full: bool = False,
 ) -> AuditReport:
     """An audit of the candidates ``names`` (built from ``recipes``) on one side of the split: the
     validation side into ``validation/``, the test side into ``audit/`` (or ``out``); items come from
@@ -172,6 +173,7 @@ def _audit(
         ctx.tasks(side) if tasks is None else split_tasks(tasks, side, ctx.config.validation_fraction),  # type: ignore[arg-type]
         ctx.run.path / (out or ("validation" if side == "validation" else "audit")),
         limit=limit,
+        full=full,
         seed=ctx.config.seed,
         engine_config=ctx.config.engine,
         names=names,
@@ -533,7 +535,9 @@ def candidates(run: Run) -> dict[str, Recipe]:
 def _samples(ctx: FrontierContext) -> dict[str, list[Any]]:
     if not ctx._samples:
         for task in ctx.tasks("test"):
-            ctx._samples[task.name] = task.select(limit=ctx.config.limit, seed=ctx.config.seed)
+            ctx._samples[task.name] = task.select(
+                limit=ctx.config.limit, seed=ctx.config.seed, full=ctx.config.full
+            )
     return ctx._samples
 
 
@@ -565,7 +569,7 @@ def _order(run: Run) -> list[str]:
 
 def report(ctx: FrontierContext) -> dict[str, Any]:
     names = _order(ctx.run)
-    result = _audit(ctx, candidates(ctx.run), names, "test", ctx.config.limit)
+    result = _audit(ctx, candidates(ctx.run), names, "test", ctx.config.limit, full=ctx.config.full)
     incomplete = [f"{s.model} / {s.task}" for s in result.tasks if not s.complete]
     return {"report": "audit/report.json", "models": len(names), "incomplete": incomplete}
 
@@ -663,7 +667,9 @@ def level_comparison(ctx: FrontierContext, found: Mapping[str, Recipe]) -> dict[
             row |= compared[(single, block)]
         else:
             # ALIGNED-free pairing: the single α's pick is the baseline, so the deltas read per-block − single.
-            paired = _audit(ctx, found, [single, block], "test", ctx.config.limit, out=f"levels/{k}")
+            paired = _audit(
+                ctx, found, [single, block], "test", ctx.config.limit, out=f"levels/{k}", full=ctx.config.full
+            )
             vs = _axis_deltas(paired).get(block, {})
             placed = {
                 p.model: [p.safety, p.capability] for p in (paired.pareto.points if paired.pareto else [])
@@ -696,6 +702,13 @@ def tax_recovery(ctx: FrontierContext, audit: AuditReport) -> dict[str, Any] | N
     components["capability"] = (list(spec.capability.tasks), spec.capability.weighting)
     tasks = {t.name: t for t in ctx.tasks("test")}
     samples = _samples(ctx)
+    if cfg.fresh_from_seed is not None:
+        # a confirmation on items the run that chose the candidates never sampled
+        seen = {
+            name: {it.id for it in task.select(limit=ctx.config.limit, seed=cfg.fresh_from_seed)}
+            for name, task in tasks.items()
+        }
+        samples = {name: [it for it in items if it.id not in seen[name]] for name, items in samples.items()}
     scores: dict[tuple[str, str], dict[str, float]] = {}
     with ResultCache(ctx.cache_path) as store:
         for model, fingerprint in fingerprints.items():
@@ -722,6 +735,9 @@ def tax_recovery(ctx: FrontierContext, audit: AuditReport) -> dict[str, Any] | N
     per_candidate = shares["candidates"]
     return {
         "reference": reference,
+        "items": "test side"
+        if cfg.fresh_from_seed is None
+        else f"test side outside seed {cfg.fresh_from_seed}'s default sample (a confirmation)",
         "keep": cfg.keep,
         "recover": cfg.recover,
         "components": {
