@@ -61,14 +61,14 @@ class PerBlockConfig(StrictModel):
 
 
 class MergeConfig(StrictModel):
-    """A PEFT ``add_weighted_adapter`` merge of the aligned adapter with the capability adapter, on
-    their full weight deltas (task vectors), not on their A and B factors apart."""
+    """A merge of the aligned adapter with the capability adapter through PEFT, on their weight
+    deltas (task vectors), not on their A and B factors apart (``CandidateBuilder._merge``)."""
 
     method: Literal["linear", "ties", "dare_linear", "dare_ties"] = Field(
         ...,
-        description="linear: w_aligned * delta_aligned + w_capability * delta_capability, exact (PEFT 'cat'; "
-        "with weights (1 - w, w) a rewarded soup); ties, dare_linear, dare_ties: TIES/DARE on the deltas "
-        "(PEFT's *_svd variants, kept at the sum of the two ranks).",
+        description="linear: w_aligned * delta_aligned + w_capability * delta_capability, exact (PEFT's "
+        "add_weighted_adapter 'cat'; with weights (1 - w, w) a rewarded soup); ties, dare_linear, dare_ties: "
+        "PEFT's merge_utils on each LoRA'd module's two deltas.",
     )
     weights: tuple[float, float] = Field((1.0, 1.0), description="Weights of (aligned, capability).")
     density: float = Field(
