@@ -928,3 +928,15 @@ def test_a_confirmation_reads_only_items_outside_the_choosing_runs_sample(tmp_pa
     assert rec["candidates"]["interp-0.50"]["components"]["overrefusal"]["n"] == len(fresh)
     config = load_config(FrontierConfig, None, ["full=true"])
     assert config.full and len(task.select(limit=None, seed=0, full=True)) == len(task.load())
+
+
+def test_multi_objective_seed_redraws_the_mix_and_reseeds_the_dpo(tmp_path):
+    """multi_objective.seed: the same pairs and audit items, another draw of each λ's mix and another
+    DPO seed (the run-to-run spread); by default both follow the frontier's seed."""
+    default = TrainedRun(tmp_path / "a", {"max_steps": 3}, MULTI)
+    default.go()
+    other = TrainedRun(tmp_path / "b", {"max_steps": 3}, [*MULTI, "multi_objective.seed=7"])
+    other.go()
+    assert [s.seed for _, _, s in default.calls] == [0, 0] and [s.seed for _, _, s in other.calls] == [7, 7]
+    half_default, half_other = default.calls[1][1], other.calls[1][1]
+    assert sorted(map(json.dumps, half_default)) != sorted(map(json.dumps, half_other))

@@ -179,6 +179,11 @@ class MultiObjectiveConfig(StrictModel):
     learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate of the DPO.")
     beta: float = Field(0.1, gt=0.0, description="DPO β: higher keeps the candidate closer to ALIGNED.")
     batch_size: int = Field(4, ge=1, description="Pairs per step.")
+    seed: int | None = Field(
+        None,
+        description="Seed of each λ's pair draw and of the DPO (default: the frontier's `seed`); another value "
+        "retrains on the same pairs and audit items, to see the run-to-run spread.",
+    )
 
     @field_validator("lambdas")
     @classmethod

@@ -220,11 +220,12 @@ def train_stage(lam: float) -> Callable[[FrontierContext], dict[str, Any]]:
         from tether.train.dpo import DPOTrainConfig, train_dpo
 
         cfg = ctx.config.multi_objective
+        seed = ctx.config.seed if cfg.seed is None else cfg.seed
         safety, helpful = read_pairs(ctx)
-        mixed = mix(safety, helpful, lam, cfg.pairs, ctx.config.seed)
+        mixed = mix(safety, helpful, lam, cfg.pairs, seed)
         settings = DPOTrainConfig(
             max_steps=cfg.steps, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-            beta=cfg.beta, seed=ctx.config.seed,
+            beta=cfg.beta, seed=seed,
         )  # fmt: skip
         out = ctx.run.artifact(multi_dir(lam))
         out.parent.mkdir(parents=True, exist_ok=True)
