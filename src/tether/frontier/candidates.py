@@ -259,8 +259,7 @@ class CandidateBuilder:
         if ident == self._active:
             return
         self._active = None  # a failure half-way leaves no stale claim
-        if self.lora:
-            self._restore_base()
+        self._restore_base()
         if recipe.adapter:
             self._trained_adapter(recipe)
         elif recipe.merge:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from tether.audit.power import weighted_paired_test
+from tether.audit.stats import is_significant
 
 Scores = Mapping[str, float]  # item id -> score, scored items only
 
@@ -55,11 +56,35 @@ def _strata(
 
 
 def _means(strata: Sequence[np.ndarray], weighting: str) -> np.ndarray:
-    """(b, r, c): item-weighted pools every item; task-weighted averages the task means."""
-    kept = [s for s in strata if len(s)]
+    """(b, r, c) over non-empty strata: item-weighted pools every item; task-weighted averages the
+    task means."""
     if weighting == "item":
-        return np.concatenate(kept).mean(0)
-    return np.mean([s.mean(0) for s in kept], axis=0)
+        return np.concatenate(strata).mean(0)
+    return np.mean([s.mean(0) for s in strata], axis=0)
+
+
+def _shift(strata: Sequence[np.ndarray], weighting: str, alpha: float, seed: int) -> dict[str, Any]:
+    """REF against BASE over non-empty strata: the means, the paired test and its reading."""
+    means = _means(strata, weighting)
+    test = weighted_paired_test(
+        [(float(len(s)) if weighting == "item" else 1.0, s[:, 1] - s[:, 0], s[:, 0]) for s in strata],
+        alpha=alpha,
+        seed=seed,
+    )
+    b, r = float(means[0]), float(means[1])
+    return {
+        "direction": "gain" if r > b else "loss" if r < b else "none",
+        "base": b,
+        "reference": r,
+        "n": int(sum(len(s) for s in strata)),
+        "shift": {
+            "delta": test["delta"],
+            "ci": [test["ci_low"], test["ci_high"]],
+            "p_value": test["p_value"],
+            "mde": test["mde"],
+        },
+        "shift_significant": is_significant(test["ci_low"], test["ci_high"]),
+    }
 
 
 def _share(means: np.ndarray) -> float:
@@ -109,36 +134,19 @@ def component_share(
         if defined.size
         else (None, None)
     )
-    shift = weighted_paired_test(
-        [(float(len(s)) if weighting == "item" else 1.0, s[:, 1] - s[:, 0], s[:, 0]) for s in strata],
-        alpha=alpha,
-        seed=seed,
-    )
-    b, r, c = (float(x) for x in means)
-    gained = r > b
+    shift = _shift(strata, weighting, alpha, seed)
+    gained = shift["direction"] == "gain"
     share = _share(means)
     finite = np.isfinite(share)
     return {
-        "direction": "gain" if gained else "loss" if r < b else "none",
-        "base": b,
-        "reference": r,
-        "candidate": c,
-        "n": int(sum(len(s) for s in strata)),
+        **shift,
+        "candidate": float(means[2]),
         "retained": share if finite else None,
         "retained_ci": [low, high],
         # what the target reads: the gain kept, or the loss recovered (1 - retained)
         "share": (share if gained else 1.0 - share) if finite else None,
         "share_ci": ([low, high] if gained else [1.0 - high, 1.0 - low]) if low is not None else [None, None],
         "reversed_draws": reversed_draws,
-        "shift": {
-            "delta": shift["delta"],
-            "ci": [shift["ci_low"], shift["ci_high"]],
-            "p_value": shift["p_value"],
-            "mde": shift["mde"],
-        },
-        "shift_significant": bool(
-            shift["ci_low"] is not None and (shift["ci_low"] > 0 or shift["ci_high"] < 0)
-        ),
     }
 
 
@@ -160,13 +168,9 @@ def recovery(
     unmitigated shift from BASE on every item the two scored."""
     shifts = {}
     for component, (tasks, weighting) in components.items():
-        row = component_share(
-            _strata(tasks, scores, higher_is_better, (base, reference, reference)), weighting, n_boot=100
-        )
-        if row is not None:
-            shifts[component] = {
-                k: row[k] for k in ("direction", "base", "reference", "n", "shift", "shift_significant")
-            }
+        strata = _strata(tasks, scores, higher_is_better, (base, reference, reference))
+        if any(len(s) for s in strata):
+            shifts[component] = _shift([s for s in strata if len(s)], weighting, 0.05, 0)
     out: dict[str, Any] = {}
     for name in candidates:
         rows = {}
