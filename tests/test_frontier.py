@@ -281,6 +281,16 @@ def test_hypervolume_on_hand_made_points():
     assert out["frontier"] == ["a", "b"]
     assert out["dominate_aligned"] == ["a"]
     assert out["hypervolume"] == pytest.approx(0.8 * 0.4 + 0.5 * 0.5)
+    assert "dominate_unmitigated" not in out
+    # a chain: the original aligned model is the one a mitigation has to beat
+    chain = frontier_summary(
+        {"aligned": (0.8, 0.3), "unmitigated": (0.9, 0.1), "a": (0.95, 0.2), "b": (0.5, 0.9)},
+        aligned="aligned",
+        reference=(0.0, 0.0),
+        unmitigated="unmitigated",
+    )
+    assert chain["dominate_unmitigated"] == ["a"]
+    assert chain["dominate_aligned"] == []
 
 
 # --- bad input ----------------------------------------------------------------------------------------
@@ -900,6 +910,8 @@ def test_recovery_can_be_measured_against_an_unmitigated_model(tmp_path):
     assert rec["reference"] == "unmitigated" and "aligned" in rec["candidates"]
     # the fake builds the unmitigated adapter like ALIGNED (α = 1): ALIGNED recovers none of its loss
     assert rec["candidates"]["aligned"]["components"]["overrefusal"]["share"] == pytest.approx(0.0)
+    assert "dominate_unmitigated" in data
+    assert "Dominate the unmitigated model" in (run.path / "audit" / "report.html").read_text()
 
 
 def test_an_unmitigated_model_that_is_not_an_adapter_on_base_is_an_error(models):

@@ -218,6 +218,9 @@ def _frontier_context(report: AuditReport) -> dict[str, Any] | None:
         "frontier": ", ".join(data.get("frontier", [])),
         "hypervolume": _fmt(data.get("hypervolume"), 4),
         "dominate_aligned": ", ".join(data.get("dominate_aligned", [])) or "none",
+        "dominate_unmitigated": None
+        if "dominate_unmitigated" not in data
+        else ", ".join(data["dominate_unmitigated"]) or "none",
         "significant": ", ".join(data.get("better_than_aligned_significantly", [])) or "none",
         "base": data.get("base", ""),
         "aligned": data.get("aligned", ""),

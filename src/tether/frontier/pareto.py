@@ -25,20 +25,30 @@ def hypervolume(points: Sequence[Point], reference: Point) -> float:
     return area
 
 
-def frontier_summary(points: Mapping[str, Point | None], *, aligned: str, reference: Point) -> dict[str, Any]:
-    """On-frontier flags, hypervolume, and the candidates that dominate ``aligned`` (point estimates).
-    A candidate without both axis values takes no part."""
+def frontier_summary(
+    points: Mapping[str, Point | None], *, aligned: str, reference: Point, unmitigated: str | None = None
+) -> dict[str, Any]:
+    """On-frontier flags, hypervolume, and the candidates that dominate ``aligned`` (point estimates);
+    with ``unmitigated`` (a chain's original aligned model), also those that dominate it. A candidate
+    without both axis values takes no part."""
     scored = {n: p for n, p in points.items() if p is not None}
     names = list(scored)
     flags = pareto_front([scored[n] for n in names])
     on = [n for n, f in zip(names, flags, strict=True) if f]
-    target = scored.get(aligned)
-    return {
+
+    def dominating(name: str) -> list[str]:
+        target = scored.get(name)
+        return [n for n in names if target is not None and dominates(scored[n], target)]
+
+    out = {
         "frontier": on,
         "hypervolume": hypervolume([scored[n] for n in on], reference),
         "reference": list(reference),
-        "dominate_aligned": [n for n in names if target is not None and dominates(scored[n], target)],
+        "dominate_aligned": dominating(aligned),
     }
+    if unmitigated is not None:
+        out["dominate_unmitigated"] = dominating(unmitigated)
+    return out
 
 
 def plot_frontier(
@@ -107,7 +117,7 @@ def plot_frontier(
             alpha=0.6,
             label="95% CI of the paired difference from aligned",
         )
-    for name in ("base", "aligned"):
+    for name in ("base", "aligned", "unmitigated"):  # unmitigated: the reference of a chain
         where = points.get(name) or (incomplete or {}).get(name)
         if where is not None:
             ax.annotate(name, where, textcoords="offset points", xytext=(5, 5), fontsize=9)

@@ -763,7 +763,12 @@ def frontier(ctx: FrontierContext) -> dict[str, Any]:
     for s in audit.tasks:
         if not s.complete:
             incomplete_tasks.setdefault(s.model, []).append(s.task)
-    summary = frontier_summary(points, aligned="aligned", reference=tuple(ctx.config.reference))
+    summary = frontier_summary(
+        points,
+        aligned="aligned",
+        reference=tuple(ctx.config.reference),
+        unmitigated=UNMITIGATED if ctx.config.recovery.unmitigated else None,
+    )
     deltas = _axis_deltas(audit)
     families: dict[str, list[str]] = {}
     interp = sorted(
