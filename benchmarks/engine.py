@@ -22,6 +22,10 @@ Prints ``name: ratio`` lines:
     prompt for 64 real harmful prompts of the CAI train side, with the model's own greedy answers),
     sampled with the CAI loop's critique settings through the decode loop with
     ``engine.prefix_reuse`` off against on: time of each, and the prompt tokens reuse skips;
+  * dtype (``--only dtype``): the decode loop with the model in bfloat16 (``engine.dtype=bfloat16``)
+    against float32, greedy, on the 16 and the 128 prompts above: time of each, and how many greedy
+    texts the two dtypes share (bf16 rounds differently, so the texts may part); pays only on CPUs
+    with bf16 units (avx512_bf16, AMX), which the run prints;
   * achieved GFLOP/s of the engine against a plain ``torch.mm`` peak measured in the same run.
 
 Run: ``python benchmarks/engine.py [--threads 2] [--items 120]``.
@@ -33,6 +37,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -303,6 +308,50 @@ def bench_prefix(engine: Engine, new_tokens: int) -> float:
     return on_s / off_s
 
 
+def cpu_bf16_units() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(ln for ln in lines if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown (no /proc/cpuinfo)"
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return ", ".join(found) or "none (bf16 is emulated: expect it slower)"
+
+
+def bench_dtype(engine: Engine, new_tokens: int) -> float:
+    """Greedy decoding in bfloat16 against float32 through the decode loop, A-B-B-A, on the 16 and
+    the 128 prompts; returns the time ratio (bf16 / fp32) on the 128, where a step has the most rows."""
+    print(f"dtype: CPU bf16 units: {cpu_bf16_units()}")
+    config = engine.config.model_copy(update={"decode_loop": "tether"})
+    sides = {
+        "float32": Engine(engine.loaded, config),
+        "bfloat16": Engine.from_spec("default", config.model_copy(update={"dtype": "bfloat16"})),
+    }
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
+    ratio = 0.0
+    for label, prompts in (
+        ("16 prompts", [Prompt(id=str(i), text=t) for i, t in enumerate(GEN_PROMPTS)]),
+        ("128 prompts", many_prompts()),
+    ):
+
+        def run(dtype: str, prompts=prompts):
+            return lambda: [
+                (c.text, c.completion_tokens) for c in sides[dtype].generate(prompts, params, progress=False)
+            ]
+
+        (fp_1, fp_2), fp_s, (bf_1, bf_2), bf_s = abba(run("float32"), run("bfloat16"))
+        assert fp_1 == fp_2 and bf_1 == bf_2, "greedy output is not deterministic"
+        same = sum(a[0] == b[0] for a, b in zip(fp_1, bf_1, strict=True))
+        fp_tok, bf_tok = sum(n for _, n in fp_1), sum(n for _, n in bf_1)
+        print(
+            f"dtype: {label}: float32 {fp_tok} tok in {fp_s:.1f}s ({fp_tok / fp_s:.1f} tok/s), bfloat16 "
+            f"{bf_tok} tok in {bf_s:.1f}s ({bf_tok / bf_s:.1f} tok/s): bfloat16 takes {bf_s / fp_s:.2f}x "
+            f"float32's time; same greedy text {same}/{len(prompts)}"
+        )
+        ratio = bf_s / fp_s
+    return ratio
+
+
 # --only NAME: (comparison, printed ratio name, how the ratio reads).
 DECODE_COMPARISONS = {
     "slots": (
@@ -319,6 +368,11 @@ DECODE_COMPARISONS = {
         bench_prefix,
         "critique_time_prefix_reuse_over_none",
         "time with engine.prefix_reuse=on / with off; below 1: reuse is faster",
+    ),
+    "dtype": (
+        bench_dtype,
+        "generation_time_bfloat16_over_float32",
+        "128 prompts: time with engine.dtype=bfloat16 / with float32; below 1: bfloat16 is faster",
     ),
     "head": (
         bench_head,

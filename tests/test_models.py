@@ -15,6 +15,28 @@ def test_load_local_dir(tiny_model_dir):
     assert load(str(tiny_model_dir)).fingerprint == loaded.fingerprint
 
 
+def test_an_explicit_dtype_holds_on_a_cpu_and_has_its_own_fingerprint(tiny_model_dir, tmp_path):
+    """engine.dtype=bfloat16 on a CPU loads bfloat16 weights (it was once silently float32), and the
+    fingerprint tells them apart, so cached results of the two never mix."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tether.config import EngineConfig
+    from tether.engine import Engine
+
+    plain = load(str(tiny_model_dir), device="cpu")
+    engine = Engine.from_spec(str(tiny_model_dir), EngineConfig(device="cpu", dtype="bfloat16"))
+    assert engine.loaded.dtype == torch.bfloat16
+    assert next(engine.model.parameters()).dtype == torch.bfloat16
+    assert engine.fingerprint == plain.fingerprint + "@bfloat16"
+    assert Engine.from_spec(str(tiny_model_dir), EngineConfig(device="cpu")).fingerprint == plain.fingerprint
+    adapter_dir = tmp_path / "adapter"
+    get_peft_model(plain.model, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(adapter_dir)
+    fp32 = load(str(adapter_dir), base=str(tiny_model_dir), device="cpu").fingerprint
+    bf16 = load(str(adapter_dir), base=str(tiny_model_dir), device="cpu", dtype="bfloat16").fingerprint
+    assert bf16 == fp32 + "@bfloat16"
+
+
 def test_missing_path_and_bad_gguf(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         load(str(tmp_path / "nope"))

@@ -75,10 +75,10 @@ class Engine:
             from tether.engine.vllm_backend import require_vllm
 
             require_vllm()
-        device = "cpu" if config.backend == "vllm" else config.device
-        return cls(
-            load(spec, device=device, dtype="auto" if device == "cpu" else config.dtype), config, tracer
-        )
+        if config.backend == "vllm":
+            return cls(load(spec, device="cpu", dtype="auto"), config, tracer)
+        # An explicit dtype holds on a CPU too: bfloat16 pays on CPUs with bf16 units (README "Engine").
+        return cls(load(spec, device=config.device, dtype=config.dtype), config, tracer)
 
     @property
     def model(self):

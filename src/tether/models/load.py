@@ -94,6 +94,12 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def dtype_fingerprint(fingerprint: str, dtype: torch.dtype) -> str:
+    """A fingerprint that tells a model's weights in another dtype apart: results cached per
+    fingerprint must not mix float32 and bfloat16 runs of one model (float32 keeps the bare one)."""
+    return fingerprint if dtype == torch.float32 else f"{fingerprint}@{str(dtype).removeprefix('torch.')}"
+
+
 def default_gguf_path() -> Path:
     path = (
         package_dir(*DEFAULT_PACKAGE, purpose="the default model (SmolLM2-135M-Instruct)") / DEFAULT_GGUF_NAME
@@ -269,7 +275,9 @@ def load(
             model = PeftModel.from_pretrained(base_loaded.model, str(source), is_trainable=trainable)
         except Exception as exc:
             raise ModelLoadError(f"could not load LoRA adapter: {exc}", where=str(source)) from exc
-        fingerprint = f"{base_loaded.fingerprint[:16]}+{directory_fingerprint(source)[:16]}"
+        fingerprint = dtype_fingerprint(
+            f"{base_loaded.fingerprint[:16]}+{directory_fingerprint(source)[:16]}", torch_dtype
+        )
         return LoadedModel(
             model=model.to(target_device),
             tokenizer=base_loaded.tokenizer,
@@ -292,7 +300,7 @@ def load(
         tokenizer=tokenizer,
         spec=spec,
         name=name,
-        fingerprint=fingerprint[:32],
+        fingerprint=dtype_fingerprint(fingerprint[:32], torch_dtype),
         device=target_device,
         dtype=torch_dtype,
         weights_path=source if isinstance(source, Path) else None,
