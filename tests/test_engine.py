@@ -696,3 +696,22 @@ def test_decode_loop_sampling_draws_from_the_nucleus_distribution(top_p):
     for token, p in zip(nucleus_tokens, kept.tolist(), strict=True):
         se = (p * (1 - p) / draws) ** 0.5
         assert abs(counts[token] / draws - p) < 4 * se
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_slot_cache_writes_each_slot_at_its_own_column(dtype):
+    """A decode step writes slot s's new key and value at column write_index[s] and nowhere else
+    (by indexed assignment: bf16 scatter_ on a CPU copied the whole buffer every call)."""
+    from tether.engine.decode import SlotCache
+
+    slots, heads, capacity, dim = 4, 2, 6, 3
+    cache = SlotCache(num_layers=1, slots=slots, capacity=capacity, device=torch.device("cpu"))
+    cache.write_index.copy_(torch.tensor([0, 5, 2, 2]))
+    keys = torch.arange(slots * heads * dim, dtype=dtype).reshape(slots, heads, 1, dim) + 1
+    values = -keys
+    k, v = cache.update(keys, values, 0)
+    assert k.dtype == dtype and k.shape == (slots, heads, capacity, dim)
+    for s, col in enumerate([0, 5, 2, 2]):
+        assert torch.equal(k[s, :, col], keys[s, :, 0]) and torch.equal(v[s, :, col], values[s, :, 0])
+        others = [c for c in range(capacity) if c != col]
+        assert not k[s, :, others].any() and not v[s, :, others].any()

@@ -121,6 +121,7 @@ class SlotCache(Cache):
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.write_index = torch.zeros(slots, dtype=torch.long, device=device)
+        self.slot_rows = torch.arange(slots, device=device)
         self.width = capacity
 
     def _buffers(
@@ -134,9 +135,11 @@ class SlotCache(Cache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         keys, values = self._buffers(layer_idx, key_states, value_states)
-        index = self.write_index.view(-1, 1, 1, 1)
-        keys.scatter_(2, index.expand(-1, keys.shape[1], 1, keys.shape[3]), key_states)
-        values.scatter_(2, index.expand(-1, values.shape[1], 1, values.shape[3]), value_states)
+        # Indexed assignment, not scatter_: on a CPU, bfloat16 scatter_ copies the whole buffer every
+        # call (53 ms against 0.06 ms at 128 slots x 1,200 tokens), which made bf16 decoding of long
+        # prompts slower than float32; the two write the same values.
+        keys[self.slot_rows, :, self.write_index] = key_states[:, :, 0]
+        values[self.slot_rows, :, self.write_index] = value_states[:, :, 0]
         return keys[:, :, : self.width], values[:, :, : self.width]
 
     def load(self, slots: torch.Tensor, prefix: Cache, length: int, row: int = 0, start: int = 0) -> None:
