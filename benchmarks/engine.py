@@ -182,16 +182,28 @@ def greedy_abba(engine: Engine, prompts: list[Prompt], params: SamplingParams, f
         value: Engine(engine.loaded, engine.config.model_copy(update={field: value, "decode_loop": "tether"}))
         for value in (a, b)
     }
+    return (sides, *greedy_abba_of(sides[a], sides[b], prompts, params))
 
-    def run(value):
-        return lambda: [
-            (c.text, c.completion_tokens) for c in sides[value].generate(prompts, params, progress=False)
-        ]
+
+def greedy_abba_of(a: Engine, b: Engine, prompts: list[Prompt], params: SamplingParams):
+    """Greedy decoding of ``prompts`` by engine ``a`` against engine ``b``, A-B-B-A: ``((a's outputs,
+    seconds), (b's outputs, seconds), prompts with identical text)``."""
+
+    def run(side: Engine):
+        return lambda: [(c.text, c.completion_tokens) for c in side.generate(prompts, params, progress=False)]
 
     (a_1, a_2), a_seconds, (b_1, b_2), b_seconds = abba(run(a), run(b))
     assert a_1 == a_2 and b_1 == b_2, "greedy output is not deterministic"
     same = sum(x[0] == y[0] for x, y in zip(a_1, b_1, strict=True))
-    return sides, (a_1, a_seconds), (b_1, b_seconds), same
+    return (a_1, a_seconds), (b_1, b_seconds), same
+
+
+def prompt_sets() -> list[tuple[str, list[Prompt]]]:
+    """The 16 generation prompts, where a step has the fewest rows, and the 128 of ``--only slots``."""
+    return [
+        ("16 prompts", [Prompt(id=str(i), text=t) for i, t in enumerate(GEN_PROMPTS)]),
+        ("128 prompts", many_prompts()),
+    ]
 
 
 def bench_slots(engine: Engine, new_tokens: int, few: int = 16, many: int = 128) -> float:
@@ -220,10 +232,7 @@ def bench_head(engine: Engine, new_tokens: int) -> float:
     the time ratio (packed / plain) on the 16, where a step has the fewest rows."""
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
     ratio = 0.0
-    for label, prompts in (
-        ("16 prompts", [Prompt(id=str(i), text=t) for i, t in enumerate(GEN_PROMPTS)]),
-        ("128 prompts", many_prompts()),
-    ):
+    for label, prompts in prompt_sets():
         _, (plain_1, plain_s), (packed_1, packed_s), same = greedy_abba(
             engine, prompts, params, "packed_head", False, True
         )
@@ -323,25 +332,12 @@ def bench_dtype(engine: Engine, new_tokens: int) -> float:
     the 128 prompts; returns the time ratio (bf16 / fp32) on the 128, where a step has the most rows."""
     print(f"dtype: CPU bf16 units: {cpu_bf16_units()}")
     config = engine.config.model_copy(update={"decode_loop": "tether"})
-    sides = {
-        "float32": Engine(engine.loaded, config),
-        "bfloat16": Engine.from_spec("default", config.model_copy(update={"dtype": "bfloat16"})),
-    }
+    fp32 = Engine(engine.loaded, config)
+    bf16 = Engine.from_spec("default", config.model_copy(update={"dtype": "bfloat16"}))
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
     ratio = 0.0
-    for label, prompts in (
-        ("16 prompts", [Prompt(id=str(i), text=t) for i, t in enumerate(GEN_PROMPTS)]),
-        ("128 prompts", many_prompts()),
-    ):
-
-        def run(dtype: str, prompts=prompts):
-            return lambda: [
-                (c.text, c.completion_tokens) for c in sides[dtype].generate(prompts, params, progress=False)
-            ]
-
-        (fp_1, fp_2), fp_s, (bf_1, bf_2), bf_s = abba(run("float32"), run("bfloat16"))
-        assert fp_1 == fp_2 and bf_1 == bf_2, "greedy output is not deterministic"
-        same = sum(a[0] == b[0] for a, b in zip(fp_1, bf_1, strict=True))
+    for label, prompts in prompt_sets():
+        (fp_1, fp_s), (bf_1, bf_s), same = greedy_abba_of(fp32, bf16, prompts, params)
         fp_tok, bf_tok = sum(n for _, n in fp_1), sum(n for _, n in bf_1)
         print(
             f"dtype: {label}: float32 {fp_tok} tok in {fp_s:.1f}s ({fp_tok / fp_s:.1f} tok/s), bfloat16 "
