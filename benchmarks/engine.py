@@ -26,6 +26,11 @@ Prints ``name: ratio`` lines:
     against float32, greedy, on the 16 and the 128 prompts above: time of each, and how many greedy
     texts the two dtypes share (bf16 rounds differently, so the texts may part); pays only on CPUs
     with bf16 units (avx512_bf16, AMX), which the run prints;
+  * adapter (``--only adapter``): a LoRA adapter shaped like Tether's SFT (r 16 on every linear
+    module; ``--adapter DIR`` for a trained one, else one with seeded random weights) loaded by its
+    spec with ``engine.merge_adapter`` true (merged into the base once) against false (PEFT's LoRA
+    modules run every step), greedy through the decode loop on the 16 and the 128 prompts above:
+    time of each, and how many greedy texts the two share;
   * achieved GFLOP/s of the engine against a plain ``torch.mm`` peak measured in the same run.
 
 Run: ``python benchmarks/engine.py [--threads 2] [--items 120]``.
@@ -348,6 +353,50 @@ def bench_dtype(engine: Engine, new_tokens: int) -> float:
     return ratio
 
 
+def random_adapter(directory: Path, seed: int = 0) -> Path:
+    """A LoRA adapter on the default model shaped like Tether's SFT adapters (r 16, alpha 32, every
+    linear module), its B factors drawn small and seeded so the model still writes text."""
+    from peft import get_peft_model
+
+    from tether.train.lora import LoRAConfig, peft_config, write_base_file
+
+    torch.manual_seed(seed)
+    model = get_peft_model(Engine.from_spec("default").model, peft_config(LoRAConfig()))
+    for module in model.modules():
+        if hasattr(module, "lora_B"):
+            for layer in module.lora_B.values():
+                torch.nn.init.normal_(layer.weight, std=0.002)
+    model.save_pretrained(directory)
+    write_base_file(directory, "default")
+    return directory
+
+
+def bench_adapter(engine: Engine, new_tokens: int, adapter: str | None = None) -> float:
+    """Greedy decoding through a LoRA adapter merged into its base (``engine.merge_adapter``, the
+    default) against the adapter's modules unmerged, A-B-B-A, on the 16 and the 128 prompts; returns
+    the time ratio (merged / unmerged) on the 16, where a step has the fewest rows."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        spec = adapter or str(random_adapter(Path(scratch) / "adapter"))
+        print(f"adapter: {adapter or 'seeded random LoRA, r 16 on every linear module'}")
+        config = engine.config.model_copy(update={"decode_loop": "tether"})
+        merged = Engine.from_spec(spec, config)
+        unmerged = Engine.from_spec(spec, config.model_copy(update={"merge_adapter": False}))
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
+    ratio = 0.0
+    for label, prompts in prompt_sets():
+        (un_1, un_s), (me_1, me_s), same = greedy_abba_of(unmerged, merged, prompts, params)
+        un_tok, me_tok = sum(n for _, n in un_1), sum(n for _, n in me_1)
+        print(
+            f"adapter: {label}: unmerged {un_tok} tok in {un_s:.1f}s ({un_tok / un_s:.1f} tok/s), merged "
+            f"{me_tok} tok in {me_s:.1f}s ({me_tok / me_s:.1f} tok/s): merged takes {me_s / un_s:.2f}x "
+            f"the unmerged time; identical greedy text {same}/{len(prompts)}"
+        )
+        ratio = ratio or me_s / un_s
+    return ratio
+
+
 # --only NAME: (comparison, printed ratio name, how the ratio reads).
 DECODE_COMPARISONS = {
     "slots": (
@@ -369,6 +418,11 @@ DECODE_COMPARISONS = {
         bench_dtype,
         "generation_time_bfloat16_over_float32",
         "128 prompts: time with engine.dtype=bfloat16 / with float32; below 1: bfloat16 is faster",
+    ),
+    "adapter": (
+        bench_adapter,
+        "generation_time_adapter_merged_over_unmerged",
+        "16 prompts: time with engine.merge_adapter=true / with false; below 1: merging is faster",
     ),
     "head": (
         bench_head,
@@ -439,6 +493,9 @@ def main() -> None:
         help="Run one comparison (default: generation and scoring).",
     )
     parser.add_argument(
+        "--adapter", help="--only adapter: a trained LoRA adapter directory (default: a seeded random one)."
+    )
+    parser.add_argument(
         "--compare-transformers",
         action="store_true",
         help="Also time the engine on transformers' batched generate (engine.decode_loop=transformers).",
@@ -453,7 +510,8 @@ def main() -> None:
     print(f"torch.mm peak: {peak:.1f} GFLOP/s ({args.threads} threads)")
     if args.only in DECODE_COMPARISONS:
         bench, name, reading = DECODE_COMPARISONS[args.only]
-        print(f"{name}: {bench(engine, args.new_tokens):.2f}x ({reading})")
+        extra = {"adapter": args.adapter} if args.only == "adapter" else {}
+        print(f"{name}: {bench(engine, args.new_tokens, **extra):.2f}x ({reading})")
         print(f"after: {load()}")
         return
     if args.only != "scoring":

@@ -715,3 +715,59 @@ def test_slot_cache_writes_each_slot_at_its_own_column(dtype):
         assert torch.equal(k[s, :, col], keys[s, :, 0]) and torch.equal(v[s, :, col], values[s, :, 0])
         others = [c for c in range(capacity) if c != col]
         assert not k[s, :, others].any() and not v[s, :, others].any()
+
+
+def test_from_spec_merges_an_adapter_once_and_keeps_its_results(tiny_model_dir, tmp_path):
+    """An adapter loaded by its spec to generate and score is merged into its base (no LoRA modules
+    left to run every step): same fingerprint, same greedy tokens, scores within float noise."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lora = get_peft_model(
+        load(str(tiny_model_dir)).model,
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    adapter_dir = tmp_path / "adapter"
+    lora.save_pretrained(adapter_dir)
+    config = EngineConfig(decode_loop="tether")
+    merged = Engine.from_spec(str(adapter_dir), config)
+    unmerged = Engine.from_spec(str(adapter_dir), config.model_copy(update={"merge_adapter": False}))
+    assert not hasattr(merged.model, "peft_config")
+    assert hasattr(unmerged.model, "peft_config")
+    assert merged.fingerprint == unmerged.fingerprint
+    params = SamplingParams(max_new_tokens=12)
+    assert [c.token_ids for c in merged.generate(PROMPTS, params, progress=False)] == [
+        c.token_ids for c in unmerged.generate(PROMPTS, params, progress=False)
+    ]
+    request = [ScoreRequest(id="q", context="The sky is", continuations=[" blue", " green"])]
+    a, b = merged.score(request)[0], unmerged.score(request)[0]
+    assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    half = Engine.from_spec(str(adapter_dir), config.model_copy(update={"dtype": "bfloat16"}))
+    assert half.fingerprint.endswith("@bfloat16+merged")  # rounded once in bf16: another model's cache
+    base = Engine.from_spec(str(tiny_model_dir), config)
+    assert [c.token_ids for c in base.generate(PROMPTS, params, progress=False)] != [
+        c.token_ids for c in merged.generate(PROMPTS, params, progress=False)
+    ]  # the merge kept the adapter's effect
+
+
+@pytest.mark.parametrize("decode_loop", ["tether", "transformers"])
+def test_batched_prefill_feeds_a_bf16_head_contiguous_rows(tiny_model_dir, decode_loop):
+    """A batched prefill keeps each row's last hidden state, a view strided by the prompt; a CPU
+    bf16 F.linear on such a view is about 100x slower than on a copy, so the head gets the copy (and
+    float32 keeps the strided call, whose last bits differ from the copy's)."""
+    seen: dict[str, list[bool]] = {}
+    for dtype in ("bfloat16", "float32"):
+        engine = Engine.from_spec(str(tiny_model_dir), EngineConfig(dtype=dtype, decode_loop=decode_loop))
+        head = engine.model.get_output_embeddings()
+        calls = seen.setdefault(dtype, [])
+        # A forward hook sees the input the head ran on (after any pre-hook's replacement).
+        handle = head.register_forward_hook(
+            lambda _, args, out, calls=calls: calls.append(args[0].is_contiguous())
+        )
+        try:
+            engine.generate(PROMPTS[:3], SamplingParams(max_new_tokens=4), progress=False)
+        finally:
+            handle.remove()
+        assert len(head._forward_pre_hooks) == 0  # the copy's hook is gone after the call
+    assert seen["bfloat16"] and all(seen["bfloat16"])
+    assert not all(seen["float32"])  # the strided view the bf16 head is spared

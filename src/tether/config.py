@@ -164,6 +164,17 @@ class EngineConfig(StrictModel):
         "peak. Its logits differ from the plain head's in the last bits (about 1e-4), as a batch's do "
         "from one row's; false uses the plain head.",
     )
+    merge_adapter: bool = Field(
+        True,
+        description="A LoRA adapter that an engine loads by its spec only to generate and score (an "
+        "audit's checkpoints, a red-team target, tether serve) is merged into its base's weights once "
+        "(PEFT's merge_and_unload), so each step runs the base's matmuls alone instead of every LoRA'd "
+        "module's extra two and their casts: a 16-row decode step of the configs/tax.yaml adapter took "
+        "0.79x the unmerged time on a 2-core CPU (benchmarks/README.md). Logits differ in the last bits "
+        "(about 3e-4) in float32; in bfloat16 the merged sum is rounded once, another model whose results "
+        "are cached apart (fingerprint +merged). Adapters being trained, and the frontier's scaled "
+        "candidates, are never merged; false keeps every adapter unmerged.",
+    )
     decode_step: Literal["eager", "compiled", "cuda_graph"] = Field(
         "eager",
         description="How Tether's decode loop runs a step: eagerly; through torch.compile (every step "

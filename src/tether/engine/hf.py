@@ -14,6 +14,7 @@ from tether.engine.decode import (
     StepMode,
     StopMatcher,
     admission_order,
+    contiguous_head_input,
     reuses_prefixes,
 )
 from tether.engine.packing import pack
@@ -217,7 +218,8 @@ class HFBackend:
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [StopOnStrings(input_ids.shape[1], params.stop, self.tokenizer)]
             )
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        with contiguous_head_input(self.model):
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new_tokens = output[:, input_ids.shape[1] :].tolist()
         results: list[list[Sample]] = []
         eos = set(self.eos_ids)
