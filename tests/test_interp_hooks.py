@@ -170,3 +170,29 @@ def test_refusal_score_and_separation_by_hand():
     b = torch.tensor([[-1.0, 5.0], [-3.0, 5.0]])
     # projections 1,3 vs -1,-3: means 2 and -2, variances 2 and 2 → d = 4 / sqrt(2)
     assert separation(a, b, torch.tensor([2.0, 0.0])) == pytest.approx(4 / 2**0.5)
+
+
+def test_last_logits_run_the_head_on_the_last_positions_only(engine):
+    """last_logits equals the full forward's last column, while the head sees one contiguous row
+    per prompt (a CPU F.linear on the strided last-position view runs about 10x slower)."""
+    from tether.engine.types import Prompt
+    from tether.interp.forward import encode, last_logits
+    from tether.models.padding import left_pad, positions_from_mask
+
+    rows = encode(
+        engine, [Prompt(id=str(i), text=t) for i, t in enumerate(["Hi", "Tell me a long story", "Why?"])]
+    )
+    head = engine.model.get_output_embeddings()
+    seen = []
+    handle = head.register_forward_hook(
+        lambda _, args, out: seen.append((tuple(args[0].shape), args[0].is_contiguous()))
+    )
+    try:
+        kept = last_logits(engine, rows, batch_size=3)
+    finally:
+        handle.remove()
+    assert seen == [((3, 1, engine.model.config.hidden_size), True)]
+    ids, mask = left_pad(rows, engine.tokenizer.pad_token_id, engine.loaded.device)
+    with torch.no_grad():
+        full = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits
+    assert torch.allclose(kept, full[:, -1].float(), atol=1e-5)

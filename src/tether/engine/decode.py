@@ -51,6 +51,7 @@ from transformers.cache_utils import Cache, DynamicCache
 
 from tether.engine.backend import Sample
 from tether.engine.types import SamplingParams
+from tether.models.head import contiguous_head_input
 from tether.models.padding import left_pad, positions_from_mask
 
 StepMode = Literal["eager", "compiled", "cuda_graph"]
@@ -264,31 +265,6 @@ def _head_forward(packed: tuple[torch.nn.Module, Callable] | None) -> Iterator[N
         yield
     finally:
         del head.forward
-
-
-@contextmanager
-def contiguous_head_input(model) -> Iterator[None]:
-    """The LM head fed a contiguous copy of its input for the model calls inside, where its weight is
-    not float32.
-
-    A prefill keeps only each row's last hidden state (``logits_to_keep=1``): a ``(rows, 1, d)`` view
-    strided by the whole prompt. On a CPU, ``F.linear`` runs SmolLM2-135M's 49k x 576 head on such a
-    view of 40 rows of 160 tokens in 2.5 s in bfloat16, allocating 2.2 GB on the way, against about
-    12 ms on a contiguous copy (torch 2.13), with the same bits: the head cost an audit's batched
-    bfloat16 prefills more than their layers, and set its peak memory. float32 is slowed too (232 ms)
-    but its result differs from the copy's in the last bits, so float32 keeps the strided call and
-    with it every float32 result measured before; those 0.2 s a batch are a small share of a
-    prefill."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
-    if head is None or weight is None or weight.dtype == torch.float32:
-        yield
-        return
-    handle = head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def sequence_seed(seed: int, prompt: int, sample: int) -> int:

@@ -14,12 +14,12 @@ from tether.engine.decode import (
     StepMode,
     StopMatcher,
     admission_order,
-    contiguous_head_input,
     reuses_prefixes,
 )
 from tether.engine.packing import pack
 from tether.engine.types import SamplingParams
 from tether.errors import TetherError
+from tether.models.head import contiguous_head_input
 from tether.models.padding import left_pad
 
 # Scoring's LM head runs this many logits at a time (fp32: 100 MB): 512 rows of SmolLM2's 49k

@@ -14,6 +14,7 @@ import torch
 
 from tether.engine.types import Prompt
 from tether.interp.hooks import HookFn, hook_name, hooked
+from tether.models.head import contiguous_head_input
 from tether.models.padding import left_pad, positions_from_mask
 
 _MARK = "\x00TETHER-USER-MESSAGE\x00"
@@ -42,13 +43,19 @@ def _batches(n: int, size: int) -> list[range]:
 
 
 def _forward(engine: Any, rows: list[list[int]], hooks: Mapping[str, Any] | None) -> torch.Tensor:
+    """The rows' next-token logits ``[rows, 1, vocab]``: the head runs on the last position only
+    (every row ends in the last column), on a contiguous copy (:mod:`tether.models.head`)."""
     model = engine.model
     pad = engine.tokenizer.pad_token_id
     pad = pad if pad is not None else engine.tokenizer.eos_token_id
     ids, mask = left_pad(rows, pad, engine.loaded.device)
-    with torch.no_grad(), hooked(model, hooks or {}):
+    with torch.no_grad(), hooked(model, hooks or {}), contiguous_head_input(model, float32=True):
         out = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask),
+            use_cache=False,
+            logits_to_keep=1,
         )
     return out.logits
 

@@ -35,6 +35,7 @@ import torch
 from tether.config import EngineConfig
 from tether.interp.config import PatchConfig
 from tether.interp.refusal import DirectionContext, _chat, load_merged, model_keys, prompts_stage
+from tether.models.head import contiguous_head_input
 from tether.runs import Run, Stage, run_stages
 
 # (pair, layer, positions): positions index the last k columns (0 = the k-th last token); layer None
@@ -88,7 +89,7 @@ def patched_scores(
             return fn
 
         hooks = {hook_name(layer, "hook_resid_pre"): writer(e, layer, width) for layer, e in by_layer.items()}
-        with torch.no_grad(), hooked(model, hooks):
+        with torch.no_grad(), hooked(model, hooks), contiguous_head_input(model, float32=True):
             logits = model(
                 input_ids=ids,
                 attention_mask=mask,

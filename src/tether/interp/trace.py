@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tether.errors import DataError
 from tether.interp.config import TraceConfig
 from tether.interp.hooks import find_layers, hook_name, hooked, parse_name
+from tether.models.head import contiguous_head_input
 
 KINDS = {"residual": "hook_resid_post", "mlp": "hook_mlp_out", "attention": "hook_attn_out"}
 GROUPS = (
@@ -100,7 +101,8 @@ def encode_fact(tokenizer: Any, fact: Fact) -> tuple[list[int], list[int], int]:
 
 
 def _answer_probs(model: Any, ids: torch.Tensor, answer: int) -> torch.Tensor:
-    out = model(input_ids=ids, logits_to_keep=1, use_cache=False)
+    with contiguous_head_input(model, float32=True):
+        out = model(input_ids=ids, logits_to_keep=1, use_cache=False)
     return torch.softmax(out.logits[:, -1].float(), dim=-1)[:, answer]
 
 
@@ -187,7 +189,7 @@ def _corrupted_runs(
         lambda _m, _a, out: returns_tuple.append(isinstance(out, tuple))
     )
     try:
-        with torch.no_grad(), hooked(model, hooks):
+        with torch.no_grad(), hooked(model, hooks), contiguous_head_input(model, float32=True):
             out = model(input_ids=batch, logits_to_keep=1, use_cache=True)
     finally:
         probe.remove()
@@ -282,7 +284,12 @@ def reused_probs(
 
         hooks.setdefault(name, []).append(restore)
     lowest = min(r.start for r in rows)
-    with torch.no_grad(), hooked(model, hooks), _skipping(layers, lowest, corrupted.layer_returns_tuple):
+    with (
+        torch.no_grad(),
+        hooked(model, hooks),
+        _skipping(layers, lowest, corrupted.layer_returns_tuple),
+        contiguous_head_input(model, float32=True),
+    ):
         out = model(input_ids=suffix, cache=cache, use_cache=cache is not None, logits_to_keep=1)
     return torch.softmax(out.logits[:, -1].float(), dim=-1)[:, answer].cpu()
 
