@@ -332,6 +332,23 @@ def cpu_bf16_units() -> str:
     return ", ".join(found) or "none (bf16 is emulated: expect it slower)"
 
 
+def greedy_sides(tag: str, a_label: str, a: Engine, b_label: str, b: Engine, new_tokens: int) -> list[float]:
+    """Greedy decoding by engine ``a`` against engine ``b``, A-B-B-A, on the 16 and the 128 prompts,
+    each set printed as one line; returns b's time over a's per set."""
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
+    ratios = []
+    for label, prompts in prompt_sets():
+        (a_1, a_s), (b_1, b_s), same = greedy_abba_of(a, b, prompts, params)
+        a_tok, b_tok = sum(n for _, n in a_1), sum(n for _, n in b_1)
+        print(
+            f"{tag}: {label}: {a_label} {a_tok} tok in {a_s:.1f}s ({a_tok / a_s:.1f} tok/s), {b_label} "
+            f"{b_tok} tok in {b_s:.1f}s ({b_tok / b_s:.1f} tok/s): {b_label} takes {b_s / a_s:.2f}x "
+            f"{a_label}'s time; same greedy text {same}/{len(prompts)}"
+        )
+        ratios.append(b_s / a_s)
+    return ratios
+
+
 def bench_dtype(engine: Engine, new_tokens: int) -> float:
     """Greedy decoding in bfloat16 against float32 through the decode loop, A-B-B-A, on the 16 and
     the 128 prompts; returns the time ratio (bf16 / fp32) on the 128, where a step has the most rows."""
@@ -339,18 +356,7 @@ def bench_dtype(engine: Engine, new_tokens: int) -> float:
     config = engine.config.model_copy(update={"decode_loop": "tether"})
     fp32 = Engine(engine.loaded, config)
     bf16 = Engine.from_spec("default", config.model_copy(update={"dtype": "bfloat16"}))
-    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
-    ratio = 0.0
-    for label, prompts in prompt_sets():
-        (fp_1, fp_s), (bf_1, bf_s), same = greedy_abba_of(fp32, bf16, prompts, params)
-        fp_tok, bf_tok = sum(n for _, n in fp_1), sum(n for _, n in bf_1)
-        print(
-            f"dtype: {label}: float32 {fp_tok} tok in {fp_s:.1f}s ({fp_tok / fp_s:.1f} tok/s), bfloat16 "
-            f"{bf_tok} tok in {bf_s:.1f}s ({bf_tok / bf_s:.1f} tok/s): bfloat16 takes {bf_s / fp_s:.2f}x "
-            f"float32's time; same greedy text {same}/{len(prompts)}"
-        )
-        ratio = bf_s / fp_s
-    return ratio
+    return greedy_sides("dtype", "float32", fp32, "bfloat16", bf16, new_tokens)[-1]
 
 
 def random_adapter(directory: Path, seed: int = 0) -> Path:
@@ -383,18 +389,7 @@ def bench_adapter(engine: Engine, new_tokens: int, adapter: str | None = None) -
         config = engine.config.model_copy(update={"decode_loop": "tether"})
         merged = Engine.from_spec(spec, config)
         unmerged = Engine.from_spec(spec, config.model_copy(update={"merge_adapter": False}))
-    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
-    ratio = 0.0
-    for label, prompts in prompt_sets():
-        (un_1, un_s), (me_1, me_s), same = greedy_abba_of(unmerged, merged, prompts, params)
-        un_tok, me_tok = sum(n for _, n in un_1), sum(n for _, n in me_1)
-        print(
-            f"adapter: {label}: unmerged {un_tok} tok in {un_s:.1f}s ({un_tok / un_s:.1f} tok/s), merged "
-            f"{me_tok} tok in {me_s:.1f}s ({me_tok / me_s:.1f} tok/s): merged takes {me_s / un_s:.2f}x "
-            f"the unmerged time; identical greedy text {same}/{len(prompts)}"
-        )
-        ratio = ratio or me_s / un_s
-    return ratio
+    return greedy_sides("adapter", "unmerged", unmerged, "merged", merged, new_tokens)[0]
 
 
 # --only NAME: (comparison, printed ratio name, how the ratio reads).
