@@ -158,3 +158,19 @@ def test_a_rerun_skips_every_finished_stage(finished, tiny_model_dir):
 
 def test_engine_config_reaches_the_loader():
     assert _config().engine == EngineConfig(device="cpu")
+
+
+def test_load_merged_merges_an_adapter_whatever_the_engine_config_says(tiny_model_dir, tmp_path):
+    """Weight orthogonalisation needs every write to be a plain Linear, so interp merges an adapter
+    even with engine.merge_adapter off; in float32 the fingerprint stays the adapter's."""
+    from peft import LoraConfig, get_peft_model
+
+    from tether.config import EngineConfig
+    from tether.models import load
+    from tether.runs import NULL_TRACER
+
+    lora = get_peft_model(load(str(tiny_model_dir)).model, LoraConfig(r=4, target_modules=["o_proj"]))
+    lora.save_pretrained(tmp_path / "adapter")
+    engine = load_merged(str(tmp_path / "adapter"), EngineConfig(merge_adapter=False), NULL_TRACER)
+    assert not hasattr(engine.model, "peft_config")
+    assert engine.fingerprint == load(str(tmp_path / "adapter")).fingerprint

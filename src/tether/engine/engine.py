@@ -89,7 +89,6 @@ class Engine:
             from tether.engine.vllm_backend import require_vllm
 
             require_vllm()
-        if config.backend == "vllm":
             return cls(load(spec, device="cpu", dtype="auto"), config, tracer)
         # An explicit dtype holds on a CPU too: bfloat16 pays on CPUs with bf16 units (README "Engine").
         loaded = load(spec, device=config.device, dtype=config.dtype)

@@ -51,15 +51,15 @@ def model_keys(specs: Sequence[str]) -> list[str]:
 
 
 def load_merged(spec: str, config: EngineConfig, tracer) -> Any:
-    """An Engine over ``spec``; a LoRA adapter is merged into its base first, so weight
-    orthogonalisation acts on every write the model makes (same weights, same fingerprint)."""
-    from tether.engine.engine import Engine
+    """An Engine over ``spec``; a LoRA adapter is merged into its base first whatever
+    ``engine.merge_adapter`` says, so weight orthogonalisation acts on every write the model makes
+    (:func:`tether.engine.engine.merged_adapter`, which also says when the fingerprint changes)."""
+    from tether.engine.engine import Engine, merged_adapter
     from tether.models.load import load
 
     loaded = load(spec, device=config.device, dtype=config.dtype)
-    if hasattr(loaded.model, "merge_and_unload"):
-        loaded.model = loaded.model.merge_and_unload()
-    loaded.model.eval()
+    if loaded.adapter_path is not None:
+        loaded = merged_adapter(loaded)
     return Engine(loaded, config, tracer)
 
 
