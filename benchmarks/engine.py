@@ -235,20 +235,13 @@ def bench_head(engine: Engine, new_tokens: int) -> float:
     """The decode loop with the LM head packed for oneDNN (``engine.packed_head``, the default) against
     the plain head, A-B-B-A, on the 16 generation prompts and on the 128 of ``--only slots``; returns
     the time ratio (packed / plain) on the 16, where a step has the fewest rows."""
-    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
-    ratio = 0.0
-    for label, prompts in prompt_sets():
-        _, (plain_1, plain_s), (packed_1, packed_s), same = greedy_abba(
-            engine, prompts, params, "packed_head", False, True
+    plain, packed = (
+        Engine(
+            engine.loaded, engine.config.model_copy(update={"packed_head": value, "decode_loop": "tether"})
         )
-        tokens = sum(n for _, n in plain_1)
-        print(
-            f"head: {label}: plain head {plain_s:.1f}s ({tokens / plain_s:.1f} tok/s), packed head "
-            f"{packed_s:.1f}s ({sum(n for _, n in packed_1) / packed_s:.1f} tok/s): packed takes "
-            f"{packed_s / plain_s:.2f}x the plain head's time; identical greedy text {same}/{len(prompts)}"
-        )
-        ratio = ratio or packed_s / plain_s
-    return ratio
+        for value in (False, True)
+    )
+    return greedy_sides("head", "plain head", plain, "packed head", packed, new_tokens)[0]
 
 
 def bench_sampling(engine: Engine, new_tokens: int) -> float:
