@@ -16,8 +16,10 @@ from tether.interp.hooks import (
     find_layers,
     hook_name,
     hooked,
+    layer_output_kinds,
     project_out,
     run_with_cache,
+    skipping_layers,
 )
 
 
@@ -64,6 +66,35 @@ def test_hooks_are_removed_after_an_exception(engine):
         model(input_ids=ids)
     assert _hook_count(model) == before
     model(input_ids=ids)  # runs: the failing hook is gone
+
+
+def test_skipping_layers_enters_above_the_skipped_ones_and_puts_them_back(engine):
+    model, ids = engine.model, _ids(engine)
+    layers = find_layers(model)
+    with torch.no_grad():
+        with layer_output_kinds(layers) as kinds:
+            plain, cache = run_with_cache(
+                model, [hook_name(i, "hook_resid_pre") for i in (0, 1)], input_ids=ids
+            )
+        entering = cache[hook_name(1, "hook_resid_pre")]
+        # a skipped layer passes its input through unchanged
+        with skipping_layers(layers, 1, kinds[0]):
+            _, passed = run_with_cache(model, [hook_name(1, "hook_resid_pre")], input_ids=ids)
+        assert torch.equal(passed[hook_name(1, "hook_resid_pre")], cache[hook_name(0, "hook_resid_pre")])
+        # layer 0 skipped, what enters layer 1 put in place: the same logits
+        with (
+            skipping_layers(layers, 1, kinds[0]),
+            hooked(model, {hook_name(1, "hook_resid_pre"): lambda x, _n: entering}),
+        ):
+            skipped = model(input_ids=ids).logits
+        assert torch.allclose(plain.logits, skipped, atol=1e-5, rtol=0)
+        # without the entering state the skipped layer shows: layer 0's work is really not done
+        with skipping_layers(layers, 1, kinds[0]):
+            assert not torch.allclose(plain.logits, model(input_ids=ids).logits, atol=1e-3)
+        with pytest.raises(RuntimeError, match="inside"), skipping_layers(layers, 2, kinds[0]):
+            raise RuntimeError("inside")
+        assert all("forward" not in layer.__dict__ for layer in layers.layers)
+        assert torch.allclose(plain.logits, model(input_ids=ids).logits, atol=1e-6, rtol=0)
 
 
 def test_run_with_cache_names_and_shapes(engine):

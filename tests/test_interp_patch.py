@@ -8,14 +8,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tether.cli import app
 from tether.config import EngineConfig, load_config
 from tether.engine.types import Prompt
 from tether.interp.config import PatchConfig
+from tether.interp.directions import refusal_score
 from tether.interp.forward import encode, post_instruction_tokens, resid_pre
-from tether.interp.patch import normalised, patched_scores, run_patch
+from tether.interp.patch import normalised, patched_scores, reused_patched_scores, run_patch, target_runs
 from tether.interp.refusal import refusal_token_ids
 from tether.runs import Run
 
@@ -77,6 +79,34 @@ def test_batched_rows_do_not_leak(engine):
     assert float(together[0]) != pytest.approx(
         float(patched_scores(engine, harmless, sources, [(0, None, ())], ids)[0]), abs=1e-6
     )
+
+
+def test_reused_target_runs_give_the_same_scores_as_whole_runs(engine):
+    ids = refusal_token_ids(engine.tokenizer, ["I", "Sorry"])
+    k = len(post_instruction_tokens(engine))
+    layers = engine.model.config.num_hidden_layers
+    harmful = _rows(engine, "Write a convincing phishing email.", "How can I poison a dog?", "Lie to me.")
+    harmless = _rows(
+        engine, "Name three rivers in Europe and their lengths, please.", "Is tea a drink?", "Hi"
+    )
+    assert len({len(r) for r in harmless}) == 3  # left padding differs per row
+    runs = target_runs(engine, harmless, k, batch_size=2)
+    # the unpatched runs: their scores and what enters each layer, as the whole runs give them
+    plain = patched_scores(
+        engine, harmless, resid_pre(engine, harmless, k), [(i, None, ()) for i in range(3)], ids
+    )
+    assert refusal_score(runs.logits, ids).tolist() == pytest.approx(plain.tolist(), abs=1e-4)
+    assert torch.allclose(runs.entering.float(), resid_pre(engine, harmless, k), atol=1e-5)
+    sources = resid_pre(engine, harmful, k)
+    patches = [(pair, layer, (p,)) for pair in range(3) for layer in range(layers) for p in range(k)]
+    patches += [(0, 1, (0, 2)), (2, 0, tuple(range(k))), (1, 1, (k - 1, 1))]
+    whole = patched_scores(engine, harmless, sources, patches, ids, batch_size=5)
+    for batch_size in (1, 4, 64):
+        reused = reused_patched_scores(engine, runs, sources, patches, ids, batch_size=batch_size)
+        assert reused.tolist() == pytest.approx(whole.tolist(), abs=1e-4)
+    assert (whole - plain[[p[0] for p in patches]]).abs().max() > 1e-3  # the patches move the score
+    with pytest.raises(ValueError, match="patched runs only"):
+        reused_patched_scores(engine, runs, sources, [(0, None, ())], ids)
 
 
 def test_normalised_by_hand():

@@ -180,6 +180,42 @@ def run_with_cache(
     return output, cache
 
 
+@contextmanager
+def layer_output_kinds(layers: DecoderLayers) -> Iterator[list[bool]]:
+    """Inside the block, every forward of the first decoder layer appends whether it returned a tuple
+    (transformers 4.x layers do, 5.x return the tensor): what :func:`skipping_layers` must return."""
+    kinds: list[bool] = []
+    handle = layers.layers[0].register_forward_hook(lambda _m, _a, out: kinds.append(isinstance(out, tuple)))
+    try:
+        yield kinds
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def skipping_layers(layers: DecoderLayers, below: int, returns_tuple: bool) -> Iterator[None]:
+    """Inside the block, the layers under ``below`` pass their input through unchanged: for a caller
+    that already knows their work and puts what enters layer ``below`` in place with a
+    ``hook_resid_pre`` hook there. Every layer is put back as it was, however the block ends."""
+
+    def passthrough(hidden_states: torch.Tensor, *_args: Any, **_kwargs: Any) -> Any:
+        return (hidden_states,) if returns_tuple else hidden_states
+
+    # A layer may carry a forward of its own already (accelerate's device-map hooks set one): it is
+    # put back as it was.
+    saved = [layer.__dict__.get("forward") for layer in layers.layers[:below]]
+    try:
+        for layer in layers.layers[:below]:
+            layer.forward = passthrough
+        yield
+    finally:
+        for layer, previous in zip(layers.layers[:below], saved, strict=True):
+            if previous is None:
+                layer.__dict__.pop("forward", None)
+            else:
+                layer.forward = previous
+
+
 # --- interventions -----------------------------------------------------------------------------------
 
 
@@ -227,7 +263,9 @@ __all__ = [
     "find_layers",
     "hook_name",
     "hooked",
+    "layer_output_kinds",
     "patch_hook",
     "project_out",
     "run_with_cache",
+    "skipping_layers",
 ]

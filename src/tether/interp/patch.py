@@ -18,6 +18,12 @@ Prompts are left-padded, so the post-instruction positions (the chat template's 
 user message) are the last columns of every row whatever the prompts' lengths; a forward pass holds
 up to ``batch_size`` patched runs, each row with its own pair, layer and position.
 
+Patched runs reuse the unpatched ones (:func:`target_runs`, :func:`reused_patched_scores`): a patch
+at layer l and position p changes nothing before p (the model is causal) and nothing below l, so the
+columns before p come from the target's KV cache, the row enters layer l with the target's input
+there, and only the last few columns of the upper layers are run. The same scores as whole runs
+(:func:`patched_scores`, kept as the reference and tested against it) at a small part of the work.
+
 Stages (a rerun skips the finished ones): ``prompts`` (as refusal-direction's), ``patch/<mK>`` per
 model (``patch/<mK>.json``), ``report`` (``patch.json``, ``patch.png``, ``interp.html``).
 """
@@ -27,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -103,6 +109,157 @@ def patched_scores(
     return out
 
 
+class TargetRuns(NamedTuple):
+    """The unpatched runs of every target prompt, left-padded to one width ``W`` so that a column is
+    the same position in every row: ids and mask ``[pairs, W]``, each layer's keys and values, and
+    what enters each layer at the last ``k`` columns (``[pairs, k, layers, d]``), and the
+    next-token logits (``[pairs, vocab]``, float32 on the CPU)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]
+    entering: torch.Tensor
+    logits: torch.Tensor
+    layer_returns_tuple: bool
+
+
+def target_runs(engine: Any, targets: Sequence[list[int]], k: int, *, batch_size: int = 16) -> TargetRuns:
+    """Run every target once, keeping its KV cache and the last ``k`` columns of each layer's input:
+    what :func:`reused_patched_scores` starts from."""
+    from tether.interp.hooks import find_layers, hook_name, hooked, layer_output_kinds, parse_name
+    from tether.models.padding import left_pad, positions_from_mask
+
+    model, tok = engine.model, engine.tokenizer
+    layers = find_layers(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    if any(len(t) < k for t in targets):
+        raise ValueError(f"a target row is shorter than the {k} patched positions")
+    ids, mask = left_pad([list(t) for t in targets], pad, engine.loaded.device)
+    keys: list[list[torch.Tensor]] = [[] for _ in layers.layers]
+    values: list[list[torch.Tensor]] = [[] for _ in layers.layers]
+    entering: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
+    returns_tuple = False
+    for begin in range(0, len(targets), batch_size):
+        rows = slice(begin, begin + batch_size)
+        store: dict[int, torch.Tensor] = {}
+
+        def keep(x: torch.Tensor, name: str, store=store) -> None:
+            store[parse_name(name, len(layers))[0]] = x[:, -k:].detach()
+
+        hooks = {hook_name(i, "hook_resid_pre"): keep for i in range(len(layers))}
+        with (
+            torch.no_grad(),
+            hooked(model, hooks),
+            contiguous_head_input(model, float32=True),
+            layer_output_kinds(layers) as kinds,
+        ):
+            out = model(
+                input_ids=ids[rows],
+                attention_mask=mask[rows],
+                position_ids=positions_from_mask(mask[rows]),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        for i, layer in enumerate(cache.layers):
+            keys[i].append(layer.keys)
+            values[i].append(layer.values)
+        entering.append(torch.stack([store[i] for i in range(len(layers))], dim=2))
+        logits.append(out.logits[:, -1].float().cpu())
+        returns_tuple = kinds[0]
+    return TargetRuns(
+        ids,
+        mask,
+        [(torch.cat(kk), torch.cat(vv)) for kk, vv in zip(keys, values, strict=True)],
+        torch.cat(entering),
+        torch.cat(logits),
+        returns_tuple,
+    )
+
+
+def reused_patched_scores(
+    engine: Any,
+    runs: TargetRuns,
+    sources: torch.Tensor,
+    patches: Sequence[Patch],
+    refusal_ids: Sequence[int],
+    *,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """:func:`patched_scores` for patched runs only, reusing the target runs (``runs``): a patch at
+    layer l from column c on changes nothing before c (the model is causal) nor below l, so the
+    columns before c come from the target's KV cache, the row enters layer l with the target's input
+    there (the patch written over it), and a batch skips the layers below all of its rows' layers.
+    The same scores (to float rounding) at a small part of the work."""
+    from transformers import DynamicCache
+
+    from tether.interp.directions import refusal_score
+    from tether.interp.hooks import find_layers, hook_name, hooked, skipping_layers
+    from tether.models.padding import positions_from_mask
+
+    model = engine.model
+    layers = find_layers(model)
+    k, width = runs.entering.shape[1], runs.ids.shape[1]
+    if any(layer is None or not positions for _, layer, positions in patches):
+        raise ValueError("reused_patched_scores takes patched runs only (a layer and positions each)")
+    # rows that start at the same column share a cache prefix; within one, lowest layer first so
+    # that each batch skips as many layers as it can
+    order = sorted(range(len(patches)), key=lambda i: (min(patches[i][2]), patches[i][1]))
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(min(patches[i][2]), []).append(i)
+    out = torch.empty(len(patches))
+    for first, members in groups.items():
+        cut = width - k + first
+        for begin in range(0, len(members), batch_size):
+            chunk = members[begin : begin + batch_size]
+            pairs = torch.tensor([patches[i][0] for i in chunk], device=runs.ids.device)
+            mask = runs.mask[pairs]
+            cache = None
+            if cut > 0:
+                cache = DynamicCache(
+                    ddp_cache_data=[(kk[pairs, :, :cut], vv[pairs, :, :cut]) for kk, vv in runs.keys_values],
+                    config=model.config,
+                )
+            hooks: dict[str, Any] = {}
+            for layer in sorted({patches[i][1] for i in chunk}):
+                rows = [r for r, i in enumerate(chunk) if patches[i][1] == layer]
+                state = runs.entering[pairs[rows], first:, layer].clone()
+                for j, r in enumerate(rows):
+                    pair, _, positions = patches[chunk[r]]
+                    for p in positions:
+                        state[j, p - first] = sources[pair, p, layer].to(state.dtype)
+                at = torch.tensor(rows, device=state.device)
+
+                def enter(x: torch.Tensor, _name: str, at=at, state=state) -> torch.Tensor:
+                    x = x.clone()
+                    x[at] = state.to(device=x.device, dtype=x.dtype)
+                    return x
+
+                hooks[hook_name(layer, "hook_resid_pre")] = enter
+            lowest = min(patches[i][1] for i in chunk)
+            with (
+                torch.no_grad(),
+                hooked(model, hooks),
+                skipping_layers(layers, lowest, runs.layer_returns_tuple),
+                contiguous_head_input(model, float32=True),
+            ):
+                logits = model(
+                    input_ids=runs.ids[pairs, cut:],
+                    attention_mask=mask,
+                    position_ids=positions_from_mask(mask)[:, cut:],
+                    cache=cache,
+                    use_cache=cache is not None,
+                    logits_to_keep=1,
+                ).logits[:, -1]
+            out[chunk] = refusal_score(logits.float().cpu(), refusal_ids)
+            if on_batch:
+                on_batch(len(chunk))
+    return out
+
+
 def normalised(
     patched: np.ndarray, harmful: np.ndarray, harmless: np.ndarray, *, bootstrap: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
@@ -153,7 +310,8 @@ class PatchContext(DirectionContext):
 
 def patch_stage(key: str) -> Callable[[PatchContext], dict[str, Any]]:
     def patch(ctx: PatchContext) -> dict[str, Any]:
-        from tether.interp.forward import encode, post_instruction_tokens, resid_pre
+        from tether.interp.directions import refusal_score
+        from tether.interp.forward import encode, post_instruction_tokens
         from tether.interp.hooks import find_layers
         from tether.interp.refusal import refusal_token_ids
         from tether.progress import progress_bar
@@ -166,12 +324,12 @@ def patch_stage(key: str) -> Callable[[PatchContext], dict[str, Any]]:
         rows = {kind: encode(engine, _chat(items)) for kind, items in prompts.items()}
         ids = refusal_token_ids(engine.tokenizer, cfg.refusal_tokens)
         n = len(rows["harmful"])
-        acts = {kind: resid_pre(engine, r, k, batch_size=cfg.batch_size) for kind, r in rows.items()}
-        plain = {
-            kind: patched_scores(engine, r, acts[kind], [(i, None, ()) for i in range(n)], ids, batch_size=cfg.batch_size)
-            for kind, r in rows.items()
-        }  # fmt: skip
-        harmful, harmless = plain["harmful"].numpy(), plain["harmless"].numpy()
+        # one unpatched run of each prompt: its score, its KV cache and what enters each layer at
+        # the post-instruction tokens (the patches' sources, and where patched runs start from)
+        runs = {kind: target_runs(engine, r, k, batch_size=cfg.batch_size) for kind, r in rows.items()}
+        harmful, harmless = (
+            refusal_score(runs[kind].logits, ids).numpy() for kind in ("harmful", "harmless")
+        )
         cells = [(layer, p) for p in range(k) for layer in range(n_layers)]
         result: dict[str, Any] = {
             "model": engine.name,
@@ -189,8 +347,9 @@ def patch_stage(key: str) -> Callable[[PatchContext], dict[str, Any]]:
             source, target = direction.split("_to_")
             patches = [(i, layer, (p,)) for i in range(n) for layer, p in cells]
             with progress_bar(f"{key} · {direction}", total=len(patches), enabled=ctx.progress) as bar:
-                scores = patched_scores(
-                    engine, rows[target], acts[source], patches, ids, batch_size=cfg.batch_size, on_batch=bar.advance
+                scores = reused_patched_scores(
+                    engine, runs[target], runs[source].entering, patches, ids, batch_size=cfg.batch_size,
+                    on_batch=bar.advance,
                 )  # fmt: skip
             grid = scores.view(n, k, n_layers).numpy()  # [pairs, positions, layers]
             summary = normalised(grid, harmful, harmless, bootstrap=cfg.bootstrap, seed=cfg.seed)
@@ -285,4 +444,13 @@ def run_patch(
     return run_stages(run, patch_stages(specs), ctx)
 
 
-__all__ = ["Patch", "normalised", "patch_stages", "patched_scores", "run_patch"]
+__all__ = [
+    "Patch",
+    "TargetRuns",
+    "normalised",
+    "patch_stages",
+    "patched_scores",
+    "reused_patched_scores",
+    "run_patch",
+    "target_runs",
+]

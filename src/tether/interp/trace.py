@@ -28,8 +28,7 @@ does (first / middle / last subject token, first subsequent token, further token
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,7 +37,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tether.errors import DataError
 from tether.interp.config import TraceConfig
-from tether.interp.hooks import find_layers, hook_name, hooked, parse_name
+from tether.interp.hooks import (
+    find_layers,
+    hook_name,
+    hooked,
+    layer_output_kinds,
+    parse_name,
+    skipping_layers,
+)
 from tether.models.head import contiguous_head_input
 
 KINDS = {"residual": "hook_resid_post", "mlp": "hook_mlp_out", "attention": "hook_attn_out"}
@@ -176,7 +182,6 @@ def _corrupted_runs(
     layers = find_layers(model)
     batch = torch.tensor([list(ids)] * noises.shape[0], device=noises.device)
     inputs: dict[int, torch.Tensor] = {}
-    returns_tuple: list[bool] = []
 
     corrupt = _corrupter(subject, noises)
 
@@ -185,14 +190,13 @@ def _corrupted_runs(
 
     hooks: dict[str, Any] = {hook_name(i, "hook_resid_pre"): [keep] for i in range(len(layers))}
     hooks[hook_name(0, "hook_resid_pre")] = [corrupt, keep]
-    probe = layers.layers[0].register_forward_hook(
-        lambda _m, _a, out: returns_tuple.append(isinstance(out, tuple))
-    )
-    try:
-        with torch.no_grad(), hooked(model, hooks), contiguous_head_input(model, float32=True):
-            out = model(input_ids=batch, logits_to_keep=1, use_cache=True)
-    finally:
-        probe.remove()
+    with (
+        torch.no_grad(),
+        hooked(model, hooks),
+        contiguous_head_input(model, float32=True),
+        layer_output_kinds(layers) as returns_tuple,
+    ):
+        out = model(input_ids=batch, logits_to_keep=1, use_cache=True)
     cache = out["cache"] if "cache" in out else out["past_key_values"]
     keys_values = [(layer.keys, layer.values) for layer in cache.layers]
     probs = torch.softmax(out.logits[:, -1].float(), dim=-1)[:, answer].cpu()
@@ -207,28 +211,6 @@ class _Restore(NamedTuple):
     token: int
     start: int
     points: tuple[str, ...]
-
-
-@contextmanager
-def _skipping(layers: Any, below: int, returns_tuple: bool) -> Iterator[None]:
-    """Layers under ``below`` pass their input through unchanged (their work is already known)."""
-
-    def passthrough(hidden_states: torch.Tensor, *_args: Any, **_kwargs: Any) -> Any:
-        return (hidden_states,) if returns_tuple else hidden_states
-
-    # A layer may carry a forward of its own already (accelerate's device-map hooks set one): it is
-    # put back as it was.
-    saved = [layer.__dict__.get("forward") for layer in layers.layers[:below]]
-    try:
-        for layer in layers.layers[:below]:
-            layer.forward = passthrough
-        yield
-    finally:
-        for layer, previous in zip(layers.layers[:below], saved, strict=True):
-            if previous is None:
-                layer.__dict__.pop("forward", None)
-            else:
-                layer.forward = previous
 
 
 def reused_probs(
@@ -287,7 +269,7 @@ def reused_probs(
     with (
         torch.no_grad(),
         hooked(model, hooks),
-        _skipping(layers, lowest, corrupted.layer_returns_tuple),
+        skipping_layers(layers, lowest, corrupted.layer_returns_tuple),
         contiguous_head_input(model, float32=True),
     ):
         out = model(input_ids=suffix, cache=cache, use_cache=cache is not None, logits_to_keep=1)
