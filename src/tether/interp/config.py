@@ -106,7 +106,10 @@ class PatchConfig(StrictModel):
 
     split: SplitConfig = Field(default_factory=SplitConfig)
     pairs: int = Field(
-        16, ge=1, description="(harmful, harmless) pairs from the train split (at most split.n_train)."
+        64,
+        ge=1,
+        description="(harmful, harmless) pairs from the train split (at most split.n_train); the cells' "
+        "bootstrap CIs are over them.",
     )
     directions: list[str] = Field(
         default_factory=lambda: list(PATCH_DIRECTIONS),
