@@ -24,8 +24,7 @@ from tether.runs import Run
 SMALL = [
     "split.n_train=3",
     "split.n_val=2",
-    "split.n_test=1",
-    "pairs=3",
+    "split.n_test=1",  # pairs unset: all 3 train pairs
     "batch_size=8",
     "bootstrap=100",
     "engine.device=cpu",

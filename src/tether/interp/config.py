@@ -105,11 +105,11 @@ class PatchConfig(StrictModel):
     and harmless runs, one (layer, post-instruction position) at a time."""
 
     split: SplitConfig = Field(default_factory=SplitConfig)
-    pairs: int = Field(
-        64,
+    pairs: int | None = Field(
+        None,
         ge=1,
-        description="(harmful, harmless) pairs from the train split (at most split.n_train); the cells' "
-        "bootstrap CIs are over them.",
+        description="(harmful, harmless) pairs from the train split, at most split.n_train (default: all "
+        "of it); the cells' bootstrap CIs are over them.",
     )
     directions: list[str] = Field(
         default_factory=lambda: list(PATCH_DIRECTIONS),
@@ -151,7 +151,7 @@ def check_patch_config(config: PatchConfig) -> list:
     from tether.errors import ConfigError
 
     def pairs_fit() -> None:
-        if config.pairs > config.split.n_train:
+        if config.pairs is not None and config.pairs > config.split.n_train:
             raise ConfigError(
                 f"{config.pairs} pairs need split.n_train >= {config.pairs} (it is {config.split.n_train})"
             )
