@@ -136,9 +136,11 @@ def test_run_writes_grids_per_model_and_direction(tiny_model_dir, tmp_path):
     assert report["models"]["m0"]["directions"] == report["models"]["m1"]["directions"]
     raw = json.loads(run.artifact("patch/m0.json").read_text())["directions"]["harmful_to_harmless"]["raw"]
     assert np.array(raw).shape == (3, k, 2)
-    assert run.artifact("patch.png").stat().st_size > 0
+    assert report["pairs"] == 3
+    assert run.artifact("patch.png").stat().st_size > 0 and run.artifact("patch_last.png").stat().st_size > 0
     html = run.artifact("interp.html").read_text()
-    assert "Activation patching" in html and "data:image/png;base64," in html
+    assert "Activation patching" in html and html.count("data:image/png;base64,") == 2
+    assert "3 (harmful, harmless) pairs" in html
 
     def no_load(spec, config, tracer):
         raise AssertionError("a finished run loaded a model")

@@ -380,7 +380,7 @@ def patch_stage(key: str) -> Callable[[PatchContext], dict[str, Any]]:
 
 
 def report_stage(ctx: PatchContext) -> dict[str, Any]:
-    from tether.interp.report import plot_panel_rows, write_patch_report
+    from tether.interp.report import plot_panel_rows, plot_position_curves, write_patch_report
 
     keys = model_keys(ctx.specs)
     models = {}
@@ -396,6 +396,7 @@ def report_stage(ctx: PatchContext) -> dict[str, Any]:
         "metric": "refusal score (log-odds of the refusal openings' first tokens at the first answer token), "
         "normalised per cell: 0 = harmless run, 1 = harmful run",
         "prompts": json.loads(ctx.run.artifact("prompts.json").read_text())["info"],
+        "pairs": len(next(iter(models.values()))["pairs"]),
         "models": models,
     }
     ctx.run.artifact("patch.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
@@ -415,6 +416,27 @@ def report_stage(ctx: PatchContext) -> dict[str, Any]:
         "activation patching of hook_resid_pre, normalised refusal score (0 harmless, 1 harmful)",
         ctx.run.artifact("patch.png"),
         limits=(-0.5, 1.5),
+    )
+    # the last post-instruction token carries most of the decision: its cells as curves, CIs shown
+    plot_position_curves(
+        [
+            (
+                d.replace("_", " "),
+                [
+                    (
+                        f"{k}: {m['spec']}" + (" (weak gap)" if m["weak_gap"] else ""),
+                        m["directions"][d]["value"][-1],
+                        m["directions"][d]["ci_low"][-1],
+                        m["directions"][d]["ci_high"][-1],
+                    )
+                    for k, m in models.items()
+                ],
+            )
+            for d in ctx.config.directions
+        ],
+        "last post-instruction token, normalised refusal score with 95% bootstrap CIs over the pairs",
+        ctx.run.artifact("patch_last.png"),
+        reference=[0.0 if d == "harmful_to_harmless" else 1.0 for d in ctx.config.directions],
     )
     write_patch_report(report, ctx.run)
     return {"report": "interp.html"}

@@ -143,6 +143,34 @@ def plot_panel_rows(
     _save(fig, path)
 
 
+def plot_position_curves(
+    curves: list[tuple[str, list[tuple[str, list[float | None], list[float | None], list[float | None]]]]],
+    title: str,
+    path: Path,
+    reference: list[float] | None = None,
+) -> None:
+    """One panel per group of curves over layers, each with its CI band (patch: one panel per
+    direction, one curve per model at the last post-instruction position); ``reference`` draws a
+    dotted line per panel (what "no effect" reads as there)."""
+    plt = _plt()
+    fig, axes = plt.subplots(
+        1, len(curves), figsize=(5.2 * len(curves), 3.8), squeeze=False, layout="constrained"
+    )
+    for i, (ax, (name, lines)) in enumerate(zip(axes[0], curves, strict=True)):
+        for label, *series in lines:
+            value, low, high = ([float("nan") if v is None else v for v in s] for s in series)
+            layers = range(len(value))
+            ax.plot(layers, value, marker=".", label=label)
+            ax.fill_between(layers, low, high, alpha=0.2, color=ax.lines[-1].get_color())
+        if reference is not None:
+            ax.axhline(reference[i], color="grey", ls=":", lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("layer")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def _render(name: str, **context: Any) -> str:
     from importlib import resources
 
@@ -188,7 +216,7 @@ def write_trace_report(report: dict[str, Any], run: Any) -> Path:
 
 def write_patch_report(report: dict[str, Any], run: Any) -> Path:
     out = run.artifact("interp.html")
-    figures = {"patch": _uri(run.artifact("patch.png"))}
+    figures = {"patch": _uri(run.artifact("patch.png")), "last": _uri(run.artifact("patch_last.png"))}
     out.write_text(_render("patch", report=report, figures=figures), encoding="utf-8")
     return out
 
@@ -198,6 +226,7 @@ __all__ = [
     "plot_heatmap",
     "plot_panel_rows",
     "plot_panels",
+    "plot_position_curves",
     "write_direction_report",
     "write_patch_report",
     "write_trace_report",
