@@ -25,7 +25,8 @@ there, and only the last few columns of the upper layers are run. The same score
 (:func:`patched_scores`, kept as the reference and tested against it) at a small part of the work.
 
 Stages (a rerun skips the finished ones): ``prompts`` (as refusal-direction's), ``patch/<mK>`` per
-model (``patch/<mK>.json``), ``report`` (``patch.json``, ``patch.png``, ``interp.html``).
+model (``patch/<mK>.json``), ``report`` (``patch.json``, ``patch.png``, ``patch_last.png``,
+``interp.html``).
 """
 
 from __future__ import annotations
