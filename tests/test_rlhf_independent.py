@@ -6,8 +6,8 @@ import json
 import math
 
 import pytest
-from tests.fakes import ScriptedEngine
 
+from fakes import ScriptedEngine
 from tether.engine.types import Prompt, ScoreRequest
 from tether.feedback.records import load_labelled_sets
 from tether.rlhf.documents import SummaryDocument
