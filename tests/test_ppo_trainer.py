@@ -96,6 +96,34 @@ def test_samples_per_prompt_scores_each_sample_against_its_siblings(tiny_model_d
     assert row["reward_mean"] == pytest.approx(sum(raw_scores[0]) / 6)
 
 
+def test_rollouts_sample_in_the_decode_loop_unless_told_otherwise(tiny_model_dir, tmp_path, monkeypatch):
+    from tether.config import EngineConfig
+    from tether.engine.engine import Engine
+
+    sampled_in_loop = []
+    real = Engine._uses_decode_loop
+
+    def spy(self, params, prompts):
+        used = real(self, params, prompts)
+        if params.temperature > 0:
+            sampled_in_loop.append(used)
+        return used
+
+    monkeypatch.setattr(Engine, "_uses_decode_loop", spy)
+    train_ppo(str(tiny_model_dir), PROMPTS, toy_reward, tmp_path / "auto", config(steps=1))
+    assert sampled_in_loop == [True]
+    sampled_in_loop.clear()
+    train_ppo(
+        str(tiny_model_dir),
+        PROMPTS,
+        toy_reward,
+        tmp_path / "transformers",
+        config(steps=1),
+        engine_config=EngineConfig(decode_loop="transformers"),
+    )
+    assert sampled_in_loop == [False]
+
+
 def test_train_resume_and_monitors(tiny_model_dir, tmp_path):
     out = tmp_path / "ppo"
     quality_calls = []
@@ -161,11 +189,14 @@ def test_early_stop_on_critical_alert(tiny_model_dir, tmp_path):
     assert result.stopped_early and result.steps < 4
     assert any(a.kind == "kl" and a.severity == "critical" for a in result.alerts)
     assert checkpoints(tmp_path / "ppo")[-1].name == f"step-{result.steps:06d}"
-    # A critical alert at the last step ends nothing: the run is not reported as stopped early.
+    # A critical alert at the last step ends nothing: the run is not reported as stopped early. (The
+    # same seed stops at the same step, so a run that ends there has that alert at its last step.)
+    stop = result.steps
     last = train_ppo(
-        str(tiny_model_dir), PROMPTS, toy_reward, tmp_path / "last", cfg.model_copy(update={"steps": 2})
+        str(tiny_model_dir), PROMPTS, toy_reward, tmp_path / "last", cfg.model_copy(update={"steps": stop})
     )
-    assert last.steps == 2 and not last.stopped_early and any(a.step == 2 for a in last.alerts)
+    assert last.steps == stop and not last.stopped_early
+    assert any(a.step == stop and a.severity == "critical" for a in last.alerts)
 
 
 def test_reward_tokenizer_check_runs_first(tiny_model_dir, tmp_path):

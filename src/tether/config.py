@@ -146,7 +146,8 @@ class EngineConfig(StrictModel):
         description="Who runs generation. 'tether': Tether's decode loop (static KV cache, continuous "
         "batching) for greedy and sampled decoding; 'transformers': transformers' generate, batch by "
         "batch; 'auto': Tether's loop for greedy decoding and transformers' for sampling, which keeps "
-        "the samples of earlier releases for a given seed and batch plan.",
+        "the samples of earlier releases for a given seed and batch plan, except PPO's rollouts, which "
+        "sample in Tether's loop.",
     )
     prefix_reuse: Literal["auto", "on", "off"] = Field(
         "auto",

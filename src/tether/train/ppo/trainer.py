@@ -4,7 +4,8 @@ Per iteration:
 
 1. **rollout** — sample one response per prompt through the Engine, which wraps the very policy
    model being trained (LoRA active), at ``ppo.temperature`` with ``top_p=1`` and no top-k, so the
-   log-probs PPO recomputes are those of the distribution that sampled;
+   log-probs PPO recomputes are those of the distribution that sampled; under ``decode_loop: auto``
+   in Tether's decode loop (``transformers`` keeps transformers' generate);
 2. **reward** — a reward model (or any ``reward_fn``) scores prompt + response, plus optional rule
    terms: a length penalty and a penalty for responses cut off before EOS;
 3. **update** — :func:`rollout_and_update`: the rollout (policy log-probs and values, reference
@@ -357,6 +358,11 @@ def train_ppo(
     began = time.perf_counter()
     base_spec = base_spec_of(policy_spec)  # adapters we save sit on the root base model
     engine_config = engine_config or EngineConfig()
+    if engine_config.decode_loop == "auto":
+        # Rollouts are training data, not an artifact anyone replays sample for sample: they sample in
+        # Tether's decode loop, which draws other samples for a seed than transformers' generate and
+        # takes 0.67x its time at PPO's shape (README, "RLHF for summarization")
+        engine_config = engine_config.model_copy(update={"decode_loop": "tether"})
     device_args = {"device": engine_config.device, "dtype": engine_config.dtype}
 
     # --- Setup: LoRA policy with a value head, reference, optimizer, KL controller, monitors -------------
@@ -476,7 +482,8 @@ def train_ppo(
                 seed=config.seed * 1_000_003 + step,
             )
             policy.eval()
-            # Prompts in order, engine.batch_size of them a batch: the batch plan seeds the samples.
+            # Prompts in order on a fixed plan: the decode loop seeds each prompt's samples, transformers'
+            # generate each batch of engine.batch_size prompts.
             completions = engine.generate(
                 batch,
                 params,
