@@ -31,6 +31,10 @@ Prints ``name: ratio`` lines:
     spec with ``engine.merge_adapter`` true (merged into the base once) against false (PEFT's LoRA
     modules run every step), greedy through the decode loop on the 16 and the 128 prompts above:
     time of each, and how many greedy texts the two share;
+  * rollout (``--only rollout``): PPO's rollouts at ``configs/rlhf.yaml``'s shape (4 BoolQ documents
+    x 2 samples a step, temperature 0.7, an unmerged LoRA policy as PPO trains it), transformers'
+    generate against the decode loop, which PPO samples in under ``engine.decode_loop=auto``; the two
+    draw different samples, so only speed is compared;
   * achieved GFLOP/s of the engine against a plain ``torch.mm`` peak measured in the same run.
 
 Run: ``python benchmarks/engine.py [--threads 2] [--items 120]``.
@@ -385,6 +389,62 @@ def bench_adapter(engine: Engine, new_tokens: int, adapter: str | None = None) -
     return greedy_sides("adapter", "unmerged", unmerged, "merged", merged, new_tokens)[0]
 
 
+def bench_rollout(engine: Engine, new_tokens: int, steps: int = 3) -> float:
+    """PPO's rollouts as ``configs/rlhf.yaml`` draws them (4 BoolQ summarization prompts a step, 2
+    samples each, temperature 0.7, top-p 1, prompts in order on a fixed plan) from a policy whose LoRA
+    modules run unmerged, as PPO's trainable adapter does: transformers' generate against the decode
+    loop, ``steps`` steps a side, A-B-B-A; returns the time ratio (decode loop / transformers)."""
+    from dataclasses import replace
+
+    from peft import get_peft_model
+
+    from tether.rlhf.documents import load_boolq_documents
+    from tether.rlhf.pipeline import ppo_prompts
+    from tether.train.lora import LoRAConfig, peft_config
+
+    torch.manual_seed(0)
+    policy = get_peft_model(
+        Engine.from_spec("default", engine.config).model, peft_config(LoRAConfig(dropout=0.0))
+    )
+    for module in policy.modules():
+        if hasattr(module, "lora_B"):
+            for layer in module.lora_B.values():
+                torch.nn.init.normal_(layer.weight, std=0.002)
+    policy.eval()
+    loaded = replace(engine.loaded, model=policy)
+    sides = {
+        mode: Engine(loaded, engine.config.model_copy(update={"decode_loop": mode}))
+        for mode in ("transformers", "tether")
+    }
+    prompts = ppo_prompts(load_boolq_documents()[: 4 * steps])
+
+    def run(mode: str):
+        def rollouts() -> int:
+            tokens = 0
+            for step in range(steps):
+                params = SamplingParams(
+                    max_new_tokens=new_tokens, temperature=0.7, top_p=1.0, n=2, seed=step + 1
+                )
+                out = sides[mode].generate(
+                    prompts[4 * step : 4 * step + 4], params, progress=False, batch_size=engine.config.batch_size,
+                    sort_by_length=False,
+                )  # fmt: skip
+                tokens += sum(c.completion_tokens for c in out)
+            return tokens
+
+        return rollouts
+
+    (hf_tok, _), hf_s, (loop_tok, _), loop_s = abba(run("transformers"), run("tether"))
+    lengths = [len(engine.tokenizer(p.text)["input_ids"]) for p in prompts]
+    print(
+        f"rollout: {steps} steps of 4 prompts x 2 samples (prompts {sum(lengths) / len(lengths):.0f} tokens on "
+        f"average), unmerged LoRA policy: transformers' generate {hf_tok} tok in {hf_s:.1f}s "
+        f"({hf_tok / hf_s:.1f} tok/s), decode loop {loop_tok} tok in {loop_s:.1f}s ({loop_tok / loop_s:.1f} tok/s): "
+        f"the decode loop takes {loop_s / hf_s:.2f}x transformers' time"
+    )
+    return loop_s / hf_s
+
+
 # --only NAME: (comparison, printed ratio name, how the ratio reads).
 DECODE_COMPARISONS = {
     "slots": (
@@ -411,6 +471,11 @@ DECODE_COMPARISONS = {
         bench_adapter,
         "generation_time_adapter_merged_over_unmerged",
         "16 prompts: time with engine.merge_adapter=true / with false; below 1: merging is faster",
+    ),
+    "rollout": (
+        bench_rollout,
+        "ppo_rollout_time_decode_loop_over_transformers",
+        "PPO-shaped sampling: time in the decode loop / in transformers' generate; below 1: the loop is faster",
     ),
     "head": (
         bench_head,
