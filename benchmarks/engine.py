@@ -5,8 +5,9 @@ Prints ``name: ratio`` lines:
     continuous batching) vs one ``model.generate`` per prompt, tokens/s of each (greedy text must be
     identical); ``--compare-transformers`` adds the engine on transformers' batched ``generate``;
   * scoring: >=100 real MMLU + HellaSwag items x 4 choices, the engine's prefix-sharing scorer vs one
-    forward pass per (context, choice) with a full-vocabulary log_softmax (log-likelihoods must agree
-    within 1e-4);
+    forward pass per (context, choice) with a full-vocabulary float32 log_softmax; the engine's
+    log-likelihoods must be within 1e-4 of the same forward's float64 log_softmax (computed untimed:
+    float32's own misses it by up to 5e-4 on a long HellaSwag ending);
   * slots (``--only slots``): 128 chat prompts x 64 new greedy tokens through the decode loop with
     ``engine.decode_slots`` 16 against 128 (the default), tokens/s and K/V cache size of each (greedy
     text must be identical): how much the real jobs, which generate for many prompts at once, gain
@@ -37,6 +38,11 @@ Prints ``name: ratio`` lines:
     draw different samples, so only speed is compared;
   * achieved GFLOP/s of the engine against a plain ``torch.mm`` peak measured in the same run.
 
+Every comparison also prints each side's peak RSS, sampled while that side ran: the sides share one
+process and the model it loaded, so each figure includes the model and whatever the allocator kept
+from the side before (sides run A-B-B-A, so each runs once after the other); ``benchmarks/ppo.py``
+and ``vs_lm_eval.py`` run each side in its own process instead.
+
 Run: ``python benchmarks/engine.py [--threads 2] [--items 120]``.
 """
 
@@ -44,7 +50,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,19 +80,63 @@ GEN_PROMPTS = [
 ]
 
 
+class PeakRSS:
+    """The process's largest resident set while the block runs, sampled every ``interval`` seconds.
+    The sides of a comparison here share one process (and the model it loaded), and ``ru_maxrss``
+    only ever grows, so it cannot tell which side needed the memory; a side's peak includes the
+    model both sides share."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval, self.peak = interval, 0
+        self._page = resource.getpagesize()
+        self._stop = threading.Event()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * self._page
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
 def timed(fn):
-    began = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - began
+    """``(fn(), seconds, peak RSS in bytes while it ran)``."""
+    with PeakRSS() as rss:
+        began = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - began
+    return out, seconds, rss.peak
 
 
-def abba(naive_fn, ours_fn):
+def print_peaks(tag: str, peaks: dict[str, int]) -> None:
+    sides = ", ".join(f"{label} {peak / 2**30:.2f} GB" for label, peak in peaks.items())
+    print(f"{tag}: peak RSS while each side ran (one process, the shared model included): {sides}")
+
+
+def abba(naive_fn, ours_fn, tag: str, labels: tuple[str, str]):
     """Time both ways in A-B-B-A order and average, so load from other processes on a shared
-    machine falls on both sides alike."""
-    ours_1, t1 = timed(ours_fn)
-    naive_1, n1 = timed(naive_fn)
-    naive_2, n2 = timed(naive_fn)
-    ours_2, t2 = timed(ours_fn)
+    machine falls on both sides alike; prints ``tag`` and each side's peak RSS, named by ``labels``
+    (naive's, ours)."""
+    ours_1, t1, ours_peak_1 = timed(ours_fn)
+    naive_1, n1, naive_peak_1 = timed(naive_fn)
+    naive_2, n2, naive_peak_2 = timed(naive_fn)
+    ours_2, t2, ours_peak_2 = timed(ours_fn)
+    print_peaks(
+        tag,
+        dict(zip(labels, (max(naive_peak_1, naive_peak_2), max(ours_peak_1, ours_peak_2)), strict=True)),
+    )
     return (naive_1, naive_2), (n1 + n2) / 2, (ours_1, ours_2), (t1 + t2) / 2
 
 
@@ -144,10 +196,13 @@ def bench_generation(engine: Engine, new_tokens: int, compare_transformers: bool
     plan = list(sides) + list(reversed(sides))
     outputs: dict[str, list] = {name: [] for name in sides}
     seconds: dict[str, float] = dict.fromkeys(sides, 0.0)
+    peaks: dict[str, int] = dict.fromkeys(sides, 0)
     for name in plan:
-        out, took = timed(sides[name])
+        out, took, peak = timed(sides[name])
         outputs[name].append(out)
         seconds[name] += took / 2
+        peaks[name] = max(peaks[name], peak)
+    print_peaks("generation", peaks)
     reference = outputs["naive"][0]
     for name, (first, again) in outputs.items():
         assert first == again, f"{name}: greedy output is not deterministic"
@@ -191,17 +246,20 @@ def greedy_abba(engine: Engine, prompts: list[Prompt], params: SamplingParams, f
         value: Engine(engine.loaded, engine.config.model_copy(update={field: value, "decode_loop": "tether"}))
         for value in (a, b)
     }
-    return (sides, *greedy_abba_of(sides[a], sides[b], prompts, params))
+    labels = (f"{field}={a}", f"{field}={b}")
+    return (sides, *greedy_abba_of(sides[a], sides[b], prompts, params, field, labels))
 
 
-def greedy_abba_of(a: Engine, b: Engine, prompts: list[Prompt], params: SamplingParams):
+def greedy_abba_of(
+    a: Engine, b: Engine, prompts: list[Prompt], params: SamplingParams, tag: str, labels: tuple[str, str]
+):
     """Greedy decoding of ``prompts`` by engine ``a`` against engine ``b``, A-B-B-A: ``((a's outputs,
     seconds), (b's outputs, seconds), prompts with identical text)``."""
 
     def run(side: Engine):
         return lambda: [(c.text, c.completion_tokens) for c in side.generate(prompts, params, progress=False)]
 
-    (a_1, a_2), a_seconds, (b_1, b_2), b_seconds = abba(run(a), run(b))
+    (a_1, a_2), a_seconds, (b_1, b_2), b_seconds = abba(run(a), run(b), tag, labels)
     assert a_1 == a_2 and b_1 == b_2, "greedy output is not deterministic"
     same = sum(x[0] == y[0] for x, y in zip(a_1, b_1, strict=True))
     return (a_1, a_seconds), (b_1, b_seconds), same
@@ -261,7 +319,9 @@ def bench_sampling(engine: Engine, new_tokens: int) -> float:
     def run(mode: str):
         return lambda: sum(c.completion_tokens for c in sides[mode].generate(prompts, params, progress=False))
 
-    (hf_1, hf_2), hf_s, (loop_1, loop_2), loop_s = abba(run("transformers"), run("tether"))
+    (hf_1, hf_2), hf_s, (loop_1, loop_2), loop_s = abba(
+        run("transformers"), run("tether"), "sampling", ("transformers' generate", "decode loop")
+    )
     hf_rate, loop_rate = (hf_1 + hf_2) / 2 / hf_s, (loop_1 + loop_2) / 2 / loop_s
     print(
         f"sampling: transformers' generate, batches of {engine.config.batch_size}: {hf_1} tok in {hf_s:.1f}s "
@@ -309,7 +369,7 @@ def bench_prefix(engine: Engine, new_tokens: int) -> float:
     def run(mode: str):
         return lambda: sum(c.completion_tokens for c in sides[mode].generate(prompts, params, progress=False))
 
-    (off_1, _), off_s, (on_1, _), on_s = abba(run("off"), run("on"))
+    (off_1, _), off_s, (on_1, _), on_s = abba(run("off"), run("on"), "prefix", ("reuse off", "reuse on"))
     tokens = sum(len(sides["on"].encode_prompt(p, new_tokens)[0]) for p in prompts)
     reused = sides["on"].backend._loop.reused_tokens // 2  # two timed runs
     print(
@@ -335,7 +395,9 @@ def greedy_sides(tag: str, a_label: str, a: Engine, b_label: str, b: Engine, new
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
     ratios = []
     for label, prompts in prompt_sets():
-        (a_1, a_s), (b_1, b_s), same = greedy_abba_of(a, b, prompts, params)
+        (a_1, a_s), (b_1, b_s), same = greedy_abba_of(
+            a, b, prompts, params, f"{tag}: {label}", (a_label, b_label)
+        )
         a_tok, b_tok = sum(n for _, n in a_1), sum(n for _, n in b_1)
         print(
             f"{tag}: {label}: {a_label} {a_tok} tok in {a_s:.1f}s ({a_tok / a_s:.1f} tok/s), {b_label} "
@@ -434,7 +496,9 @@ def bench_rollout(engine: Engine, new_tokens: int, steps: int = 3) -> float:
 
         return rollouts
 
-    (hf_tok, _), hf_s, (loop_tok, _), loop_s = abba(run("transformers"), run("tether"))
+    (hf_tok, _), hf_s, (loop_tok, _), loop_s = abba(
+        run("transformers"), run("tether"), "rollout", ("transformers' generate", "decode loop")
+    )
     lengths = [len(engine.tokenizer(p.text)["input_ids"]) for p in prompts]
     print(
         f"rollout: {steps} steps of 4 prompts x 2 samples (prompts {sum(lengths) / len(lengths):.0f} tokens on "
@@ -495,7 +559,11 @@ def scoring_items(n: int) -> list[ScoreRequest]:
     return [formats.mmlu_request(x) for x in mmlu] + [formats.hellaswag_request(x) for x in hella]
 
 
-def naive_score(engine: Engine, requests: list[ScoreRequest]) -> list[list[float]]:
+def naive_score(engine: Engine, requests: list[ScoreRequest], dtype=torch.float32) -> list[list[float]]:
+    """One forward per (context, continuation) and a full-vocabulary log-softmax in ``dtype``: float32
+    (as lm-eval does) is the timed side; float64 is the reference the engine is checked against. A
+    float32 log-softmax over 49k logits is off by about 1e-5 a token, so over a 50-token HellaSwag
+    ending float32 itself misses the float64 sum by up to 5e-4."""
     model = engine.model
     out = []
     with torch.inference_mode():
@@ -504,7 +572,7 @@ def naive_score(engine: Engine, requests: list[ScoreRequest]) -> list[list[float
             row = []
             for cont in enc.continuation_ids:
                 ids = torch.tensor([enc.context_ids + cont])
-                logprobs = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)[0]
+                logprobs = torch.log_softmax(model(input_ids=ids).logits.to(dtype), dim=-1)[0]
                 start = len(enc.context_ids)
                 targets = ids[0, start:]
                 row.append(float(logprobs[start - 1 : -1].gather(-1, targets[:, None]).sum()))
@@ -515,21 +583,29 @@ def naive_score(engine: Engine, requests: list[ScoreRequest]) -> list[list[float
 def bench_scoring(engine: Engine, n: int) -> tuple[float, float, int]:
     requests = scoring_items(n)
     (naive, _), naive_s, (ours, _), ours_s = abba(
-        lambda: naive_score(engine, requests), lambda: engine.score(requests, progress=False)
+        lambda: naive_score(engine, requests),
+        lambda: engine.score(requests, progress=False),
+        "scoring",
+        ("one forward per choice", "engine"),
     )
-    worst = max(
-        abs(a - b) for r, o in zip(naive, ours, strict=True) for a, b in zip(r, o.logprobs, strict=True)
-    )
+
+    def worst(a: list[list[float]], b: list[list[float]]) -> float:
+        return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+    engine_sums = [o.logprobs for o in ours]
+    exact = naive_score(engine, requests, torch.float64)  # untimed
     tokens = sum(
         len(engine.encode_score(r).context_ids) + sum(len(c) for c in engine.encode_score(r).continuation_ids)
         for r in requests
     )
     print(
         f"scoring: {len(requests)} items x 4 choices; naive {naive_s:.1f}s ({len(requests) / naive_s:.2f} items/s); "
-        f"engine {ours_s:.1f}s ({len(requests) / ours_s:.2f} items/s); max |delta loglik| = {worst:.2e}"
+        f"engine {ours_s:.1f}s ({len(requests) / ours_s:.2f} items/s); max |delta loglik| from a float64 "
+        f"log-softmax of the same forward: engine {worst(engine_sums, exact):.2e}, naive's float32 log-softmax "
+        f"{worst(naive, exact):.2e}"
     )
-    if worst > 1e-4:
-        print("scoring: FAILED equality check (tolerance 1e-4)", file=sys.stderr)
+    if worst(engine_sums, exact) > 1e-4:
+        print("scoring: FAILED equality check (tolerance 1e-4 against float64)", file=sys.stderr)
     return naive_s / ours_s, ours_s, tokens
 
 
