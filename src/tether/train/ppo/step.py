@@ -109,7 +109,11 @@ def make_kl_controller(config: PPOConfig) -> KLController:
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
     # gather - logsumexp gives the same numbers as log_softmax().gather() without a second (B, R, V) tensor.
-    logits = logits.float() / temperature
+    # Callers that scaled the logits already pass 1.0: dividing by it would cost another (B, R, V)
+    # tensor and a pass over the vocabulary, and change no bit.
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
