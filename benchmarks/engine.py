@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import threading
 import time
@@ -87,13 +86,14 @@ class PeakRSS:
     model both sides share."""
 
     def __init__(self, interval: float = 0.005) -> None:
+        import psutil  # accelerate's dependency, so always installed with Tether
+
         self.interval, self.peak = interval, 0
-        self._page = resource.getpagesize()
+        self._process = psutil.Process()
         self._stop = threading.Event()
 
     def _rss(self) -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * self._page
+        return self._process.memory_info().rss
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
