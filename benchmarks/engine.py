@@ -418,20 +418,28 @@ def bench_dtype(engine: Engine, new_tokens: int) -> float:
     return greedy_sides("dtype", "float32", fp32, "bfloat16", bf16, new_tokens)[-1]
 
 
-def random_adapter(directory: Path, seed: int = 0) -> Path:
-    """A LoRA adapter on the default model shaped like Tether's SFT adapters (r 16, alpha 32, every
-    linear module), its B factors drawn small and seeded so the model still writes text."""
+def random_lora_model(lora, seed: int = 0):
+    """The default model, freshly loaded, with LoRA modules of ``lora`` (a ``LoRAConfig``) whose B
+    factors are drawn small and seeded, so the model still writes text but the adapter does work."""
     from peft import get_peft_model
 
-    from tether.train.lora import LoRAConfig, peft_config, write_base_file
+    from tether.train.lora import peft_config
 
     torch.manual_seed(seed)
-    model = get_peft_model(Engine.from_spec("default").model, peft_config(LoRAConfig()))
+    model = get_peft_model(Engine.from_spec("default").model, peft_config(lora))
     for module in model.modules():
         if hasattr(module, "lora_B"):
             for layer in module.lora_B.values():
                 torch.nn.init.normal_(layer.weight, std=0.002)
-    model.save_pretrained(directory)
+    return model
+
+
+def random_adapter(directory: Path, seed: int = 0) -> Path:
+    """A LoRA adapter on the default model shaped like Tether's SFT adapters (r 16, alpha 32, every
+    linear module), saved with seeded random weights (:func:`random_lora_model`)."""
+    from tether.train.lora import LoRAConfig, write_base_file
+
+    random_lora_model(LoRAConfig(), seed).save_pretrained(directory)
     write_base_file(directory, "default")
     return directory
 
@@ -458,20 +466,11 @@ def bench_rollout(engine: Engine, new_tokens: int, steps: int = 3) -> float:
     loop, ``steps`` steps a side, A-B-B-A; returns the time ratio (decode loop / transformers)."""
     from dataclasses import replace
 
-    from peft import get_peft_model
-
     from tether.rlhf.documents import load_boolq_documents
     from tether.rlhf.pipeline import ppo_prompts
-    from tether.train.lora import LoRAConfig, peft_config
+    from tether.train.lora import LoRAConfig
 
-    torch.manual_seed(0)
-    policy = get_peft_model(
-        Engine.from_spec("default", engine.config).model, peft_config(LoRAConfig(dropout=0.0))
-    )
-    for module in policy.modules():
-        if hasattr(module, "lora_B"):
-            for layer in module.lora_B.values():
-                torch.nn.init.normal_(layer.weight, std=0.002)
+    policy = random_lora_model(LoRAConfig(dropout=0.0))
     policy.eval()
     loaded = replace(engine.loaded, model=policy)
     sides = {
@@ -592,8 +591,8 @@ def bench_scoring(engine: Engine, n: int) -> tuple[float, float, int]:
     def worst(a: list[list[float]], b: list[list[float]]) -> float:
         return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
-    engine_sums = [o.logprobs for o in ours]
     exact = naive_score(engine, requests, torch.float64)  # untimed
+    engine_error = worst([o.logprobs for o in ours], exact)
     tokens = sum(
         len(engine.encode_score(r).context_ids) + sum(len(c) for c in engine.encode_score(r).continuation_ids)
         for r in requests
@@ -601,10 +600,10 @@ def bench_scoring(engine: Engine, n: int) -> tuple[float, float, int]:
     print(
         f"scoring: {len(requests)} items x 4 choices; naive {naive_s:.1f}s ({len(requests) / naive_s:.2f} items/s); "
         f"engine {ours_s:.1f}s ({len(requests) / ours_s:.2f} items/s); max |delta loglik| from a float64 "
-        f"log-softmax of the same forward: engine {worst(engine_sums, exact):.2e}, naive's float32 log-softmax "
+        f"log-softmax of the same forward: engine {engine_error:.2e}, naive's float32 log-softmax "
         f"{worst(naive, exact):.2e}"
     )
-    if worst(engine_sums, exact) > 1e-4:
+    if engine_error > 1e-4:
         print("scoring: FAILED equality check (tolerance 1e-4 against float64)", file=sys.stderr)
     return naive_s / ours_s, ours_s, tokens
 
