@@ -295,7 +295,7 @@ def test_prefill_on_a_shared_prefix_matches_a_full_prefill(tiny_model_dir):
     loop = DecodeLoop(loaded.model, loaded.tokenizer, engine.eos_token_ids, engine.backend.pad_id, "cpu")
     with torch.no_grad():
         whole = loop._prefill_alone(second, reuse=False)
-        loop._last_prefill = (first, loop._prefill_alone(first, reuse=False).cache)
+        loop.prefixes.add(first, loop._prefill_alone(first, reuse=False).cache)
         reused = loop._prefill_alone(second, reuse=True)
     shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
     assert shared > 100 and loop.reused_tokens == shared
@@ -304,6 +304,142 @@ def test_prefill_on_a_shared_prefix_matches_a_full_prefill(tiny_model_dir):
         assert a.keys.shape == b.keys.shape == (1, a.keys.shape[1], len(second), a.keys.shape[3])
         torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-4)
+
+
+def test_prefix_store_supersedes_extended_prompts_and_keeps_to_its_budget():
+    from tether.engine.decode import PrefixStore
+
+    store = PrefixStore(max_bytes=10 * 4, bytes_per_token=4)  # room for 10 tokens
+    store.add([1, 2, 3], "a")
+    store.add([1, 2, 3, 4, 5], "b")  # extends a, so serves everything a could: a goes
+    assert list(store.entries) == [(1, 2, 3, 4, 5)]
+    assert store.longest([1, 2, 3, 9]) == (3, "b")
+    assert store.longest([8]) == (0, None)
+    store.add([7, 8, 9], "c")
+    store.add([6, 6, 6], "d")  # 11 tokens: the least recently used goes
+    assert list(store.entries) == [(7, 8, 9), (6, 6, 6)]
+    store.longest([7, 8, 0])  # c is used, so d is now the least recent
+    store.add([5, 5, 5, 5, 5], "e")
+    assert list(store.entries) == [(7, 8, 9), (5, 5, 5, 5, 5)]
+    store.keep_for(("state", 1))  # made under another state (none): emptied
+    assert not store.entries
+    store.add([1, 2], "f")
+    store.keep_for(("state", 1))
+    assert list(store.entries) == [(1, 2)]
+    store.keep_for(("state", 2))
+    assert not store.entries
+
+    within_a_call = PrefixStore(max_bytes=0, bytes_per_token=4)  # no budget: the last prompt only
+    within_a_call.add([1, 2, 3], "a")
+    within_a_call.add([4, 5], "b")
+    assert list(within_a_call.entries) == [(4, 5)] and not within_a_call.persistent
+
+
+def test_model_state_sees_weights_hooks_and_adapter_switches(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from tether.engine.decode import model_state
+
+    model = load(str(tiny_model_dir)).model
+    start = model_state(model)
+    assert model_state(model) == start
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda _m, _a, out: out * 2)
+    assert model_state(model) != start
+    handle.remove()
+    assert model_state(model) == start
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(1.0)  # same values, written in place
+    assert model_state(model) != start
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    on = model_state(peft)
+    with peft.disable_adapter():
+        assert model_state(peft) != on
+    assert model_state(peft) == on
+
+
+def test_a_calls_span_counts_the_prompt_tokens_it_reused(tiny_model_dir, tmp_path):
+    from tether.runs import Run
+    from tether.tracing import SPANS_FILENAME, read_spans
+
+    run = Run.create("reuse", root=tmp_path, job="test")
+    engine = Engine(
+        load(str(tiny_model_dir)), EngineConfig(decode_loop="tether", prefix_reuse="on"), run.tracer
+    )
+    engine.generate(PREFIXED, SamplingParams(max_new_tokens=4), progress=False)
+    engine.generate(PREFIXED[:1], SamplingParams(max_new_tokens=4), progress=False)
+    run.finish()
+    calls = [s for s in read_spans(run.path / SPANS_FILENAME) if "tether.batch.prompts" in s["attributes"]]
+    reused = [c["attributes"]["tether.prefix.reused_tokens"] for c in calls]
+    assert reused[0] == engine.backend.reused_prompt_tokens > 300 and reused[1] == 0
+
+
+def test_prefix_cache_carries_a_conversation_across_calls(tiny_model_dir):
+    """engine.prefix_cache_mb: a prompt that extends an earlier call's prompt prefills only its new
+    tokens, with greedy text equal to generate's; without a budget nothing carries over between
+    calls; a new hook or a weight written in place empties the store, and the text is then the
+    changed model's."""
+    from tether.engine.decode import admission_order, shared_prefix
+
+    loaded = load(str(tiny_model_dir))
+    turn1 = [
+        Prompt(id=f"c{i}", text=SHARED + q) for i, q in enumerate(["Why is the sky blue?", "Name fruits."])
+    ]
+    turn2 = [Prompt(id=p.id, text=p.text + " Because of the light. And why is that?") for p in turn1]
+    params = SamplingParams(max_new_tokens=6)
+
+    def expected(stored: list[list[int]], prompts: list[list[int]]) -> int:
+        """Tokens reused when ``prompts`` run in admission order on top of ``stored``."""
+        total, store = 0, list(stored)
+        for i in admission_order(prompts, reuse=True):
+            total += min(max((shared_prefix(prompts[i], s) for s in store), default=0), len(prompts[i]) - 1)
+            store.append(prompts[i])
+        return total
+
+    def second_call(engine: Engine) -> tuple[int, list]:
+        loop_before = engine.backend._loop.reused_tokens if engine.backend._loop else 0
+        out = engine.generate(turn2, params, progress=False)
+        return engine.backend._loop.reused_tokens - loop_before, out
+
+    def check_text(engine: Engine, out) -> None:
+        for prompt, completion in zip(turn2, out, strict=True):
+            ids = engine.encode_prompt(prompt, 6)[0]
+            assert completion.token_ids == _hf_greedy(loaded, ids, 6, engine.eos_token_ids), prompt.id
+
+    kept = Engine(loaded, EngineConfig(decode_loop="tether", prefix_reuse="on", prefix_cache_mb=64))
+    ids1 = [kept.encode_prompt(p, 6)[0] for p in turn1]
+    ids2 = [kept.encode_prompt(p, 6)[0] for p in turn2]
+    assert all(len(i) > 128 for i in ids1)  # long enough to be prefilled alone
+    kept.generate(turn1, params, progress=False)
+    reused, out = second_call(kept)
+    assert reused == expected(ids1, ids2) > expected([], ids2)
+    check_text(kept, out)
+
+    per_call = Engine(loaded, EngineConfig(decode_loop="tether", prefix_reuse="on"))
+    per_call.generate(turn1, params, progress=False)
+    assert second_call(per_call)[0] == expected([], ids2)
+
+    handle = loaded.model.model.layers[0].mlp.register_forward_hook(lambda _m, _a, out: out * 3)
+    try:
+        reused, out = second_call(kept)
+        assert reused == expected([], ids2)  # the stored keys and values were the unhooked model's
+        check_text(kept, out)
+    finally:
+        handle.remove()
+    second_call(kept)
+    with torch.no_grad():
+        loaded.model.model.layers[1].mlp.down_proj.weight.mul_(3.0)
+    reused, out = second_call(kept)
+    assert reused == expected([], ids2)
+    check_text(kept, out)
+
+    # under 'auto' a greedy call reuses nothing, and leaves the kept prompts to the next sampled call
+    sampled = SamplingParams(max_new_tokens=4, temperature=0.8)
+    auto = Engine(loaded, EngineConfig(decode_loop="tether", prefix_cache_mb=64))
+    auto.generate(turn1, sampled, progress=False)
+    auto.generate([Prompt(id="other", text="A short greedy question?")], params, progress=False)
+    before = auto.backend.reused_prompt_tokens
+    auto.generate(turn2, sampled, progress=False)
+    assert auto.backend.reused_prompt_tokens - before == expected(ids1, ids2)
 
 
 @pytest.mark.parametrize("slots", [1, 4])

@@ -107,6 +107,7 @@ def test_items_carry_their_own_times_and_the_token_totals(traced_run):
     assert call["attributes"]["gen_ai.usage.output_tokens"] == out_tokens
     assert sum(s["attributes"]["gen_ai.usage.output_tokens"] for s in items) == out_tokens
     assert call["attributes"]["gen_ai.usage.input_tokens"] == summaries["answer"]["prompt_tokens"]
+    assert call["attributes"]["tether.prefix.reused_tokens"] == 0  # greedy under 'auto' reuses nothing
     calls, _, tokens_out = token_totals(spans)
     assert calls == 2 and tokens_out == out_tokens  # the items are not counted twice
 

@@ -157,6 +157,14 @@ class EngineConfig(StrictModel):
         "in the last bits: 'auto' reuses for sampled decoding only, so greedy text stays identical to "
         "transformers' generate; 'on' for greedy as well; 'off' never.",
     )
+    prefix_cache_mb: int = Field(
+        0,
+        ge=0,
+        description="Keys and values of long prompts kept across calls for prefix_reuse, in MiB: a "
+        "multi-turn conversation (Crescendo, PAIR's attacker) then prefills only what its last turn "
+        "did not have, whichever call it comes back in. 0: only the previous prompt, within a call. "
+        "Emptied whenever a weight, a hook or a PEFT adapter switch or scale of the model changes.",
+    )
     packed_head: bool = Field(
         True,
         description="On a CPU in float32, Tether's decode loop computes each step's next-token logits "

@@ -13,7 +13,9 @@ concatenation every step and rebuilds the attention mask every step. :class:`Dec
   of its ``n`` samples. One at a time, the prefills of 64 short chat prompts were 39% of their
   generation time on a 2-core CPU;
 * with ``prefix_reuse`` on, prefills a long prompt on top of the keys and values of the tokens it
-  shares with the long prompt prefilled before it, running only the rest. Long prompts are then
+  shares with the long prompt prefilled before it, running only the rest (with
+  ``prefix_cache_bytes``, with any long prompt an earlier call prefilled: :class:`PrefixStore`, so
+  a conversation coming back turn after turn prefills only its new turn). Long prompts are then
   admitted in token order (:func:`admission_order`), so that prompts sharing a prefix (a few-shot
   block) are neighbours: CAI's critique and revision requests share about half their tokens this
   way. The rest runs with fewer rows, so its floats can differ in the last bits from a full
@@ -38,9 +40,10 @@ cache.
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -222,6 +225,93 @@ def reuses_prefixes(mode: PrefixReuse, params: SamplingParams) -> bool:
     return mode == "on" or (mode == "auto" and params.temperature > 0)
 
 
+def model_state(model: torch.nn.Module) -> tuple:
+    """What kept keys and values depend on besides their tokens: every parameter and buffer (identity
+    and in-place version: an optimizer step or weight orthogonalisation bumps it), every forward hook
+    and pre-hook, every forward replaced on an instance, and PEFT's adapter switches and scales."""
+    state: list = [(id(t), t._version) for t in itertools.chain(model.parameters(), model.buffers())]
+    for module in model.modules():
+        if module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__:
+            state.append(
+                (
+                    id(module),
+                    tuple(module._forward_hooks),
+                    tuple(module._forward_pre_hooks),
+                    id(module.__dict__.get("forward")),
+                )
+            )
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict):
+            state.append(
+                (
+                    id(module),
+                    tuple(sorted(scaling.items())),
+                    getattr(module, "_disable_adapters", None),
+                    str(getattr(module, "active_adapter", None)),
+                )
+            )
+    return tuple(state)
+
+
+class PrefixStore:
+    """The keys and values of prompts prefilled alone, for later prompts that begin the same way.
+
+    Without a budget (``max_bytes`` 0) it holds the last such prompt only and the loop empties it after
+    every call: what ``prefix_reuse`` did before the store existed. With a budget
+    (``engine.prefix_cache_mb``) it keeps prompts across calls, least recently used dropped first
+    past the budget, and a prompt replaces every stored prompt it extends, since the longer one serves
+    every prompt the shorter one could: a multi-turn conversation keeps one entry that grows turn by
+    turn, so each turn prefills only what the last one did not have. Keys and values are valid only
+    for the model state that made them (:func:`model_state`); :meth:`keep_for` empties the store when
+    that changes."""
+
+    def __init__(self, max_bytes: int, bytes_per_token: int):
+        self.max_bytes = max_bytes
+        self.bytes_per_token = bytes_per_token
+        self.entries: OrderedDict[tuple[int, ...], Cache] = OrderedDict()
+        self.state: tuple | None = None
+
+    @property
+    def persistent(self) -> bool:
+        return self.max_bytes > 0
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(key) for key in self.entries)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.state = None
+
+    def keep_for(self, state: tuple) -> None:
+        """Keep the entries if they were made under ``state``; otherwise start empty."""
+        if state != self.state:
+            self.entries.clear()
+            self.state = state
+
+    def longest(self, prompt: Sequence[int]) -> tuple[int, Cache | None]:
+        """The most tokens ``prompt`` shares with a stored prompt, and that prompt's cache."""
+        best, found = 0, None
+        for key in self.entries:
+            shared = shared_prefix(prompt, key)
+            if shared > best:
+                best, found = shared, key
+        if found is None:
+            return 0, None
+        self.entries.move_to_end(found)
+        return best, self.entries[found]
+
+    def add(self, prompt: Sequence[int], cache: Cache) -> None:
+        key = tuple(prompt)
+        if not self.persistent:
+            self.entries.clear()
+        for stored in [k for k in self.entries if len(k) <= len(key) and key[: len(k)] == k]:
+            del self.entries[stored]
+        self.entries[key] = cache
+        while len(self.entries) > 1 and self.tokens * self.bytes_per_token > self.max_bytes:
+            self.entries.popitem(last=False)
+
+
 def packed_lm_head(model) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
     """``(head, forward)``: the model's LM head and a forward for it that runs one oneDNN matmul on a
     copy of its weight packed for that, or None where that does not apply (a head that is not a
@@ -326,6 +416,7 @@ class DecodeLoop:
         kv_cache_bytes: int | None = None,
         prefix_reuse: PrefixReuse = "auto",
         packed_head: bool = True,
+        prefix_cache_bytes: int = 0,
     ):
         if step == "cuda_graph" and torch.device(device).type != "cuda":
             raise ValueError("step='cuda_graph' needs a CUDA device")
@@ -343,13 +434,13 @@ class DecodeLoop:
         self._head: tuple[torch.nn.Module, Callable] | None = None  # packed_lm_head's, during a call
         # The packed head, the weight it was packed from and that weight's version, kept across calls.
         self._packed: tuple[tuple[torch.nn.Module, Callable], torch.Tensor, int] | None = None
-        # The last prompt prefilled alone: its tokens and transformers cache, the next one's prefix.
-        self._last_prefill: tuple[list[int], Cache] | None = None
-        self.reused_tokens = 0  # prompt tokens whose keys and values came from the previous prefill
+        self.reused_tokens = 0  # prompt tokens whose keys and values came from an earlier prefill
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         element = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
         self.kv_bytes_per_token = self.num_layers * 2 * kv_heads * head_dim * element
+        # Prompts prefilled alone, with their transformers caches: later prompts' prefixes.
+        self.prefixes = PrefixStore(prefix_cache_bytes, self.kv_bytes_per_token)
         self._compiled: Callable | None = None
         # Static modes keep the cache, mask and graph of the last shape, for the next call to reuse.
         self._static: tuple[tuple[int, int], SlotCache, torch.Tensor, Callable] | None = None
@@ -418,7 +509,10 @@ class DecodeLoop:
         slots = self.fitting_slots(max(1, min(slots, len(prompts) * n)), capacity)
         cache, mask, forward = self._state(slots, capacity)
         reuse = reuses_prefixes(self.prefix_reuse, params)
-        self._last_prefill = None
+        if not self.prefixes.persistent:
+            self.prefixes.clear()
+        elif reuse:  # a call that reuses nothing leaves the kept prompts to the next one that does
+            self.prefixes.keep_for(model_state(self.model))
         # Decode steps only: a prompt prefilled alone keeps the plain head, as a one-prompt generate.
         self._head = self._packed_lm_head() if self.packed_head and not static else None
         rows: list[_Sequence | None] = [None] * slots
@@ -511,7 +605,8 @@ class DecodeLoop:
                 if waiting and not all(rows):
                     yield from admit()
         finally:
-            self._last_prefill = None  # tens of MB of keys and values
+            if not self.prefixes.persistent:
+                self.prefixes.clear()  # tens of MB of keys and values
             self._head = None
 
     def _packed_lm_head(self) -> tuple[torch.nn.Module, Callable] | None:
@@ -588,7 +683,7 @@ class DecodeLoop:
             out = self._prefill_alone(prompt, reuse)
             width = len(prompt)
             if reuse:
-                self._last_prefill = (prompt, out.cache)
+                self.prefixes.add(prompt, out.cache)
         else:
             ids, attention = left_pad([list(prompt) for _, prompt in admissions], self.pad_id, self.device)
             with contiguous_head_input(self.model):
@@ -607,14 +702,12 @@ class DecodeLoop:
         return out.logits[:, -1].float()
 
     def _prefill_alone(self, prompt: list[int], reuse: bool):
-        """One prompt's prefill forward; with ``reuse``, on a copy of the keys and values of the prefix
-        it shares with the last prompt prefilled alone (its last token always runs: its logits are
-        the first new token's)."""
-        shared = 0
-        if reuse and self._last_prefill is not None:
-            before, before_cache = self._last_prefill
-            shared = min(shared_prefix(prompt, before), len(prompt) - 1)
-        if shared == 0:
+        """One prompt's prefill forward; with ``reuse``, on a copy of the keys and values of the longest
+        prefix it shares with a prompt prefilled alone before (:class:`PrefixStore`; its last token
+        always runs: its logits are the first new token's)."""
+        shared, before_cache = self.prefixes.longest(prompt) if reuse else (0, None)
+        shared = min(shared, len(prompt) - 1)
+        if shared <= 0:
             ids = torch.tensor([prompt], device=self.device)
             return self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         self.reused_tokens += shared

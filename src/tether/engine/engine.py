@@ -42,6 +42,7 @@ def make_backend(loaded: LoadedModel, config: EngineConfig) -> Backend:
             kv_cache_bytes=config.kv_cache_mb * 2**20,
             prefix_reuse=config.prefix_reuse,
             packed_head=config.packed_head,
+            prefix_cache_bytes=config.prefix_cache_mb * 2**20,
         )
     if config.backend == "vllm":
         from tether.engine.vllm_backend import VLLMBackend, load_llm, merged_model_dir
@@ -247,6 +248,7 @@ class Engine:
             "tether.stage": stage,
             "tether.batch.prompts": len(prompts),
         }
+        reused_before = getattr(self.backend, "reused_prompt_tokens", 0)
         with (
             self.tracer.span(f"{operation} {self.name}", attributes, client=True) as call,
             progress_bar(f"generate {stage or ''}".strip(), total=len(prompts), enabled=progress) as bar,
@@ -278,6 +280,9 @@ class Engine:
                     "gen_ai.usage.output_tokens",
                     sum(c.completion_tokens for cs in results.values() for c in cs),
                 )
+                if decode_loop:  # prompt tokens prefilled on earlier keys and values (engine.prefix_reuse)
+                    reused = getattr(self.backend, "reused_prompt_tokens", 0) - reused_before
+                    call.set_attribute("tether.prefix.reused_tokens", reused)
         return [c for i in range(len(prompts)) for c in results[i]]
 
     def _uses_decode_loop(self, params: SamplingParams, prompts: list[list[int]]) -> bool:

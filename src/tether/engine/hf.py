@@ -153,6 +153,7 @@ class HFBackend:
         kv_cache_bytes: int | None = None,
         prefix_reuse: PrefixReuse = "auto",
         packed_head: bool = True,
+        prefix_cache_bytes: int = 0,
     ):
         self.model = model
         self.max_row_tokens = max_row_tokens  # scoring: prefix-tree nodes per packed row
@@ -172,7 +173,13 @@ class HFBackend:
         self._kv_cache_bytes = kv_cache_bytes
         self._prefix_reuse = prefix_reuse
         self._packed_head = packed_head
+        self._prefix_cache_bytes = prefix_cache_bytes
         self._llama_layers = _is_plain_llama(self._decoder)
+
+    @property
+    def reused_prompt_tokens(self) -> int:
+        """Prompt tokens whose keys and values the decode loop took from earlier prefills, so far."""
+        return self._loop.reused_tokens if self._loop is not None else 0
 
     def _eos_ids(self) -> list[int]:
         return self.eos_ids_of(self.model, self.tokenizer)
@@ -265,6 +272,7 @@ class HFBackend:
                 kv_cache_bytes=self._kv_cache_bytes,
                 prefix_reuse=self._prefix_reuse,
                 packed_head=self._packed_head,
+                prefix_cache_bytes=self._prefix_cache_bytes,
             )
         return self._loop.run(prompts, params, slots, keys=keys)
 
