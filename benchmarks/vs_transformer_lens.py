@@ -225,7 +225,14 @@ def bridge_trace(bridge, ids, subject, answer, noise, window) -> dict[str, torch
 def check_trace(engine, bridge, n_facts: int) -> bool:
     from tether.interp.cli import shipped_facts
     from tether.interp.config import TraceConfig
-    from tether.interp.trace import KINDS, encode_fact, read_facts, subject_noise_std, trace_fact
+    from tether.interp.trace import (
+        KINDS,
+        encode_fact,
+        read_facts,
+        subject_noise,
+        subject_noise_std,
+        trace_fact,
+    )
 
     config = TraceConfig()
     facts = read_facts(shipped_facts())
@@ -236,10 +243,7 @@ def check_trace(engine, bridge, n_facts: int) -> bool:
         ours = trace_fact(engine.model, engine.tokenizer, fact, std, config)
         ours_s = time.perf_counter() - began
         ids, subject, answer = encode_fact(engine.tokenizer, fact)
-        # trace_fact's noise, drawn the same way
-        gen = torch.Generator().manual_seed(config.seed)
-        d = engine.model.get_input_embeddings().weight.shape[1]
-        noise = torch.randn(config.samples, len(subject), d, generator=gen) * (config.noise * std)
+        noise = subject_noise(config, len(subject), engine.model.get_input_embeddings().weight.shape[1], std)
         began = time.perf_counter()
         theirs = bridge_trace(bridge, ids, subject, answer, noise, config.window)
         theirs_s = time.perf_counter() - began

@@ -276,6 +276,13 @@ def reused_probs(
     return torch.softmax(out.logits[:, -1].float(), dim=-1)[:, answer].cpu()
 
 
+def subject_noise(config: TraceConfig, n_subject: int, d_model: int, noise_std: float) -> torch.Tensor:
+    """The noise of a fact's corrupted runs, ``[samples, n_subject, d_model]``: seeded by
+    ``config.seed`` alone, so every fact with the same subject length gets the same draw."""
+    gen = torch.Generator().manual_seed(config.seed)
+    return torch.randn(config.samples, n_subject, d_model, generator=gen) * (config.noise * noise_std)
+
+
 def trace_fact(
     model: Any, tokenizer: Any, fact: Fact, noise_std: float, config: TraceConfig
 ) -> dict[str, Any]:
@@ -289,9 +296,7 @@ def trace_fact(
     device = model.get_input_embeddings().weight.device
     with torch.no_grad(), hooked(model, keep):
         clean_p = float(_answer_probs(model, torch.tensor([ids], device=device), answer)[0])
-    gen = torch.Generator().manual_seed(config.seed)
-    d = model.get_input_embeddings().weight.shape[1]
-    noise = torch.randn(config.samples, len(subject), d, generator=gen) * (config.noise * noise_std)
+    noise = subject_noise(config, len(subject), model.get_input_embeddings().weight.shape[1], noise_std)
     corrupted = _corrupted_runs(model, ids, subject, answer, noise.to(device))
     # A state before the subject is the same in the clean and the corrupted run (the model is
     # causal): restoring it changes nothing, so those cells are the corrupted probability, not run.
