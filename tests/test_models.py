@@ -15,6 +15,16 @@ def test_load_local_dir(tiny_model_dir):
     assert load(str(tiny_model_dir)).fingerprint == loaded.fingerprint
 
 
+def test_models_never_take_hub_kernels(tiny_model_dir):
+    """transformers kernelizes a model when the `kernels` package is installed, and on CUDA a turn to
+    training mode fetches a kernel from the Hub, which fails offline (PPO's first update on an H200).
+    Tether loads every model with the plain torch modules, in training mode too."""
+    model = load(str(tiny_model_dir)).model
+    assert model.use_kernels is False
+    model.train()
+    assert model.use_kernels is False
+
+
 def test_an_explicit_dtype_holds_on_a_cpu_and_has_its_own_fingerprint(tiny_model_dir, tmp_path):
     """engine.dtype=bfloat16 on a CPU loads bfloat16 weights (it was once silently float32), and the
     fingerprint tells them apart, so cached results of the two never mix."""

@@ -162,7 +162,7 @@ def convert_gguf(gguf: Path, *, progress: bool = True) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, use_kernels=False
         )
     except Exception as exc:  # transformers raises many types for unsupported/corrupt GGUF
         raise ModelLoadError(f"could not read GGUF: {exc}", where=str(gguf)) from exc
@@ -221,7 +221,12 @@ def _from_pretrained(source: Path | str, dtype: torch.dtype):
     local_only = not isinstance(source, Path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=local_only)
+        # use_kernels=False: with the `kernels` package installed, transformers would otherwise fetch
+        # kernels from the Hub when a model on CUDA turns to training mode, which fails offline (seen
+        # on an H200 at PPO's first update); every model here runs the plain torch modules.
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=dtype, local_files_only=local_only, use_kernels=False
+        )
     except OSError as exc:
         hint = (
             "this machine cannot download from the HF hub; copy the model to a local directory and pass its path"
