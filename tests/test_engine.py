@@ -347,6 +347,10 @@ def test_model_state_sees_weights_hooks_and_adapter_switches(tiny_model_dir):
     assert model_state(model) != start
     handle.remove()
     assert model_state(model) == start
+    model.train(not model.training)  # dropout on or off
+    assert model_state(model) != start
+    model.train(not model.training)
+    assert model_state(model) == start
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.mul_(1.0)  # same values, written in place
     assert model_state(model) != start
@@ -355,6 +359,76 @@ def test_model_state_sees_weights_hooks_and_adapter_switches(tiny_model_dir):
     with peft.disable_adapter():
         assert model_state(peft) != on
     assert model_state(peft) == on
+    # What a CUDA graph depends on ignores in-place writes, which the graph reads where they lie.
+    frozen = model_state(peft, versions=False)
+    with torch.no_grad():
+        peft.base_model.model.model.layers[0].mlp.down_proj.weight.mul_(1.0)
+    assert model_state(peft, versions=False) == frozen and model_state(peft) != on
+    with peft.disable_adapter():
+        assert model_state(peft, versions=False) != frozen
+
+
+def test_decode_step_auto_is_the_cuda_graph_on_cuda_only():
+    from tether.engine.decode import resolve_step
+
+    assert resolve_step("auto", "cpu") == "eager"
+    assert resolve_step("auto", torch.device("cuda", 0)) == "cuda_graph"
+    assert resolve_step("eager", "cuda") == "eager"
+    assert resolve_step("compiled", "cpu") == "compiled"
+    assert EngineConfig().decode_step == "auto"
+
+
+def test_a_captured_step_is_captured_again_when_the_model_changes_but_not_when_weights_are_written(
+    tiny_model_dir, monkeypatch
+):
+    """The loop keeps one graph per shape across calls. An optimizer's in-place step must reuse it
+    (the graph reads the new values); a hook or an adapter switch, which a replay would not run, must
+    not. Runs on the CPU with a stand-in for the graph that counts captures and steps eagerly."""
+    from peft import LoraConfig, get_peft_model
+
+    from tether.engine import decode
+
+    captures = []
+
+    class CountingGraph:
+        def __init__(self, forward):
+            captures.append(forward)
+            self.forward = forward
+
+        def __call__(self, ids, cache, mask):
+            return self.forward(ids, cache, mask)
+
+    monkeypatch.setattr(decode, "_GraphedStep", CountingGraph)
+    loaded = load(str(tiny_model_dir))
+    model = get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj"]))
+    engine = Engine(loaded, EngineConfig(decode_loop="tether"))
+    loop = decode.DecodeLoop(model, loaded.tokenizer, engine.eos_token_ids, engine.backend.pad_id, "cpu")
+    loop.step = "cuda_graph"  # the CPU cannot capture; the stand-in above runs the step instead
+    prompts = [engine.encode_prompt(p, 8)[0] for p in PREFIXED[2:]]
+    params = SamplingParams(max_new_tokens=4)
+
+    def run():
+        return sorted((i, s[0].token_ids) for i, s, _ in loop.run(prompts, params, slots=2))
+
+    eager = decode.DecodeLoop(model, loaded.tokenizer, engine.eos_token_ids, engine.backend.pad_id, "cpu")
+    reference = sorted((i, s[0].token_ids) for i, s, _ in eager.run(prompts, params, slots=2))
+    assert run() == reference and len(captures) == 1
+    assert run() == reference and len(captures) == 1  # same shapes, same model: replayed
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.0)  # an optimizer step's in-place write
+    run()
+    assert len(captures) == 1
+    with model.disable_adapter():
+        run()
+    assert len(captures) == 2
+    handle = model.base_model.model.model.layers[0].mlp.register_forward_hook(lambda _m, _a, out: out)
+    run()
+    assert len(captures) == 3
+    handle.remove()
+    run()
+    assert len(captures) == 4
 
 
 def test_a_calls_span_counts_the_prompt_tokens_it_reused(tiny_model_dir, tmp_path):

@@ -11,6 +11,7 @@ import torch
 
 from tether.config import EngineConfig
 from tether.engine.backend import Backend, EchoScores, EncodedScore
+from tether.engine.decode import resolve_step
 from tether.engine.hf import HFBackend
 from tether.engine.packing import request_tokens
 from tether.engine.types import (
@@ -37,7 +38,7 @@ def make_backend(loaded: LoadedModel, config: EngineConfig) -> Backend:
             loaded.model,
             loaded.tokenizer,
             loaded.device,
-            config.decode_step,
+            resolve_step(config.decode_step, loaded.device),
             max_row_tokens=config.score_row_tokens,
             kv_cache_bytes=config.kv_cache_mb * 2**20,
             prefix_reuse=config.prefix_reuse,
