@@ -156,31 +156,34 @@ def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 20) -> flo
     return 2 * size**3 * repeats / seconds / 1e9
 
 
+def generate_one(engine: Engine, prompt: Prompt, new_tokens: int) -> tuple[str, int]:
+    """One greedy ``model.generate`` call for one prompt, as a user would make it: the naive side of
+    the generation comparisons (here and in ``ppo_gpu.py``). Returns the text and its token count,
+    cut at the first end-of-sequence token as the engine cuts."""
+    model, tok, eos = engine.model, engine.tokenizer, engine.backend.eos_ids
+    ids = tok(engine.render(prompt), add_special_tokens=False, return_tensors="pt").to(model.device)
+    with torch.inference_mode():
+        out = model.generate(
+            **ids,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=tok.pad_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+    new = out[0, ids["input_ids"].shape[1] :].tolist()
+    cut = next((i for i, t in enumerate(new) if t in eos), len(new))
+    return tok.decode(new[:cut], skip_special_tokens=True), cut
+
+
 def bench_generation(engine: Engine, new_tokens: int, compare_transformers: bool) -> tuple[float, float, int]:
     prompts = [Prompt(id=str(i), text=t) for i, t in enumerate(GEN_PROMPTS)]
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
-    model, tok = engine.model, engine.tokenizer
-    eos = engine.backend.eos_ids
 
     def naive():
-        texts = []
-        for p in prompts:
-            ids = tok(engine.render(p), add_special_tokens=False, return_tensors="pt")
-            with torch.inference_mode():
-                out = model.generate(
-                    **ids,
-                    max_new_tokens=new_tokens,
-                    do_sample=False,
-                    eos_token_id=eos,
-                    pad_token_id=tok.pad_token_id,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                )
-            new = out[0, ids["input_ids"].shape[1] :].tolist()
-            cut = next((i for i, t in enumerate(new) if t in eos), len(new))
-            texts.append((tok.decode(new[:cut], skip_special_tokens=True), cut))
-        return texts
+        return [generate_one(engine, p, new_tokens) for p in prompts]
 
     def through(engine_: Engine):
         def run():

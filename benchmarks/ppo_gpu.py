@@ -111,31 +111,13 @@ def greedy_variant(args, variant: str) -> dict:
     params = SamplingParams(max_new_tokens=64, temperature=0.0)
     engine = Engine(loaded, engine_config(args, variant))
     if variant == "generate":  # one generate per prompt: the reference text and the naive speed
-        tokenizer, model, eos = loaded.tokenizer, loaded.model, engine.backend.eos_ids
-        texts, tokens = [], 0
-        for i, prompt in enumerate(prompts[:1] + prompts):  # the first call warms up, untimed
-            if i == 1:
-                sync(args)
-                began = time.perf_counter()
-            ids = tokenizer(engine.render(prompt), add_special_tokens=False, return_tensors="pt").to(
-                args.device
-            )
-            with torch.inference_mode():
-                out = model.generate(
-                    **ids,
-                    max_new_tokens=64,
-                    do_sample=False,
-                    eos_token_id=eos,
-                    pad_token_id=tokenizer.pad_token_id,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                )
-            new = out[0, ids["input_ids"].shape[1] :].tolist()
-            cut = next((j for j, t in enumerate(new) if t in eos), len(new))
-            if i:
-                tokens += cut
-                texts.append(tokenizer.decode(new[:cut], skip_special_tokens=True))
+        from engine import generate_one  # benchmarks/engine.py, beside this script
+
+        generate_one(engine, prompts[0], 64)  # warm-up, untimed
+        sync(args)
+        began = time.perf_counter()
+        answers = [generate_one(engine, prompt, 64) for prompt in prompts]
+        texts, tokens = [text for text, _ in answers], sum(n for _, n in answers)
     else:
         engine.generate(prompts[:2], params, progress=False)  # warm-up (and graph capture)
         sync(args)
