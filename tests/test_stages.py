@@ -43,6 +43,33 @@ def test_runs_in_order_records_summaries_and_skips_complete(tmp_path):
     assert calls == ["a", "b", "c"]
 
 
+def test_a_complete_stage_runs_again_when_a_stage_it_needs_ran(tmp_path):
+    """A stage added to a finished pipeline (a strategy added to a campaign) runs, and the complete
+    stage that reads its artifacts (the report) runs again instead of keeping a stale summary."""
+    calls: list[str] = []
+    said: list[str] = []
+    run = Run.create("r", root=tmp_path, job="t")
+    run_stages(run, _stages(calls), StageContext(run=run))
+    assert calls == ["a", "b", "c"]
+    run.manifest["stages"]["c"]["seconds"] = run.manifest["stages"]["c"]["seconds_before"] = 1000.0
+    run.save()
+    added = Stage("a2", lambda ctx: calls.append("a2") or {"stage": "a2"})
+    stages = _stages(calls)
+    stages = [stages[0], added, stages[1], Stage("c", stages[2].fn, needs=("b", "a2"))]
+    again = Run.create("r", root=tmp_path, job="t")
+    summaries = run_stages(again, stages, StageContext(run=again, say=said.append))
+    assert calls == ["a", "b", "c", "a2", "c"]  # b needs only a, which did not run: skipped
+    assert summaries["c"] == {"stage": "c", "n": 5}
+    assert said == ["c: running again, since a2 ran"]
+    assert again.manifest["stages"]["c"]["seconds"] < 1000  # timed afresh, not added to the old time
+    third = Run.create("r", root=tmp_path, job="t")
+    run_stages(third, stages, StageContext(run=third))
+    assert calls == ["a", "b", "c", "a2", "c"]
+    third.reopen("a")  # a reopened stage runs, and leaves its dependents to whoever reopened it
+    run_stages(third, stages, StageContext(run=third))
+    assert calls == ["a", "b", "c", "a2", "c", "a"]
+
+
 def test_interrupted_stage_keeps_its_seconds_and_reruns(tmp_path):
     run = Run.create("r", root=tmp_path, job="t")
     attempts = []

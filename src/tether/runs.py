@@ -395,7 +395,11 @@ def run_stages(
     given), in order, each inside ``run.stage``; return the summaries of every stage the run has.
 
     A stage whose ``needs`` are neither complete, nor run earlier in this call, nor in
-    ``ctx.provided`` is an error before anything runs. SIGTERM interrupts like Ctrl-C."""
+    ``ctx.provided`` is an error before anything runs. A complete stage runs again, timed afresh,
+    when a stage it needs ran in this call: it read that stage's artifacts before they changed (a
+    strategy added to a finished red-team campaign leaves its report out otherwise). A stage the
+    pipeline reopened (:meth:`Run.reopen`: the frontier replans every time) does not count: whoever
+    reopens a stage reopens what depends on it. SIGTERM interrupts like Ctrl-C."""
     names = [s.name for s in stages]
     if only is not None:
         unknown = [n for n in only if n not in names]
@@ -416,12 +420,22 @@ def run_stages(
                 hint="run the whole pipeline, or those stages first",
             )
         ready.add(stage.name)
+    ran: set[str] = set()
+    say = getattr(ctx, "say", None)
     with _sigterm_interrupts():
         for stage in chosen:
             if run.is_complete(stage.name):
-                continue
+                stale = [n for n in stage.needs if n in ran]
+                if not stale:
+                    continue
+                run.manifest["stages"][stage.name].pop("seconds_before", None)
+                if say is not None:
+                    say(f"{stage.name}: running again, since {', '.join(stale)} ran")
+            reopened = run.manifest.get("stages", {}).get(stage.name, {}).get("status") == "reopened"
             with run.stage(stage.name) as entry:
                 summary = stage.fn(ctx)
                 if summary is not None:
                     entry["summary"] = summary
+            if not reopened:
+                ran.add(stage.name)
     return stage_summaries(run)
