@@ -553,6 +553,42 @@ def test_cli_run_and_export_on_bad_input(tmp_path):
     assert result.exit_code == 1 and "run directory not found" in result.output
 
 
+def test_a_campaign_resumed_with_another_target_or_attacker_is_refused_before_anything_loads(tmp_path):
+    """Finished goals keep the target, attacker, seed, goals and budgets they were attacked under: a
+    resume that changes one would mix two campaigns into one ASR under the new name. The judge may
+    change (the report says so)."""
+    from typer.testing import CliRunner
+
+    from tether.cli import app
+    from tether.redteam.pipeline import resume_conflict
+    from tether.runs import Run
+
+    cfg = campaign_config()
+    out = tmp_path / "rt"
+    assert resume_conflict(out, cfg) is None  # a new directory
+    run = Run.create("rt", root=tmp_path, job="redteam", config=cfg)
+    assert resume_conflict(out, campaign_config(attacker="default")) is None  # nothing finished yet
+    (run.path / "attacks").mkdir()
+    (run.path / "attacks" / "templates.jsonl").write_text('{"goal_id": "harmbench_val/a"}\n')
+    assert resume_conflict(out, cfg) is None
+    assert resume_conflict(out, campaign_config(goal_gate={"enabled": False})) is None
+    conflict = resume_conflict(out, campaign_config(attacker="default"))
+    assert conflict is not None and conflict.where == "attacker"
+    assert 'attacker=null, and this config has "default"' in str(conflict)
+    assert resume_conflict(out, campaign_config(queries_per_goal=3)).where == "queries_per_goal"
+
+    config = tmp_path / "redteam.yaml"
+    config.write_text(
+        "strategies: [templates]\nqueries_per_goal: 2\ngoals_in_flight: 1\ngoals: {limit: 3}\n"
+        "templates: {mutations: [base64, rot13], families: [aim]}\n"
+    )
+    before = (run.path / "manifest.json").read_text()
+    result = CliRunner().invoke(app, ["redteam", "run", str(config), "--out", str(out), "--set", "seed=7"])
+    assert result.exit_code == 1, result.output
+    assert "seed=0, and this config has 7" in result.output and "--set seed=" in result.output
+    assert (run.path / "manifest.json").read_text() == before  # the run keeps its config
+
+
 def test_a_proposal_that_restates_the_goal_is_usable_but_an_echo_of_the_instructions_is_not():
     from tether.redteam.attacks import PAIR_SYSTEM, echo_reference
 

@@ -43,13 +43,16 @@ def run_command(
     """Attack every goal with every strategy, resuming the goals an earlier run of --out finished;
     print the headline ASR per strategy (JSON) and write redteam.json and redteam.html."""
     from tether.inputs import check_output_dir
-    from tether.redteam.pipeline import load_redteam_config, run_redteam
+    from tether.redteam.pipeline import load_redteam_config, resume_conflict, run_redteam
     from tether.runs import DEFAULT_RUNS_ROOT, Run, recording_outcome
 
     # Every key, model, goal category and template family checked before any model loads.
     cfg = load_redteam_config(config, set_ or [], check=True)
     if out is not None:
         check_output_dir(out, flag="--out")
+        conflict = resume_conflict(out, cfg)
+        if conflict is not None:  # before Run.create, which would record this config as the run's
+            raise conflict
     name, root = (out.name, out.parent) if out is not None else (None, DEFAULT_RUNS_ROOT)
     run = Run.create(name, root=root, job="redteam", config=cfg, seed=cfg.seed)
     _say(f"run directory: {run.path}")

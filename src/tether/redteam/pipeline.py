@@ -278,6 +278,33 @@ def run_redteam(
     }
 
 
+# What a finished goal's record means depends on these: a resumed campaign must keep them.
+RESUME_FIXED = ("target", "attacker", "seed", "goals", "queries_per_goal", "target_max_new_tokens")
+
+
+def resume_conflict(run_dir: str | Path, config: RedteamConfig) -> ConfigError | None:
+    """Why ``config`` cannot resume the campaign in ``run_dir``: a setting of :data:`RESUME_FIXED`
+    that differs from the one its finished goals were attacked under (another target or attacker
+    would be mixed into the same ASR, the report naming only the new one). None for a new directory
+    or one with no finished goal. Judge settings may change: the report says so."""
+    run_dir = Path(run_dir)
+    manifest = run_dir / "manifest.json"
+    finished = [p for p in (run_dir / "attacks").glob("*.jsonl") if p.stat().st_size]
+    if not manifest.exists() or not finished:
+        return None
+    previous = json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}
+    now = config.model_dump(mode="json")
+    for name in RESUME_FIXED:
+        if name in previous and previous[name] != now[name]:
+            return ConfigError(
+                f"{run_dir} attacked its finished goals with {name}={json.dumps(previous[name])}, "
+                f"and this config has {json.dumps(now[name])}",
+                where=name,
+                hint=f"resume with --set {name}=<that value>, or use another --out",
+            )
+    return None
+
+
 def check_redteam_config(config: RedteamConfig) -> list[Problem]:
     """What the schema cannot see, before any model loads: model specs, goal categories, families."""
     from tether.models.spec import check_spec
