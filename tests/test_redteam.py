@@ -576,6 +576,11 @@ def test_a_campaign_resumed_with_another_target_or_attacker_is_refused_before_an
     assert conflict is not None and conflict.where == "attacker"
     assert 'attacker=null, and this config has "default"' in str(conflict)
     assert resume_conflict(out, campaign_config(queries_per_goal=3)).where == "queries_per_goal"
+    assert resume_conflict(out, campaign_config(goals={"limit": 4})).where == "goals"
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    del manifest["config"]["goals"]["max_chars"]  # written by a release before that field existed
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    assert resume_conflict(out, cfg) is None
 
     config = tmp_path / "redteam.yaml"
     config.write_text(

@@ -292,10 +292,18 @@ def resume_conflict(run_dir: str | Path, config: RedteamConfig) -> ConfigError |
     finished = [p for p in (run_dir / "attacks").glob("*.jsonl") if p.stat().st_size]
     if not manifest.exists() or not finished:
         return None
-    previous = json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}
+    try:
+        previous = json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return None  # Run.create reports an unreadable manifest, naming it
     now = config.model_dump(mode="json")
     for name in RESUME_FIXED:
-        if name in previous and previous[name] != now[name]:
+        if name not in previous:
+            continue
+        was, has = previous[name], now[name]
+        if isinstance(was, dict) and isinstance(has, dict):
+            has = {k: has.get(k) for k in was}  # a field added in a later release is not a change
+        if was != has:
             return ConfigError(
                 f"{run_dir} attacked its finished goals with {name}={json.dumps(previous[name])}, "
                 f"and this config has {json.dumps(now[name])}",
