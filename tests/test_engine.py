@@ -335,6 +335,39 @@ def test_prefix_store_supersedes_extended_prompts_and_keeps_to_its_budget():
     assert list(within_a_call.entries) == [(4, 5)] and not within_a_call.persistent
 
 
+def test_prefix_store_drops_superseded_turns_before_live_conversations():
+    """Conversations come back once a round, each a turn longer and ending in a turn-specific line
+    (a red-team attacker's request). With room for every conversation's latest turn but not for the
+    turn before as well, each lookup finds its own conversation; least-recently-used eviction
+    dropped the next conversation's entry every time and missed them all."""
+    from tether.engine.decode import PrefixStore
+
+    def request(conversation: int, turn: int) -> list[int]:
+        history = [conversation] + [c for t in range(1, turn) for c in (t, t)]
+        return history + [100 + turn]  # "this is turn N": shared with no other request
+
+    conversations, last_turn = (1, 2, 3), 4
+    room = sum(len(request(c, last_turn)) for c in conversations) + 2  # not for a turn before as well
+    store = PrefixStore(max_bytes=room * 4, bytes_per_token=4)
+    for conversation in conversations:
+        store.add(request(conversation, 1), f"{conversation}/1")
+    for turn in range(2, last_turn + 1):
+        for conversation in conversations:
+            prompt, before = request(conversation, turn), request(conversation, turn - 1)
+            assert store.longest(prompt) == (len(before) - 1, f"{conversation}/{turn - 1}")
+            store.add(prompt, f"{conversation}/{turn}")
+            assert store.tokens <= room
+    assert sorted(store.entries.values()) == ["1/4", "2/4", "3/4"]
+
+    # A stored prompt that a new one is a prefix of holds all of the new one: the new one goes first.
+    store = PrefixStore(max_bytes=9 * 4, bytes_per_token=4)
+    store.add([1, 2, 3, 4, 5], "long")
+    store.add([1, 2, 3], "prefix")
+    store.add([7], "other")  # 9 tokens: at the budget
+    store.add([8], "more")  # past it: "prefix" goes, although "long" is less recently used
+    assert list(store.entries.values()) == ["long", "other", "more"]
+
+
 def test_model_state_sees_weights_hooks_and_adapter_switches(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 

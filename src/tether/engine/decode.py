@@ -276,10 +276,14 @@ class PrefixStore:
 
     Without a budget (``max_bytes`` 0) it holds the last such prompt only and the loop empties it after
     every call: what ``prefix_reuse`` did before the store existed. With a budget
-    (``engine.prefix_cache_mb``) it keeps prompts across calls, least recently used dropped first
-    past the budget, and a prompt replaces every stored prompt it extends, since the longer one serves
-    every prompt the shorter one could: a multi-turn conversation keeps one entry that grows turn by
-    turn, so each turn prefills only what the last one did not have. Keys and values are valid only
+    (``engine.prefix_cache_mb``) it keeps prompts across calls, and a prompt replaces every stored
+    prompt it extends, since the longer one serves every prompt the shorter one could: a multi-turn
+    conversation keeps one entry that grows turn by turn, so each turn prefills only what the last one
+    did not have. Past the budget, prompts that another holds at least half of go first (a
+    red-team attacker's request for turn 3 shares all but its last lines with turn 4's), least
+    recently used first, and then the least recently used of the rest. Plain LRU kept the superseded
+    turns and dropped live conversations instead: with 50 conversations a round cycling through a
+    store that holds fewer, every lookup missed. Keys and values are valid only
     for the model state that made them (:func:`model_state`); :meth:`keep_for` empties the store when
     that changes."""
 
@@ -287,6 +291,8 @@ class PrefixStore:
         self.max_bytes = max_bytes
         self.bytes_per_token = bytes_per_token
         self.entries: OrderedDict[tuple[int, ...], Cache] = OrderedDict()
+        # entry -> the entries that hold at least half of it: dropped first past the budget
+        self.covered_by: dict[tuple[int, ...], set[tuple[int, ...]]] = {}
         self.state: tuple | None = None
 
     @property
@@ -298,13 +304,13 @@ class PrefixStore:
         return sum(len(key) for key in self.entries)
 
     def clear(self) -> None:
-        self.entries.clear()
+        self._clear_entries()
         self.state = None
 
     def keep_for(self, state: tuple) -> None:
         """Keep the entries if they were made under ``state``; otherwise start empty."""
         if state != self.state:
-            self.entries.clear()
+            self._clear_entries()
             self.state = state
 
     def longest(self, prompt: Sequence[int]) -> tuple[int, Cache | None]:
@@ -322,12 +328,33 @@ class PrefixStore:
     def add(self, prompt: Sequence[int], cache: Cache) -> None:
         key = tuple(prompt)
         if not self.persistent:
-            self.entries.clear()
-        for stored in [k for k in self.entries if len(k) <= len(key) and key[: len(k)] == k]:
-            del self.entries[stored]
+            self._clear_entries()
+        holders = set()
+        for stored in list(self.entries):
+            shared = shared_prefix(key, stored)
+            if shared == len(stored):
+                self._drop(stored)
+            elif shared == len(key):
+                holders.add(stored)
+            elif 2 * shared >= len(stored):
+                self.covered_by.setdefault(stored, set()).add(key)
         self.entries[key] = cache
+        if holders:
+            self.covered_by[key] = holders
         while len(self.entries) > 1 and self.tokens * self.bytes_per_token > self.max_bytes:
-            self.entries.popitem(last=False)
+            self._drop(next((k for k in self.entries if k in self.covered_by), next(iter(self.entries))))
+
+    def _clear_entries(self) -> None:
+        self.entries.clear()
+        self.covered_by.clear()
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        del self.entries[key]
+        self.covered_by.pop(key, None)
+        for stored, holders in list(self.covered_by.items()):
+            holders.discard(key)
+            if not holders:  # nothing holds it any more: an ordinary entry again
+                del self.covered_by[stored]
 
 
 def packed_lm_head(model) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
