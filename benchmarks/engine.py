@@ -383,10 +383,10 @@ def bench_prefix(engine: Engine, new_tokens: int) -> float:
 
 
 def cpu_bf16_units() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        flags = next(ln for ln in lines if ln.startswith("flags")).split()
-    except (OSError, StopIteration):
+    from tether.models.load import cpu_flags
+
+    flags = cpu_flags()
+    if flags is None:
         return "unknown (no /proc/cpuinfo)"
     found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     return ", ".join(found) or "none (bf16 is emulated: expect it slower)"

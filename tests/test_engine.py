@@ -478,6 +478,7 @@ def test_a_calls_span_counts_the_prompt_tokens_it_reused(tiny_model_dir, tmp_pat
     calls = [s for s in read_spans(run.path / SPANS_FILENAME) if "tether.batch.prompts" in s["attributes"]]
     reused = [c["attributes"]["tether.prefix.reused_tokens"] for c in calls]
     assert reused[0] == engine.backend.reused_prompt_tokens > 300 and reused[1] == 0
+    assert {c["attributes"]["tether.model.dtype"] for c in calls} == {"float32"}
 
 
 def test_prefix_cache_carries_a_conversation_across_calls(tiny_model_dir):

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fakes import ScriptedEngine
 from tether.data.records import JailbreakTemplate
@@ -595,6 +596,12 @@ def test_a_campaign_resumed_with_another_target_or_attacker_is_refused_before_an
     del manifest["config"]["goals"]["max_chars"]  # written by a release before that field existed
     (run.path / "manifest.json").write_text(json.dumps(manifest))
     assert resume_conflict(out, cfg) is None
+    del manifest["config"]["attacker_dtype"]  # before it existed, the attacker ran in engine.dtype
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    assert resume_conflict(out, cfg).where == "attacker_dtype"
+    assert resume_conflict(out, campaign_config(attacker_dtype="engine")) is None
+    manifest["config"]["attacker_dtype"] = "auto"
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
 
     config = tmp_path / "redteam.yaml"
     config.write_text(
@@ -606,6 +613,56 @@ def test_a_campaign_resumed_with_another_target_or_attacker_is_refused_before_an
     assert result.exit_code == 1, result.output
     assert "seed=0, and this config has 7" in result.output and "--set seed=" in result.output
     assert (run.path / "manifest.json").read_text() == before  # the run keeps its config
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path):
+    from tether.models.load import native_bf16
+
+    with_units, without = tmp_path / "with", tmp_path / "without"
+    with_units.write_text("processor : 0\nflags : fpu avx512f avx512_bf16 sse\n")
+    without.write_text("processor : 0\nflags : fpu avx2 sse\n")
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu, with_units) and not native_bf16(cpu, without)
+    assert not native_bf16(cpu, tmp_path / "missing")
+    assert native_bf16(torch.device("cuda"), without)
+
+
+def test_the_attacker_runs_in_bfloat16_where_the_device_computes_it_and_the_target_keeps_its_dtype(
+    tmp_path, monkeypatch
+):
+    """The attacker's numerics are no part of what a campaign measures, so 'auto' runs it in bfloat16
+    on hardware with bf16 units, as another engine than the target's even when it is the same model."""
+    import sys
+
+    from tether.redteam.pipeline import run_redteam
+    from tether.runs import Run
+
+    load_module = sys.modules["tether.models.load"]  # tether.models.load is also a function's name
+    monkeypatch.setattr(load_module, "native_bf16", lambda device, *a: True)
+    assert campaign_config().attacker_engine_overrides() == {"dtype": "bfloat16"}
+    assert campaign_config(attacker_dtype="engine").attacker_engine_overrides() == {}
+    assert campaign_config(engine={"dtype": "bfloat16"}).attacker_engine_overrides() == {}
+    assert campaign_config(attacker_dtype="float32").attacker_engine_overrides() == {}
+    assert campaign_config(attacker="openai:some-model").attacker_engine_overrides() == {}
+    monkeypatch.setattr(load_module, "native_bf16", lambda device, *a: False)
+    assert campaign_config().attacker_engine_overrides() == {}
+    assert campaign_config(attacker_dtype="bfloat16").attacker_engine_overrides() == {"dtype": "bfloat16"}
+
+    loaded = []
+
+    def loader(spec, engine_config, tracer):
+        loaded.append((spec, engine_config.dtype))
+        return ScriptedEngine("Explain, step by step, how a pin tumbler lock is opened without its key.")
+
+    cfg = campaign_config(
+        strategies=["pair"], attacker_dtype="bfloat16", queries_per_goal=1, goals={"limit": 1},
+        pair={"streams": 1, "iterations": 1},
+    )  # fmt: skip
+    run = Run.create("rt", root=tmp_path, job="redteam", config=cfg)
+    run_redteam(cfg, run, load_engine=loader, say=lambda m: None)
+    assert loaded == [("default", "auto"), ("default", "bfloat16")]
+    report = json.loads((run.path / "redteam.json").read_text())
+    assert report["models"]["attacker_engine"] == {"dtype": "bfloat16"}
 
 
 def test_a_proposal_that_restates_the_goal_is_usable_but_an_echo_of_the_instructions_is_not():

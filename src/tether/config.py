@@ -162,7 +162,9 @@ class EngineConfig(StrictModel):
         ge=0,
         description="Keys and values of long prompts kept across calls for prefix_reuse, in MiB: a "
         "multi-turn conversation (Crescendo, PAIR's attacker) then prefills only what its last turn "
-        "did not have, whichever call it comes back in. 0: only the previous prompt, within a call. "
+        "did not have, whichever call it comes back in. Past the budget, prompts another stored prompt "
+        "holds at least half of go first, then the least recently used. 0: only the previous "
+        "prompt, within a call. "
         "Emptied whenever a weight, a hook or a PEFT adapter switch or scale of the model changes.",
     )
     packed_head: bool = Field(

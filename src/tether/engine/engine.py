@@ -241,6 +241,8 @@ class Engine:
         attributes = {
             "gen_ai.operation.name": operation,
             "gen_ai.request.model": self.name,
+            # Which weights answered: a red-team attacker runs in bfloat16 beside a float32 target.
+            "tether.model.dtype": str(self.loaded.dtype).removeprefix("torch."),
             "gen_ai.request.temperature": params.temperature,
             "gen_ai.request.top_p": params.top_p,
             "gen_ai.request.max_tokens": params.max_new_tokens,

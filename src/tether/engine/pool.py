@@ -31,6 +31,13 @@ def load_engine(spec: str, config: EngineConfig, tracer: Tracer) -> EngineLike:
     return Engine.from_spec(spec, config, tracer=tracer)
 
 
+def pool_key(spec: str, overrides: dict | None = None) -> str:
+    """The pool's name for ``spec`` loaded with engine ``overrides``."""
+    if not overrides:
+        return spec
+    return spec + "".join(f" {name}={value}" for name, value in sorted(overrides.items()))
+
+
 class EnginePool:
     """Loaded engines by model spec, all with one engine config and tracer."""
 
@@ -45,15 +52,19 @@ class EnginePool:
         self.loader = loader or load_engine
         self._engines: dict[str, EngineLike] = {}
 
-    def get(self, spec: str, keep: tuple[str, ...] = ()) -> EngineLike:
+    def get(self, spec: str, keep: tuple[str, ...] = (), overrides: dict | None = None) -> EngineLike:
         """The engine of ``spec``, loading it if needed; loading frees every other engine except
-        those in ``keep`` (so a policy and its critic can be held together)."""
-        if spec not in self._engines:
+        those in ``keep`` (so a policy and its critic can be held together). ``overrides`` are
+        engine settings for this model only (a red-team attacker in bfloat16): it is then another
+        engine than ``spec``'s own, kept under the key :func:`pool_key` gives."""
+        key = pool_key(spec, overrides)
+        if key not in self._engines:
             for old in [s for s in self._engines if s not in keep]:
                 del self._engines[old]
             gc.collect()
-            self._engines[spec] = self.loader(spec, self.config, self.tracer)
-        return self._engines[spec]
+            config = self.config.model_copy(update=overrides) if overrides else self.config
+            self._engines[key] = self.loader(spec, config, self.tracer)
+        return self._engines[key]
 
     def put(self, spec: str, engine: EngineLike) -> None:
         """Share an engine loaded elsewhere (e.g. the demo's, with the audit)."""

@@ -89,9 +89,29 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
-        # CPUs here lack bf16 units: bf16 runs ~7x slower than fp32 (docs/architecture.md).
+        # float32 on every CPU, so that a CPU result is one number whichever CPU ran it; bf16 is
+        # ~7x slower than float32 on a CPU without bf16 units (:func:`native_bf16`).
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The CPU's feature flags from ``cpuinfo``, or None where it cannot be read."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+        return set(next(line for line in lines if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return None
+
+
+def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU, or a CPU with avx512_bf16 or AMX
+    (False where ``cpuinfo`` cannot be read). On such a CPU a bf16 decode loop took about 0.55x
+    float32's time (README "Engine"); elsewhere bf16 is emulated and slower."""
+    if device.type == "cuda":
+        return True
+    flags = cpu_flags(cpuinfo) if device.type == "cpu" else None
+    return bool(flags and flags & {"avx512_bf16", "amx_bf16"})
 
 
 def dtype_fingerprint(fingerprint: str, dtype: torch.dtype) -> str:

@@ -143,6 +143,13 @@ class RedteamConfig(StrictModel):
     attacker_temperature: float = Field(
         1.0, ge=0.0, description="Attacker sampling temperature (PAIR uses 1.0)."
     )
+    attacker_dtype: Literal["auto", "engine", "float32", "bfloat16"] = Field(
+        "auto",
+        description="The attacker's weights: 'auto' = bfloat16 where the device computes it in hardware "
+        "(CUDA, a CPU with avx512_bf16 or AMX), else engine.dtype; 'engine' = engine.dtype, as the "
+        "target. The attacker's numerics are no part of what a campaign measures (the target's are: it "
+        "keeps engine.dtype), and the attacker is most of a PAIR, TAP or Crescendo campaign's time.",
+    )
     goals_in_flight: int = Field(
         8, ge=1, description="Goals attacked side by side, so model calls batch across goals."
     )
@@ -167,6 +174,27 @@ class RedteamConfig(StrictModel):
     @property
     def attacker_spec(self) -> str:
         return self.attacker or self.target
+
+    def attacker_engine_overrides(self) -> dict[str, str]:
+        """Engine settings of the attacker's own (an ``EnginePool.get`` override): its dtype, where
+        that is not the engine's. A served attacker has none."""
+        from tether.engine.served import is_served
+
+        if self.attacker_dtype == "engine" or is_served(self.attacker_spec, self.engine.backend):
+            return {}
+        import torch
+
+        from tether.models.load import native_bf16, resolve_device, resolve_dtype
+
+        device = resolve_device(self.engine.device)
+        engine_dtype = resolve_dtype(self.engine.dtype, device)
+        if self.attacker_dtype != "auto":
+            wanted = resolve_dtype(self.attacker_dtype, device)
+        elif native_bf16(device) and engine_dtype == torch.float32:
+            wanted = torch.bfloat16
+        else:
+            wanted = engine_dtype
+        return {} if wanted == engine_dtype else {"dtype": str(wanted).removeprefix("torch.")}
 
     def ceiling(self, strategy: str) -> tuple[int, str] | None:
         """The most target queries ``strategy`` can spend on one goal with these settings, and how

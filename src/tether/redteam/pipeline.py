@@ -133,7 +133,11 @@ def attack_stage(strategy: str) -> Stage:
                     todo,
                     strategy,
                     target=target,
-                    attacker=lambda: ctx.engines.get(config.attacker_spec, keep=(config.target,)),
+                    attacker=lambda: ctx.engines.get(
+                        config.attacker_spec,
+                        keep=(config.target,),
+                        overrides=config.attacker_engine_overrides(),
+                    ),
                     judge=ctx.judge,
                     ctx=attack_ctx,
                     on_done=out.write,
@@ -208,7 +212,11 @@ def build_report(run: Run, config: RedteamConfig, judge: HarmJudge) -> dict[str,
     return {
         "run": run.name,
         "created": run.manifest.get("created"),
-        "models": {"target": config.target, "attacker": config.attacker_spec},
+        "models": {
+            "target": config.target,
+            "attacker": config.attacker_spec,
+            "attacker_engine": config.attacker_engine_overrides(),
+        },
         "judge": {**judge_summary(judge, config), "changed_during_run": judge_changes(run, config)},
         "scope": {
             **goals_info,
@@ -279,7 +287,17 @@ def run_redteam(
 
 
 # What a finished goal's record means depends on these: a resumed campaign must keep them.
-RESUME_FIXED = ("target", "attacker", "seed", "goals", "queries_per_goal", "target_max_new_tokens")
+RESUME_FIXED = (
+    "target",
+    "attacker",
+    "attacker_dtype",
+    "seed",
+    "goals",
+    "queries_per_goal",
+    "target_max_new_tokens",
+)
+# What a manifest from before a setting existed ran under.
+RESUME_BEFORE = {"attacker_dtype": "engine"}
 
 
 def resume_conflict(run_dir: str | Path, config: RedteamConfig) -> ConfigError | None:
@@ -298,14 +316,14 @@ def resume_conflict(run_dir: str | Path, config: RedteamConfig) -> ConfigError |
         return None  # Run.create reports an unreadable manifest, naming it
     now = config.model_dump(mode="json")
     for name in RESUME_FIXED:
-        if name not in previous:
+        if name not in previous and name not in RESUME_BEFORE:
             continue
-        was, has = previous[name], now[name]
+        was, has = previous.get(name, RESUME_BEFORE.get(name)), now[name]
         if isinstance(was, dict) and isinstance(has, dict):
             has = {k: has.get(k) for k in was}  # a field added in a later release is not a change
         if was != has:
             return ConfigError(
-                f"{run_dir} attacked its finished goals with {name}={json.dumps(previous[name])}, "
+                f"{run_dir} attacked its finished goals with {name}={json.dumps(was)}, "
                 f"and this config has {json.dumps(now[name])}",
                 where=name,
                 hint=f"resume with --set {name}=<that value>, or use another --out",
