@@ -106,7 +106,7 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
 
 def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU, or a CPU with avx512_bf16 or AMX
-    (False where ``cpuinfo`` cannot be read). On such a CPU a bf16 decode loop took about 0.55x
+    (False where ``cpuinfo`` cannot be read). On such a CPU a bf16 decode loop took 0.53-0.63x
     float32's time (README "Engine"); elsewhere bf16 is emulated and slower."""
     if device.type == "cuda":
         return True
