@@ -128,15 +128,15 @@ def attack_stage(strategy: str) -> Stage:
             ctx.say(f"redteam {strategy}: {len(todo)} goal(s) to attack ({len(done)} already done)")
             if strategy in (short := config.short_budgets()):
                 ctx.say(f"warning: redteam {strategy} {short[strategy]}")
+            # Resolved once, not every round the attacker is asked for (it reads the CPU's flags).
+            attacker_overrides = config.attacker_engine_overrides()
             with JsonlAppender(path) as out:
                 run_goals(
                     todo,
                     strategy,
                     target=target,
                     attacker=lambda: ctx.engines.get(
-                        config.attacker_spec,
-                        keep=(config.target,),
-                        overrides=config.attacker_engine_overrides(),
+                        config.attacker_spec, keep=(config.target,), overrides=attacker_overrides
                     ),
                     judge=ctx.judge,
                     ctx=attack_ctx,
