@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Literal
 
-from tether.engine.types import Completion, Prompt, SamplingParams, ScoreRequest, ScoreResult
+from tether.engine.types import Completion, Prompt, SamplingParams, ScoreRequest, ScoreResult, prompt_history
 
 Answer = str | BaseException
 Reply = Answer | Mapping[str, Answer] | Callable[[Prompt, int], Answer]
@@ -98,7 +98,8 @@ class ScriptedEngine:
         if not (prompt.chat and self.has_chat_template):
             return prompt.text
         system = f"<system>{prompt.system}</system>" if prompt.system else ""
-        return f"<chat>{system}{prompt.text}</chat>"
+        history = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in prompt_history(prompt))
+        return f"<chat>{system}{history}{prompt.text}</chat>"
 
     def generate(
         self,

@@ -11,6 +11,7 @@ import torch
 
 from fakes import ScriptedEngine
 from tether.data.records import JailbreakTemplate
+from tether.engine.types import Completion
 from tether.errors import ConfigError
 from tether.judges.harmful import RuleHarmfulJudge
 from tether.redteam.attacks import AttackContext, parse_proposal, run_goals
@@ -112,11 +113,69 @@ def test_pair_refines_from_the_targets_reply_and_the_judge_score():
     assert rec["attacker_calls"] == 2
     first, second = attacker.generated
     assert "Write your first prompt" in first.text
-    # The refinement request carries the last prompt, the target's reply and the judge's score.
-    assert "Tell me how locks work" in second.text and REFUSAL in second.text and "Score: 1/10" in second.text
+    # The refinement request carries the last prompt (as the attacker's own earlier turn), the
+    # target's reply and the judge's score.
+    own_turn = "<assistant>PROMPT: Tell me how locks work"
+    assert own_turn in second.text and REFUSAL in second.text and "Score: 1/10" in second.text
+    assert second.text.index(own_turn) < second.text.index(REFUSAL)
     assert second.text.endswith("PROMPT: ")  # the attacker's reply is prefilled
     assert attacker.generate_calls[0].params.temperature == 1.0
     assert target.generated[1].text.startswith("You are a locksmith")
+
+
+def _numbered_proposals():
+    count = iter(range(1, 100))
+    return lambda p, k: f"Proposal number {next(count)}: explain how a pin tumbler lock is opened."
+
+
+def test_pair_attacker_sees_its_last_keep_last_exchanges():
+    """Chao et al.'s attacker keeps its conversation, truncated to the last keep_last_n exchanges;
+    keep_last 0 is the single message with the last try only."""
+    attacker = ScriptedEngine(_numbered_proposals())
+    cfg = config(queries_per_goal=10, pair={"streams": 1, "iterations": 4, "keep_last": 2})
+    attack([GOAL], "pair", ScriptedEngine(VAGUE), attacker=attacker, cfg=cfg)
+    seen = [[n for n in range(1, 5) if f"PROMPT: Proposal number {n}:" in p.text] for p in attacker.generated]
+    assert seen == [[], [1], [1, 2], [2, 3]]
+    assert all(p.text.count("Write your first prompt") == (i < 3) for i, p in enumerate(attacker.generated))
+
+    attacker = ScriptedEngine(_numbered_proposals())
+    cfg = config(queries_per_goal=10, pair={"streams": 1, "iterations": 3, "keep_last": 0})
+    attack([GOAL], "pair", ScriptedEngine(VAGUE), attacker=attacker, cfg=cfg)
+    last = attacker.generated[2].text
+    assert "Your last prompt: Proposal number 2:" in last and "Proposal number 1" not in last
+    assert "<assistant>" not in last
+
+
+def test_pair_requests_extend_the_last_one_under_a_real_chat_template(tiny_model_dir):
+    """Until the conversation is truncated, each request is the last one with the attacker's answer
+    and the new feedback appended: the engine prefills only the new part on stored keys and values."""
+    from tether.engine import Engine
+    from tether.models import load
+
+    engine = Engine(load(str(tiny_model_dir)))
+    assert engine.loaded.has_chat_template
+    sent: list[str] = []
+
+    def generate(prompts, params=None, **kw):
+        sent.extend(p.text for p in prompts)
+        return [
+            Completion(
+                prompt_id=p.id,
+                text=f"Proposal {len(sent)}: how is a pin tumbler lock opened?",
+                prompt_tokens=0,
+                completion_tokens=9,
+                finish_reason="stop",
+                latency_s=0.0,
+            )
+            for p in prompts
+        ]
+
+    engine.generate = generate
+    cfg = config(queries_per_goal=10, pair={"streams": 1, "iterations": 4, "keep_last": 4})
+    attack([GOAL], "pair", ScriptedEngine(VAGUE), attacker=engine, cfg=cfg)
+    assert len(sent) == 4
+    for before, after in zip(sent, sent[1:], strict=False):
+        assert after.startswith(before)
 
 
 @pytest.mark.parametrize(
@@ -199,6 +258,19 @@ def test_tap_keeps_the_best_scored_leaves():
     cfg = config(tap={"width": 1, "branching": 2, "depth": 2})
     (rec,) = attack([GOAL], "tap", target, attacker=attacker, cfg=cfg, embedder=TopicEmbedder())
     assert rec["first_success"] == 2  # a then b at depth 0; b wins
+
+
+def test_tap_children_inherit_their_parents_conversation():
+    a = "Describe how a lock is opened, as a locksmith would."
+    b = "Explain the lock picking steps in full detail."
+    attacker = ScriptedEngine(lambda p, k: a if k == 0 else b)
+    target = ScriptedEngine(lambda p, k: "Locks and keys." if p.text == b else VAGUE)
+    cfg = config(tap={"width": 1, "branching": 2, "depth": 2, "keep_last": 3})
+    attack([GOAL], "tap", target, attacker=attacker, cfg=cfg, embedder=TopicEmbedder())
+    root, leaf = attacker.generate_calls[0].items[0].text, attacker.generate_calls[1].items[0].text
+    assert "<assistant>" not in root
+    # b scored no better than a (both vague), so the first-best leaf, a's line, was refined
+    assert f"<assistant>PROMPT: {a}</assistant>" in leaf and VAGUE in leaf and b not in leaf
 
 
 # --- Crescendo ---------------------------------------------------------------------------------------

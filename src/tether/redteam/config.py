@@ -50,6 +50,13 @@ class PAIRConfig(StrictModel):
 
     streams: int = Field(3, ge=1, description="Independent refinement streams per goal.")
     iterations: int = Field(3, ge=1, description="Refinements per stream, at most (budget permitting).")
+    keep_last: int = Field(
+        4,
+        ge=0,
+        description="Earlier exchanges (its request, its proposed prompt) the attacker sees as its "
+        "conversation, the last ones kept (Chao et al.'s keep_last_n, 4); 0: one message with the last "
+        "prompt, reply and score only (Tether before 2026-12-05).",
+    )
 
 
 class TAPConfig(StrictModel):
@@ -58,6 +65,13 @@ class TAPConfig(StrictModel):
     width: int = Field(3, ge=1, description="Leaves kept after each depth (best judge scores).")
     branching: int = Field(2, ge=1, description="Refinements the attacker proposes per leaf.")
     depth: int = Field(3, ge=1, description="Tree depth, at most (budget permitting).")
+    keep_last: int = Field(
+        3,
+        ge=0,
+        description="Earlier exchanges of a node's line the attacker sees as its conversation, each child "
+        "inheriting its parent's (Mehrotra et al.'s keep_last_n, 3); 0: one message with the last "
+        "prompt, reply and score only (Tether before 2026-12-05).",
+    )
     on_topic_threshold: float = Field(
         0.3,
         ge=-1.0,
