@@ -687,6 +687,33 @@ def test_a_campaign_resumed_with_another_target_or_attacker_is_refused_before_an
     assert (run.path / "manifest.json").read_text() == before  # the run keeps its config
 
 
+def test_a_strategy_with_finished_goals_keeps_its_attacker_conversation_on_resume(tmp_path):
+    """pair.keep_last changes PAIR's algorithm: once PAIR has finished goals, a resume may not change
+    it (the report would name one setting for goals attacked under two); a manifest from before the
+    setting existed ran PAIR with the last try only (keep_last 0). Other strategies' goals do not
+    pin it."""
+    from tether.redteam.pipeline import resume_conflict
+    from tether.runs import Run
+
+    cfg = campaign_config()
+    out = tmp_path / "rt"
+    run = Run.create("rt", root=tmp_path, job="redteam", config=cfg)
+    (run.path / "attacks").mkdir()
+    (run.path / "attacks" / "templates.jsonl").write_text('{"goal_id": "harmbench_val/a"}\n')
+    assert resume_conflict(out, campaign_config(pair={"keep_last": 1})) is None  # PAIR has not run
+    (run.path / "attacks" / "pair.jsonl").write_text('{"goal_id": "harmbench_val/a"}\n')
+    conflict = resume_conflict(out, campaign_config(pair={"keep_last": 1}))
+    assert conflict is not None and conflict.where == "pair.keep_last"
+    assert "pair.keep_last=4, and this config has 1" in str(conflict)
+    assert resume_conflict(out, campaign_config(pair={"iterations": 5})) is None
+    assert resume_conflict(out, campaign_config(tap={"keep_last": 1})) is None  # TAP has not run
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    del manifest["config"]["pair"]["keep_last"]  # a campaign from before the conversation
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    assert resume_conflict(out, cfg).where == "pair.keep_last"
+    assert resume_conflict(out, campaign_config(pair={"keep_last": 0})) is None
+
+
 def test_native_bf16_reads_the_cpu_flags(tmp_path):
     from tether.models.load import native_bf16
 

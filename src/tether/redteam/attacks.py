@@ -309,7 +309,7 @@ class Refinement:
     and Mehrotra et al. truncate it), and its last prompt with the target's reply and score.
 
     ``keep_last: 0`` sends no conversation: one message with the last prompt, reply and score
-    (Tether's PAIR and TAP before 2026-12-05)."""
+    (Tether's PAIR and TAP until 2026-12-04)."""
 
     conversation: tuple[tuple[str, str], ...] = ()
     prompt: str | None = None

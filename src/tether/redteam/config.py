@@ -55,7 +55,7 @@ class PAIRConfig(StrictModel):
         ge=0,
         description="Earlier exchanges (its request, its proposed prompt) the attacker sees as its "
         "conversation, the last ones kept (Chao et al.'s keep_last_n, 4); 0: one message with the last "
-        "prompt, reply and score only (Tether before 2026-12-05).",
+        "prompt, reply and score only (Tether until 2026-12-04).",
     )
 
 
@@ -70,7 +70,7 @@ class TAPConfig(StrictModel):
         ge=0,
         description="Earlier exchanges of a node's line the attacker sees as its conversation, each child "
         "inheriting its parent's (Mehrotra et al.'s keep_last_n, 3); 0: one message with the last "
-        "prompt, reply and score only (Tether before 2026-12-05).",
+        "prompt, reply and score only (Tether until 2026-12-04).",
     )
     on_topic_threshold: float = Field(
         0.3,

@@ -296,15 +296,28 @@ RESUME_FIXED = (
     "queries_per_goal",
     "target_max_new_tokens",
 )
+# ...and on these, for a strategy that has finished goals: they change the strategy's algorithm.
+RESUME_FIXED_PER_STRATEGY = {"pair": ("pair.keep_last",), "tap": ("tap.keep_last",)}
 # What a manifest from before a setting existed ran under.
-RESUME_BEFORE = {"attacker_dtype": "engine"}
+RESUME_BEFORE = {"attacker_dtype": "engine", "pair.keep_last": 0, "tap.keep_last": 0}
+_MISSING = object()
+
+
+def _setting(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return RESUME_BEFORE.get(dotted, _MISSING)
+        node = node[part]
+    return node
 
 
 def resume_conflict(run_dir: str | Path, config: RedteamConfig) -> ConfigError | None:
     """Why ``config`` cannot resume the campaign in ``run_dir``: a setting of :data:`RESUME_FIXED`
-    that differs from the one its finished goals were attacked under (another target or attacker
-    would be mixed into the same ASR, the report naming only the new one). None for a new directory
-    or one with no finished goal. Judge settings may change: the report says so."""
+    (or of :data:`RESUME_FIXED_PER_STRATEGY`, for a strategy with finished goals) that differs from
+    the one its finished goals were attacked under (another target or attacker would be mixed into
+    the same ASR, the report naming only the new one). None for a new directory or one with no
+    finished goal. Judge settings may change: the report says so."""
     run_dir = Path(run_dir)
     manifest = run_dir / "manifest.json"
     finished = [p for p in (run_dir / "attacks").glob("*.jsonl") if p.stat().st_size]
@@ -315,16 +328,19 @@ def resume_conflict(run_dir: str | Path, config: RedteamConfig) -> ConfigError |
     except (OSError, ValueError, AttributeError):
         return None  # Run.create reports an unreadable manifest, naming it
     now = config.model_dump(mode="json")
-    for name in RESUME_FIXED:
-        if name not in previous and name not in RESUME_BEFORE:
+    names = list(RESUME_FIXED)
+    for path in finished:
+        names += RESUME_FIXED_PER_STRATEGY.get(path.stem, ())
+    for name in names:
+        was, has = _setting(previous, name), _setting(now, name)
+        if was is _MISSING:
             continue
-        was, has = previous.get(name, RESUME_BEFORE.get(name)), now[name]
         if isinstance(was, dict) and isinstance(has, dict):
             has = {k: has.get(k) for k in was}  # a field added in a later release is not a change
         if was != has:
             return ConfigError(
                 f"{run_dir} attacked its finished goals with {name}={json.dumps(was)}, "
-                f"and this config has {json.dumps(now[name])}",
+                f"and this config has {json.dumps(_setting(now, name))}",
                 where=name,
                 hint=f"resume with --set {name}=<that value>, or use another --out",
             )
