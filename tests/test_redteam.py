@@ -269,7 +269,7 @@ def test_tap_children_inherit_their_parents_conversation():
     attack([GOAL], "tap", target, attacker=attacker, cfg=cfg, embedder=TopicEmbedder())
     root, leaf = attacker.generate_calls[0].items[0].text, attacker.generate_calls[1].items[0].text
     assert "<assistant>" not in root
-    # b scored no better than a (both vague), so the first-best leaf, a's line, was refined
+    # neither reply scored above 1, so the first of the two, a's line, was kept (width 1) and refined
     assert f"<assistant>PROMPT: {a}</assistant>" in leaf and VAGUE in leaf and b not in leaf
 
 
