@@ -332,15 +332,16 @@ def resume_conflict(run_dir: str | Path, config: RedteamConfig) -> ConfigError |
     for path in finished:
         names += RESUME_FIXED_PER_STRATEGY.get(path.stem, ())
     for name in names:
-        was, has = _setting(previous, name), _setting(now, name)
+        was, value = _setting(previous, name), _setting(now, name)
         if was is _MISSING:
             continue
-        if isinstance(was, dict) and isinstance(has, dict):
-            has = {k: has.get(k) for k in was}  # a field added in a later release is not a change
+        has = value
+        if isinstance(was, dict) and isinstance(value, dict):
+            has = {k: value.get(k) for k in was}  # a field added in a later release is not a change
         if was != has:
             return ConfigError(
                 f"{run_dir} attacked its finished goals with {name}={json.dumps(was)}, "
-                f"and this config has {json.dumps(_setting(now, name))}",
+                f"and this config has {json.dumps(value)}",
                 where=name,
                 hint=f"resume with --set {name}=<that value>, or use another --out",
             )
