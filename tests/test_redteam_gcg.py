@@ -21,8 +21,10 @@ from tether.redteam.gcg import (
     SuffixSearch,
     WhiteBox,
     checkpoints,
+    prefix_states,
     retokenizes,
     sample_candidates,
+    target_losses,
     target_string,
     token_gradient,
 )
@@ -82,6 +84,33 @@ def test_loss_is_the_target_strings_cross_entropy_after_the_rendered_prompt(engi
     t = len(lay.target)
     expected = F.cross_entropy(logits[-t - 1 : -1].float(), lay.target).item()
     assert search.loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_prefix_cache_gives_the_whole_prompts_losses_gradient_and_search(box):
+    cached = SuffixSearch(box, GOAL.text, GCGConfig(**SMALL), seed=0)
+    whole = SuffixSearch(box, GOAL.text, GCGConfig(**SMALL, prefix_cache=False), seed=0)
+    assert cached.prefix is not None and whole.prefix is None
+    lay = cached.layout
+    assert cached.prefix[0][0].shape[-2] == len(lay.before)  # the keys cover the prompt before the suffix
+    gen = torch.Generator().manual_seed(3)
+    grad = token_gradient(box, lay, cached.suffix)
+    candidates = sample_candidates(cached.suffix, grad, box.disallowed, 32, 24, gen)
+    with torch.no_grad():
+        embeds = box.embeddings[candidates]
+        plain = target_losses(box, lay, embeds)
+        reused = target_losses(box, lay, embeds, prefix_states(box, lay))
+    # The random model's losses differ by about 1e-3 between candidates and the two paths by about
+    # 1e-6; positions one off (a cache at the wrong offset) differ by about 6e-5.
+    assert float(plain.max() - plain.min()) > 1e-4
+    torch.testing.assert_close(reused, plain, rtol=0, atol=5e-6)
+    torch.testing.assert_close(
+        token_gradient(box, lay, cached.suffix, cached.prefix), grad, rtol=1e-4, atol=1e-5
+    )
+    for _ in range(3):
+        cached.step()
+        whole.step()
+    assert torch.equal(cached.suffix, whole.suffix)
+    assert cached.history == pytest.approx(whole.history, rel=1e-5)
 
 
 def test_loss_never_increases_and_falls_from_the_start(box):

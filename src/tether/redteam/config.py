@@ -106,6 +106,11 @@ class GCGConfig(StrictModel):
         "min(queries_per_goal, steps) queries spread evenly over the steps.",
     )
     batch_size: int = Field(64, ge=1, description="Candidates per forward pass (memory, not results).")
+    prefix_cache: bool = Field(
+        True,
+        description="Compute the keys and values of the prompt before the suffix once per goal "
+        "(nanogcg's use_prefix_cache); false runs every candidate's whole prompt. Same losses to float rounding.",
+    )
 
 
 class GoalGateConfig(StrictModel):

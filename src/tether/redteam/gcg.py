@@ -17,10 +17,14 @@ One step, as nanogcg implements it:
    suffix. Unlike nanogcg (which takes the batch's best even when it is worse), the current suffix's
    loss therefore never increases.
 
+Every candidate shares the tokens before the suffix (the system prompt, the user turn's opening and
+the goal: about half of a prompt), so their keys and values are computed once per goal and each
+forward pass, the gradient's included, runs only the suffix, the turn's end and the target string
+(``gcg.prefix_cache``, as nanogcg's ``use_prefix_cache``; the same losses to float rounding, tested).
+
 Written here instead of depending on nanogcg: nanogcg pins ``transformers<=4.47.1`` and Tether runs
-transformers 5.x. Not built: nanogcg's prefix KV cache (every forward pass recomputes the system
-prompt and goal, about half of the tokens), its attack buffer, multi-position swaps, probe sampling
-and early stopping on an exact match.
+transformers 5.x. Not built: nanogcg's attack buffer, multi-position swaps, probe sampling and
+early stopping on an exact match.
 """
 
 from __future__ import annotations
@@ -164,31 +168,66 @@ def query_prompt(box: WhiteBox, lay: Layout, suffix: list[int]) -> Prompt:
     return Prompt(id="gcg", text=lay.goal + box.tokenizer.decode(suffix), chat=True)
 
 
-def target_losses(box: WhiteBox, lay: Layout, suffix_embeds: torch.Tensor) -> torch.Tensor:
+def _forward(box: WhiteBox, keep: int, **inputs: Any) -> Any:
+    try:
+        return box.model(**inputs, logits_to_keep=keep)
+    except TypeError:  # a model class without logits_to_keep
+        return box.model(**inputs)
+
+
+PrefixStates = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def prefix_states(box: WhiteBox, lay: Layout) -> PrefixStates:
+    """Each layer's keys and values over ``lay.before`` (batch 1): what every candidate of the goal
+    computes first, computed once."""
+    with torch.no_grad():
+        out = _forward(box, 1, inputs_embeds=box.embeddings[lay.before].unsqueeze(0), use_cache=True)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def target_losses(
+    box: WhiteBox, lay: Layout, suffix_embeds: torch.Tensor, prefix: PrefixStates | None = None
+) -> torch.Tensor:
     """The mean cross-entropy of the target tokens after each suffix, ``[batch]``; suffix_embeds is
-    ``[batch, suffix_len, d_model]``."""
+    ``[batch, suffix_len, d_model]``. With ``prefix`` (:func:`prefix_states` of ``lay``) only the
+    tokens from the suffix on run, on those keys and values; without it, the whole prompt runs."""
     emb = box.embeddings
     n = suffix_embeds.shape[0]
-    parts = [emb[lay.before], None, emb[lay.after], emb[lay.target]]
+    parts = [None, emb[lay.after], emb[lay.target]]
+    if prefix is None:
+        parts.insert(0, emb[lay.before])
     x = torch.cat([suffix_embeds if p is None else p.unsqueeze(0).expand(n, -1, -1) for p in parts], dim=1)
     t = lay.target.shape[0]
-    try:
-        logits = box.model(inputs_embeds=x, use_cache=False, logits_to_keep=t + 1).logits
-    except TypeError:  # a model class without logits_to_keep
-        logits = box.model(inputs_embeds=x, use_cache=False).logits
-    logits = logits[:, -t - 1 : -1].float()
+    if prefix is None:
+        out = _forward(box, t + 1, inputs_embeds=x, use_cache=False)
+    else:
+        from transformers import DynamicCache
+
+        start = lay.before.shape[0]
+        cache = DynamicCache(
+            ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix],
+            config=box.model.config,
+        )
+        positions = torch.arange(start, start + x.shape[1], device=x.device).expand(n, -1)
+        out = _forward(box, t + 1, inputs_embeds=x, position_ids=positions, cache=cache, use_cache=True)
+    logits = out.logits[:, -t - 1 : -1].float()
     labels = lay.target.unsqueeze(0).expand(n, -1)
     return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)
 
 
-def token_gradient(box: WhiteBox, lay: Layout, suffix: torch.Tensor) -> torch.Tensor:
-    """d loss / d one-hot(suffix), each row normalised, ``[suffix_len, vocab]``."""
+def token_gradient(
+    box: WhiteBox, lay: Layout, suffix: torch.Tensor, prefix: PrefixStates | None = None
+) -> torch.Tensor:
+    """d loss / d one-hot(suffix), each row normalised, ``[suffix_len, vocab]`` (``prefix`` as in
+    :func:`target_losses`: the tokens before the suffix do not depend on it)."""
     emb = box.embeddings
     one_hot = torch.zeros(suffix.shape[0], emb.shape[0], dtype=emb.dtype, device=emb.device)
     one_hot.scatter_(1, suffix.unsqueeze(1), 1.0)
     one_hot.requires_grad_(True)
     with torch.enable_grad():
-        loss = target_losses(box, lay, (one_hot @ emb).unsqueeze(0))[0]
+        loss = target_losses(box, lay, (one_hot @ emb).unsqueeze(0), prefix)[0]
         (grad,) = torch.autograd.grad(loss, one_hot)
     return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -228,6 +267,7 @@ class SuffixSearch:
         if init is None:  # nanogcg's start, "x x x ...", one token a word in most tokenizers
             init = box.encode(" x" * config.suffix_tokens)
         self.suffix = torch.tensor(init, dtype=torch.long, device=box.embeddings.device)
+        self.prefix = prefix_states(box, self.layout) if config.prefix_cache else None
         if not retokenizes(box, self.layout, self.suffix.unsqueeze(0))[0]:
             raise ValueError(
                 f"the initial suffix {box.tokenizer.decode(init)!r} does not tokenize back to itself "
@@ -243,14 +283,14 @@ class SuffixSearch:
         emb = self.box.embeddings
         size = self.config.batch_size
         out = [
-            target_losses(self.box, self.layout, emb[candidates[i : i + size]])
+            target_losses(self.box, self.layout, emb[candidates[i : i + size]], self.prefix)
             for i in range(0, candidates.shape[0], size)
         ]
         return torch.cat(out).cpu()
 
     def step(self) -> float:
         cfg, box = self.config, self.box
-        grad = token_gradient(box, self.layout, self.suffix)
+        grad = token_gradient(box, self.layout, self.suffix, self.prefix)
         candidates = sample_candidates(
             self.suffix, grad, box.disallowed, cfg.topk, cfg.search_width, self.generator
         )
