@@ -56,6 +56,7 @@ import time
 from pathlib import Path
 
 import torch
+from children import load  # benchmarks/children.py, beside this script
 
 from tether.engine import Engine, Prompt, SamplingParams, ScoreRequest
 
@@ -138,11 +139,6 @@ def abba(naive_fn, ours_fn, tag: str, labels: tuple[str, str]):
         dict(zip(labels, (max(naive_peak_1, naive_peak_2), max(ours_peak_1, ours_peak_2)), strict=True)),
     )
     return (naive_1, naive_2), (n1 + n2) / 2, (ours_1, ours_2), (t1 + t2) / 2
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
 
 
 def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:

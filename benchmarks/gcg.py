@@ -16,14 +16,13 @@ side's: below 1 means the cache is faster).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
 import torch
+from children import child_result, load, print_result  # benchmarks/children.py, beside this script
 
 
 def one_side(args) -> dict:
@@ -57,17 +56,10 @@ def one_side(args) -> dict:
 def run_side(side: str, args) -> dict:
     command = [sys.executable, __file__, "--side", side, "--target", args.target]
     command += ["--goals", str(args.goals), "--steps", str(args.steps), "--threads", str(args.threads)]
-    child = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
-    if child.returncode != 0 or not lines:
-        tail = (child.stderr or child.stdout).strip().splitlines()[-3:]
-        raise SystemExit(f"{side} side failed (exit code {child.returncode}): {tail}")
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
+    result = child_result(command)
+    if "failed" in result:
+        raise SystemExit(f"{side} side failed: {result['failed']}")
+    return result
 
 
 def main() -> None:
@@ -85,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TETHER_NO_PROGRESS", "1")
     if args.side:
-        print("RESULT " + json.dumps(one_side(args)), flush=True)
+        print_result(one_side(args))
         return
 
     print(f"before: {load()}", flush=True)

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from children import child_result, load, print_result  # benchmarks/children.py, beside this script
 
 
 def tether_iteration(args, docs) -> dict:
@@ -200,18 +199,7 @@ def run_side(side: str, args) -> dict:
     command += ["--temperature", str(args.temperature), "--lr", str(args.lr)]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    began = time.perf_counter()
-    child = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
-    if child.returncode != 0 or not lines:
-        tail = (child.stderr or child.stdout).strip().splitlines()[-3:]
-        return {"failed": f"exit code {child.returncode} after {time.perf_counter() - began:.0f}s: {tail}"}
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
+    return child_result(command)
 
 
 def main() -> None:
@@ -246,7 +234,7 @@ def main() -> None:
         docs, _ = select_split(load_boolq_documents(), n_train=args.batch_size * args.steps, n_heldout=1)
         result = SIDES[args.side][1](args, docs)
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-        print("RESULT " + json.dumps(result), flush=True)
+        print_result(result)
         return
 
     print(f"before: {load()}", flush=True)

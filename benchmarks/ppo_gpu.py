@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from children import child_result, print_result  # benchmarks/children.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
@@ -148,7 +148,7 @@ def child(args) -> None:
     result = (ppo_variant if part == "ppo" else greedy_variant)(args, variant)
     if args.device.startswith("cuda"):
         result["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
 
 
 def run_child(args, part: str, variant: str) -> dict:
@@ -163,17 +163,8 @@ def run_child(args, part: str, variant: str) -> dict:
     ]
     if args.documents:
         command += ["--documents", args.documents]
-    began = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=os.environ)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
-        return {
-            "variant": variant,
-            "failed": f"exit {proc.returncode} after {time.perf_counter() - began:.0f}s",
-            "tail": tail,
-        }
-    return json.loads(lines[-1][len("RESULT ") :])
+    result = child_result(command, tail_lines=6)
+    return {"variant": variant, **result} if "failed" in result else result
 
 
 def main() -> None:
