@@ -4,8 +4,9 @@ candidate running its whole prompt (``false``): same goals, same seed, same step
 Each side runs in its own process (so its peak RSS is its own; both include the model), A-B-B-A
 (cached, whole, whole, cached) so load from other processes falls on both. A side loads the target,
 takes the first ``--goals`` HarmBench validation goals of the campaign's selection and runs
-``--steps`` GCG steps on each at the CPU config's width; only the steps are timed. Prints the load
-average before and after, each run's seconds per step and peak RSS, whether both sides ended on the
+``--steps`` GCG steps on each at the CPU config's width; the searches are timed (each one's set-up,
+the prefix states and the first loss, with its steps), not the model load. Prints the load average
+before and after, each run's seconds per step and peak RSS, whether both sides ended on the
 same suffixes and losses, and ``cached_time_over_whole: X`` (the cached side's time / the whole
 side's: below 1 means the cache is faster).
 
