@@ -43,6 +43,7 @@ from tether.config import EngineConfig
 from tether.interp.config import PatchConfig
 from tether.interp.refusal import DirectionContext, _chat, load_merged, model_keys, prompts_stage
 from tether.models.head import contiguous_head_input
+from tether.models.kv import cache_of, returned_keys_values
 from tether.runs import Run, Stage, run_stages
 
 # (pair, layer, positions): positions index the last k columns (0 = the k-th last token); layer None
@@ -162,10 +163,9 @@ def target_runs(engine: Any, targets: Sequence[list[int]], k: int, *, batch_size
                 use_cache=True,
                 logits_to_keep=1,
             )
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
-        for i, layer in enumerate(cache.layers):
-            keys[i].append(layer.keys)
-            values[i].append(layer.values)
+        for i, (layer_keys, layer_values) in enumerate(returned_keys_values(out)):
+            keys[i].append(layer_keys)
+            values[i].append(layer_values)
         entering.append(torch.stack([store[i] for i in range(len(layers))], dim=2))
         logits.append(out.logits[:, -1].float().cpu())
         returns_tuple = kinds[0]
@@ -194,8 +194,6 @@ def reused_patched_scores(
     columns before c come from the target's KV cache, the row enters layer l with the target's input
     there (the patch written over it), and a batch skips the layers below all of its rows' layers.
     The same scores (to float rounding) at a small part of the work."""
-    from transformers import DynamicCache
-
     from tether.interp.directions import refusal_score
     from tether.interp.hooks import find_layers, hook_name, hooked, skipping_layers
     from tether.models.padding import positions_from_mask
@@ -220,9 +218,8 @@ def reused_patched_scores(
             mask = runs.mask[pairs]
             cache = None
             if cut > 0:
-                cache = DynamicCache(
-                    ddp_cache_data=[(kk[pairs, :, :cut], vv[pairs, :, :cut]) for kk, vv in runs.keys_values],
-                    config=model.config,
+                cache = cache_of(
+                    [(kk[pairs, :, :cut], vv[pairs, :, :cut]) for kk, vv in runs.keys_values], model.config
                 )
             hooks: dict[str, Any] = {}
             for layer in sorted({patches[i][1] for i in chunk}):

@@ -46,6 +46,7 @@ from tether.interp.hooks import (
     skipping_layers,
 )
 from tether.models.head import contiguous_head_input
+from tether.models.kv import cache_of, returned_keys_values
 
 KINDS = {"residual": "hook_resid_post", "mlp": "hook_mlp_out", "attention": "hook_attn_out"}
 GROUPS = (
@@ -197,8 +198,7 @@ def _corrupted_runs(
         layer_output_kinds(layers) as returns_tuple,
     ):
         out = model(input_ids=batch, logits_to_keep=1, use_cache=True)
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
-    keys_values = [(layer.keys, layer.values) for layer in cache.layers]
+    keys_values = returned_keys_values(out)
     probs = torch.softmax(out.logits[:, -1].float(), dim=-1)[:, answer].cpu()
     return _Corrupted([inputs[i] for i in range(len(layers))], keys_values, probs, returns_tuple[0])
 
@@ -226,8 +226,6 @@ def reused_probs(
     layers before a row's ``start`` are the corrupted run's too, so the row enters at ``start`` with
     the corrupted run's input there and the layers below every row's start are skipped. Same
     numbers as :func:`restored_probs`, at a fraction of the work."""
-    from transformers import DynamicCache
-
     layers = find_layers(model)
     token = rows[0].token
     if any(r.token != token for r in rows):
@@ -237,9 +235,8 @@ def reused_probs(
     suffix = torch.tensor([list(ids[token:])] * len(rows), device=device)
     cache = None
     if token > 0:
-        cache = DynamicCache(
-            ddp_cache_data=[(k[samples, :, :token], v[samples, :, :token]) for k, v in corrupted.keys_values],
-            config=model.config,
+        cache = cache_of(
+            [(k[samples, :, :token], v[samples, :, :token]) for k, v in corrupted.keys_values], model.config
         )
     hooks: dict[str, list[Any]] = {}
     for start in sorted({r.start for r in rows}):

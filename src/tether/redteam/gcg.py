@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from tether.engine.types import Prompt
 from tether.errors import ConfigError
+from tether.models.kv import KeysValues, cache_of, returned_keys_values
 from tether.redteam.config import GCGConfig
 
 _MARK = "\u2063GCG\u2063"  # stands where the suffix goes, to split the rendered prompt around it
@@ -175,20 +176,16 @@ def _forward(box: WhiteBox, keep: int, **inputs: Any) -> Any:
         return box.model(**inputs)
 
 
-PrefixStates = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def prefix_states(box: WhiteBox, lay: Layout) -> PrefixStates:
+def prefix_states(box: WhiteBox, lay: Layout) -> KeysValues:
     """Each layer's keys and values over ``lay.before`` (batch 1): what every candidate of the goal
     computes first, computed once."""
     with torch.no_grad():
         out = _forward(box, 1, inputs_embeds=box.embeddings[lay.before].unsqueeze(0), use_cache=True)
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return returned_keys_values(out)
 
 
 def target_losses(
-    box: WhiteBox, lay: Layout, suffix_embeds: torch.Tensor, prefix: PrefixStates | None = None
+    box: WhiteBox, lay: Layout, suffix_embeds: torch.Tensor, prefix: KeysValues | None = None
 ) -> torch.Tensor:
     """The mean cross-entropy of the target tokens after each suffix, ``[batch]``; suffix_embeds is
     ``[batch, suffix_len, d_model]``. With ``prefix`` (:func:`prefix_states` of ``lay``) only the
@@ -203,12 +200,9 @@ def target_losses(
     if prefix is None:
         out = _forward(box, t + 1, inputs_embeds=x, use_cache=False)
     else:
-        from transformers import DynamicCache
-
         start = lay.before.shape[0]
-        cache = DynamicCache(
-            ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix],
-            config=box.model.config,
+        cache = cache_of(
+            [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix], box.model.config
         )
         positions = torch.arange(start, start + x.shape[1], device=x.device).expand(n, -1)
         out = _forward(box, t + 1, inputs_embeds=x, position_ids=positions, cache=cache, use_cache=True)
@@ -218,7 +212,7 @@ def target_losses(
 
 
 def token_gradient(
-    box: WhiteBox, lay: Layout, suffix: torch.Tensor, prefix: PrefixStates | None = None
+    box: WhiteBox, lay: Layout, suffix: torch.Tensor, prefix: KeysValues | None = None
 ) -> torch.Tensor:
     """d loss / d one-hot(suffix), each row normalised, ``[suffix_len, vocab]`` (``prefix`` as in
     :func:`target_losses`: the tokens before the suffix do not depend on it)."""
